@@ -1,0 +1,63 @@
+"""`dysta-ros`: one command, one subcommand per job.
+
+Each subcommand lives in its own module, which defines `add_arguments(parser)` and
+`run(args) -> int`; only the chosen one is imported, so `dysta-ros --help` stays instant and
+the core subcommands never import ROS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("dysta_ros.evaluation.demo", "closed loop in MuJoCo over real ROS topics, with a report"),
+    "bench": ("dysta_ros.evaluation.bench", "strategies side by side on the same frames: speed and deviation"),
+    "profile-entropy": ("dysta_ros.evaluation.entropy", "attention entropy per layer -> GoToHunt layer schedule"),
+    "eval": ("dysta_ros.evaluation.open_loop", "open-loop replay of rosbags: action error per strategy"),
+    "record": ("dysta_ros.nodes.recorder", "record expert episodes from the sim to a rosbag2 (MCAP)"),
+    "replay": ("dysta_ros.nodes.bag_player", "publish a bag's messages with their original timing"),
+    "run": ("dysta_ros.nodes.run", "policy_node + chunk_executor in one process (no ros2 launch needed)"),
+    "train": ("dysta_ros.training.train", "behaviour cloning with DySta's learned parts"),
+}
+
+
+def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
+    """Return the parser; only the chosen subcommand's module is imported."""
+    parser = argparse.ArgumentParser(prog="dysta-ros", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            module = importlib.import_module(module_name)
+            module.add_arguments(sub_parser)
+            sub_parser.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    if chosen is not None and chosen not in SUBCOMMANDS:
+        print(f"dysta-ros: unknown command {chosen!r}; choose one of {', '.join(SUBCOMMANDS)}",
+              file=sys.stderr)
+        return 2
+    try:
+        parser = build_parser(chosen)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("dysta_ros"):
+            print(f"dysta-ros: {chosen!r} is not available in this build ({exc.name} is missing)",
+                  file=sys.stderr)
+            return 2
+        raise
+    args = parser.parse_args(argv)
+    if not hasattr(args, "_run"):
+        parser.print_help()
+        return 0 if chosen is None else 2
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""Typed errors the core raises; nodes catch them, hold, and report on /diagnostics."""
+
+
+class DystaError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ConfigError(DystaError, ValueError):
+    """A configuration value is invalid; the message names the field and what is allowed."""
+
+
+class InputError(DystaError, ValueError):
+    """An observation or message cannot be used (malformed, non-finite, stale, missing)."""
+
+
+class CheckpointError(DystaError, ValueError):
+    """A checkpoint directory is missing, corrupt, or does not match its config."""
+
+
+class BagError(DystaError, ValueError):
+    """A rosbag2 file cannot be read; the message names the file."""
+
+
+class InferenceError(DystaError, RuntimeError):
+    """The model failed during a step (out of memory, device error); the step is dropped."""

@@ -1,0 +1,37 @@
+"""Install the dysta_ros Python package (the messages are built by CMakeLists.txt)."""
+
+from setuptools import find_packages, setup
+
+ENTRY_POINTS = {
+    "console_scripts": [
+        "dysta-ros = dysta_ros.cli:main",
+        "policy_node = dysta_ros.nodes.policy_node:main",
+        "chunk_executor = dysta_ros.nodes.chunk_executor:main",
+        "sim_node = dysta_ros.nodes.sim_node:main",
+        "bag_player = dysta_ros.nodes.bag_player:main",
+    ]
+}
+
+setup(
+    name="dysta_ros",
+    version="0.1.0",
+    description="Fast multi-frame VLA policies for ROS 2 (DySta, GoToHunt, VLA-Cache)",
+    license="Apache-2.0",
+    packages=find_packages(include=["dysta_ros", "dysta_ros.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "numpy",
+        "pyyaml",
+        "torch",
+        "transformers>=5,<6",
+        "safetensors",
+        "tqdm",
+        "matplotlib",
+        "opencv-python-headless",
+        "mujoco>=3",
+        "rosbags>=0.10",
+    ],
+    extras_require={"test": ["pytest", "pytest-timeout", "hypothesis", "ruff"]},
+    zip_safe=False,
+    entry_points=ENTRY_POINTS,
+)
