@@ -5,7 +5,6 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-SITE := $(VENV)/lib/python3.11/site-packages
 STAMP := $(VENV)/.dysta_ros-setup
 # Debian libraries MuJoCo needs to render offscreen (EGL, with OSMesa as the fallback).
 APT_PACKAGES := cmake g++ libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6
