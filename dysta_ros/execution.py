@@ -1,0 +1,291 @@
+"""Executing action chunks: latency compensation, blending, limits, e-stop and deadman.
+
+Plain classes with no ROS: the chunk_executor node converts messages, hands values in here
+with its clock's `now`, and publishes what `ChunkExecutor.tick` returns. Time is seconds on
+one clock (the node's), the same clock the observation stamps were taken on.
+
+Action k of a chunk is meant for `stamp + k * dt`. A chunk arrives after inference, so its first
+actions are already in the past: sampling the blended plan at the current time skips them
+(latency compensation). Between actions the plan is interpolated linearly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from dysta_ros.errors import ConfigError, InputError
+from dysta_ros.robot import COMMAND_OUTPUTS, OUTPUT_ACTION_SPACE, RobotConfig
+from dysta_ros.types import ActionChunk
+
+BLENDINGS = ("latest", "weighted_average", "temporal_ensemble")
+# End-effector action layouts: a pose is xyz + rpy (6) or xyz + quaternion xyzw (7).
+EE_DIMS = {"ee_pose": (6, 7), "ee_twist": (6,)}
+# Chunks kept for temporal ensembling; older ones have run out long before this bound matters.
+MAX_CHUNKS = 64
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """How chunk_executor turns chunks into commands (ROS parameters of the same names)."""
+
+    control_rate_hz: float = 50.0  # commands per second
+    blending: str = "weighted_average"  # one of BLENDINGS
+    ensemble_decay: float = 0.01  # temporal_ensemble: chunk i (0 = oldest) weighs exp(-decay * i)
+    max_chunk_age_s: float = 0.5  # deadman: hold when no valid chunk arrived for this long
+    max_state_age_s: float = 0.5  # joint states older than this cannot anchor the velocity limit
+    latency_compensation: bool = True  # False: a chunk's action 0 is for its arrival time
+    command_output: str = ""  # one of COMMAND_OUTPUTS; "" takes the robot config's
+    dry_run: bool = False  # log commands instead of publishing them
+
+    def __post_init__(self):
+        if not (0.1 <= self.control_rate_hz <= 1000.0):
+            raise ConfigError(f"control_rate_hz must be in [0.1, 1000], got {self.control_rate_hz}")
+        if self.blending not in BLENDINGS:
+            raise ConfigError(f"blending {self.blending!r} is not one of {', '.join(BLENDINGS)}")
+        if not (0.0 <= self.ensemble_decay <= 10.0):
+            raise ConfigError(f"ensemble_decay must be in [0, 10], got {self.ensemble_decay}")
+        for name in ("max_chunk_age_s", "max_state_age_s"):
+            value = getattr(self, name)
+            if not (0.001 <= value <= 60.0):
+                raise ConfigError(f"{name} must be in [0.001, 60] seconds, got {value}")
+        if self.command_output not in ("",) + COMMAND_OUTPUTS:
+            raise ConfigError(f"command_output {self.command_output!r} is not one of "
+                              f"{', '.join(COMMAND_OUTPUTS)} (or empty for the robot config's)")
+
+    @property
+    def period(self) -> float:
+        return 1.0 / self.control_rate_hz
+
+
+@dataclass
+class TimedChunk:
+    """A validated chunk on the executor's clock: action k is meant for `start + k * dt`."""
+
+    start: float
+    dt: float
+    actions: np.ndarray  # (H, D) float64, in the executor's joint/axis order
+    received: float  # when it arrived; blending into it starts here
+
+    @property
+    def end(self) -> float:
+        return self.start + (len(self.actions) - 1) * self.dt
+
+    def covers(self, t: float) -> bool:
+        return self.start <= t <= self.end
+
+    def sample(self, t: float) -> np.ndarray:
+        """Return the action for time `t` (within the chunk), interpolated linearly."""
+        position = (t - self.start) / self.dt
+        k = min(int(math.floor(position)), len(self.actions) - 1)
+        if k >= len(self.actions) - 1:
+            return self.actions[-1].copy()
+        frac = position - k
+        return (1.0 - frac) * self.actions[k] + frac * self.actions[k + 1]  # (D,)
+
+
+def prepare_actions(chunk: ActionChunk, names: tuple[str, ...], action_space: str) -> np.ndarray:
+    """Validate a chunk for this executor and return its actions (H, D) in `names` order."""
+    if chunk.action_space != action_space:
+        raise InputError(f"chunk action_space {chunk.action_space!r} does not fit this output, "
+                         f"which takes {action_space!r}")
+    actions = np.asarray(chunk.actions, dtype=np.float64)
+    if actions.ndim != 2 or actions.shape[0] < 1 or actions.shape[1] < 1:
+        raise InputError(f"chunk actions must be (horizon >= 1, dim >= 1), got shape {actions.shape}")
+    if not np.all(np.isfinite(actions)):
+        raise InputError(f"chunk holds {int(np.sum(~np.isfinite(actions)))} non-finite action values")
+    if not (math.isfinite(chunk.dt) and chunk.dt > 0):
+        raise InputError(f"chunk dt must be a positive number of seconds, got {chunk.dt}")
+    if not math.isfinite(chunk.stamp):
+        raise InputError(f"chunk stamp must be finite, got {chunk.stamp}")
+    if action_space == "joint_position":
+        if len(chunk.names) != actions.shape[1] or len(set(chunk.names)) != len(chunk.names):
+            raise InputError(f"chunk needs {actions.shape[1]} distinct joint names, got {list(chunk.names)}")
+        if set(chunk.names) != set(names):
+            raise InputError(f"chunk joints {sorted(chunk.names)} differ from the robot's {sorted(names)}")
+        order = [list(chunk.names).index(n) for n in names]  # by name, never by index
+        return actions[:, order]
+    if actions.shape[1] not in EE_DIMS[action_space]:
+        raise InputError(f"{action_space} chunks need dim in {EE_DIMS[action_space]}, got {actions.shape[1]}")
+    return actions
+
+
+class ChunkBlender:
+    """The plan the executor follows: recent chunks on one timeline, blended where they overlap."""
+
+    def __init__(self, blending: str = "weighted_average", ensemble_decay: float = 0.01):
+        if blending not in BLENDINGS:
+            raise ConfigError(f"blending {blending!r} is not one of {', '.join(BLENDINGS)}")
+        self.blending = blending
+        self.ensemble_decay = ensemble_decay
+        self.chunks: list[TimedChunk] = []
+
+    def clear(self):
+        self.chunks.clear()
+
+    def add(self, chunk: TimedChunk, now: float) -> int:
+        """Add a chunk; return how many of its actions were already past (skipped)."""
+        if chunk.end < now:
+            raise InputError(f"chunk arrived {now - chunk.end:.3f} s after its last action's time")
+        self.chunks = [c for c in self.chunks if c.end >= now][-(MAX_CHUNKS - 1):] + [chunk]
+        return int(sum(chunk.start + k * chunk.dt < now for k in range(len(chunk.actions))))
+
+    def target(self, t: float) -> np.ndarray | None:
+        """Return the blended action for time `t`, or None when no chunk covers it."""
+        covering = [c for c in self.chunks if c.covers(t)]
+        if not covering:
+            return None
+        newest = covering[-1]
+        if self.blending == "latest" or len(covering) == 1:
+            return newest.sample(t)
+        if self.blending == "weighted_average":
+            # Cross-fade from the previous plan to the new one across their remaining overlap,
+            # so a new chunk never makes the target jump.
+            previous = covering[-2]
+            begin = max(newest.start, newest.received)
+            span = previous.end - begin
+            weight = 1.0 if span <= 0 else float(np.clip((t - begin) / span, 0.0, 1.0))
+            return (1.0 - weight) * previous.sample(t) + weight * newest.sample(t)
+        # temporal_ensemble (ACT): every chunk that covers t votes; older chunks weigh more.
+        weights = np.exp(-self.ensemble_decay * np.arange(len(covering)))  # (N,)
+        samples = np.stack([c.sample(t) for c in covering])  # (N, D)
+        return weights @ samples / weights.sum()
+
+
+def clip_to_limits(target: np.ndarray, reference: np.ndarray, period: float,
+                   robot: RobotConfig) -> tuple[np.ndarray, bool]:
+    """Limit a joint target to one period of velocity from `reference`, then to position limits."""
+    step = robot.max_velocity * period
+    command = np.clip(target, reference - step, reference + step)
+    command = np.clip(command, robot.lower, robot.upper)  # position limits win over velocity
+    return command, bool(np.any(np.abs(command - target) > 1e-12))
+
+
+class EStopLatch:
+    """An emergency stop that stays engaged until explicitly cleared."""
+
+    def __init__(self):
+        self.engaged = False
+        self.reason = ""
+
+    def trip(self, reason: str):
+        if not self.engaged:
+            self.engaged, self.reason = True, reason
+
+    def clear(self) -> bool:
+        """Release the latch; return whether it was engaged."""
+        was_engaged = self.engaged
+        self.engaged, self.reason = False, ""
+        return was_engaged
+
+
+class Deadman:
+    """Holds when nothing fresh has arrived for `max_age_s`."""
+
+    def __init__(self, max_age_s: float):
+        self.max_age_s = max_age_s
+        self.last_fed: float | None = None
+
+    def feed(self, now: float):
+        self.last_fed = now
+
+    def reset(self):
+        self.last_fed = None
+
+    def expired(self, now: float) -> bool:
+        return self.last_fed is None or now - self.last_fed > self.max_age_s
+
+
+@dataclass
+class Tick:
+    """One control period's outcome: a command to send, or the reason for holding."""
+
+    command: np.ndarray | None  # (D,) joint positions or end-effector values; None = hold
+    hold_reason: str = ""
+    clipped: bool = False
+
+
+class ChunkExecutor:
+    """Turn a stream of chunks and joint states into safe commands, one tick at a time."""
+
+    def __init__(self, config: ExecutorConfig, robot: RobotConfig):
+        self.config = config
+        self.robot = robot
+        self.output = config.command_output or robot.command_output
+        if self.output not in robot.command_topics:
+            raise ConfigError(f"command_output {self.output!r} has no topic in robot {robot.name!r}'s "
+                              f"command_topics ({', '.join(robot.command_topics)})")
+        self.action_space = OUTPUT_ACTION_SPACE[self.output]
+        self.blender = ChunkBlender(config.blending, config.ensemble_decay)
+        self.estop = EStopLatch()
+        self.deadman = Deadman(config.max_chunk_age_s)
+        self.joint_positions: np.ndarray | None = None
+        self.joint_time: float | None = None
+        self.last_command: np.ndarray | None = None
+        self.last_command_time: float | None = None
+        self.counts = {"accepted": 0, "rejected": 0, "late_actions_skipped": 0, "clipped": 0, "commands": 0}
+        self.last_rejection = ""
+
+    def on_chunk(self, chunk: ActionChunk, now: float) -> None:
+        """Take a chunk into the plan; raise InputError (and count it) when it is unusable."""
+        try:
+            actions = prepare_actions(chunk, self.robot.joints, self.action_space)
+            start = chunk.stamp if self.config.latency_compensation else now
+            skipped = self.blender.add(TimedChunk(start, chunk.dt, actions, now), now)
+        except InputError as exc:
+            self.counts["rejected"] += 1
+            self.last_rejection = str(exc)
+            raise
+        self.counts["accepted"] += 1
+        self.counts["late_actions_skipped"] += skipped
+        self.deadman.feed(now)
+
+    def on_joint_state(self, names: list[str], positions: list[float], now: float) -> None:
+        """Store the measured joint positions (picked by name); raise InputError if unusable."""
+        self.joint_positions = self.robot.pick_joints(names, positions)
+        self.joint_time = now
+
+    def trip_estop(self, reason: str):
+        self.estop.trip(reason)
+        self.blender.clear()
+
+    def clear_estop(self) -> bool:
+        """Release the e-stop; the robot moves again only on a chunk that arrives afterwards."""
+        self.blender.clear()
+        self.deadman.reset()
+        return self.estop.clear()
+
+    def _hold(self, reason: str) -> Tick:
+        self.last_command = None  # resume from the measured position, not a stale command
+        return Tick(None, reason)
+
+    def tick(self, now: float) -> Tick:
+        """Return this period's command, or why there is none."""
+        if self.estop.engaged:
+            return self._hold(f"e-stop engaged ({self.estop.reason}); call /dysta/clear_estop to release")
+        if self.deadman.expired(now):
+            if self.deadman.last_fed is None:
+                return self._hold("waiting for a chunk")
+            return self._hold(f"deadman: no valid chunk for {now - self.deadman.last_fed:.2f} s "
+                              f"(max_chunk_age_s {self.config.max_chunk_age_s})")
+        # Aim at where the plan is one period from now: the command is reached by the next tick.
+        target = self.blender.target(now + self.config.period)
+        if target is None:
+            return self._hold("the plan has run out: no chunk covers the next period")
+        clipped = False
+        if self.action_space == "joint_position":
+            continuing = (self.last_command is not None and self.last_command_time is not None
+                          and now - self.last_command_time <= 2.5 * self.config.period)
+            if continuing:
+                reference = self.last_command
+            elif self.joint_positions is not None and now - self.joint_time <= self.config.max_state_age_s:
+                reference = self.joint_positions
+            else:
+                return self._hold("no fresh joint states to start from (velocity limit needs them)")
+            target, clipped = clip_to_limits(target, reference, self.config.period, self.robot)
+            self.counts["clipped"] += int(clipped)
+        self.last_command, self.last_command_time = target, now
+        self.counts["commands"] += 1
+        return Tick(target, "", clipped)
