@@ -1,1 +1,8 @@
-"""bags."""
+"""rosbag2 reading and writing with `rosbags` (no ROS needed); episodes from bags."""
+
+from dysta_ros.bags.episodes import Episode, load_episodes
+from dysta_ros.bags.rosbag import BagMessage, BagReader, BagWriter, TopicQos
+from dysta_ros.bags.topic_map import TopicMap, default_topic_map
+
+__all__ = ["BagMessage", "BagReader", "BagWriter", "Episode", "TopicMap", "TopicQos",
+           "default_topic_map", "load_episodes"]
