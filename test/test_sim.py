@@ -1,0 +1,155 @@
+"""The MuJoCo sim core: scene matches the robot config, seeded tasks, success checks, expert."""
+
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+import yaml
+
+from dysta_ros.errors import ConfigError, InputError
+from dysta_ros.evaluation.closed_loop import run_episode
+from dysta_ros.sim.env import CAMERAS, SimConfig, SimEnv
+from dysta_ros.sim.expert import ScriptedExpert
+from dysta_ros.sim.scene import ROBOT_YAML, ArmSpec, build_mjcf
+from dysta_ros.types import ActionChunk, StepStats
+from dysta_ros.sim.tasks import MIN_SPACING, RED, WORKSPACE_X, WORKSPACE_Y, get_task
+
+ROBOT = yaml.safe_load(ROBOT_YAML.read_text())
+
+
+@pytest.fixture(scope="module")
+def env():
+    sim = SimEnv(SimConfig(image_width=64, image_height=48))
+    yield sim
+    sim.close()
+
+
+class HoldStill:
+    """A policy that asks the arm to stay where it is."""
+
+    def reset(self):
+        pass
+
+    def step(self, observation):
+        return ActionChunk(observation.stamp, np.tile(observation.state, (5, 1)), 0.1), StepStats()
+
+
+def test_mjcf_joints_and_ranges_match_the_robot_config(env):
+    model = env.model
+    assert [model.joint(i).name for i in range(model.njnt)] == ROBOT["joints"]
+    assert model.jnt_range[:, 0] == pytest.approx(ROBOT["limits"]["position_lower"])
+    assert model.jnt_range[:, 1] == pytest.approx(ROBOT["limits"]["position_upper"])
+    assert model.jnt_limited.all()
+    actuated = [a.get("joint") for a in ET.fromstring(build_mjcf(ArmSpec.from_yaml())).find("actuator")]
+    assert actuated == ROBOT["joints"]
+
+
+def test_cameras_match_the_robot_config(env):
+    assert [c["name"] for c in ROBOT["cameras"]] == list(CAMERAS)
+    for name in CAMERAS:
+        assert env.model.camera(name).id >= 0
+
+
+def test_robot_config_errors_name_the_field(tmp_path):
+    bad = tmp_path / "arm.yaml"
+    bad.write_text("joints: [a, b]\n"
+                   "limits: {position_lower: [0, 0], position_upper: [1, 1], velocity: [1, 1]}\n")
+    with pytest.raises(ConfigError, match="joints"):
+        ArmSpec.from_yaml(bad)
+    with pytest.raises(ConfigError, match="image_width"):
+        SimConfig(image_width=4)
+
+
+def test_observation_has_both_cameras_and_the_joint_state(env):
+    obs = env.reset("reach", 0)
+    assert set(obs.images) == set(CAMERAS)
+    for image in obs.images.values():
+        assert image.shape == (48, 64, 3) and image.dtype == np.uint8
+        assert image.std() > 5  # a rendered scene, not a blank buffer
+    assert obs.state.shape == (6,) and obs.state.dtype == np.float32
+    assert obs.instruction == "touch the red cube"
+
+
+@pytest.mark.parametrize("task", ["reach", "memory"])
+def test_placements_are_seeded_spread_and_inside_the_workspace(env, task):
+    env.reset(task, 7)
+    first = env.cube_positions.copy()
+    env.reset(task, 7)
+    assert np.array_equal(first, env.cube_positions)
+    env.reset(task, 8)
+    assert not np.array_equal(first, env.cube_positions)
+    targets = set()
+    for seed in range(30):
+        placement = get_task(task).place(seed, 3)
+        targets.add(placement.target)
+        xy = placement.positions
+        assert np.all((xy[:, 0] >= WORKSPACE_X[0]) & (xy[:, 0] <= WORKSPACE_X[1]))
+        assert np.all((xy[:, 1] >= WORKSPACE_Y[0]) & (xy[:, 1] <= WORKSPACE_Y[1]))
+        gaps = [np.linalg.norm(xy[i] - xy[j]) for i in range(3) for j in range(i + 1, 3)]
+        assert min(gaps) >= MIN_SPACING
+    assert targets == {0, 1, 2}  # the target is not always the same cube
+
+
+def test_reach_paints_only_the_target_red(env):
+    env.reset("reach", 3)
+    rgba = [tuple(env.model.geom_rgba[g]) for g in env.cube_geoms]
+    reds = [i for i, c in enumerate(rgba) if np.allclose(c, RED)]
+    assert reds == [env.placement.target]
+
+
+def test_memory_target_flashes_then_looks_like_the_others(env):
+    obs = env.reset("memory", 5)
+    rgba = np.array([env.model.geom_rgba[g] for g in env.cube_geoms])
+    others = [i for i in range(3) if i != env.placement.target]
+    assert not np.allclose(rgba[env.placement.target], rgba[others[0]])
+    hold = env.joint_positions
+    while env.time < get_task("memory").flash_seconds + 0.05:
+        later, _ = env.step(hold)
+    rgba = np.array([env.model.geom_rgba[g] for g in env.cube_geoms])
+    assert np.allclose(rgba, rgba[0])
+    assert np.abs(obs.images["main"].astype(int) - later.images["main"]).max() > 50  # the flash is visible
+
+
+def test_commands_are_validated_and_bad_ones_change_nothing(env):
+    with pytest.raises(ConfigError, match="unknown task 'fly'.*reach"):
+        env.reset("fly", 0)
+    env.reset("reach", 1)
+    before = env.joint_targets
+    with pytest.raises(InputError, match="non-finite"):
+        env.command(np.array([0, 0, np.nan, 0, 0, 0]))
+    with pytest.raises(InputError, match="shape"):
+        env.command(np.zeros(5))
+    assert np.array_equal(env.joint_targets, before)
+    env.command(np.full(6, 10.0))  # beyond every upper limit: clipped like hardware limits
+    assert env.joint_targets == pytest.approx(ROBOT["limits"]["position_upper"])
+
+
+def test_position_targets_are_tracked(env):
+    env.reset("reach", 2)
+    goal = env.joint_positions + np.array([0.2, -0.1, 0.1, 0.3, -0.2, 0.4])
+    for _ in range(10):
+        env.step(goal)
+    assert env.joint_positions == pytest.approx(goal, abs=0.01)
+
+
+@pytest.mark.parametrize("task,seed", [("reach", 11), ("memory", 12)])
+def test_expert_touches_the_target(env, task, seed):
+    episode = run_episode(env, ScriptedExpert(env), task, seed, keep_observations=False)
+    assert episode.outcome.success and episode.outcome.reason == "touched_target"
+    assert 0 < episode.outcome.steps == len(episode.actions)
+    assert episode.outcome.steps < 40
+
+
+def test_touching_another_cube_fails(env):
+    env.reset("reach", 4)
+    wrong = next(i for i in range(3) if i != env.placement.target)
+    episode = run_episode(env, ScriptedExpert(env, cube=wrong), "reach", 4, keep_observations=False)
+    assert not episode.outcome.success and episode.outcome.reason == "touched_wrong_cube"
+
+
+def test_an_arm_that_does_not_move_times_out(env):
+    episode = run_episode(env, HoldStill(), "reach", 6, keep_observations=False)
+    assert episode.outcome.reason == "timeout" and not episode.outcome.success
+    assert episode.outcome.seconds == pytest.approx(get_task("reach").episode_seconds, abs=0.11)
+    env.step(env.joint_positions)  # after the end the episode stays over
+    assert env.outcome == episode.outcome
