@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from dysta_ros.bags.images import compressed_image_to_rgb, raw_image_to_rgb
 from dysta_ros.bags.rosbag import BagReader
 from dysta_ros.bags.topic_map import IMAGE_TYPES, TopicMap, default_topic_map
-from dysta_ros.errors import BagError
+from dysta_ros.errors import BagError, InputError
+# The package's one image conversion; it imports no ROS (cv_bridge only when installed).
+from dysta_ros.nodes.image_conversion import compressed_to_rgb, raw_to_rgb
 from dysta_ros.types import Observation
 
 
@@ -50,8 +51,8 @@ class Frame:
         """Return the image as (H, W, 3) uint8 RGB."""
         m = self.message
         if self.msgtype == "sensor_msgs/msg/CompressedImage":
-            return compressed_image_to_rgb(m.data)
-        return raw_image_to_rgb(m.encoding, m.height, m.width, m.step, m.data)
+            return compressed_to_rgb(m.format, m.data)
+        return raw_to_rgb(m.encoding, m.height, m.width, m.step, m.data)
 
 
 @dataclass
@@ -81,8 +82,11 @@ class Episode:
         """Return the observation at a step; its stamp is the oldest camera frame it holds."""
         held = {camera: self.frames[camera][int(self.frame_indices[camera][step])]
                 for camera in self.frames}
-        return Observation(stamp=min(frame.stamp for frame in held.values()),
-                           images={camera: frame.rgb() for camera, frame in held.items()},
+        try:
+            images = {camera: frame.rgb() for camera, frame in held.items()}
+        except InputError as exc:
+            raise BagError(f"{self.source}: episode {self.index} step {step}: {exc}") from exc
+        return Observation(stamp=min(frame.stamp for frame in held.values()), images=images,
                            state=self.states[step].copy(), instruction=self.instruction)
 
     def observations(self) -> Iterator[Observation]:
