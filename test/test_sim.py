@@ -1,6 +1,6 @@
 """The MuJoCo sim core: scene matches the robot config, seeded tasks, success checks, expert."""
 
-import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,10 +10,10 @@ from dysta_ros.errors import ConfigError, InputError
 from dysta_ros.evaluation.closed_loop import run_episode
 from dysta_ros.sim.env import CAMERAS, SimConfig, SimEnv
 from dysta_ros.sim.expert import ScriptedExpert
-from dysta_ros.sim.scene import ROBOT_YAML, ArmSpec, build_mjcf
 from dysta_ros.types import ActionChunk, StepStats
 from dysta_ros.sim.tasks import MIN_SPACING, RED, WORKSPACE_X, WORKSPACE_Y, get_task
 
+ROBOT_YAML = Path(__file__).resolve().parents[1] / "config" / "robots" / "sim_arm.yaml"
 ROBOT = yaml.safe_load(ROBOT_YAML.read_text())
 
 
@@ -40,7 +40,7 @@ def test_mjcf_joints_and_ranges_match_the_robot_config(env):
     assert model.jnt_range[:, 0] == pytest.approx(ROBOT["limits"]["position_lower"])
     assert model.jnt_range[:, 1] == pytest.approx(ROBOT["limits"]["position_upper"])
     assert model.jnt_limited.all()
-    actuated = [a.get("joint") for a in ET.fromstring(build_mjcf(ArmSpec.from_yaml())).find("actuator")]
+    actuated = [model.joint(model.actuator_trnid[i, 0]).name for i in range(model.nu)]
     assert actuated == ROBOT["joints"]
 
 
@@ -52,10 +52,10 @@ def test_cameras_match_the_robot_config(env):
 
 def test_robot_config_errors_name_the_field(tmp_path):
     bad = tmp_path / "arm.yaml"
-    bad.write_text("joints: [a, b]\n"
+    bad.write_text("name: two\njoints: [a, b]\ncommand_topics: {joint_trajectory: /t}\n"
                    "limits: {position_lower: [0, 0], position_upper: [1, 1], velocity: [1, 1]}\n")
-    with pytest.raises(ConfigError, match="joints"):
-        ArmSpec.from_yaml(bad)
+    with pytest.raises(ConfigError, match="joints: the sim arm has 6 joints"):
+        SimEnv(SimConfig(robot=str(bad)))
     with pytest.raises(ConfigError, match="image_width"):
         SimConfig(image_width=4)
 

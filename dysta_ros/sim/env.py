@@ -9,13 +9,12 @@ is exposed separately, for the scripted expert and for success checks.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-
 import mujoco
 import numpy as np
 
 from dysta_ros.errors import ConfigError, InputError
-from dysta_ros.sim.scene import CUBE_HALF, N_CUBES, ROBOT_YAML, ArmSpec, build_mjcf
+from dysta_ros.robot import load_robot_config
+from dysta_ros.sim.scene import CUBE_HALF, N_CUBES, ROBOT, build_mjcf, check_arm
 from dysta_ros.sim.tasks import TOUCH_TOLERANCE, Placement, Task, box_distance, get_task
 from dysta_ros.types import Observation
 
@@ -32,7 +31,7 @@ class SimConfig:
     image_width: int = 128  # px of every camera image
     image_height: int = 128
     control_dt: float = 0.1  # s of physics per step(); the policy's action period
-    robot_yaml: str = str(ROBOT_YAML)  # joint names and limits (config/robots/*.yaml)
+    robot: str = ROBOT  # joint names and limits: a name under config/robots/ or a YAML path
 
     def __post_init__(self):
         for name in ("image_width", "image_height"):
@@ -59,7 +58,7 @@ class SimEnv:
 
     def __init__(self, config: SimConfig | None = None):
         self.config = config or SimConfig()
-        self.arm = ArmSpec.from_yaml(self.config.robot_yaml)
+        self.arm = check_arm(load_robot_config(self.config.robot))
         self.model = mujoco.MjModel.from_xml_string(
             build_mjcf(self.arm, self.config.image_width, self.config.image_height))
         self.data = mujoco.MjData(self.model)
@@ -68,8 +67,6 @@ class SimEnv:
         self.tcp_site = self.model.site("tcp").id
         self.cube_geoms = [self.model.geom(f"cube{i}").id for i in range(N_CUBES)]
         self._cube_mocap = [self.model.body(f"cube{i}").mocapid[0] for i in range(N_CUBES)]
-        self._lower = np.array(self.arm.lower)
-        self._upper = np.array(self.arm.upper)
         self._renderer: mujoco.Renderer | None = None
         self.task: Task | None = None
         self.seed = 0
@@ -106,7 +103,7 @@ class SimEnv:
             raise InputError(f"joint targets: expected shape ({len(self.arm.joints)},), got {targets.shape}")
         if not np.all(np.isfinite(targets)):
             raise InputError("joint targets: non-finite values; holding the previous targets")
-        self.data.ctrl[:] = np.clip(targets, self._lower, self._upper)
+        self.data.ctrl[:] = np.clip(targets, self.arm.lower, self.arm.upper)
 
     def advance(self, seconds: float) -> Outcome:
         """Run the physics for `seconds` (whole timesteps), then update colours and the outcome."""
@@ -189,7 +186,3 @@ class SimEnv:
     @property
     def time(self) -> float:
         return float(self.data.time)
-
-    @property
-    def robot_yaml(self) -> Path:
-        return Path(self.config.robot_yaml)

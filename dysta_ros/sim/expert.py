@@ -53,8 +53,7 @@ class ScriptedExpert:
         cfg, env = self.config, self.env
         model, data = env.model, self._plan_data
         speed_per_step = cfg.max_tcp_speed * env.config.control_dt
-        velocity_per_step = np.array(env.arm.velocity) * env.config.control_dt
-        lower, upper = np.array(env.arm.lower), np.array(env.arm.upper)
+        velocity_per_step = env.arm.max_velocity * env.config.control_dt
         cube = env.target_position if self.cube is None else env.cube_positions[self.cube]
         touch = cube + (0.0, 0.0, CUBE_HALF - 0.005)  # slightly into the top face: touching counts
         above = touch + (0.0, 0.0, cfg.approach_height)
@@ -81,7 +80,7 @@ class ScriptedExpert:
             # DLS: dq = J^T (J J^T + lambda^2 I)^-1 e, stable through singular poses.
             dq = jac.T @ np.linalg.solve(jac @ jac.T + cfg.damping**2 * np.eye(6), err)
             dq = np.clip(dq, -velocity_per_step, velocity_per_step)
-            q = np.clip(q + dq, lower, upper)
+            q = np.clip(q + dq, env.arm.lower, env.arm.upper)
             actions.append(q.copy())
         return np.array(actions, dtype=np.float32)
 

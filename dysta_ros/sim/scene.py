@@ -6,14 +6,10 @@ the robot config (config/robots/sim_arm.yaml), so the policy, the executor and t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
-import yaml
-
 from dysta_ros.errors import ConfigError
+from dysta_ros.robot import RobotConfig
 
-ROBOT_YAML = Path(__file__).resolve().parents[2] / "config" / "robots" / "sim_arm.yaml"
+ROBOT = "sim_arm"  # config/robots/sim_arm.yaml
 
 CUBE_HALF = 0.025  # m; cubes are 5 cm, small enough for three on the workspace
 N_CUBES = 3
@@ -28,43 +24,20 @@ TOOL = 0.07
 JOINT_AXES = ("0 0 1", "0 1 0", "0 1 0", "0 0 1", "0 1 0", "0 0 1")
 
 
-@dataclass(frozen=True)
-class ArmSpec:
-    """The arm's joints as the robot config names and limits them."""
-
-    joints: tuple[str, ...]
-    lower: tuple[float, ...]
-    upper: tuple[float, ...]
-    velocity: tuple[float, ...]
-
-    def __post_init__(self):
-        sizes = {len(self.joints), len(self.lower), len(self.upper), len(self.velocity)}
-        if sizes != {len(JOINT_AXES)}:
-            raise ConfigError(f"joints and limits: the sim arm has {len(JOINT_AXES)} joints; "
-                              f"got joints={len(self.joints)}, limits={sorted(sizes)}")
-        for name, lo, hi in zip(self.joints, self.lower, self.upper):
-            if not lo < hi:
-                raise ConfigError(f"limits of {name}: position_lower {lo} must be < position_upper {hi}")
-
-    @classmethod
-    def from_yaml(cls, path: str | Path = ROBOT_YAML) -> ArmSpec:
-        """Read joint names and limits from a robot config YAML."""
-        try:
-            data = yaml.safe_load(Path(path).read_text())
-            limits = data["limits"]
-            return cls(tuple(data["joints"]), tuple(map(float, limits["position_lower"])),
-                       tuple(map(float, limits["position_upper"])), tuple(map(float, limits["velocity"])))
-        except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
-            raise ConfigError(f"robot config {path}: needs joints and limits.position_lower/"
-                              f"position_upper/velocity ({exc})") from exc
+def check_arm(robot: RobotConfig) -> RobotConfig:
+    """Return `robot` if its joints fit this arm's six joints; raise ConfigError otherwise."""
+    if len(robot.joints) != len(JOINT_AXES):
+        raise ConfigError(f"robot {robot.name!r}: joints: the sim arm has {len(JOINT_AXES)} joints, "
+                          f"the config names {len(robot.joints)}")
+    return robot
 
 
-def _joint(spec: ArmSpec, i: int) -> str:
-    return (f'<joint name="{spec.joints[i]}" axis="{JOINT_AXES[i]}" '
-            f'range="{spec.lower[i]} {spec.upper[i]}" limited="true"/>')
+def _joint(robot: RobotConfig, i: int) -> str:
+    return (f'<joint name="{robot.joints[i]}" axis="{JOINT_AXES[i]}" '
+            f'range="{robot.position_lower[i]} {robot.position_upper[i]}" limited="true"/>')
 
 
-def build_mjcf(spec: ArmSpec, image_width: int = 128, image_height: int = 128) -> str:
+def build_mjcf(robot: RobotConfig, image_width: int = 128, image_height: int = 128) -> str:
     """Return the scene's MJCF: table, arm (position actuators), cubes as mocap bodies, cameras."""
     cubes = "\n".join(
         f'<body name="cube{i}" mocap="true" pos="{0.3 + 0.1 * i} 0 {CUBE_HALF}">'
@@ -73,7 +46,7 @@ def build_mjcf(spec: ArmSpec, image_width: int = 128, image_height: int = 128) -
         for i in range(N_CUBES))
     actuators = "\n".join(
         f'<position name="{j}" joint="{j}" ctrlrange="{lo} {hi}" ctrllimited="true"/>'
-        for j, lo, hi in zip(spec.joints, spec.lower, spec.upper))
+        for j, lo, hi in zip(robot.joints, robot.position_lower, robot.position_upper))
     # Cubes do not collide (contype 0): touching is a geometric check, so the arm never
     # pushes a cube away or gets stuck on one. Links carry gravity compensation, as a
     # real arm's controller would, so position targets are tracked without sag.
@@ -104,25 +77,25 @@ def build_mjcf(spec: ArmSpec, image_width: int = 128, image_height: int = 128) -
     <body name="base_link" pos="0 0 0">
       <geom type="cylinder" size="0.07 0.03" pos="0 0 0.03" material="joint"/>
       <body name="link1" pos="0 0 0.06" gravcomp="1">
-        {_joint(spec, 0)}
+        {_joint(robot, 0)}
         <geom type="cylinder" size="0.05 0.03" pos="0 0 0.03" material="link"/>
         <body name="link2" pos="0 0 {SHOULDER_Z - 0.06}" gravcomp="1">
-          {_joint(spec, 1)}
+          {_joint(robot, 1)}
           <geom type="cylinder" size="0.045 0.045" euler="1.5708 0 0" material="joint"/>
           <geom type="capsule" fromto="0 0 0 0 0 {UPPER_ARM}" size="0.035" material="link"/>
           <body name="link3" pos="0 0 {UPPER_ARM}" gravcomp="1">
-            {_joint(spec, 2)}
+            {_joint(robot, 2)}
             <geom type="cylinder" size="0.04 0.04" euler="1.5708 0 0" material="joint"/>
             <geom type="capsule" fromto="0 0 0 0 0 {FOREARM}" size="0.03" material="link"/>
             <body name="link4" pos="0 0 {FOREARM}" gravcomp="1">
-              {_joint(spec, 3)}
+              {_joint(robot, 3)}
               <geom type="cylinder" size="0.03 {WRIST_1 / 2}" pos="0 0 {WRIST_1 / 2}" material="joint"/>
               <body name="link5" pos="0 0 {WRIST_1}" gravcomp="1">
-                {_joint(spec, 4)}
+                {_joint(robot, 4)}
                 <geom type="cylinder" size="0.03 0.03" euler="1.5708 0 0" material="joint"/>
                 <geom type="capsule" fromto="0 0 0 0 0 {WRIST_2}" size="0.025" material="link"/>
                 <body name="link6" pos="0 0 {WRIST_2}" gravcomp="1">
-                  {_joint(spec, 5)}
+                  {_joint(robot, 5)}
                   <geom type="cylinder" size="0.03 0.01" pos="0 0 0.01" material="joint"/>
                   <geom name="finger" type="capsule" fromto="0 0 0.01 0 0 {TOOL - 0.01}" size="0.012"
                         rgba="0.2 0.2 0.2 1"/>
