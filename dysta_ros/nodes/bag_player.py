@@ -1,0 +1,144 @@
+"""bag_player: publish a rosbag2's messages on their topics, with their original timing.
+
+Messages go out as the raw CDR bytes the bag holds, never decoded, so any type whose Python
+message package is installed can be played, for machines without `ros2 bag play`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+
+import rclpy
+from rclpy.duration import Duration
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.time import Time
+from rclpy.utilities import remove_ros_args
+from rosgraph_msgs.msg import Clock
+
+from dysta_ros.bags.playback import play
+from dysta_ros.bags.rosbag import BagMessage, BagReader, TopicQos
+from dysta_ros.errors import BagError, ConfigError
+
+CLOCK_PERIOD_NS = 10_000_000  # /clock at most every 10 ms of bag time, as ros2 bag play does
+
+
+def message_class(msgtype: str):
+    """Return the rclpy class of 'pkg/msg/Type', or None when its package is not installed."""
+    package, _, name = msgtype.rpartition("/")
+    try:
+        return getattr(importlib.import_module(package.replace("/", ".")), name)
+    except (ImportError, AttributeError):
+        return None
+
+
+def ros_qos(qos: TopicQos) -> QoSProfile:
+    """Return the QoS a topic was recorded with, so latched topics stay latched."""
+    return QoSProfile(
+        depth=10,
+        reliability=ReliabilityPolicy.RELIABLE if qos.reliable else ReliabilityPolicy.BEST_EFFORT,
+        durability=(DurabilityPolicy.TRANSIENT_LOCAL if qos.transient_local
+                    else DurabilityPolicy.VOLATILE))
+
+
+class BagPlayer(Node):
+    """Own one publisher per played topic and publish raw messages on them."""
+
+    def __init__(self, bag: str, topics: list[str] | None = None, clock: bool = False):
+        super().__init__("bag_player")
+        with BagReader(bag) as reader:
+            recorded = reader.topics
+            if unknown := sorted(set(topics or ()) - set(recorded)):
+                raise BagError(f"{bag}: has no topics {unknown}; it has {sorted(recorded)}")
+            chosen = topics or sorted(recorded)
+            qos = {topic: reader.qos(topic) for topic in chosen}
+        self._publishers_by_topic = {}
+        for topic in chosen:
+            cls = message_class(recorded[topic])
+            if cls is None:
+                self.get_logger().warning(f"skipping {topic}: {recorded[topic]} is not installed")
+                continue
+            self._publishers_by_topic[topic] = self.create_publisher(cls, topic, ros_qos(qos[topic]))
+        self.topics = sorted(self._publishers_by_topic)
+        self._clock = self.create_publisher(Clock, "/clock", 10) if clock else None
+        self._last_clock_ns = None
+        self.published = 0
+
+    def wait_for_subscribers(self, timeout_s: float) -> bool:
+        """Wait until every played topic has a subscriber, so the first messages are not lost."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if all(p.get_subscription_count() > 0 for p in self._publishers_by_topic.values()):
+                return True
+            time.sleep(0.05)
+        waiting = [t for t, p in self._publishers_by_topic.items() if p.get_subscription_count() == 0]
+        self.get_logger().warning(f"playing although nobody subscribes to {waiting}")
+        return False
+
+    def publish(self, message: BagMessage) -> None:
+        """Publish one recorded message as it is; advance /clock to its recording time."""
+        if self._clock is not None and (self._last_clock_ns is None
+                                        or message.stamp_ns - self._last_clock_ns >= CLOCK_PERIOD_NS):
+            self._clock.publish(Clock(clock=Time(nanoseconds=message.stamp_ns).to_msg()))
+            self._last_clock_ns = message.stamp_ns
+        self._publishers_by_topic[message.topic].publish(message.data)
+        self.published += 1
+
+    def drain(self, timeout_s: float = 2.0) -> None:
+        """Give reliable subscribers the last messages before the process exits."""
+        for publisher in self._publishers_by_topic.values():
+            if publisher.qos_profile.reliability == ReliabilityPolicy.RELIABLE:
+                publisher.wait_for_all_acked(Duration(seconds=timeout_s))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add `dysta-ros replay` arguments."""
+    parser.add_argument("bag", help="rosbag2 directory, or a .mcap / .db3 file")
+    parser.add_argument("--rate", type=float, default=1.0, help="playback speed (1.0 = as recorded)")
+    parser.add_argument("--loop", action="store_true", help="start over at the end, until Ctrl-C")
+    parser.add_argument("--topics", nargs="+", metavar="TOPIC", help="play only these topics")
+    parser.add_argument("--clock", action="store_true",
+                        help="publish /clock from the recording time (for nodes with use_sim_time)")
+    parser.add_argument("--wait-for-subscribers", type=float, default=0.0, metavar="SECONDS",
+                        help="first wait up to this long until every topic has a subscriber")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Play the bag; return the exit status."""
+    if not args.rate > 0:
+        print(f"dysta-ros replay: --rate must be > 0, got {args.rate}", file=sys.stderr)
+        return 2
+    rclpy.init()
+    node = None
+    try:
+        node = BagPlayer(args.bag, args.topics, clock=args.clock)
+        if args.wait_for_subscribers > 0:
+            node.wait_for_subscribers(args.wait_for_subscribers)
+        for message in play(args.bag, node.topics, rate=args.rate, loop=args.loop):
+            node.publish(message)
+        node.drain()
+        node.get_logger().info(f"played {node.published} messages from {args.bag}")
+        return 0
+    except (BagError, ConfigError) as exc:
+        print(f"dysta-ros replay: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+def main() -> None:
+    """Run as the `bag_player` executable (`ros2 run dysta_ros bag_player BAG ...`)."""
+    parser = argparse.ArgumentParser(prog="bag_player", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    sys.exit(run(parser.parse_args(remove_ros_args(sys.argv)[1:])))
+
+
+if __name__ == "__main__":
+    main()
