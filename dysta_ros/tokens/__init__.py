@@ -1,1 +1,33 @@
-"""tokens."""
+"""Token strategies, registered by name: a new strategy is one file, one YAML and one line here."""
+
+from __future__ import annotations
+
+from dysta_ros.errors import ConfigError
+from dysta_ros.tokens.base import Strategy
+from dysta_ros.tokens.dysta import DystaStrategy
+from dysta_ros.tokens.dysta_gotohunt import DystaGotohuntStrategy
+from dysta_ros.tokens.full import FullStrategy
+from dysta_ros.tokens.gotohunt import GotohuntStrategy
+from dysta_ros.tokens.vla_cache import VlaCacheStrategy
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls for cls in (FullStrategy, DystaStrategy, GotohuntStrategy, VlaCacheStrategy,
+                              DystaGotohuntStrategy)
+}
+
+
+def available_strategies() -> list[str]:
+    return list(STRATEGIES)
+
+
+def strategy_class(name: str) -> type[Strategy]:
+    """Return the strategy registered as name; an unknown name lists the valid ones."""
+    if name not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+    return STRATEGIES[name]
+
+
+def build_strategy(name: str, params: dict | None, model_config) -> Strategy:
+    """Build strategy `name` with flat parameters (as in config/strategies/<name>.yaml)."""
+    cls = strategy_class(name)
+    return cls(cls.Params.from_dict(params, name), model_config)

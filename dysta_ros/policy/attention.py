@@ -1,0 +1,183 @@
+"""The one attention function every backbone layer calls, driven by a per-call AttentionPlan.
+
+A strategy decides which tokens the backbone computes (the queries), which cached K/V join
+them (DySta's static prefix, VLA-Cache's buffer), and which keys each layer reads (GoToHunt's
+local / strided / all layers). The plan carries those decisions into transformers' attention
+through the model's kwargs; the function below executes them with
+scaled_dot_product_attention and records each layer's full post-RoPE K/V for the action head
+and for the next step's caches. `full` is the same path with nothing cached or skipped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+
+ATTENTION_NAME = "dysta_plan"
+LAYER_MODES = ("all", "local", "strided")
+
+
+def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Repeat K/V heads for grouped-query attention: (B, Hkv, L, D) -> (B, Hkv*groups, L, D)."""
+    if groups == 1:
+        return x
+    b, h, n, d = x.shape
+    return x[:, :, None].expand(b, h, groups, n, d).reshape(b, h * groups, n, d)
+
+
+@dataclass
+class AttentionPlan:
+    """What one backbone call computes and attends to, layer by layer.
+
+    Orders are places in the strategy's context sequence (not RoPE positions): a query sees a
+    key when key order <= query order, so a cached prefix stays exactly reusable.
+    """
+
+    query_order: torch.Tensor  # (Q,) long: context order of each computed token
+    prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer (1, Hkv, P, D) K, V
+    prefix_order: torch.Tensor | None = None  # (P,)
+    buffer: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer (1, Hkv, L, D): VLA-Cache
+    buffer_order: torch.Tensor | None = None  # (L,)
+    write_index: torch.Tensor | None = None  # (Q,) buffer slots the computed tokens overwrite
+    layer_modes: list[str] | None = None  # per layer: "all" | "local" | "strided"; None = all
+    strided_keys: torch.Tensor | None = None  # indices into the assembled keys kept by strided layers
+    query_group: torch.Tensor | None = None  # (Q,) frame id of each query, -1 = sees every frame
+    key_group: torch.Tensor | None = None  # (K,) frame id of each key, -1 = seen by every query
+    relevance_layer: int | None = None  # layer whose attention from `relevance_queries` is kept
+    relevance_queries: torch.Tensor | None = None  # (R,) query rows (language/state tokens)
+    entropy_heads: int = 0  # > 0: record normalised attention entropy per layer (profiling)
+    entropy_queries: int = 16
+    # Filled in during the call:
+    records: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    attended_pairs: int = 0  # (query, key) pairs summed over layers, for the FLOPs estimate
+    relevance: torch.Tensor | None = None  # (K,) mean attention the relevance queries paid to each key
+    entropy: dict[int, float] = field(default_factory=dict)
+    _masks: dict = field(default_factory=dict, repr=False)
+
+    def mode(self, layer: int) -> str:
+        return "all" if self.layer_modes is None else self.layer_modes[layer]
+
+    def assemble(self, layer: int, key: torch.Tensor, value: torch.Tensor):
+        """Return this layer's keys, values (1, Hkv, K, D) and key orders (K,)."""
+        if self.buffer is not None:
+            buffer_k, buffer_v = self.buffer[layer]
+            keys = buffer_k.index_copy(2, self.write_index, key)  # (1, Hkv, L, D)
+            values = buffer_v.index_copy(2, self.write_index, value)
+            return keys, values, self.buffer_order
+        if self.prefix is not None:
+            prefix_k, prefix_v = self.prefix[layer]
+            keys = torch.cat([prefix_k, key], dim=2)  # (1, Hkv, P+Q, D)
+            values = torch.cat([prefix_v, value], dim=2)
+            return keys, values, torch.cat([self.prefix_order, self.query_order])
+        return key, value, self.query_order
+
+    def causal_mask(self, name: str, key_order: torch.Tensor) -> torch.Tensor | None:
+        """Return the (Q, K) bool mask "key order <= query order", None when nothing is masked."""
+        if name not in self._masks:
+            mask = key_order[None, :] <= self.query_order[:, None]  # (Q, K)
+            self._masks[name] = (None if bool(mask.all()) else mask, int(mask.sum()))
+        return self._masks[name]
+
+
+def _attend(query, keys, values, mask, scaling):
+    """SDPA with GQA by repeating K/V heads (every backend supports it): -> (B, H, Q, D)."""
+    groups = query.shape[1] // keys.shape[1]
+    return F.scaled_dot_product_attention(query, repeat_kv(keys, groups), repeat_kv(values, groups),
+                                          attn_mask=mask, scale=scaling)
+
+
+def _local_attention(plan: AttentionPlan, query, keys, values, key_order, scaling):
+    """Frame queries see their own frame's keys (+ shared keys); global queries see all keys."""
+    out = query.new_empty(query.shape)  # (1, H, Q, D)
+    pairs = 0
+    groups = plan.query_group
+    frame_ids = torch.unique(groups[groups >= 0])
+    shared = (plan.key_group < 0).nonzero().flatten()
+    q_rows = [(groups == f).nonzero().flatten() for f in frame_ids.tolist()]
+    k_rows = [torch.cat([shared, (plan.key_group == f).nonzero().flatten()]) for f in frame_ids.tolist()]
+    same_shape = len({len(r) for r in q_rows}) == 1 and len({len(r) for r in k_rows}) == 1
+    if q_rows and same_shape:
+        # Block-batched: every frame is one batch row, so no (Q, K) matrix is ever formed.
+        q_index = torch.stack(q_rows)  # (F, n)
+        k_index = torch.stack(k_rows)  # (F, m)
+        q_blocks = query[0][:, q_index].transpose(0, 1)  # (F, H, n, D)
+        k_blocks = keys[0][:, k_index].transpose(0, 1)  # (F, Hkv, m, D)
+        v_blocks = values[0][:, k_index].transpose(0, 1)
+        mask = key_order[k_index][:, None, :] <= plan.query_order[q_index][:, :, None]  # (F, n, m)
+        pairs += int(mask.sum())
+        attn = _attend(q_blocks, k_blocks, v_blocks, None if bool(mask.all()) else mask[:, None], scaling)
+        out[0][:, q_index.flatten()] = attn.transpose(0, 1).reshape(query.shape[1], -1, query.shape[3])
+    else:
+        for q_idx, k_idx in zip(q_rows, k_rows):
+            mask = key_order[k_idx][None, :] <= plan.query_order[q_idx][:, None]
+            pairs += int(mask.sum())
+            out[:, :, q_idx] = _attend(query[:, :, q_idx], keys[:, :, k_idx], values[:, :, k_idx], mask, scaling)
+    global_rows = (groups < 0).nonzero().flatten()
+    if len(global_rows):
+        mask = key_order[None, :] <= plan.query_order[global_rows][:, None]
+        pairs += int(mask.sum())
+        out[:, :, global_rows] = _attend(query[:, :, global_rows], keys, values, mask, scaling)
+    return out, pairs
+
+
+def _record_entropy(plan: AttentionPlan, layer: int, query, keys, mask, scaling) -> None:
+    """Store the mean normalised row entropy over a few heads and queries of this layer."""
+    heads = torch.linspace(0, query.shape[1] - 1, min(plan.entropy_heads, query.shape[1])).long()
+    rows = torch.linspace(0, query.shape[2] - 1, min(plan.entropy_queries, query.shape[2])).long()
+    groups = query.shape[1] // keys.shape[1]
+    k = repeat_kv(keys, groups)[0, heads].float()  # (h, K, D)
+    q = query[0, heads][:, rows].float()  # (h, r, D)
+    logits = q @ k.transpose(1, 2) * scaling  # (h, r, K)
+    allowed = torch.ones_like(logits[0], dtype=torch.bool) if mask is None else mask[rows]  # (r, K)
+    logits = logits.masked_fill(~allowed, float("-inf"))
+    p = logits.softmax(-1)
+    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum(-1)  # (h, r)
+    counts = allowed.sum(-1).float()  # (r,)
+    normalised = entropy / torch.log(counts.clamp_min(2.0))
+    keep = counts > 1  # a row with one key has no entropy to speak of
+    if bool(keep.any()):
+        plan.entropy[layer] = float(normalised[:, keep].mean())
+
+
+def plan_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+                   attention_plan: AttentionPlan | None = None, **kwargs):
+    """Attention for one layer: query (B, H, Q, D), key/value (B, Hkv, Q, D) after RoPE."""
+    scaling = scaling if scaling is not None else 1.0 / math.sqrt(query.shape[-1])
+    plan = attention_plan
+    if plan is None:  # plain causal forward (training, batch > 1)
+        groups = query.shape[1] // key.shape[1]
+        out = F.scaled_dot_product_attention(query, repeat_kv(key, groups), repeat_kv(value, groups),
+                                             is_causal=query.shape[2] > 1, scale=scaling)
+        return out.transpose(1, 2).contiguous(), None
+    layer = module.layer_idx
+    keys, values, key_order = plan.assemble(layer, key, value)
+    plan.records[layer] = (keys, values)
+    mode = plan.mode(layer)
+    if mode == "local":
+        out, pairs = _local_attention(plan, query, keys, values, key_order, scaling)
+    else:
+        if mode == "strided":
+            idx = plan.strided_keys
+            keys_used, values_used, order_used = keys[:, :, idx], values[:, :, idx], key_order[idx]
+        else:
+            keys_used, values_used, order_used = keys, values, key_order
+        mask, pairs = plan.causal_mask(mode, order_used)
+        out = _attend(query, keys_used, values_used, mask, scaling)
+        if plan.entropy_heads > 0:
+            _record_entropy(plan, layer, query, keys_used, mask, scaling)
+        if plan.relevance_layer == layer and plan.relevance_queries is not None:
+            groups = query.shape[1] // keys_used.shape[1]
+            q = query[0][:, plan.relevance_queries]  # (H, R, D)
+            logits = q @ repeat_kv(keys_used, groups)[0].transpose(1, 2) * scaling  # (H, R, K)
+            if mask is not None:
+                logits = logits.masked_fill(~mask[plan.relevance_queries], float("-inf"))
+            plan.relevance = logits.float().softmax(-1).mean(dim=(0, 1))  # (K,)
+    plan.attended_pairs += pairs
+    return out.transpose(1, 2).contiguous(), None  # (1, Q, H, D)
+
+
+AttentionInterface.register(ATTENTION_NAME, plan_attention)

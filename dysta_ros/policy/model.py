@@ -1,0 +1,109 @@
+"""The multi-frame VLA: SigLIP ViT -> projector -> causal LM backbone -> flow-matching expert.
+
+Bottom-up, as nanoGPT: vision encoder, backbone builder, then the model. The model itself
+knows nothing of strategies: `encode_frame` turns one frame's images into patch tokens,
+`embed_text` / `embed_state` give the language and state tokens, `run_backbone` executes an
+AttentionPlan, and `sample_actions` integrates the expert over the recorded prefix K/V.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from transformers import (DynamicCache, GemmaConfig, GemmaModel, LlamaConfig, LlamaModel, Qwen2Config, Qwen2Model,
+                          SiglipVisionConfig, SiglipVisionModel)
+
+from dysta_ros.policy.action_expert import ActionExpert
+from dysta_ros.policy.attention import ATTENTION_NAME, AttentionPlan
+from dysta_ros.policy.config import BackboneConfig, PolicyConfig, VisionConfig
+from dysta_ros.tokens.learned import Disentangler, RecacheGate, default_gate_hidden
+
+BACKBONES = {"llama": (LlamaConfig, LlamaModel), "qwen2": (Qwen2Config, Qwen2Model),
+             "gemma": (GemmaConfig, GemmaModel)}
+
+
+def build_vision(cfg: VisionConfig) -> SiglipVisionModel:
+    """A SigLIP ViT without the pooling head: we want the patch tokens."""
+    config = SiglipVisionConfig(hidden_size=cfg.width, intermediate_size=cfg.mlp_width,
+                                num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
+                                image_size=cfg.image_size, patch_size=cfg.patch_size, vision_use_head=False)
+    config._attn_implementation = "sdpa"
+    return SiglipVisionModel(config)
+
+
+def build_backbone(cfg: BackboneConfig) -> nn.Module:
+    """A transformers decoder whose every attention call goes through plan_attention."""
+    config_class, model_class = BACKBONES[cfg.family]
+    config = config_class(hidden_size=cfg.width, intermediate_size=cfg.mlp_width, num_hidden_layers=cfg.layers,
+                          num_attention_heads=cfg.heads, num_key_value_heads=cfg.kv_heads, head_dim=cfg.head_dim,
+                          vocab_size=cfg.vocab_size, max_position_embeddings=1 << 16,
+                          rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta})
+    config._attn_implementation = ATTENTION_NAME
+    return model_class(config)
+
+
+class VLAModel(nn.Module):
+    """Weights and pure tensor functions of the policy; the runtime owns history and caches."""
+
+    def __init__(self, cfg: PolicyConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.vision = build_vision(cfg.vision)
+        self.projector = nn.Linear(cfg.vision.width, cfg.backbone.width)
+        self.backbone = build_backbone(cfg.backbone)
+        self.state_proj = nn.Linear(cfg.state_dim, cfg.backbone.width)
+        self.action_expert = ActionExpert(cfg.expert, cfg.backbone, cfg.action_dim, cfg.horizon)
+        # DySta's learned parts (used only with `learned: true`; random until trained).
+        self.disentangler = Disentangler(cfg.vision.width)
+        self.recache_gate = RecacheGate(cfg.vision.width, cfg.tokens_per_frame,
+                                        hidden=default_gate_hidden(cfg.vision.width))
+        self.has_learned_dysta = False  # set by load_checkpoint when the checkpoint trained them
+
+    @property
+    def device(self) -> torch.device:
+        return self.projector.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.projector.weight.dtype
+
+    def encode_frame(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode one frame's cameras (C, 3, S, S) -> vision features (C*n, Cv) and tokens (C*n, W)."""
+        features = self.vision(pixel_values=pixels).last_hidden_state  # (C, n, Cv)
+        features = features.reshape(-1, features.shape[-1])  # (C*n, Cv): cameras concatenated
+        return features, self.projector(features)  # (N, Cv), (N, W)
+
+    def embed_text(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return self.backbone.embed_tokens(token_ids)  # (n_text,) -> (n_text, W)
+
+    def embed_state(self, state: torch.Tensor) -> torch.Tensor:
+        return self.state_proj(state)[None]  # (S,) -> (1, W)
+
+    def run_backbone(self, embeds: torch.Tensor, positions: torch.Tensor, plan: AttentionPlan) -> AttentionPlan:
+        """Compute tokens embeds (Q, W) at RoPE positions (Q,) under plan; fills plan.records."""
+        self.backbone(inputs_embeds=embeds[None], position_ids=positions[None], attention_plan=plan,
+                      use_cache=False)
+        return plan
+
+    def sample_actions(self, records, prefix_length: int, noise: torch.Tensor) -> torch.Tensor:
+        """Integrate the expert from noise (H, A) over the per-layer prefix K/V -> (H, A)."""
+        return self.action_expert.sample(records, prefix_length, noise[None])[0]
+
+    def flow_matching_loss(self, batch: dict[str, torch.Tensor],
+                           generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training loss on the full layout: batch of pixels (B, T, C, 3, S, S), text_ids (B, n),
+        state (B, S) and actions (B, H, A), both normalised."""
+        pixels = batch["pixels"]
+        b, t = pixels.shape[:2]
+        features = self.vision(pixel_values=pixels.flatten(0, 2)).last_hidden_state  # (B*T*C, n, Cv)
+        frames = self.projector(features).reshape(b, -1, self.cfg.backbone.width)  # (B, T*N, W)
+        text = self.backbone.embed_tokens(batch["text_ids"])  # (B, n_text, W)
+        state = self.state_proj(batch["state"])[:, None]  # (B, 1, W)
+        embeds = torch.cat([frames, text, state], dim=1)  # (B, L, W)
+        length = embeds.shape[1]
+        positions = torch.arange(length, device=embeds.device)[None].expand(b, -1)
+        # Causal forward (no plan) with a cache to read each layer's post-RoPE K/V back.
+        cache = DynamicCache(config=self.backbone.config)
+        self.backbone(inputs_embeds=embeds, position_ids=positions, cache=cache, use_cache=True)
+        records = {i: (cache.layers[i].keys, cache.layers[i].values) for i in range(self.cfg.backbone.layers)}
+        return self.action_expert.loss(records, length, batch["actions"], generator)

@@ -1,0 +1,213 @@
+"""The step runtime: Observation -> (ActionChunk, StepStats), with history, caches and a strategy.
+
+The one boundary everything calls (ROS node, MuJoCo loop, bag evaluator, bench):
+`runtime.step(observation)` and `runtime.reset()`. Each frame is vision-encoded once and kept
+for its life in the window; the strategy builds the backbone prefix; the flow-matching expert
+turns it into an action chunk. Noise comes from (seed, sequence), so every strategy sees the
+same noise on the same step.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dysta_ros.errors import ConfigError, InferenceError, InputError
+from dysta_ros.policy.checkpoint import load_checkpoint
+from dysta_ros.policy.config import PRESETS, preset_config
+from dysta_ros.policy.model import VLAModel
+from dysta_ros.policy.preprocess import prepare_observation
+from dysta_ros.policy.tokenizer import load_tokenizer
+from dysta_ros.tokens import build_strategy
+from dysta_ros.tokens.base import Frame, StepContext
+from dysta_ros.tokens.flops import full_flops
+from dysta_ros.types import STAGES, ActionChunk, Observation, StepStats
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RuntimeSpec:
+    """What a caller needs to know to feed the runtime and use its output."""
+
+    camera_names: list[str]
+    image_size: int
+    state_dim: int
+    action_dim: int
+    horizon: int
+    dt: float
+    action_space: str
+    preset: str
+    strategy: str
+    history: int
+    tokens_per_frame: int
+
+
+class StageTimer:
+    """Milliseconds per stage; synchronises CUDA so a stage's time is its own."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.ms = {stage: 0.0 for stage in STAGES}
+        self._start = self._last = self._now()
+
+    def _now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = self._now()
+        self.ms[stage] += (now - self._last) * 1e3
+        self._last = now
+
+    def finish(self) -> dict[str, float]:
+        self.ms["total"] = (self._now() - self._start) * 1e3
+        return self.ms
+
+
+class PolicyRuntime:
+    """Holds the model, the history window, the strategy's caches and the step counter."""
+
+    def __init__(self, model: VLAModel, strategy: str = "full", strategy_params: dict | None = None,
+                 history: int | None = None, seed: int = 0, tokenizer=None):
+        cfg = model.cfg
+        self.model = model.eval()
+        self.strategy = build_strategy(strategy, strategy_params, cfg)
+        self.history = int(history or self.strategy.params.history or cfg.history)
+        if self.history < 1:
+            raise ConfigError(f"history must be >= 1, got {self.history}")
+        self.seed = int(seed)
+        self.tokenizer = tokenizer or load_tokenizer(None)
+        self.spec = RuntimeSpec(camera_names=list(cfg.camera_names), image_size=cfg.vision.image_size,
+                                state_dim=cfg.state_dim, action_dim=cfg.action_dim, horizon=cfg.horizon,
+                                dt=cfg.dt, action_space=cfg.action_space, preset=cfg.preset,
+                                strategy=strategy, history=self.history, tokens_per_frame=cfg.tokens_per_frame)
+        self._stats_tensors()
+        self.reset()
+
+    def _stats_tensors(self) -> None:
+        cfg, device = self.model.cfg, self.model.device
+        self.state_mean = torch.tensor(cfg.state_mean or [0.0] * cfg.state_dim, device=device)
+        self.state_std = torch.tensor(cfg.state_std or [1.0] * cfg.state_dim, device=device)
+        self.action_mean = torch.tensor(cfg.action_mean or [0.0] * cfg.action_dim, device=device)
+        self.action_std = torch.tensor(cfg.action_std or [1.0] * cfg.action_dim, device=device)
+
+    def reset(self) -> None:
+        """Start a new episode or instruction: history, caches and sequence cleared."""
+        self.frames: deque[Frame] = deque(maxlen=self.history)
+        self.frame_count = 0
+        self.sequence = 0
+        self._text_cache: tuple[str, torch.Tensor] | None = None
+        self.strategy.reset()
+
+    def _text_embeds(self, instruction: str) -> torch.Tensor:
+        if self._text_cache is None or self._text_cache[0] != instruction:
+            ids = torch.tensor(self.tokenizer.encode(instruction), device=self.model.device)
+            self._text_cache = (instruction, self.model.embed_text(ids))
+        return self._text_cache[1]
+
+    def noise(self, sequence: int) -> torch.Tensor:
+        """The flow's starting noise (H, A) for step `sequence`: the same for every strategy."""
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + sequence)
+        noise = torch.randn(self.spec.horizon, self.spec.action_dim, generator=generator)
+        return noise.to(self.model.device, self.model.dtype)
+
+    def step(self, obs: Observation) -> tuple[ActionChunk, StepStats]:
+        """Run one policy step; InputError leaves everything untouched, InferenceError resets caches."""
+        start_wall = time.time()
+        timer = StageTimer(self.model.device)
+        pixels, state, instruction = prepare_observation(obs, self.spec.camera_names, self.spec.image_size,
+                                                         self.spec.state_dim)
+        timer.lap("preprocess")
+        saved_frames, saved_count = list(self.frames), self.frame_count
+        try:
+            with torch.inference_mode():
+                actions, stats = self._infer(pixels, state, instruction, timer)
+        except (InputError, ConfigError):
+            raise
+        except Exception as exc:
+            # Whatever the strategy had half-updated is dropped; the next good step starts clean.
+            self.frames = deque(saved_frames, maxlen=self.history)
+            self.frame_count = saved_count
+            self.strategy.reset()
+            if isinstance(exc, InferenceError):
+                raise
+            raise InferenceError(f"{type(exc).__name__} during inference: {exc}") from exc
+        chunk = ActionChunk(stamp=obs.stamp, actions=actions, dt=self.spec.dt, strategy=self.spec.strategy,
+                            sequence=self.sequence, action_space=self.spec.action_space,
+                            inference_start=start_wall, inference_end=time.time())
+        stats.stage_ms = timer.finish()
+        self.sequence += 1
+        return chunk, stats
+
+    def _infer(self, pixels: np.ndarray, state: np.ndarray, instruction: str, timer: StageTimer):
+        model, device, dtype = self.model, self.model.device, self.model.dtype
+        features, tokens = model.encode_frame(torch.from_numpy(pixels).to(device, dtype))  # (N, Cv), (N, W)
+        frame = Frame(features=features, tokens=tokens, index=self.frame_count)
+        self.frame_count += 1
+        if not self.frames:  # a new episode: the window starts full of its first frame
+            self.frames.extend([frame] * self.history)
+        else:
+            self.frames.append(frame)
+        timer.lap("vision")
+        state_t = (torch.from_numpy(state).to(device) - self.state_mean) / self.state_std
+        ctx = StepContext(model=model, frames=list(self.frames), text=self._text_embeds(instruction),
+                          state=model.embed_state(state_t.to(dtype)), grid=model.cfg.vision.grid,
+                          cameras=len(self.spec.camera_names))
+        result = self.strategy.build_prefix(ctx)
+        timer.ms["gate"] += result.gate_ms
+        timer.lap("backbone")
+        timer.ms["backbone"] -= result.gate_ms
+        normalised = model.sample_actions(result.records, ctx.full_length, self.noise(self.sequence))
+        actions = (normalised.float() * self.action_std + self.action_mean).cpu().numpy()
+        timer.lap("action_head")
+        if not np.isfinite(actions).all():
+            raise InferenceError("the model produced non-finite actions; the chunk is dropped")
+        full = full_flops(model.cfg.backbone, ctx.full_length)
+        stats = StepStats(strategy=self.spec.strategy, sequence=self.sequence,
+                          context_tokens=result.context_tokens, recomputed_tokens=ctx.computed_tokens,
+                          static_l1_tokens=result.static_l1_tokens, static_l2_tokens=result.static_l2_tokens,
+                          dynamic_tokens=result.dynamic_tokens, history_frames=len(self.frames),
+                          frames_attended=result.frames_attended, recached_l1=result.recached_l1,
+                          recached_l2=result.recached_l2, flops_ratio=self.strategy.flops(ctx) / full)
+        return actions.astype(np.float32), stats
+
+
+def build_model(model: str | VLAModel = "tiny", device: str = "cpu", dtype: str = "float32", seed: int = 0,
+                overrides: dict | None = None) -> tuple[VLAModel, object]:
+    """Return (model, tokenizer) from a preset name (seeded random init) or a checkpoint directory."""
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    torch_dtype = DTYPES[dtype]
+    if isinstance(model, VLAModel):
+        return model, load_tokenizer(None)
+    if model in PRESETS:
+        torch.manual_seed(seed)
+        vla = VLAModel(preset_config(model, overrides))
+        return vla.to(device=device, dtype=torch_dtype), load_tokenizer(None)
+    path = Path(model)
+    if not path.is_dir():
+        raise ConfigError(f"model {model!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint directory")
+    if overrides:
+        raise ConfigError("overrides apply to presets only; a checkpoint's config is what it was trained with")
+    vla, _ = load_checkpoint(path, device=device, overrides_dtype=torch_dtype)
+    return vla, load_tokenizer(path)
+
+
+def build_runtime(model: str | VLAModel = "tiny", strategy: str = "full", strategy_params: dict | None = None,
+                  history: int | None = None, device: str = "cpu", dtype: str = "float32", seed: int = 0,
+                  overrides: dict | None = None) -> PolicyRuntime:
+    """Build a runtime from a preset name, a checkpoint directory or an already built VLAModel."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available; use 'cpu'")
+    vla, tokenizer = build_model(model, device, dtype, seed, overrides)
+    return PolicyRuntime(vla, strategy=strategy, strategy_params=strategy_params, history=history, seed=seed,
+                         tokenizer=tokenizer)

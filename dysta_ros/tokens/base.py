@@ -1,0 +1,142 @@
+"""What every strategy shares: its parameters, the step context it reads, the result it returns.
+
+A strategy turns the frames of the history window (vision-encoded once each), the language
+and the state tokens into per-layer backbone K/V (the prefix the action expert reads), by
+executing AttentionPlans through one backbone. Positions always follow the `full` layout
+[frame slot 0 .. slot T-1 | language | state], so a strategy that skips nothing is `full`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from dysta_ros.errors import ConfigError
+from dysta_ros.policy.attention import AttentionPlan
+from dysta_ros.tokens.flops import backbone_flops
+
+
+@dataclass
+class StrategyParams:
+    """Parameters every strategy accepts."""
+
+    history: int = 0  # frames T in the window; 0 = the model's default
+
+    def __post_init__(self):
+        if int(self.history) < 0:
+            raise ConfigError(f"history must be >= 0 (0 = the model's default), got {self.history}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None, strategy: str):
+        """Build from flat keys (YAML / ROS parameters); unknown keys name the allowed ones."""
+        values = dict(values or {})
+        allowed = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(allowed))
+        if unknown:
+            raise ConfigError(f"strategy {strategy!r}: unknown parameter(s) {unknown}; allowed: {sorted(allowed)}")
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise ConfigError(f"strategy {strategy!r}: {exc}") from exc
+
+
+@dataclass
+class Frame:
+    """One history frame, vision-encoded once for its whole life in the window."""
+
+    features: torch.Tensor  # (N, Cv) vision features (what change and similarity are measured on)
+    tokens: torch.Tensor  # (N, W) projected to the backbone width
+    index: int  # frame counter since reset
+
+
+@dataclass
+class StepContext:
+    """The inputs of one step and the means to run the backbone on them."""
+
+    model: Any  # VLAModel (not imported: tokens/ stays free of the model's weight)
+    frames: list[Frame]  # T frames, slot 0 = oldest
+    text: torch.Tensor  # (n_text, W)
+    state: torch.Tensor  # (1, W)
+    grid: int  # patches per side of one camera image
+    cameras: int
+    computed_tokens: int = 0  # tokens the backbone computed this step, over all calls
+    attended_pairs: int = 0  # (query, key) pairs over all layers and calls
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.cameras * self.grid * self.grid
+
+    @property
+    def history(self) -> int:
+        return len(self.frames)
+
+    @property
+    def frames_length(self) -> int:
+        return self.history * self.tokens_per_frame
+
+    @property
+    def full_length(self) -> int:
+        return self.frames_length + self.text.shape[0] + 1
+
+    @property
+    def device(self) -> torch.device:
+        return self.text.device
+
+    def tail(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Language and state tokens (n_text+1, W) and their full-layout positions."""
+        embeds = torch.cat([self.text, self.state])
+        positions = torch.arange(self.frames_length, self.full_length, device=self.device)
+        return embeds, positions
+
+    def slot_positions(self, slot: int, patches: torch.Tensor) -> torch.Tensor:
+        """Full-layout positions of patches (n,) of the frame in history slot `slot`."""
+        return slot * self.tokens_per_frame + patches
+
+    def arange(self, start: int, stop: int) -> torch.Tensor:
+        return torch.arange(start, stop, device=self.device)
+
+    def run(self, embeds: torch.Tensor, positions: torch.Tensor, plan: AttentionPlan) -> AttentionPlan:
+        """Run the backbone on embeds (Q, W) at positions (Q,) under plan; count its work."""
+        self.model.run_backbone(embeds, positions, plan)
+        self.computed_tokens += embeds.shape[0]
+        self.attended_pairs += plan.attended_pairs
+        return plan
+
+
+@dataclass
+class PrefixResult:
+    """Per-layer K/V for the action expert and what producing it cost."""
+
+    records: dict[int, tuple[torch.Tensor, torch.Tensor]]
+    context_tokens: int
+    static_l1_tokens: int = 0
+    static_l2_tokens: int = 0
+    dynamic_tokens: int = 0
+    frames_attended: int = 0
+    recached_l1: bool = False
+    recached_l2: bool = False
+    gate_ms: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Strategy:
+    """Base of the token strategies: parameters in, per-layer prefix K/V out, caches between."""
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type[StrategyParams]] = StrategyParams
+
+    def __init__(self, params: StrategyParams, model_config):
+        self.params = params
+        self.model_config = model_config
+
+    def reset(self) -> None:
+        """Forget every cache: a new episode or instruction."""
+
+    def build_prefix(self, ctx: StepContext) -> PrefixResult:
+        raise NotImplementedError
+
+    def flops(self, ctx: StepContext) -> float:
+        return backbone_flops(self.model_config.backbone, ctx.computed_tokens, ctx.attended_pairs)

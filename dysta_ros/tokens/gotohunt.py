@@ -1,0 +1,129 @@
+"""`gotohunt`: K diverse anchor frames and layer-aware K/V selection (Good Token Hunting).
+
+Inter-frame: a global descriptor per frame (the L2-normalised mean of its vision features),
+cosine similarity C, distance D = max(C) - C, greedy farthest-point sampling of K anchors that
+starts at the oldest frame; the current frame is always kept. Intra-frame, per layer (a fixed
+schedule, from `dysta-ros profile-entropy`): local layers attend only their own frame
+(block-batched; language/state see everything), strided layers read one gathered K/V set of
+anchor tokens strided by sigma on the patch grid (+ language/state), the rest read all anchor
+tokens. Queries stay complete; K/V are gathered after RoPE.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from dysta_ros.errors import ConfigError
+from dysta_ros.policy.attention import AttentionPlan
+from dysta_ros.tokens.base import PrefixResult, StepContext, Strategy, StrategyParams
+
+
+@dataclass
+class AnchorParams(StrategyParams):
+    """How many anchor frames to keep."""
+
+    num_anchors: int = 0  # K; 0 = round(anchor_fraction * T), at least 1
+    anchor_fraction: float = 0.5
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.num_anchors < 0:
+            raise ConfigError(f"num_anchors must be >= 0 (0 = use anchor_fraction), got {self.num_anchors}")
+        if not 0.0 < self.anchor_fraction <= 1.0:
+            raise ConfigError(f"anchor_fraction must be in (0, 1], got {self.anchor_fraction}")
+
+    def anchor_count(self, frames: int) -> int:
+        wanted = self.num_anchors or round(self.anchor_fraction * frames)
+        return max(1, min(frames, int(wanted)))
+
+
+@dataclass
+class GotohuntParams(AnchorParams):
+    """Anchors plus the layer schedule."""
+
+    local_layers: list[int] = field(default_factory=lambda: [0])  # per-frame attention
+    strided_layers: list[int] = field(default_factory=lambda: [1])  # anchor K/V strided by sigma
+    sigma: int = 2  # stride in patch rows and columns (2 keeps 1/4, 3 keeps 1/9)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.sigma < 1:
+            raise ConfigError(f"sigma must be >= 1, got {self.sigma}")
+        both = sorted(set(self.local_layers) & set(self.strided_layers))
+        if both:
+            raise ConfigError(f"layers {both} are in both local_layers and strided_layers")
+
+
+def frame_descriptors(features: torch.Tensor) -> torch.Tensor:
+    """One global descriptor per frame: features (T, N, C) -> L2-normalised means (T, C)."""
+    return F.normalize(features.float().mean(dim=1), dim=-1)
+
+
+def farthest_point_sampling(descriptors: torch.Tensor, count: int, keep_last: bool = True) -> list[int]:
+    """Greedy K-center over D = max(C) - C, starting at frame 0; the last frame is kept if asked."""
+    frames = descriptors.shape[0]
+    similarity = descriptors @ descriptors.T  # (T, T)
+    distance = similarity.max() - similarity
+    chosen = [0]
+    if keep_last and frames > 1 and count > 1:
+        chosen.append(frames - 1)
+    nearest = distance[chosen].min(dim=0).values  # (T,) distance to the closest chosen frame
+    while len(chosen) < min(count, frames):
+        nearest[chosen] = -1.0
+        pick = int(torch.argmax(nearest))
+        chosen.append(pick)
+        nearest = torch.minimum(nearest, distance[pick])
+    if keep_last and frames - 1 not in chosen:  # count == 1: the current frame is the anchor
+        chosen = [frames - 1]
+    return sorted(chosen)
+
+
+def layer_schedule(layers: int, local: list[int], strided: list[int]) -> list[str]:
+    """Per-layer mode list; layer indices must exist in the backbone."""
+    bad = sorted(i for i in [*local, *strided] if not 0 <= i < layers)
+    if bad:
+        raise ConfigError(f"layer indices {bad} are outside the backbone's 0..{layers - 1}")
+    return ["local" if i in local else "strided" if i in strided else "all" for i in range(layers)]
+
+
+def strided_patches(grid: int, cameras: int, sigma: int, device=None) -> torch.Tensor:
+    """Indices within a frame of the patches on rows and columns divisible by sigma, per camera."""
+    rows = torch.arange(grid, device=device)
+    keep = ((rows[:, None] % sigma == 0) & (rows[None, :] % sigma == 0)).flatten().nonzero().flatten()
+    return torch.cat([c * grid * grid + keep for c in range(cameras)])
+
+
+def select_anchors(ctx: StepContext, params: AnchorParams) -> list[int]:
+    """History slots of the K anchor frames (oldest first)."""
+    descriptors = frame_descriptors(torch.stack([frame.features for frame in ctx.frames]))
+    return farthest_point_sampling(descriptors, params.anchor_count(ctx.history))
+
+
+class GotohuntStrategy(Strategy):
+    name = "gotohunt"
+    Params = GotohuntParams
+
+    def __init__(self, params: GotohuntParams, model_config):
+        super().__init__(params, model_config)
+        self.schedule = layer_schedule(model_config.backbone.layers, params.local_layers, params.strided_layers)
+
+    def build_prefix(self, ctx: StepContext) -> PrefixResult:
+        anchors = select_anchors(ctx, self.params)
+        n, k = ctx.tokens_per_frame, len(anchors)
+        tail, tail_positions = ctx.tail()
+        all_patches = ctx.arange(0, n)
+        embeds = torch.cat([ctx.frames[a].tokens for a in anchors] + [tail])  # (K*N + n_tail, W)
+        positions = torch.cat([ctx.slot_positions(a, all_patches) for a in anchors] + [tail_positions])
+        order = ctx.arange(0, embeds.shape[0])
+        groups = torch.cat([torch.arange(k, device=ctx.device).repeat_interleave(n),
+                            torch.full((tail.shape[0],), -1, device=ctx.device)])
+        kept = strided_patches(ctx.grid, ctx.cameras, self.params.sigma, ctx.device)
+        strided = torch.cat([i * n + kept for i in range(k)] + [ctx.arange(k * n, embeds.shape[0])])
+        plan = AttentionPlan(query_order=order, layer_modes=self.schedule, strided_keys=strided,
+                             query_group=groups, key_group=groups)
+        ctx.run(embeds, positions, plan)
+        return PrefixResult(records=plan.records, context_tokens=embeds.shape[0], dynamic_tokens=k * n,
+                            frames_attended=k, extra={"anchors": anchors})

@@ -1,0 +1,131 @@
+"""The runtime's public API on the tiny preset: steps, errors, reset, checkpoints."""
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file, save_file
+
+from dysta_ros.errors import CheckpointError, ConfigError, InferenceError, InputError
+from dysta_ros.policy.checkpoint import load_checkpoint, save_checkpoint
+from dysta_ros.policy.runtime import build_runtime
+from dysta_ros.types import STAGES, Observation
+
+
+def observation(seed=0, shape=(48, 80, 3), cameras=("main",), state=None):
+    rng = np.random.default_rng(seed)
+    images = {name: rng.integers(0, 256, shape, dtype=np.uint8) for name in cameras}
+    return Observation(stamp=1.5, images=images, state=np.zeros(6) if state is None else state,
+                       instruction="pick up the red block")
+
+
+@pytest.fixture(scope="module")
+def runtime():
+    return build_runtime("tiny", "full", seed=0)
+
+
+def test_step_returns_finite_chunk_and_filled_stats(runtime):
+    runtime.reset()
+    chunk, stats = runtime.step(observation())
+    assert chunk.actions.shape == (runtime.spec.horizon, runtime.spec.action_dim)
+    assert chunk.actions.dtype == np.float32 and np.isfinite(chunk.actions).all()
+    assert chunk.stamp == 1.5 and chunk.dt == runtime.spec.dt and chunk.strategy == "full"
+    assert set(stats.stage_ms) == set(STAGES) and stats.stage_ms["total"] > 0
+    n = runtime.spec.tokens_per_frame * runtime.spec.history
+    assert stats.context_tokens == stats.recomputed_tokens > n  # frames + language + state
+    assert stats.flops_ratio == pytest.approx(1.0)
+    assert stats.history_frames == runtime.spec.history
+
+
+def test_same_seed_same_actions_and_reset_restarts_sequence():
+    a = build_runtime("tiny", "full", seed=3)
+    b = build_runtime("tiny", "full", seed=3)
+    first = a.step(observation(1))[0].actions
+    assert np.array_equal(first, b.step(observation(1))[0].actions)
+    a.step(observation(2))
+    a.reset()
+    chunk, _ = a.step(observation(1))
+    assert chunk.sequence == 0 and np.allclose(chunk.actions, first, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda o: o.images.pop("main"), "missing camera"),
+    (lambda o: o.images.update(main=o.images["main"].astype(np.float32)), "dtype"),
+    (lambda o: o.images.update(main=o.images["main"][:, :, :2]), "shape"),
+    (lambda o: setattr(o, "state", np.array([0, 0, np.nan, 0, 0, 0])), "non-finite"),
+    (lambda o: setattr(o, "state", np.zeros(4)), "state shape"),
+])
+def test_bad_input_raises_input_error_and_next_step_works(runtime, bad, message):
+    obs = observation()
+    bad(obs)
+    with pytest.raises(InputError, match=message):
+        runtime.step(obs)
+    chunk, _ = runtime.step(observation())
+    assert np.isfinite(chunk.actions).all()
+
+
+def test_inference_failure_is_wrapped_and_runtime_recovers():
+    rt = build_runtime("tiny", "dysta")
+    rt.step(observation(0))
+    original = rt.model.sample_actions
+    rt.model.sample_actions = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("device lost"))
+    with pytest.raises(InferenceError, match="device lost"):
+        rt.step(observation(1))
+    rt.model.sample_actions = original
+    chunk, stats = rt.step(observation(1))
+    assert np.isfinite(chunk.actions).all() and stats.recached_l1  # caches were dropped
+
+
+def test_unknown_strategy_lists_valid_ones():
+    with pytest.raises(ConfigError, match="full, dysta, gotohunt, vla_cache, dysta_gotohunt"):
+        build_runtime("tiny", "fastest")
+
+
+def test_unknown_strategy_parameter_names_allowed_ones():
+    with pytest.raises(ConfigError, match="l1_fraction"):
+        build_runtime("tiny", "dysta", {"l1_fractoin": 0.5})
+
+
+def test_overrides_change_the_spec():
+    rt = build_runtime("tiny", "full", overrides={"state_dim": 7, "camera_names": ["main", "wrist"]})
+    assert rt.spec.state_dim == 7 and rt.spec.camera_names == ["main", "wrist"]
+    chunk, _ = rt.step(observation(shape=(30, 30, 3), cameras=("main", "wrist"), state=np.ones(7)))
+    assert chunk.actions.shape == (rt.spec.horizon, rt.spec.action_dim)
+    with pytest.raises(ConfigError, match="state_dimm"):
+        build_runtime("tiny", overrides={"state_dimm": 7})
+
+
+def test_checkpoint_round_trip_gives_same_actions(tmp_path, runtime):
+    save_checkpoint(tmp_path, runtime.model, {"note": "test"})
+    model, extra = load_checkpoint(tmp_path)
+    assert extra["note"] == "test"
+    loaded = build_runtime(str(tmp_path), "full")
+    runtime.reset()
+    expected = runtime.step(observation(5))[0].actions
+    assert np.allclose(loaded.step(observation(5))[0].actions, expected, atol=1e-6)
+
+
+def test_corrupt_checkpoints_raise_checkpoint_error_naming_the_file(tmp_path, runtime):
+    save_checkpoint(tmp_path, runtime.model)
+    config = tmp_path / "config.json"
+    good = config.read_text()
+    config.write_text("{not json")
+    with pytest.raises(CheckpointError, match="config.json"):
+        load_checkpoint(tmp_path)
+    config.write_text(json.dumps({"format": "x"}))
+    with pytest.raises(CheckpointError, match="missing key 'policy'"):
+        load_checkpoint(tmp_path)
+    config.write_text(good)
+    weights = tmp_path / "model.safetensors"
+    tensors = load_file(weights)
+    tensors["projector.weight"] = tensors["projector.weight"][:, :3].contiguous()
+    save_file(tensors, weights)
+    with pytest.raises(CheckpointError, match="projector.weight"):
+        load_checkpoint(tmp_path)
+    del tensors["projector.weight"]
+    save_file(tensors, weights)
+    with pytest.raises(CheckpointError, match="missing keys"):
+        load_checkpoint(tmp_path)
+    (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04")
+    with pytest.raises(CheckpointError, match="pytorch_model.bin"):
+        load_checkpoint(tmp_path)
