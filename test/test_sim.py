@@ -8,6 +8,7 @@ import yaml
 
 from dysta_ros.errors import ConfigError, InputError
 from dysta_ros.evaluation.closed_loop import run_episode
+from dysta_ros.sim.controller import TrajectoryFollower
 from dysta_ros.sim.env import CAMERAS, SimConfig, SimEnv
 from dysta_ros.sim.expert import ScriptedExpert
 from dysta_ros.types import ActionChunk, StepStats
@@ -153,3 +154,23 @@ def test_an_arm_that_does_not_move_times_out(env):
     assert episode.outcome.seconds == pytest.approx(get_task("reach").episode_seconds, abs=0.11)
     env.step(env.joint_positions)  # after the end the episode stays over
     assert env.outcome == episode.outcome
+
+
+def test_trajectory_follower_interpolates_holds_and_refuses_bad_trajectories():
+    joints = tuple(ROBOT["joints"])
+    follower = TrajectoryFollower(joints, np.zeros(6))
+    follower.set(["joint2", "joint1"], np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([1.0, 2.0]),
+                 start=10.0, now=10.0)
+    assert follower.target(10.5)[:3] == pytest.approx([1.0, 0.5, 0.0])  # from the current target
+    assert follower.target(11.5)[:2] == pytest.approx([3.0, 2.0])
+    assert follower.target(99.0) == pytest.approx([4.0, 3.0, 0, 0, 0, 0])  # holds the last point
+    for names, positions, times in [(["joint1", "wrist"], [[1.0, 1.0]], [1.0]),
+                                    (["joint1"], [[np.inf]], [1.0]),
+                                    (["joint1"], [[1.0], [2.0]], [1.0, 0.5])]:
+        with pytest.raises(InputError):
+            follower.set(names, np.array(positions), np.array(times), start=10.0, now=12.0)
+    assert follower.target(12.0)[0] == pytest.approx(4.0)  # a refused trajectory changes nothing
+    follower.set(["joint1"], np.array([[7.0]]), np.array([1.0]), start=0.0, now=12.0)  # all in the past
+    assert follower.target(13.0)[0] == pytest.approx(7.0)
+    follower.set(["joint1"], np.zeros((0, 1)), np.zeros(0), start=12.0, now=12.0)  # empty: stop here
+    assert follower.target(20.0)[0] == pytest.approx(7.0)

@@ -152,6 +152,12 @@ class SimEnv:
         self._renderer.update_scene(self.data, camera=camera)
         return self._renderer.render().copy()
 
+    def intrinsics(self, camera: str) -> tuple[float, float, float, float]:
+        """Return the pinhole (fx, fy, cx, cy) in pixels of `camera` at the configured size."""
+        fovy = np.deg2rad(self.model.cam_fovy[self.model.camera(camera).id])
+        focal = 0.5 * self.config.image_height / np.tan(fovy / 2)  # square pixels
+        return focal, focal, (self.config.image_width - 1) / 2, (self.config.image_height - 1) / 2
+
     def close(self) -> None:
         """Free the renderer's GL context."""
         if self._renderer is not None:
