@@ -1,0 +1,111 @@
+"""The policy node's inputs: the latest message per camera and joint states, never a queue.
+
+Subscription callbacks `put_*` the newest message with its stamp; the inference thread waits
+for a new frame and `take`s a snapshot, which either holds every input fresh enough to step on
+or names the stale ones. A frame replaced before any step used it is dropped and counted.
+Plain Python (messages are opaque here), so the freshness rules are testable without ROS.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Latest:
+    """The newest message of one input."""
+
+    msg: Any
+    stamp: float  # header stamp (receipt time when the publisher left it zero)
+    used: bool = False
+
+
+@dataclass
+class Snapshot:
+    """What the inference thread steps on: fresh frames and state, or why not."""
+
+    frames: dict[str, Latest]
+    state: Latest | None
+    instruction: str
+    stale: list[str] = field(default_factory=list)  # inputs too old / missing / from the future
+    new_frames: bool = False  # at least one frame no step has used yet
+
+    @property
+    def stamp(self) -> float:
+        """The observation's stamp: the oldest camera frame's."""
+        return min(f.stamp for f in self.frames.values())
+
+
+class LatestInputs:
+    """Thread-safe latest-value store of camera frames, joint states and the instruction."""
+
+    def __init__(self, cameras: list[str], state_name: str, instruction: str = ""):
+        self.cameras = list(cameras)
+        self.state_name = state_name
+        self._lock = threading.Condition()
+        self._frames: dict[str, Latest | None] = {c: None for c in self.cameras}
+        self._state: Latest | None = None
+        self._instruction = instruction
+        self._arrivals = 0
+        self.counts = {c: {"received": 0, "dropped": 0, "out_of_order": 0} for c in self.cameras}
+
+    def put_frame(self, camera: str, msg, stamp: float) -> None:
+        with self._lock:
+            counts = self.counts[camera]
+            counts["received"] += 1
+            previous = self._frames[camera]
+            if previous is not None and stamp < previous.stamp:
+                counts["out_of_order"] += 1  # an older frame than we hold: never step backwards
+                return
+            if previous is not None and not previous.used:
+                counts["dropped"] += 1
+            self._frames[camera] = Latest(msg, stamp)
+            self._arrivals += 1
+            self._lock.notify_all()
+
+    def put_state(self, msg, stamp: float) -> None:
+        with self._lock:
+            if self._state is None or stamp >= self._state.stamp:
+                self._state = Latest(msg, stamp)
+
+    def put_instruction(self, text: str) -> None:
+        with self._lock:
+            self._instruction = text
+
+    @property
+    def instruction(self) -> str:
+        with self._lock:
+            return self._instruction
+
+    def wait(self, seen: int, timeout: float) -> int:
+        """Block until a frame arrives after arrival count `seen` (or timeout); return the count."""
+        with self._lock:
+            self._lock.wait_for(lambda: self._arrivals > seen, timeout=timeout)
+            return self._arrivals
+
+    def take(self, now: float, max_image_age_s: float, max_state_age_s: float) -> Snapshot:
+        """Return a snapshot; when nothing is stale its frames are marked used."""
+        with self._lock:
+            stale = [self._staleness(name, latest, now, max_image_age_s)
+                     for name, latest in self._frames.items()]
+            stale.append(self._staleness(self.state_name, self._state, now, max_state_age_s))
+            stale = [s for s in stale if s]
+            frames = {c: f for c, f in self._frames.items() if f is not None}
+            new_frames = any(not f.used for f in frames.values())
+            if not stale:
+                for latest in frames.values():
+                    latest.used = True
+            return Snapshot(frames, self._state, self._instruction, stale, new_frames)
+
+    @staticmethod
+    def _staleness(name: str, latest: Latest | None, now: float, max_age: float) -> str:
+        if latest is None:
+            return f"{name} (nothing received)"
+        age = now - latest.stamp
+        if age > max_age:
+            return f"{name} ({age:.2f} s old > {max_age} s)"
+        if age < -max_age:
+            return f"{name} (stamp {-age:.2f} s in the future)"
+        return ""

@@ -1,0 +1,120 @@
+"""Declaring ROS parameters with descriptors, and refusing bad values with what is allowed.
+
+Each node lists its parameters once as `Param`s; `declare` gives them descriptors (ranges,
+read-only, the allowed choices in the description), `refusal` explains why a new value is not
+acceptable, and `read` returns the current values as a plain dict for the node's config dataclass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rcl_interfaces.msg import (
+    FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, SetParametersResult,
+)
+from rclpy.exceptions import ParameterUninitializedException
+from rclpy.parameter import Parameter
+
+
+@dataclass(frozen=True)
+class Param:
+    """One ROS parameter: its default, meaning, and what values it accepts."""
+
+    name: str
+    default: Any  # bool, int, float, str or a list of one of them; its type is the parameter's
+    description: str
+    read_only: bool = False  # True where changing it live makes no sense
+    low: float | None = None  # inclusive range for numbers
+    high: float | None = None
+    choices: Sequence[str] | Callable[[], Sequence[str]] | None = None  # allowed strings
+
+    def allowed(self) -> list[str] | None:
+        if self.choices is None:
+            return None
+        return list(self.choices() if callable(self.choices) else self.choices)
+
+    def refusal(self, value) -> str | None:
+        """Return why `value` is not acceptable, or None if it is."""
+        expected = type(self.default)
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if expected is list:
+            item = type(self.default[0]) if self.default else str
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, item) for v in value):
+                return f"{self.name} must be a list of {item.__name__} values, got {value!r}"
+        elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            return f"{self.name} must be a {expected.__name__}, got {value!r}"
+        if self.low is not None and not (self.low <= value <= self.high):
+            return f"{self.name} must be in [{self.low}, {self.high}], got {value}"
+        allowed = self.allowed()
+        if allowed is not None and value not in allowed:
+            return f"{self.name} {value!r} is not allowed; choose one of: {', '.join(allowed)}"
+        return None
+
+    def descriptor(self) -> ParameterDescriptor:
+        descriptor = ParameterDescriptor(description=self.description, read_only=self.read_only)
+        allowed = self.allowed()
+        if allowed is not None:
+            descriptor.additional_constraints = "one of: " + ", ".join(allowed)
+        if self.low is not None and isinstance(self.default, float):
+            descriptor.floating_point_range = [
+                FloatingPointRange(from_value=float(self.low), to_value=float(self.high), step=0.0)]
+        elif self.low is not None and isinstance(self.default, int):
+            descriptor.integer_range = [
+                IntegerRange(from_value=int(self.low), to_value=int(self.high), step=1)]
+        return descriptor
+
+
+def declare(node, params: Sequence[Param]) -> None:
+    """Declare every parameter on `node` (launch/YAML overrides apply)."""
+    for param in params:
+        descriptor = param.descriptor()
+        if isinstance(param.default, list) and not param.default:
+            # An empty list carries no element type; declare it typed instead.
+            descriptor.type = ParameterType.PARAMETER_STRING_ARRAY
+            node.declare_parameter(param.name, Parameter.Type.STRING_ARRAY, descriptor)
+        else:
+            node.declare_parameter(param.name, param.default, descriptor)
+
+
+def read(node, params: Sequence[Param]) -> dict[str, Any]:
+    """Return the parameters' current values by name."""
+    values = {}
+    for param in params:
+        try:
+            value = node.get_parameter(param.name).value
+        except ParameterUninitializedException:
+            value = None
+        values[param.name] = list(value) if isinstance(value, (list, tuple)) else value
+        if values[param.name] is None:
+            values[param.name] = param.default
+    return values
+
+
+def validator(params: Sequence[Param], log=None,
+              apply=None) -> Callable[[list[Parameter]], SetParametersResult]:
+    """Return a set-parameters callback that refuses values `params` do not allow.
+
+    `apply({name: value})` receives accepted changes (here rather than in a post-set callback,
+    which Humble lacks).
+    """
+    by_name = {p.name: p for p in params}
+
+    def on_set(changes: list[Parameter]) -> SetParametersResult:
+        for change in changes:
+            param = by_name.get(change.name)
+            reason = param.refusal(change.value) if param is not None else None
+            if reason is not None:
+                if log is not None:
+                    log(f"refused: {reason}")
+                return SetParametersResult(successful=False, reason=reason)
+        if apply is not None:
+            try:
+                apply({change.name: change.value for change in changes})
+            except ValueError as exc:  # ConfigError: the combination is refused as a whole
+                return SetParametersResult(successful=False, reason=str(exc))
+        return SetParametersResult(successful=True)
+
+    return on_set

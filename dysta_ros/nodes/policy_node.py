@@ -1,0 +1,361 @@
+"""policy_node: cameras + joint states + instruction in, ActionChunk + TokenStats out.
+
+A lifecycle node: the model is built in configure, inference runs on its own thread while
+active, and cleanup frees it. Subscription callbacks only store the latest message; the
+inference thread steps at most `inference_rate_hz`, on fresh inputs only, through the core's one
+boundary `runtime.step(observation)`. `autostart: true` configures and activates at startup, so
+a plain launch file (or `dysta-ros run`) needs no lifecycle manager.
+"""
+
+from __future__ import annotations
+
+import collections
+import sys
+import threading
+import time
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.lifecycle import Node as LifecycleNode
+from rclpy.lifecycle import State, TransitionCallbackReturn
+from sensor_msgs.msg import CompressedImage, Image, JointState
+from std_msgs.msg import String
+from trajectory_msgs.msg import JointTrajectory
+
+from dysta_ros.errors import ConfigError, DystaError, InferenceError, InputError
+from dysta_ros.msg import ActionChunk, TokenStats
+from dysta_ros.nodes import conversions as conv
+from dysta_ros.nodes import params as P
+from dysta_ros.nodes.diagnostics import ERROR, OK, WARN, StatusBoard, to_message
+from dysta_ros.nodes.image_conversion import image_to_rgb
+from dysta_ros.nodes.inputs import LatestInputs
+from dysta_ros.nodes.spin import spin_nodes
+from dysta_ros.robot import config_path, load_robot_config, load_yaml
+from dysta_ros.tokens import available_strategies, strategy_class
+from dysta_ros.types import Observation
+
+MAX_INSTRUCTION_CHARS = 4096
+EE_AXES = {6: ["x", "y", "z", "roll", "pitch", "yaw"], 7: ["x", "y", "z", "qx", "qy", "qz", "qw"]}
+PARAMS = [
+    P.Param("model", "tiny", "model preset name or checkpoint directory", read_only=True),
+    P.Param("device", "cpu", "torch device: cpu, cuda, cuda:1, ...", read_only=True),
+    P.Param("dtype", "float32", "model dtype", read_only=True, choices=("float32", "bfloat16", "float16")),
+    P.Param("seed", 0, "seed of a preset's random weights and of the action noise", read_only=True,
+            low=0, high=2**31 - 1),
+    P.Param("strategy", "full", "token strategy; a change applies from the next step (model kept)",
+            choices=available_strategies),
+    P.Param("robot", "sim_arm", "robot config name (config/robots/<name>.yaml) or YAML path",
+            read_only=True),
+    P.Param("camera_topics", [], "topics of the model's cameras, in its order (empty: robot config)",
+            read_only=True),
+    P.Param("inference_rate_hz", 10.0, "most policy steps per second", low=0.1, high=1000.0),
+    P.Param("max_image_age_s", 0.5, "hold when a camera's latest frame is older", low=0.001, high=60.0),
+    P.Param("max_state_age_s", 0.5, "hold when the latest joint state is older", low=0.001, high=60.0),
+    P.Param("instruction", "", "instruction until /dysta/instruction sets one"),
+    P.Param("publish_trajectory", False, "also publish each chunk as a JointTrajectory to the robot's "
+            "joint_trajectory topic", read_only=True),
+    P.Param("autostart", False, "configure and activate at startup (no lifecycle manager needed)",
+            read_only=True),
+    P.Param("diagnostic_period_s", 1.0, "seconds between /diagnostics messages", read_only=True,
+            low=0.01, high=60.0),
+]
+
+
+def strategy_params_from_yaml() -> list[P.Param]:
+    """Return `<strategy>.<key>` parameters, defaults from config/strategies/<strategy>.yaml."""
+    declared = []
+    for name in available_strategies():
+        try:
+            values = load_yaml(config_path("strategies", name))
+        except ConfigError:
+            values = {}  # no YAML: the strategy's own defaults
+        for key, value in values.items():
+            declared.append(P.Param(f"{name}.{key}", value, f"{name} strategy parameter {key}"))
+    return declared
+
+
+class PolicyNode(LifecycleNode):
+    """Run the VLA policy on the latest camera frames; publish action chunks and token stats."""
+
+    def __init__(self, **kwargs):
+        super().__init__("policy_node", **kwargs)
+        self.strategy_params = strategy_params_from_yaml()
+        self.params = PARAMS + self.strategy_params
+        P.declare(self, self.params)
+        self.add_on_set_parameters_callback(
+            P.validator(self.params, self.get_logger().warning, apply=self.apply_parameters))
+        self.values = P.read(self, self.params)
+        self.board = StatusBoard(self.get_name(), self.values["device"], ["lifecycle", "inputs", "inference"])
+        self.board.set("lifecycle", WARN, "unconfigured", strategy=self.values["strategy"])
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_timer(self.values["diagnostic_period_s"], self.publish_diagnostics)
+        self.runtime = None
+        self.thread: threading.Thread | None = None
+        self.stop = threading.Event()
+        self.rebuild = False
+        self.ros_entities = []
+        if self.values["autostart"]:
+            self.autostart_timer = self.create_timer(0.0, self.autostart)
+
+    # Parameters -------------------------------------------------------------------------
+
+    def strategy_values(self, values: dict, strategy: str) -> dict:
+        prefix = strategy + "."
+        return {p.name[len(prefix):]: values[p.name]
+                for p in self.strategy_params if p.name.startswith(prefix)}
+
+    def apply_parameters(self, changes: dict):
+        values = {**P.read(self, self.params), **changes}
+        strategy = values["strategy"]
+        # Validated here, so a bad strategy parameter is refused now, not at the next step.
+        strategy_class(strategy).Params.from_dict(self.strategy_values(values, strategy), strategy)
+        self.values = values
+        if any(k == "strategy" or "." in k for k in changes):
+            self.rebuild = True
+
+    # Lifecycle --------------------------------------------------------------------------
+
+    def autostart(self):
+        self.destroy_timer(self.autostart_timer)
+        if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+            self.trigger_activate()
+
+    def on_configure(self, state: State) -> TransitionCallbackReturn:
+        from dysta_ros.policy.config import PRESETS
+        from dysta_ros.policy.runtime import build_runtime
+
+        v = self.values = P.read(self, self.params)
+        try:
+            self.robot = load_robot_config(v["robot"])
+            joints = len(self.robot.joints)
+            overrides = {"state_dim": joints, "action_dim": joints} if v["model"] in PRESETS else None
+            self.runtime = build_runtime(
+                v["model"], v["strategy"], self.strategy_values(v, v["strategy"]), device=v["device"],
+                dtype=v["dtype"], seed=v["seed"], overrides=overrides)
+            self.check_model_fits_robot()
+            topics = v["camera_topics"] or self.robot.camera_topics(self.runtime.spec.camera_names)
+            if len(topics) != len(self.runtime.spec.camera_names):
+                raise ConfigError(f"camera_topics: the model takes {len(self.runtime.spec.camera_names)} "
+                                  f"cameras {self.runtime.spec.camera_names}, got {len(topics)} topics")
+        except (DystaError, ValueError) as exc:
+            self.runtime = None
+            self.get_logger().error(f"configure failed: {exc}")
+            self.board.set("lifecycle", ERROR, f"configure failed: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        self.topics = list(topics)
+        self.inputs = LatestInputs(self.topics, self.robot.state_topic, v["instruction"])
+        self.rebuild = False
+        self.subscribe()
+        publish = self.create_lifecycle_publisher
+        self.chunk_pub = publish(ActionChunk, "/dysta/action_chunk", conv.RELIABLE_QOS)
+        self.stats_pub = publish(TokenStats, "/dysta/token_stats", conv.RELIABLE_QOS)
+        self.trajectory_pub = None
+        if v["publish_trajectory"]:
+            self.trajectory_pub = self.create_lifecycle_publisher(
+                JointTrajectory, self.robot.command_topics["joint_trajectory"], conv.RELIABLE_QOS)
+        spec = self.runtime.spec
+        cameras = dict(zip(spec.camera_names, self.topics))
+        self.get_logger().info(f"configured: {v['model']} ({spec.preset}) on {v['device']}/{v['dtype']}, "
+                               f"strategy {spec.strategy}, cameras {cameras}")
+        self.board.set("lifecycle", WARN, "inactive (configured)", strategy=spec.strategy, model=v["model"])
+        return TransitionCallbackReturn.SUCCESS
+
+    def check_model_fits_robot(self):
+        spec = self.runtime.spec
+        if spec.state_dim != len(self.robot.joints):
+            raise ConfigError(f"model state_dim {spec.state_dim} != robot {self.robot.name!r}'s "
+                              f"{len(self.robot.joints)} joints")
+        if spec.action_space == "joint_position":
+            if spec.action_dim != len(self.robot.joints):
+                raise ConfigError(f"model action_dim {spec.action_dim} != robot {self.robot.name!r}'s "
+                                  f"{len(self.robot.joints)} joints")
+            self.action_names = list(self.robot.joints)
+        elif spec.action_dim in EE_AXES:
+            self.action_names = EE_AXES[spec.action_dim]
+        else:
+            raise ConfigError(f"model action space {spec.action_space} with dim {spec.action_dim}: "
+                              f"end-effector actions need 6 (xyz+rpy) or 7 (xyz+quaternion)")
+
+    def subscribe(self):
+        for topic in self.topics:
+            msg_type = CompressedImage if topic.rstrip("/").endswith("/compressed") else Image
+            self.ros_entities.append(self.create_subscription(
+                msg_type, topic, lambda msg, t=topic: self.inputs.put_frame(t, msg, self.stamp_of(msg)),
+                conv.CAMERA_QOS))
+        self.ros_entities.append(self.create_subscription(
+            JointState, self.robot.state_topic,
+            lambda msg: self.inputs.put_state(msg, self.stamp_of(msg)), conv.STATE_QOS))
+        self.ros_entities.append(self.create_subscription(
+            String, "/dysta/instruction", self.on_instruction, conv.LATCHED_QOS))
+
+    def on_activate(self, state: State) -> TransitionCallbackReturn:
+        self.stop.clear()
+        self.thread = threading.Thread(target=self.inference_loop, name="inference", daemon=True)
+        self.thread.start()
+        self.board.set("lifecycle", OK, "active", strategy=self.runtime.spec.strategy,
+                       model=self.values["model"])
+        self.get_logger().info("active")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: State) -> TransitionCallbackReturn:
+        self.stop_inference()
+        self.board.set("lifecycle", WARN, "inactive (deactivated)")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: State) -> TransitionCallbackReturn:
+        self.release()
+        self.board.set("lifecycle", WARN, "unconfigured (cleaned up)")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: State) -> TransitionCallbackReturn:
+        self.close()
+        return TransitionCallbackReturn.SUCCESS
+
+    def stop_inference(self):
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+
+    def release(self):
+        """Free the model and the subscriptions and publishers made in configure."""
+        self.stop_inference()
+        for entity in self.ros_entities:
+            self.destroy_subscription(entity)
+        self.ros_entities = []
+        for name in ("chunk_pub", "stats_pub", "trajectory_pub"):
+            publisher = getattr(self, name, None)
+            if publisher is not None:
+                self.destroy_lifecycle_publisher(publisher)
+                setattr(self, name, None)
+        device = self.values["device"]
+        self.runtime = None
+        if device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def close(self):
+        """Stop the inference thread (on shutdown or Ctrl-C)."""
+        self.stop_inference()
+
+    # Callbacks: store only ----------------------------------------------------------------
+
+    def stamp_of(self, msg) -> float:
+        stamp = conv.to_seconds(msg.header.stamp)
+        return stamp if stamp > 0 else self.now()  # an unstamped message is as old as its arrival
+
+    def now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def on_instruction(self, msg):
+        if len(msg.data) > MAX_INSTRUCTION_CHARS:
+            self.board.set("inputs", ERROR, f"instruction of {len(msg.data)} characters refused "
+                           f"(at most {MAX_INSTRUCTION_CHARS}); keeping the previous one")
+            return
+        self.inputs.put_instruction(msg.data)
+
+    # Inference thread -----------------------------------------------------------------------
+
+    def inference_loop(self):
+        seen, next_start = 0, 0.0
+        self.episode_instruction = None
+        self.step_times = collections.deque(maxlen=20)
+        self.steps = self.errors = 0
+        while not self.stop.is_set():
+            seen = self.inputs.wait(seen, timeout=0.1)
+            delay = next_start - time.monotonic()
+            if delay > 0 and self.stop.wait(delay):  # at most inference_rate_hz
+                break
+            try:
+                if self.step_once():
+                    next_start = time.monotonic() + 1.0 / self.values["inference_rate_hz"]
+            except Exception as exc:  # noqa: BLE001 - the node must never die of one bad step
+                self.errors += 1
+                self.board.set("inference", ERROR, f"step failed: {type(exc).__name__}: {exc}")
+                self.get_logger().error(f"step failed: {exc!r}", throttle_duration_sec=1.0)
+
+    def step_once(self) -> bool:
+        """Step on the latest inputs if they are fresh and new; return whether it stepped."""
+        v = self.values
+        snapshot = self.inputs.take(self.now(), v["max_image_age_s"], v["max_state_age_s"])
+        counts = {f"{t}.{k}": n for t, c in self.inputs.counts.items() for k, n in c.items()}
+        if snapshot.stale:
+            self.board.set("inputs", WARN, "holding, stale input: " + ", ".join(snapshot.stale), **counts)
+            return False
+        if not snapshot.new_frames:
+            return False
+        images = {}
+        for name, topic in zip(self.runtime.spec.camera_names, self.topics):
+            try:
+                images[name] = image_to_rgb(snapshot.frames[topic].msg)
+            except InputError as exc:
+                self.board.set("inputs", ERROR, f"holding, bad frame on {topic}: {exc}", **counts)
+                return False
+        try:
+            state = self.robot.pick_joints(snapshot.state.msg.name, snapshot.state.msg.position)
+        except InputError as exc:
+            self.board.set("inputs", ERROR, f"holding, bad joint state on {self.robot.state_topic}: {exc}",
+                           **counts)
+            return False
+        self.board.set("inputs", OK, "fresh", **counts)
+        if self.rebuild:
+            self.rebuild_runtime()
+        if snapshot.instruction != self.episode_instruction:
+            self.runtime.reset()  # a new instruction starts a new episode
+            self.episode_instruction = snapshot.instruction
+        observation = Observation(snapshot.stamp, images, state.astype(np.float32), snapshot.instruction)
+        start = self.now()
+        try:
+            chunk, stats = self.runtime.step(observation)
+        except (InputError, InferenceError, ConfigError) as exc:
+            self.errors += 1
+            self.board.set("inference", ERROR, f"holding, step refused: {exc}", errors=self.errors)
+            self.get_logger().error(f"step refused: {exc}", throttle_duration_sec=1.0)
+            return True
+        end = self.now()
+        chunk.names, chunk.inference_start, chunk.inference_end = self.action_names, start, end
+        self.chunk_pub.publish(conv.chunk_to_msg(chunk, self.robot.base_frame))
+        self.stats_pub.publish(conv.stats_to_msg(stats, chunk.stamp))
+        if self.trajectory_pub is not None and chunk.action_space == "joint_position":
+            times = [k * chunk.dt for k in range(chunk.horizon)]
+            self.trajectory_pub.publish(conv.trajectory_msg(chunk.names, chunk.actions, times, chunk.stamp))
+        self.report_step(snapshot, stats, start, end)
+        return True
+
+    def rebuild_runtime(self):
+        """Switch strategy live: a new runtime around the same model (history restarts)."""
+        from dysta_ros.policy.runtime import build_runtime
+
+        v, old = self.values, self.runtime
+        self.rebuild = False
+        self.runtime = build_runtime(old.model, v["strategy"], self.strategy_values(v, v["strategy"]),
+                                     seed=v["seed"])
+        self.episode_instruction = None
+        self.get_logger().info(f"strategy now {v['strategy']}")
+        self.board.update("lifecycle", strategy=v["strategy"])
+
+    def report_step(self, snapshot, stats, start: float, end: float):
+        self.steps += 1
+        self.step_times.append(start)
+        span = self.step_times[-1] - self.step_times[0]
+        rate = (len(self.step_times) - 1) / span if span > 0 else 0.0
+        self.board.set("inference", OK, f"step {self.steps}", strategy=self.runtime.spec.strategy,
+                       device=self.values["device"], rate_hz=f"{rate:.2f}",
+                       model_ms=f"{stats.stage_ms.get('total', 0.0):.2f}",
+                       frame_age_at_start_ms=f"{(start - snapshot.stamp) * 1e3:.2f}",
+                       stamp_to_chunk_ms=f"{(self.now() - snapshot.stamp) * 1e3:.2f}",
+                       context_tokens=stats.context_tokens, errors=self.errors)
+
+    def publish_diagnostics(self):
+        self.diagnostics_pub.publish(to_message(self.board, self.get_clock().now().to_msg()))
+
+
+def main(args=None) -> int:
+    rclpy.init(args=args)
+    return spin_nodes([PolicyNode()])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
