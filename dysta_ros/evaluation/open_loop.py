@@ -1,0 +1,290 @@
+"""`dysta-ros eval`: open-loop replay of recorded episodes through every strategy, side by side.
+
+Each observation of a bag is fed to one runtime per strategy in the same loop (the order
+rotates per step so no strategy always runs first), so step times compare like with like.
+Per strategy: action error against the recorded actions over the first k actions of each
+chunk, deviation from `full` on the same steps (pruning error, apart from model error), step
+time and speedup, tokens, and how often the static cache was rebuilt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from dysta_ros.bags import TopicMap, load_episodes
+from dysta_ros.bags.episodes import Episode
+from dysta_ros.errors import BagError, CheckpointError, ConfigError, InferenceError, InputError
+from dysta_ros.policy.runtime import PolicyRuntime, build_model
+from dysta_ros.tokens import available_strategies
+from dysta_ros.types import STAGES, StepStats
+
+BASELINE = "full"
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate, on which bags, and where the report goes."""
+
+    bags: list[str]
+    strategies: list[str] = field(default_factory=lambda: list(available_strategies()))
+    model: str = "tiny"  # a preset name or a checkpoint directory
+    topic_map: str = "sim_arm"  # bundled name or YAML path (config/bag_topics/)
+    rate_hz: float = 0.0  # policy steps per second; 0: one per action (1 / the model's dt)
+    first_k: int = 4  # actions of each chunk compared with the recording
+    max_steps: int = 0  # per episode; 0: all
+    device: str = "cpu"
+    dtype: str = "float32"
+    seed: int = 0
+    report: str = "eval_report"
+
+    def __post_init__(self):
+        if not self.bags:
+            raise ConfigError("bags: give at least one bag")
+        known = available_strategies()
+        if unknown := [s for s in self.strategies if s not in known]:
+            raise ConfigError(f"strategies: unknown {unknown}; choose from {', '.join(known)}")
+        if not self.strategies:
+            raise ConfigError(f"strategies: give at least one of {', '.join(known)}")
+        # `full` is the yardstick for deviation and speedup: always measured, always first.
+        self.strategies = [BASELINE] + [s for s in dict.fromkeys(self.strategies) if s != BASELINE]
+        if self.first_k < 1:
+            raise ConfigError(f"first_k must be >= 1, got {self.first_k}")
+        if self.rate_hz < 0 or self.max_steps < 0:
+            raise ConfigError("rate_hz and max_steps must be >= 0 (0 means: the default)")
+
+
+@dataclass
+class StepRecord:
+    """One strategy's step on one observation."""
+
+    bag: str
+    episode: int
+    step: int
+    time_s: float  # since the episode's first step
+    actions: np.ndarray | None  # (H, D) predicted; None when the step failed
+    targets: np.ndarray  # (k, D) recorded actions at the chunk's first k times (NaN: none)
+    step_ms: float = 0.0
+    stats: StepStats | None = None
+    error: str = ""
+
+
+def _check_compatible(runtime: PolicyRuntime, topic_map: TopicMap, episode: Episode) -> None:
+    """Raise ConfigError when the bag cannot feed this model, before any step runs."""
+    spec = runtime.spec
+    if missing := [c for c in spec.camera_names if c not in topic_map.cameras]:
+        raise ConfigError(f"the model needs cameras {spec.camera_names}; topic map "
+                          f"{topic_map.source} has {sorted(topic_map.cameras)} (missing {missing})")
+    if episode.states.shape[1] != spec.state_dim:
+        raise ConfigError(f"{episode.source}: state has {episode.states.shape[1]} joints "
+                          f"{list(episode.joints)}; the model's state_dim is {spec.state_dim}")
+    if episode.action_values.shape[1] != spec.action_dim:
+        raise ConfigError(f"{episode.source}: recorded actions have {episode.action_values.shape[1]} "
+                          f"dimensions; the model's action_dim is {spec.action_dim}")
+
+
+def run_open_loop(config: EvalConfig, progress: bool = True) -> dict[str, list[StepRecord]]:
+    """Step every strategy through every episode; return each strategy's step records."""
+    model, tokenizer = build_model(config.model, config.device, config.dtype, config.seed)
+    runtimes = {name: PolicyRuntime(model, strategy=name, seed=config.seed, tokenizer=tokenizer)
+                for name in config.strategies}
+    spec = runtimes[BASELINE].spec
+    rate_hz = config.rate_hz or 1.0 / spec.dt
+    topic_map = TopicMap.load(config.topic_map)
+    episodes = [e for bag in config.bags for e in load_episodes(bag, topic_map, rate_hz)]
+    for episode in episodes:
+        _check_compatible(runtimes[BASELINE], topic_map, episode)
+    steps = [min(len(e), config.max_steps or len(e)) for e in episodes]
+    _warm_up(runtimes, episodes[0].observation(0))
+
+    records: dict[str, list[StepRecord]] = {name: [] for name in runtimes}
+    names = list(runtimes)
+    with tqdm(total=sum(steps) * len(names), desc="eval", unit="step", disable=not progress) as bar:
+        for episode, n_steps in zip(episodes, steps):
+            for runtime in runtimes.values():
+                runtime.reset()
+            for step in range(n_steps):
+                observation = episode.observation(step)
+                for offset in range(len(names)):
+                    name = names[(step + offset) % len(names)]
+                    records[name].append(_step(runtimes[name], episode, step, observation,
+                                               config.first_k))
+                    bar.update()
+    return records
+
+
+def _warm_up(runtimes: dict[str, PolicyRuntime], observation) -> None:
+    """Run each strategy once so one-off costs (allocation, kernel selection) are not timed."""
+    for runtime in runtimes.values():
+        runtime.step(observation)
+        runtime.reset()
+
+
+def _step(runtime: PolicyRuntime, episode: Episode, step: int, observation, first_k: int) -> StepRecord:
+    started = time.perf_counter()
+    record = StepRecord(bag=episode.source, episode=episode.index, step=step,
+                        time_s=float(episode.times[step] - episode.times[0]), actions=None,
+                        targets=np.zeros((0, 0)))
+    try:
+        chunk, stats = runtime.step(observation)
+    except (InputError, InferenceError) as exc:
+        record.error = str(exc)
+        return record
+    record.step_ms = (time.perf_counter() - started) * 1e3
+    record.actions, record.stats = chunk.actions, stats
+    record.targets = episode.recorded_actions(chunk.stamp + np.arange(first_k) * chunk.dt)
+    return record
+
+
+def _errors(records: list[StepRecord], first_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return (per-step MSE (NaN where nothing to compare), all valid residuals (n, D))."""
+    per_step, residuals = [], []
+    for record in records:
+        if record.actions is None:
+            per_step.append(np.nan)
+            continue
+        diff = record.actions[:first_k] - record.targets[: len(record.actions[:first_k])]
+        diff = diff[np.isfinite(diff).all(axis=1)]
+        per_step.append(float(np.mean(diff ** 2)) if len(diff) else np.nan)
+        residuals.append(diff)
+    stacked = np.concatenate(residuals) if residuals else np.zeros((0, 0))
+    return np.asarray(per_step), stacked
+
+
+def _deviation(records: list[StepRecord], baseline: list[StepRecord], first_k: int) -> np.ndarray:
+    """Return residuals (n, D) of this strategy's first k actions against `full`'s, same steps."""
+    diffs = [r.actions[:first_k] - b.actions[:first_k] for r, b in zip(records, baseline)
+             if r.actions is not None and b.actions is not None]
+    return np.concatenate(diffs) if diffs else np.zeros((0, 0))
+
+
+def _moments(residuals: np.ndarray) -> dict:
+    if not residuals.size:
+        return {"mse": None, "mae": None, "mse_per_dim": [], "mae_per_dim": []}
+    return {"mse": float(np.mean(residuals ** 2)), "mae": float(np.mean(np.abs(residuals))),
+            "mse_per_dim": np.mean(residuals ** 2, axis=0).tolist(),
+            "mae_per_dim": np.mean(np.abs(residuals), axis=0).tolist()}
+
+
+def summarize(records: dict[str, list[StepRecord]], first_k: int) -> dict[str, dict]:
+    """Return the per-strategy table: errors, deviation from full, time, tokens, recaching."""
+    baseline_p50 = None
+    summary = {}
+    for name, steps in records.items():
+        done = [r for r in steps if r.stats is not None]
+        times = np.asarray([r.step_ms for r in done])
+        _, residuals = _errors(steps, first_k)
+        # an episode's first step always builds the cache: count only the rebuilds after it
+        later = [r.stats for r in done if r.step > 0]
+        p50 = float(np.median(times)) if len(times) else None
+        baseline_p50 = p50 if name == BASELINE else baseline_p50
+        summary[name] = {
+            "steps": len(steps), "failed_steps": len(steps) - len(done),
+            "action_error": _moments(residuals),
+            "deviation_from_full": _moments(_deviation(steps, records[BASELINE], first_k)),
+            "step_ms": {"mean": float(times.mean()) if len(times) else None, "p50": p50,
+                        "p90": float(np.percentile(times, 90)) if len(times) else None},
+            "speedup_p50": (baseline_p50 / p50) if baseline_p50 and p50 else None,
+            # medians: on a shared machine a few preempted steps would dominate a mean
+            "stage_ms_p50": {s: float(np.median([r.stats.stage_ms.get(s, 0.0) for r in done]))
+                              if done else None for s in STAGES},
+            "context_tokens_mean": _mean([r.stats.context_tokens for r in done]),
+            "recomputed_tokens_mean": _mean([r.stats.recomputed_tokens for r in done]),
+            "flops_ratio_mean": _mean([r.stats.flops_ratio for r in done]),
+            "static_cache": any(r.stats.static_l1_tokens + r.stats.static_l2_tokens > 0 for r in done),
+            "recache_rate": _mean([float(s.recached_l1 or s.recached_l2) for s in later]),
+            "recache_rate_l1": _mean([float(s.recached_l1) for s in later]),
+            "recache_rate_l2": _mean([float(s.recached_l2) for s in later]),
+        }
+    return summary
+
+
+def _mean(values) -> float | None:
+    return float(np.mean(values)) if len(values) else None
+
+
+def series(records: dict[str, list[StepRecord]], first_k: int) -> dict[str, dict]:
+    """Return per-step series for plots and results.json."""
+    out = {}
+    for name, steps in records.items():
+        per_step_mse, _ = _errors(steps, first_k)
+        out[name] = {
+            "episode": [r.episode for r in steps], "step": [r.step for r in steps],
+            "time_s": [round(r.time_s, 4) for r in steps],
+            "action_mse": [None if np.isnan(v) else float(v) for v in per_step_mse],
+            "step_ms": [r.step_ms if r.stats else None for r in steps],
+            "context_tokens": [r.stats.context_tokens if r.stats else None for r in steps],
+            "recached_l1": [bool(r.stats and r.stats.recached_l1) for r in steps],
+            "recached_l2": [bool(r.stats and r.stats.recached_l2) for r in steps],
+            "errors": sorted({r.error for r in steps if r.error}),
+        }
+    return out
+
+
+def evaluate(config: EvalConfig, progress: bool = True) -> dict:
+    """Run the evaluation and write report.md, results.json and the PNG plots; return results."""
+    from dysta_ros.evaluation.open_loop_report import write_report
+
+    records = run_open_loop(config, progress)
+    results = {"config": asdict(config), "summary": summarize(records, config.first_k),
+               "series": series(records, config.first_k),
+               "episodes": _episode_list(records[BASELINE]),
+               "joints": list(TopicMap.load(config.topic_map).joints)}
+    write_report(Path(config.report), results)
+    return results
+
+
+def _episode_list(records: list[StepRecord]) -> list[dict]:
+    seen = {}
+    for r in records:
+        seen.setdefault((r.bag, r.episode), 0)
+        seen[(r.bag, r.episode)] += 1
+    return [{"bag": bag, "episode": episode, "steps": n} for (bag, episode), n in seen.items()]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add `dysta-ros eval` arguments."""
+    parser.add_argument("bags", nargs="+", metavar="BAG", help="rosbag2 directories or files")
+    parser.add_argument("--strategies", default=",".join(available_strategies()),
+                        help="comma-separated; `full` is always run as the yardstick")
+    parser.add_argument("--checkpoint", "--model", dest="model", default="tiny",
+                        help="checkpoint directory or preset name (default: tiny, random weights)")
+    parser.add_argument("--topic-map", default="sim_arm",
+                        help="bag topic mapping: a name in config/bag_topics/ or a YAML path")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="policy steps per second (default: 1 / the model's action dt)")
+    parser.add_argument("--first-k", type=int, default=4, help="chunk actions compared (default 4)")
+    parser.add_argument("--max-steps", type=int, default=0, help="per episode (default: all)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--report", default="eval_report", help="report directory")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate; print where the report is (or the JSON summary); return the exit status."""
+    try:
+        config = EvalConfig(bags=args.bags, strategies=[s for s in args.strategies.split(",") if s],
+                            model=args.model, topic_map=args.topic_map, rate_hz=args.rate,
+                            first_k=args.first_k, max_steps=args.max_steps, device=args.device,
+                            dtype=args.dtype, seed=args.seed, report=args.report)
+        results = evaluate(config, progress=not args.json)
+    except (BagError, ConfigError, CheckpointError) as exc:
+        print(f"dysta-ros eval: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(results["summary"], indent=2))
+    else:
+        from dysta_ros.evaluation.open_loop_report import summary_table
+
+        print(summary_table(results["summary"]))
+        print(f"\nreport: {Path(config.report) / 'report.md'}")
+    return 0

@@ -1,0 +1,183 @@
+"""The open-loop evaluation's report: report.md (tables), results.json and PNG plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on robots or CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from dysta_ros.types import STAGES  # noqa: E402
+
+PLOTS = {"latency": "latency.png", "error": "error_over_time.png", "recache": "recache_events.png"}
+
+
+def _fmt(value, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def summary_table(summary: dict[str, dict]) -> str:
+    """Return the per-strategy table in Markdown."""
+    lines = ["| strategy | steps | action MSE | action MAE | dev. from full (MSE) | step p50 ms | "
+             "speedup | context tokens | recomputed | FLOPs vs full | recache rate |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, s in summary.items():
+        recache = _fmt(s["recache_rate"], 3) if s["static_cache"] else "n/a"
+        lines.append(
+            f"| {name} | {s['steps'] - s['failed_steps']}/{s['steps']} | "
+            f"{_fmt(s['action_error']['mse'])} | {_fmt(s['action_error']['mae'])} | "
+            f"{_fmt(s['deviation_from_full']['mse'])} | {_fmt(s['step_ms']['p50'], 3)} | "
+            f"{_fmt(s['speedup_p50'], 3)}x | {_fmt(s['context_tokens_mean'], 4)} | "
+            f"{_fmt(s['recomputed_tokens_mean'], 4)} | {_fmt(s['flops_ratio_mean'], 3)} | {recache} |")
+    return "\n".join(lines)
+
+
+def _per_dim_table(summary: dict[str, dict], key: str, joints: list[str]) -> str:
+    dims = max(len(s[key]["mse_per_dim"]) for s in summary.values())
+    names = joints if len(joints) == dims else [f"dim {d}" for d in range(dims)]
+    lines = ["| strategy | " + " | ".join(names) + " |", "|---" * (dims + 1) + "|"]
+    for name, s in summary.items():
+        values = s[key]["mse_per_dim"] or [None] * dims
+        lines.append(f"| {name} | " + " | ".join(_fmt(v, 3) for v in values) + " |")
+    return "\n".join(lines)
+
+
+def _stage_table(summary: dict[str, dict]) -> str:
+    lines = ["| strategy | " + " | ".join(STAGES) + " |", "|---" * (len(STAGES) + 1) + "|"]
+    for name, s in summary.items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(s["stage_ms_p50"][st], 3) for st in STAGES) + " |")
+    return "\n".join(lines)
+
+
+def _plot_latency(results: dict, path: Path) -> None:
+    names = list(results["series"])
+    times = [[t for t in results["series"][n]["step_ms"] if t is not None] for n in names]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.boxplot(times, showfliers=False)
+    left.set_xticks(range(1, len(names) + 1), names, rotation=20)
+    left.set_ylabel("step time (ms)")
+    left.set_title("step time per strategy (same frames, same run)")
+    bottom = np.zeros(len(names))
+    for stage in STAGES[:-1]:  # stacked stages; `total` is their sum
+        values = np.asarray([results["summary"][n]["stage_ms_p50"][stage] or 0.0 for n in names])
+        right.bar(names, values, bottom=bottom, label=stage)
+        bottom += values
+    right.set_ylabel("median ms per step")
+    right.set_title("where the time goes")
+    right.tick_params(axis="x", rotation=20)
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _episode_starts(series: dict) -> list[int]:
+    episodes = series["episode"]
+    return [i for i in range(1, len(episodes)) if series["step"][i] == 0]
+
+
+def _plot_error(results: dict, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(11, 4))
+    for name, s in results["series"].items():
+        values = [np.nan if v is None else v for v in s["action_mse"]]
+        ax.plot(values, label=name, linewidth=1.2)
+    for start in _episode_starts(next(iter(results["series"].values()))):
+        ax.axvline(start, color="grey", linestyle=":", linewidth=0.8)
+    ax.set_xlabel("policy step (dotted: a new episode)")
+    ax.set_ylabel(f"MSE of the first {results['config']['first_k']} actions vs recorded")
+    ax.set_title("action error over time")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_recache(results: dict, path: Path) -> None:
+    cached = [n for n, s in results["summary"].items() if s["static_cache"]] or list(results["series"])
+    fig, axes = plt.subplots(len(cached), 1, figsize=(11, 1.8 + 1.4 * len(cached)), squeeze=False)
+    for ax, name in zip(axes[:, 0], cached):
+        s = results["series"][name]
+        tokens = [np.nan if v is None else v for v in s["context_tokens"]]
+        ax.plot(tokens, color="tab:blue", linewidth=1.0, label="context tokens")
+        for level, colour in (("recached_l1", "tab:red"), ("recached_l2", "tab:orange")):
+            steps = [i for i, fired in enumerate(s[level]) if fired]
+            ax.scatter(steps, [np.nanmax(tokens) if tokens else 0] * len(steps), marker="v",
+                       color=colour, label=f"{level.split('_')[1].upper()} recache", zorder=3)
+        for start in _episode_starts(s):
+            ax.axvline(start, color="grey", linestyle=":", linewidth=0.8)
+        ax.set_ylabel(name)
+        ax.legend(fontsize=7, loc="lower right")
+    axes[-1, 0].set_xlabel("policy step (dotted: a new episode)")
+    axes[0, 0].set_title("static-cache rebuilds along the episodes, and tokens in context")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(directory: Path, results: dict) -> None:
+    """Write report.md, results.json and the three PNG plots into `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "results.json").write_text(json.dumps(results, indent=1))
+    _plot_latency(results, directory / PLOTS["latency"])
+    _plot_error(results, directory / PLOTS["error"])
+    _plot_recache(results, directory / PLOTS["recache"])
+    config, summary = results["config"], results["summary"]
+    episodes = results["episodes"]
+    joints = results.get("joints", [])
+    text = [
+        "# Open-loop evaluation",
+        "",
+        f"Model `{config['model']}` on {len(episodes)} episode(s) from {len(config['bags'])} bag(s), "
+        f"{config['device']} {config['dtype']}. Every strategy stepped through the same observations "
+        "in one run (order rotated per step), so step times and speedups compare like with like.",
+        "",
+        "- **action MSE / MAE**: first "
+        f"{config['first_k']} actions of each chunk against the recorded actions at the same times.",
+        "- **dev. from full**: the same actions against `full`'s on the same step: the error a "
+        "strategy adds, apart from the model's own.",
+        "- **recache rate**: share of steps after an episode's first that rebuilt a static cache "
+        "(n/a: the strategy keeps none).",
+        "",
+        "## Strategies",
+        "",
+        summary_table(summary),
+        "",
+        "## Action error per dimension (MSE)",
+        "",
+        _per_dim_table(summary, "action_error", joints),
+        "",
+        "## Deviation from `full` per dimension (MSE)",
+        "",
+        _per_dim_table(summary, "deviation_from_full", joints),
+        "",
+        "## Median milliseconds per stage",
+        "",
+        _stage_table(summary),
+        "",
+        "## Plots",
+        "",
+        f"![latency]({PLOTS['latency']})",
+        "",
+        f"![error over time]({PLOTS['error']})",
+        "",
+        f"![recache events]({PLOTS['recache']})",
+        "",
+        "## Episodes",
+        "",
+        "| bag | episode | steps |",
+        "|---|---|---|",
+        *[f"| {e['bag']} | {e['episode']} | {e['steps']} |" for e in episodes],
+        "",
+    ]
+    failures = {n: s["errors"] for n, s in results["series"].items() if s["errors"]}
+    if failures:
+        text += ["## Failed steps", ""] + [f"- {n}: {'; '.join(e)}" for n, e in failures.items()] + [""]
+    (directory / "report.md").write_text("\n".join(text))

@@ -1,0 +1,112 @@
+"""`dysta-ros eval`: strategies side by side on a recorded bag; tables, plots and results.json."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import matplotlib.image
+import numpy as np
+import pytest
+from bag_helpers import BagSpec, write_episode_bag
+
+from dysta_ros.errors import ConfigError
+from dysta_ros.evaluation.open_loop import EvalConfig, StepRecord, evaluate, summarize
+from dysta_ros.types import StepStats
+
+
+@pytest.fixture(scope="module")
+def bag(tmp_path_factory):
+    return write_episode_bag(tmp_path_factory.mktemp("eval") / "bag", BagSpec(episodes=2, seconds=0.8))
+
+
+@pytest.fixture(scope="module")
+def results(bag, tmp_path_factory):
+    report = tmp_path_factory.mktemp("report")
+    config = EvalConfig(bags=[str(bag)], strategies=["dysta", "vla_cache"], max_steps=5,
+                        report=str(report))
+    return evaluate(config, progress=False), report
+
+
+def test_eval_writes_the_report_files(results):
+    _, report = results
+    text = (report / "report.md").read_text()
+    for name in ("full", "dysta", "vla_cache"):
+        assert f"| {name} |" in text
+    assert "joint1" in text  # per-dimension tables are labelled by joint
+    for png in ("latency.png", "error_over_time.png", "recache_events.png"):
+        image = matplotlib.image.imread(report / png)
+        assert image.shape[0] > 100 and image.shape[1] > 100
+        assert image[..., :3].std() > 0  # something is drawn
+    assert json.loads((report / "results.json").read_text())["summary"].keys() == {
+        "full", "dysta", "vla_cache"}
+
+
+def test_eval_values_are_sane(results):
+    values, _ = results
+    summary = values["summary"]
+    assert values["config"]["strategies"][0] == "full"  # always measured, as the yardstick
+    for s in summary.values():
+        assert s["steps"] == 10 and s["failed_steps"] == 0  # 2 episodes x 5 steps
+        assert 0 < s["action_error"]["mse"] < 1e3
+        assert s["action_error"]["mae"] <= np.sqrt(s["action_error"]["mse"]) + 1e-9
+        assert len(s["action_error"]["mse_per_dim"]) == 6
+        assert s["step_ms"]["p50"] > 0 and s["speedup_p50"] > 0
+    assert summary["full"]["deviation_from_full"]["mse"] == 0.0
+    assert summary["full"]["speedup_p50"] == 1.0
+    assert summary["dysta"]["deviation_from_full"]["mse"] > 0.0  # pruning changes the actions
+    assert summary["dysta"]["context_tokens_mean"] < summary["full"]["context_tokens_mean"]
+    assert summary["dysta"]["static_cache"] and not summary["full"]["static_cache"]
+    assert 0.0 <= summary["dysta"]["recache_rate"] <= 1.0
+    assert summary["vla_cache"]["recomputed_tokens_mean"] < summary["full"]["recomputed_tokens_mean"]
+    series = values["series"]["dysta"]
+    assert series["step"] == [0, 1, 2, 3, 4] * 2 and series["recached_l1"][0]  # first step builds
+
+
+def _record(step, actions, targets, ms=1.0, recached=False):
+    stats = StepStats(context_tokens=10, recomputed_tokens=5, recached_l1=recached,
+                      static_l1_tokens=4)
+    return StepRecord(bag="b", episode=0, step=step, time_s=0.1 * step,
+                      actions=np.asarray(actions, np.float32), targets=np.asarray(targets, np.float32),
+                      step_ms=ms, stats=stats)
+
+
+def test_errors_compare_the_first_k_actions_with_what_was_recorded():
+    nan = np.nan
+    full = [_record(0, [[1, 1], [1, 1], [9, 9]], [[0, 0], [0, 2]], ms=4.0),
+            _record(1, [[2, 0], [0, 0], [9, 9]], [[0, 0], [nan, nan]], ms=4.0, recached=True)]
+    fast = [_record(0, [[1, 1], [1, 1], [0, 0]], [[0, 0], [0, 2]], ms=2.0),
+            _record(1, [[2, 2], [0, 0], [0, 0]], [[0, 0], [nan, nan]], ms=2.0)]
+    summary = summarize({"full": full, "fast": fast}, first_k=2)
+    # full's residuals: (1,1), (1,-1), (2,0); the recording ended before step 1's second action
+    assert summary["full"]["action_error"]["mse_per_dim"] == pytest.approx([2.0, 2 / 3])
+    assert summary["full"]["action_error"]["mae"] == pytest.approx(1.0)
+    # fast differs from full only in step 1's first action, second dimension: 2 vs 0
+    assert summary["fast"]["deviation_from_full"]["mse_per_dim"] == pytest.approx([0.0, 1.0])
+    assert summary["fast"]["speedup_p50"] == pytest.approx(2.0)
+    assert summary["full"]["recache_rate"] == 1.0 and summary["fast"]["recache_rate"] == 0.0
+
+
+def test_config_errors_name_the_field_and_the_choices(bag):
+    with pytest.raises(ConfigError, match="strategies: unknown \\['fastest'\\]; choose from full"):
+        EvalConfig(bags=[str(bag)], strategies=["fastest"])
+    with pytest.raises(ConfigError, match="first_k"):
+        EvalConfig(bags=[str(bag)], first_k=0)
+
+
+def test_cli_json_and_a_damaged_bag(bag, tmp_path):
+    command = [sys.executable, "-m", "dysta_ros.cli", "eval", str(bag), "--strategies", "gotohunt",
+               "--max-steps", "2", "--report", str(tmp_path / "r"), "--json"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert set(json.loads(result.stdout)) == {"full", "gotohunt"}
+
+    damaged = tmp_path / "damaged"
+    write_episode_bag(damaged, BagSpec(episodes=1, seconds=0.3))
+    (mcap,) = damaged.glob("*.mcap")
+    mcap.write_bytes(mcap.read_bytes()[:300])
+    result = subprocess.run(command[:4] + [str(damaged)] + command[5:], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 1
+    assert str(damaged) in result.stderr and "Traceback" not in result.stderr
