@@ -1,0 +1,110 @@
+"""`dysta-ros run`: policy_node + chunk_executor in one process, for machines without `ros2 launch`.
+
+The same YAML files as the launch file (config/dysta_nodes.yaml, config/strategies/<strategy>.yaml,
+config/robots/<robot>.yaml), both nodes on one multi-threaded executor (as a component
+container runs them); the policy node is configured and activated here, and Ctrl-C
+deactivates it and shuts down cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import yaml
+
+from dysta_ros.errors import ConfigError
+from dysta_ros.robot import config_dirs, load_yaml
+
+NODES = ("policy_node", "chunk_executor")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from dysta_ros.tokens import available_strategies
+
+    parser.add_argument("--strategy", default="dysta", choices=available_strategies(), help="token strategy")
+    parser.add_argument("--model", default="tiny", help="model preset name or checkpoint directory")
+    parser.add_argument("--robot", default="sim_arm",
+                        help="robot config: name under config/robots/ or YAML path")
+    parser.add_argument("--device", default=None, help="torch device (default: the params file's, cpu)")
+    parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--instruction", default=None, help="instruction until /dysta/instruction sets one")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="chunk_executor logs commands instead of sending them")
+    parser.add_argument("--params-file", default=None,
+                        help="ROS 2 parameters YAML for both nodes (default: config/dysta_nodes.yaml)")
+    parser.add_argument("--param", action="append", default=[], metavar="NODE:NAME=VALUE",
+                        help="override one parameter, e.g. policy_node:inference_rate_hz=5 or "
+                             "policy_node:dysta.delta_l1=0.1 (repeatable; VALUE is YAML)")
+    parser.add_argument("--duration", type=float, default=0.0, help="seconds to run (0: until Ctrl-C)")
+
+
+def default_params_file() -> str:
+    for directory in config_dirs():
+        if (directory / "dysta_nodes.yaml").is_file():
+            return str(directory / "dysta_nodes.yaml")
+    raise ConfigError("config/dysta_nodes.yaml not found; pass --params-file")
+
+
+def node_values(args) -> dict[str, dict]:
+    """Return {node: {parameter: value}} from the params file, then the command line."""
+    data = load_yaml(args.params_file or default_params_file())
+    values = {node: dict((data.get(node) or {}).get("ros__parameters") or {}) for node in NODES}
+    values["policy_node"].update(strategy=args.strategy, model=args.model, robot=args.robot,
+                                 autostart=False)  # configured and activated below
+    values["chunk_executor"]["robot"] = args.robot
+    for name in ("device", "dtype", "instruction"):
+        if getattr(args, name) is not None:
+            values["policy_node"][name] = getattr(args, name)
+    if args.dry_run:
+        values["chunk_executor"]["dry_run"] = True
+    for item in args.param:
+        node, sep, rest = item.partition(":")
+        name, eq, text = rest.partition("=")
+        if node not in NODES or not sep or not eq or not name:
+            raise ConfigError(f"--param {item!r}: expected NODE:NAME=VALUE, NODE one of {', '.join(NODES)}")
+        values[node][name] = yaml.safe_load(text)
+    return values
+
+
+def to_parameters(values: dict, declared) -> list:
+    """Return rclpy Parameters, numbers coerced to the declared type (YAML writes 10 for 10.0)."""
+    from rclpy.parameter import Parameter
+
+    defaults = {p.name: p.default for p in declared}
+    parameters = []
+    for name, value in values.items():
+        if isinstance(defaults.get(name), float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        parameters.append(Parameter(name, value=value))
+    return parameters
+
+
+def run(args) -> int:
+    import rclpy
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    from dysta_ros.nodes import chunk_executor, policy_node
+    from dysta_ros.nodes.spin import spin_nodes
+
+    try:
+        values = node_values(args)
+    except ConfigError as exc:
+        print(f"dysta-ros run: {exc}", file=sys.stderr)
+        return 2
+    rclpy.init()
+    policy = policy_node.PolicyNode(parameter_overrides=to_parameters(
+        values["policy_node"], policy_node.PARAMS + policy_node.strategy_params_from_yaml()))
+    executor_node = chunk_executor.ChunkExecutorNode(
+        parameter_overrides=to_parameters(values["chunk_executor"], chunk_executor.PARAMS))
+    if (policy.trigger_configure() != TransitionCallbackReturn.SUCCESS
+            or policy.trigger_activate() != TransitionCallbackReturn.SUCCESS):
+        print("dysta-ros run: policy_node failed to configure or activate (see the log above)",
+              file=sys.stderr)
+        for node in (policy, executor_node):
+            node.destroy_node()
+        rclpy.try_shutdown()
+        return 1
+    deadline = time.monotonic() + args.duration if args.duration > 0 else None
+    return spin_nodes([policy, executor_node], until=deadline)
