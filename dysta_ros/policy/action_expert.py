@@ -63,7 +63,9 @@ class ExpertAttention(nn.Module):
         keys = torch.cat([prefix_k.expand(b, -1, -1, -1), k], dim=2)  # (B, Hkv, P+n, D)
         values = torch.cat([prefix_v.expand(b, -1, -1, -1), v], dim=2)
         groups = self.heads // self.kv_heads
-        out = F.scaled_dot_product_attention(q, repeat_kv(keys, groups), repeat_kv(values, groups))  # (B, H, n, D)
+        out = F.scaled_dot_product_attention(
+            q, repeat_kv(keys, groups), repeat_kv(values, groups)
+        )  # (B, H, n, D)
         return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))  # (B, n, We)
 
 
@@ -108,8 +110,9 @@ class ActionExpert(nn.Module):
 
     def velocity(self, x_t, t, prefix: dict[int, tuple[torch.Tensor, torch.Tensor]], prefix_length: int):
         """Predict v (B, H, A) at flow time t (B,) given the backbone's per-layer K/V."""
-        time = self.time_mlp_out(F.silu(self.time_mlp_in(
-            sinusoidal_time(t, self.cfg.width).to(x_t.dtype))))  # (B, We)
+        time = self.time_mlp_out(
+            F.silu(self.time_mlp_in(sinusoidal_time(t, self.cfg.width).to(x_t.dtype)))
+        )  # (B, We)
         x = self.action_in_proj(x_t) + time[:, None, :]  # (B, H, We)
         # RoPE positions after the whole full-layout prefix, the same for every strategy.
         positions = torch.arange(prefix_length, prefix_length + x.shape[1], device=x.device)
@@ -130,8 +133,9 @@ class ActionExpert(nn.Module):
             x = x - self.velocity(x, t, prefix, prefix_length) / steps  # dt = -1/steps
         return x
 
-    def loss(self, prefix, prefix_length: int, actions: torch.Tensor,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+    def loss(
+        self, prefix, prefix_length: int, actions: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Flow-matching loss: || v(x_t, t) - (noise - actions) ||^2 at random t (pi0)."""
         b = actions.shape[0]
         if self.cfg.head == "regression":

@@ -86,8 +86,9 @@ class AttentionPlan:
 def _attend(query, keys, values, mask, scaling):
     """SDPA with GQA by repeating K/V heads (every backend supports it): -> (B, H, Q, D)."""
     groups = query.shape[1] // keys.shape[1]
-    return F.scaled_dot_product_attention(query, repeat_kv(keys, groups), repeat_kv(values, groups),
-                                          attn_mask=mask, scale=scaling)
+    return F.scaled_dot_product_attention(
+        query, repeat_kv(keys, groups), repeat_kv(values, groups), attn_mask=mask, scale=scaling
+    )
 
 
 def _local_attention(plan: AttentionPlan, query, keys, values, key_order, scaling):
@@ -115,7 +116,9 @@ def _local_attention(plan: AttentionPlan, query, keys, values, key_order, scalin
         for q_idx, k_idx in zip(q_rows, k_rows):
             mask = key_order[k_idx][None, :] <= plan.query_order[q_idx][:, None]
             pairs += int(mask.sum())
-            out[:, :, q_idx] = _attend(query[:, :, q_idx], keys[:, :, k_idx], values[:, :, k_idx], mask, scaling)
+            out[:, :, q_idx] = _attend(
+                query[:, :, q_idx], keys[:, :, k_idx], values[:, :, k_idx], mask, scaling
+            )
     global_rows = (groups < 0).nonzero().flatten()
     if len(global_rows):
         mask = key_order[None, :] <= plan.query_order[global_rows][:, None]
@@ -143,15 +146,29 @@ def _record_entropy(plan: AttentionPlan, layer: int, query, keys, mask, scaling)
         plan.entropy[layer] = float(normalised[:, keep].mean())
 
 
-def plan_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
-                   attention_plan: AttentionPlan | None = None, **kwargs):
+def plan_attention(
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    scaling=None,
+    dropout=0.0,
+    attention_plan: AttentionPlan | None = None,
+    **kwargs,
+):
     """Attention for one layer: query (B, H, Q, D), key/value (B, Hkv, Q, D) after RoPE."""
     scaling = scaling if scaling is not None else 1.0 / math.sqrt(query.shape[-1])
     plan = attention_plan
     if plan is None:  # plain causal forward (training, batch > 1)
         groups = query.shape[1] // key.shape[1]
-        out = F.scaled_dot_product_attention(query, repeat_kv(key, groups), repeat_kv(value, groups),
-                                             is_causal=query.shape[2] > 1, scale=scaling)
+        out = F.scaled_dot_product_attention(
+            query,
+            repeat_kv(key, groups),
+            repeat_kv(value, groups),
+            is_causal=query.shape[2] > 1,
+            scale=scaling,
+        )
         return out.transpose(1, 2).contiguous(), None
     layer = module.layer_idx
     keys, values, key_order = plan.assemble(layer, key, value)

@@ -63,8 +63,10 @@ def load_checkpoint(directory, device: str = "cpu", overrides_dtype: torch.dtype
         raise CheckpointError(f"{directory}: not a checkpoint directory")
     pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
-        raise CheckpointError(f"{directory / pickles[0]}: pickle-format files are refused "
-                              f"(never unpickled); convert to {WEIGHTS_FILE}")
+        raise CheckpointError(
+            f"{directory / pickles[0]}: pickle-format files are refused "
+            f"(never unpickled); convert to {WEIGHTS_FILE}"
+        )
     config, extra = read_config(directory)
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
@@ -79,16 +81,24 @@ def load_checkpoint(directory, device: str = "cpu", overrides_dtype: torch.dtype
     missing = [k for k in expected if k not in tensors and not k.startswith(OPTIONAL_PREFIXES)]
     unexpected = [k for k in tensors if k not in expected]
     if missing or unexpected:
-        raise CheckpointError(f"{weights}: missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                              f"unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
-    wrong = [f"{k}: {tuple(tensors[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
-             if k in tensors and tensors[k].shape != v.shape]
+        raise CheckpointError(
+            f"{weights}: missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+        )
+    wrong = [
+        f"{k}: {tuple(tensors[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in tensors and tensors[k].shape != v.shape
+    ]
     if wrong:
         raise CheckpointError(f"{weights}: wrong shapes for the config in {CONFIG_FILE}: {wrong[:5]}")
     absent = sorted({k.split(".")[0] for k in expected if k not in tensors})
     if absent:
-        log.warning("%s has no weights for %s: randomly initialised (train them for learned DySta)",
-                    weights, ", ".join(absent))
+        log.warning(
+            "%s has no weights for %s: randomly initialised (train them for learned DySta)",
+            weights,
+            ", ".join(absent),
+        )
     model.load_state_dict(tensors, strict=False)
     model.has_learned_dysta = not absent
     return model.to(device=device, dtype=overrides_dtype or torch.float32), extra

@@ -30,11 +30,15 @@ class VisionConfig:
     mlp_width: int = 128
 
     def __post_init__(self):
-        _require(self.image_size > 0 and self.patch_size > 0 and self.image_size % self.patch_size == 0,
-                 f"vision.image_size ({self.image_size}) must be a positive multiple of "
-                 f"vision.patch_size ({self.patch_size})")
-        _require(self.width % self.heads == 0,
-                 f"vision.width ({self.width}) must be divisible by vision.heads ({self.heads})")
+        _require(
+            self.image_size > 0 and self.patch_size > 0 and self.image_size % self.patch_size == 0,
+            f"vision.image_size ({self.image_size}) must be a positive multiple of "
+            f"vision.patch_size ({self.patch_size})",
+        )
+        _require(
+            self.width % self.heads == 0,
+            f"vision.width ({self.width}) must be divisible by vision.heads ({self.heads})",
+        )
         _require(self.layers >= 1, f"vision.layers must be >= 1, got {self.layers}")
 
     @property
@@ -60,12 +64,18 @@ class BackboneConfig:
     vocab_size: int = 264  # byte tokenizer: 256 bytes + specials (a loaded tokenizer may raise it)
 
     def __post_init__(self):
-        _require(self.family in BACKBONE_FAMILIES,
-                 f"backbone.family {self.family!r} is not one of {', '.join(BACKBONE_FAMILIES)}")
-        _require(self.width % self.heads == 0,
-                 f"backbone.width ({self.width}) must be divisible by backbone.heads ({self.heads})")
-        _require(self.kv_heads >= 1 and self.heads % self.kv_heads == 0,
-                 f"backbone.heads ({self.heads}) must be a multiple of backbone.kv_heads ({self.kv_heads})")
+        _require(
+            self.family in BACKBONE_FAMILIES,
+            f"backbone.family {self.family!r} is not one of {', '.join(BACKBONE_FAMILIES)}",
+        )
+        _require(
+            self.width % self.heads == 0,
+            f"backbone.width ({self.width}) must be divisible by backbone.heads ({self.heads})",
+        )
+        _require(
+            self.kv_heads >= 1 and self.heads % self.kv_heads == 0,
+            f"backbone.heads ({self.heads}) must be a multiple of backbone.kv_heads ({self.kv_heads})",
+        )
         _require(self.layers >= 1, f"backbone.layers must be >= 1, got {self.layers}")
 
     @property
@@ -86,7 +96,9 @@ class ExpertConfig:
     def __post_init__(self):
         _require(self.layers >= 1, f"expert.layers must be >= 1, got {self.layers}")
         _require(self.flow_steps >= 1, f"expert.flow_steps must be >= 1, got {self.flow_steps}")
-        _require(self.head in ACTION_HEADS, f"expert.head {self.head!r} is not one of {', '.join(ACTION_HEADS)}")
+        _require(
+            self.head in ACTION_HEADS, f"expert.head {self.head!r} is not one of {', '.join(ACTION_HEADS)}"
+        )
 
 
 @dataclass
@@ -117,15 +129,23 @@ class PolicyConfig:
             self.backbone = BackboneConfig(**self.backbone)
         if isinstance(self.expert, dict):
             self.expert = ExpertConfig(**self.expert)
-        _require(len(self.camera_names) >= 1 and len(set(self.camera_names)) == len(self.camera_names),
-                 f"camera_names must be non-empty and unique, got {self.camera_names}")
+        _require(
+            len(self.camera_names) >= 1 and len(set(self.camera_names)) == len(self.camera_names),
+            f"camera_names must be non-empty and unique, got {self.camera_names}",
+        )
         for name in ("state_dim", "action_dim", "horizon", "history"):
             _require(int(getattr(self, name)) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         _require(self.dt > 0, f"dt must be > 0, got {self.dt}")
-        _require(self.action_space in ACTION_SPACES,
-                 f"action_space {self.action_space!r} is not one of {', '.join(ACTION_SPACES)}")
-        for name, dim in (("state_mean", self.state_dim), ("state_std", self.state_dim),
-                          ("action_mean", self.action_dim), ("action_std", self.action_dim)):
+        _require(
+            self.action_space in ACTION_SPACES,
+            f"action_space {self.action_space!r} is not one of {', '.join(ACTION_SPACES)}",
+        )
+        for name, dim in (
+            ("state_mean", self.state_dim),
+            ("state_std", self.state_dim),
+            ("action_mean", self.action_dim),
+            ("action_std", self.action_dim),
+        ):
             values = getattr(self, name)
             _require(len(values) in (0, dim), f"{name} has {len(values)} values, expected {dim}")
         for name in ("state_std", "action_std"):
@@ -149,24 +169,34 @@ class PolicyConfig:
 PRESETS: dict[str, PolicyConfig] = {
     # Tests: a step in well under a second on CPU.
     "tiny": PolicyConfig(
-        preset="tiny", camera_names=["main"], horizon=8, history=4,
+        preset="tiny",
+        camera_names=["main"],
+        horizon=8,
+        history=4,
         vision=VisionConfig(image_size=64, patch_size=16, width=64, layers=2, heads=4, mlp_width=128),
         backbone=BackboneConfig(width=64, layers=2, heads=4, kv_heads=2, mlp_width=128),
         expert=ExpertConfig(width=32, layers=2, mlp_width=64, flow_steps=10),
     ),
     # CPU benchmark: the backbone dominates, as in real VLAs (a full step ~0.3-1 s at T=1).
     "small": PolicyConfig(
-        preset="small", camera_names=["main"], horizon=10, history=1,
+        preset="small",
+        camera_names=["main"],
+        horizon=10,
+        history=1,
         vision=VisionConfig(image_size=224, patch_size=16, width=384, layers=6, heads=6, mlp_width=1536),
         backbone=BackboneConfig(width=768, layers=12, heads=12, kv_heads=4, mlp_width=2048),
         expert=ExpertConfig(width=384, layers=6, mlp_width=1024, flow_steps=10),
     ),
     # SmolVLA-sized (SmolLM2-360M-like 16-layer backbone, 0.75x expert): for GPUs.
     "base": PolicyConfig(
-        preset="base", camera_names=["main", "wrist"], horizon=50, history=1,
+        preset="base",
+        camera_names=["main", "wrist"],
+        horizon=50,
+        history=1,
         vision=VisionConfig(image_size=224, patch_size=16, width=768, layers=12, heads=12, mlp_width=3072),
-        backbone=BackboneConfig(width=960, layers=16, heads=15, kv_heads=5, mlp_width=2560,
-                                rope_theta=100000.0, vocab_size=49280),
+        backbone=BackboneConfig(
+            width=960, layers=16, heads=15, kv_heads=5, mlp_width=2560, rope_theta=100000.0, vocab_size=49280
+        ),
         expert=ExpertConfig(width=720, layers=16, mlp_width=2048, flow_steps=10),
     ),
 }

@@ -10,23 +10,41 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from transformers import (DynamicCache, GemmaConfig, GemmaModel, LlamaConfig, LlamaModel, Qwen2Config, Qwen2Model,
-                          SiglipVisionConfig, SiglipVisionModel)
+from transformers import (
+    DynamicCache,
+    GemmaConfig,
+    GemmaModel,
+    LlamaConfig,
+    LlamaModel,
+    Qwen2Config,
+    Qwen2Model,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
 
 from dysta_ros.policy.action_expert import ActionExpert
 from dysta_ros.policy.attention import ATTENTION_NAME, AttentionPlan
 from dysta_ros.policy.config import BackboneConfig, PolicyConfig, VisionConfig
 from dysta_ros.tokens.learned import Disentangler, RecacheGate, default_gate_hidden
 
-BACKBONES = {"llama": (LlamaConfig, LlamaModel), "qwen2": (Qwen2Config, Qwen2Model),
-             "gemma": (GemmaConfig, GemmaModel)}
+BACKBONES = {
+    "llama": (LlamaConfig, LlamaModel),
+    "qwen2": (Qwen2Config, Qwen2Model),
+    "gemma": (GemmaConfig, GemmaModel),
+}
 
 
 def build_vision(cfg: VisionConfig) -> SiglipVisionModel:
     """A SigLIP ViT without the pooling head: we want the patch tokens."""
-    config = SiglipVisionConfig(hidden_size=cfg.width, intermediate_size=cfg.mlp_width,
-                                num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
-                                image_size=cfg.image_size, patch_size=cfg.patch_size, vision_use_head=False)
+    config = SiglipVisionConfig(
+        hidden_size=cfg.width,
+        intermediate_size=cfg.mlp_width,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        image_size=cfg.image_size,
+        patch_size=cfg.patch_size,
+        vision_use_head=False,
+    )
     config._attn_implementation = "sdpa"
     return SiglipVisionModel(config)
 
@@ -34,10 +52,17 @@ def build_vision(cfg: VisionConfig) -> SiglipVisionModel:
 def build_backbone(cfg: BackboneConfig) -> nn.Module:
     """A transformers decoder whose every attention call goes through plan_attention."""
     config_class, model_class = BACKBONES[cfg.family]
-    config = config_class(hidden_size=cfg.width, intermediate_size=cfg.mlp_width, num_hidden_layers=cfg.layers,
-                          num_attention_heads=cfg.heads, num_key_value_heads=cfg.kv_heads, head_dim=cfg.head_dim,
-                          vocab_size=cfg.vocab_size, max_position_embeddings=1 << 16,
-                          rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta})
+    config = config_class(
+        hidden_size=cfg.width,
+        intermediate_size=cfg.mlp_width,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        num_key_value_heads=cfg.kv_heads,
+        head_dim=cfg.head_dim,
+        vocab_size=cfg.vocab_size,
+        max_position_embeddings=1 << 16,
+        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+    )
     config._attn_implementation = ATTENTION_NAME
     return model_class(config)
 
@@ -55,8 +80,9 @@ class VLAModel(nn.Module):
         self.action_expert = ActionExpert(cfg.expert, cfg.backbone, cfg.action_dim, cfg.horizon)
         # DySta's learned parts (used only with `learned: true`; random until trained).
         self.disentangler = Disentangler(cfg.vision.width)
-        self.recache_gate = RecacheGate(cfg.vision.width, cfg.tokens_per_frame,
-                                        hidden=default_gate_hidden(cfg.vision.width))
+        self.recache_gate = RecacheGate(
+            cfg.vision.width, cfg.tokens_per_frame, hidden=default_gate_hidden(cfg.vision.width)
+        )
         self.has_learned_dysta = False  # set by load_checkpoint when the checkpoint trained them
 
     @property
@@ -79,20 +105,27 @@ class VLAModel(nn.Module):
     def embed_state(self, state: torch.Tensor) -> torch.Tensor:
         return self.state_proj(state)[None]  # (S,) -> (1, W)
 
-    def run_backbone(self, embeds: torch.Tensor, positions: torch.Tensor, plan: AttentionPlan) -> AttentionPlan:
+    def run_backbone(
+        self, embeds: torch.Tensor, positions: torch.Tensor, plan: AttentionPlan
+    ) -> AttentionPlan:
         """Compute tokens embeds (Q, W) at RoPE positions (Q,) under plan; fills plan.records."""
-        self.backbone(inputs_embeds=embeds[None], position_ids=positions[None], attention_plan=plan,
-                      use_cache=False)
+        self.backbone(
+            inputs_embeds=embeds[None], position_ids=positions[None], attention_plan=plan, use_cache=False
+        )
         return plan
 
     def sample_actions(self, records, prefix_length: int, noise: torch.Tensor) -> torch.Tensor:
         """Integrate the expert from noise (H, A) over the per-layer prefix K/V -> (H, A)."""
         return self.action_expert.sample(records, prefix_length, noise[None])[0]
 
-    def flow_matching_loss(self, batch: dict[str, torch.Tensor],
-                           generator: torch.Generator | None = None) -> torch.Tensor:
-        """Training loss on the full layout: batch of pixels (B, T, C, 3, S, S), text_ids (B, n),
-        state (B, S) and actions (B, H, A), both normalised."""
+    def flow_matching_loss(
+        self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Return the flow-matching loss of a batch on the full layout.
+
+        batch: pixels (B, T, C, 3, S, S) in [-1, 1], text_ids (B, n), state (B, S) and
+        actions (B, H, A), state and actions normalised.
+        """
         pixels = batch["pixels"]
         b, t = pixels.shape[:2]
         features = self.vision(pixel_values=pixels.flatten(0, 2)).last_hidden_state  # (B*T*C, n, Cv)

@@ -18,7 +18,7 @@ def center_crop_resize(image: np.ndarray, size: int) -> np.ndarray:
     h, w = image.shape[:2]
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
-    square = image[top:top + side, left:left + side]
+    square = image[top : top + side, left : left + side]
     if side == size:
         return np.ascontiguousarray(square)
     interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
@@ -55,11 +55,14 @@ def prepare_observation(obs: Observation, camera_names: list[str], image_size: i
     if not isinstance(obs, Observation):
         raise InputError(f"expected an Observation, got {type(obs).__name__}")
     if not isinstance(obs.images, dict):
-        raise InputError(f"observation images must be a dict camera -> array, got {type(obs.images).__name__}")
+        raise InputError(
+            f"observation images must be a dict camera -> array, got {type(obs.images).__name__}"
+        )
     missing = [name for name in camera_names if name not in obs.images]
     if missing:
-        raise InputError(f"missing camera(s) {missing}; the model needs {camera_names}, "
-                         f"got {sorted(obs.images)}")
+        raise InputError(
+            f"missing camera(s) {missing}; the model needs {camera_names}, got {sorted(obs.images)}"
+        )
     squares = [center_crop_resize(check_image(name, obs.images[name]), image_size) for name in camera_names]
     pixels = np.stack(squares).astype(np.float32).transpose(0, 3, 1, 2)  # (C, 3, S, S)
     pixels = pixels / 127.5 - 1.0  # SigLIP normalisation: mean 0.5, std 0.5

@@ -76,8 +76,15 @@ class StageTimer:
 class PolicyRuntime:
     """Holds the model, the history window, the strategy's caches and the step counter."""
 
-    def __init__(self, model: VLAModel, strategy: str = "full", strategy_params: dict | None = None,
-                 history: int | None = None, seed: int = 0, tokenizer=None):
+    def __init__(
+        self,
+        model: VLAModel,
+        strategy: str = "full",
+        strategy_params: dict | None = None,
+        history: int | None = None,
+        seed: int = 0,
+        tokenizer=None,
+    ):
         cfg = model.cfg
         self.model = model.eval()
         self.strategy = build_strategy(strategy, strategy_params, cfg)
@@ -86,10 +93,19 @@ class PolicyRuntime:
             raise ConfigError(f"history must be >= 1, got {self.history}")
         self.seed = int(seed)
         self.tokenizer = tokenizer or load_tokenizer(None)
-        self.spec = RuntimeSpec(camera_names=list(cfg.camera_names), image_size=cfg.vision.image_size,
-                                state_dim=cfg.state_dim, action_dim=cfg.action_dim, horizon=cfg.horizon,
-                                dt=cfg.dt, action_space=cfg.action_space, preset=cfg.preset,
-                                strategy=strategy, history=self.history, tokens_per_frame=cfg.tokens_per_frame)
+        self.spec = RuntimeSpec(
+            camera_names=list(cfg.camera_names),
+            image_size=cfg.vision.image_size,
+            state_dim=cfg.state_dim,
+            action_dim=cfg.action_dim,
+            horizon=cfg.horizon,
+            dt=cfg.dt,
+            action_space=cfg.action_space,
+            preset=cfg.preset,
+            strategy=strategy,
+            history=self.history,
+            tokens_per_frame=cfg.tokens_per_frame,
+        )
         self._stats_tensors()
         self.reset()
 
@@ -124,8 +140,9 @@ class PolicyRuntime:
         """Run one policy step; InputError leaves everything untouched, InferenceError resets caches."""
         start_wall = time.time()
         timer = StageTimer(self.model.device)
-        pixels, state, instruction = prepare_observation(obs, self.spec.camera_names, self.spec.image_size,
-                                                         self.spec.state_dim)
+        pixels, state, instruction = prepare_observation(
+            obs, self.spec.camera_names, self.spec.image_size, self.spec.state_dim
+        )
         timer.lap("preprocess")
         saved_frames, saved_count = list(self.frames), self.frame_count
         try:
@@ -141,9 +158,16 @@ class PolicyRuntime:
             if isinstance(exc, InferenceError):
                 raise
             raise InferenceError(f"{type(exc).__name__} during inference: {exc}") from exc
-        chunk = ActionChunk(stamp=obs.stamp, actions=actions, dt=self.spec.dt, strategy=self.spec.strategy,
-                            sequence=self.sequence, action_space=self.spec.action_space,
-                            inference_start=start_wall, inference_end=time.time())
+        chunk = ActionChunk(
+            stamp=obs.stamp,
+            actions=actions,
+            dt=self.spec.dt,
+            strategy=self.spec.strategy,
+            sequence=self.sequence,
+            action_space=self.spec.action_space,
+            inference_start=start_wall,
+            inference_end=time.time(),
+        )
         stats.stage_ms = timer.finish()
         self.sequence += 1
         return chunk, stats
@@ -159,9 +183,14 @@ class PolicyRuntime:
             self.frames.append(frame)
         timer.lap("vision")
         state_t = (torch.from_numpy(state).to(device) - self.state_mean) / self.state_std
-        ctx = StepContext(model=model, frames=list(self.frames), text=self._text_embeds(instruction),
-                          state=model.embed_state(state_t.to(dtype)), grid=model.cfg.vision.grid,
-                          cameras=len(self.spec.camera_names))
+        ctx = StepContext(
+            model=model,
+            frames=list(self.frames),
+            text=self._text_embeds(instruction),
+            state=model.embed_state(state_t.to(dtype)),
+            grid=model.cfg.vision.grid,
+            cameras=len(self.spec.camera_names),
+        )
         result = self.strategy.build_prefix(ctx)
         timer.ms["gate"] += result.gate_ms
         timer.lap("backbone")
@@ -172,17 +201,30 @@ class PolicyRuntime:
         if not np.isfinite(actions).all():
             raise InferenceError("the model produced non-finite actions; the chunk is dropped")
         full = full_flops(model.cfg.backbone, ctx.full_length)
-        stats = StepStats(strategy=self.spec.strategy, sequence=self.sequence,
-                          context_tokens=result.context_tokens, recomputed_tokens=ctx.computed_tokens,
-                          static_l1_tokens=result.static_l1_tokens, static_l2_tokens=result.static_l2_tokens,
-                          dynamic_tokens=result.dynamic_tokens, history_frames=len(self.frames),
-                          frames_attended=result.frames_attended, recached_l1=result.recached_l1,
-                          recached_l2=result.recached_l2, flops_ratio=self.strategy.flops(ctx) / full)
+        stats = StepStats(
+            strategy=self.spec.strategy,
+            sequence=self.sequence,
+            context_tokens=result.context_tokens,
+            recomputed_tokens=ctx.computed_tokens,
+            static_l1_tokens=result.static_l1_tokens,
+            static_l2_tokens=result.static_l2_tokens,
+            dynamic_tokens=result.dynamic_tokens,
+            history_frames=len(self.frames),
+            frames_attended=result.frames_attended,
+            recached_l1=result.recached_l1,
+            recached_l2=result.recached_l2,
+            flops_ratio=self.strategy.flops(ctx) / full,
+        )
         return actions.astype(np.float32), stats
 
 
-def build_model(model: str | VLAModel = "tiny", device: str = "cpu", dtype: str = "float32", seed: int = 0,
-                overrides: dict | None = None) -> tuple[VLAModel, object]:
+def build_model(
+    model: str | VLAModel = "tiny",
+    device: str = "cpu",
+    dtype: str = "float32",
+    seed: int = 0,
+    overrides: dict | None = None,
+) -> tuple[VLAModel, object]:
     """Return (model, tokenizer) from a preset name (seeded random init) or a checkpoint directory."""
     if dtype not in DTYPES:
         raise ConfigError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
@@ -195,19 +237,36 @@ def build_model(model: str | VLAModel = "tiny", device: str = "cpu", dtype: str 
         return vla.to(device=device, dtype=torch_dtype), load_tokenizer(None)
     path = Path(model)
     if not path.is_dir():
-        raise ConfigError(f"model {model!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint directory")
+        raise ConfigError(
+            f"model {model!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint directory"
+        )
     if overrides:
-        raise ConfigError("overrides apply to presets only; a checkpoint's config is what it was trained with")
+        raise ConfigError(
+            "overrides apply to presets only; a checkpoint's config is what it was trained with"
+        )
     vla, _ = load_checkpoint(path, device=device, overrides_dtype=torch_dtype)
     return vla, load_tokenizer(path)
 
 
-def build_runtime(model: str | VLAModel = "tiny", strategy: str = "full", strategy_params: dict | None = None,
-                  history: int | None = None, device: str = "cpu", dtype: str = "float32", seed: int = 0,
-                  overrides: dict | None = None) -> PolicyRuntime:
+def build_runtime(
+    model: str | VLAModel = "tiny",
+    strategy: str = "full",
+    strategy_params: dict | None = None,
+    history: int | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    seed: int = 0,
+    overrides: dict | None = None,
+) -> PolicyRuntime:
     """Build a runtime from a preset name, a checkpoint directory or an already built VLAModel."""
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} requested but CUDA is not available; use 'cpu'")
     vla, tokenizer = build_model(model, device, dtype, seed, overrides)
-    return PolicyRuntime(vla, strategy=strategy, strategy_params=strategy_params, history=history, seed=seed,
-                         tokenizer=tokenizer)
+    return PolicyRuntime(
+        vla,
+        strategy=strategy,
+        strategy_params=strategy_params,
+        history=history,
+        seed=seed,
+        tokenizer=tokenizer,
+    )

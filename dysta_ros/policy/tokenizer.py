@@ -25,6 +25,7 @@ class FileTokenizer:
 
     def __init__(self, path: Path):
         from tokenizers import Tokenizer
+
         try:
             self.tokenizer = Tokenizer.from_file(str(path))
         except Exception as exc:  # the library raises a bare Exception on bad files

@@ -11,8 +11,8 @@ from dysta_ros.tokens.gotohunt import GotohuntStrategy
 from dysta_ros.tokens.vla_cache import VlaCacheStrategy
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (FullStrategy, DystaStrategy, GotohuntStrategy, VlaCacheStrategy,
-                              DystaGotohuntStrategy)
+    cls.name: cls
+    for cls in (FullStrategy, DystaStrategy, GotohuntStrategy, VlaCacheStrategy, DystaGotohuntStrategy)
 }
 
 

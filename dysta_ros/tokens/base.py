@@ -36,7 +36,9 @@ class StrategyParams:
         allowed = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - set(allowed))
         if unknown:
-            raise ConfigError(f"strategy {strategy!r}: unknown parameter(s) {unknown}; allowed: {sorted(allowed)}")
+            raise ConfigError(
+                f"strategy {strategy!r}: unknown parameter(s) {unknown}; allowed: {sorted(allowed)}"
+            )
         try:
             return cls(**values)
         except TypeError as exc:

@@ -49,8 +49,9 @@ class DystaParams(StrategyParams):
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {value}")
         if self.l1_fraction + self.l2_fraction > 1.0:
-            raise ConfigError(f"l1_fraction + l2_fraction must be <= 1, got "
-                              f"{self.l1_fraction} + {self.l2_fraction}")
+            raise ConfigError(
+                f"l1_fraction + l2_fraction must be <= 1, got {self.l1_fraction} + {self.l2_fraction}"
+            )
         if self.max_static_age < 0:
             raise ConfigError(f"max_static_age must be >= 0, got {self.max_static_age}")
 
@@ -86,8 +87,8 @@ class DystaStrategy(Strategy):
             return model.disentangler.assign(features, self.l1_count, self.l2_count)
         order = torch.argsort(self.change_ema, stable=True)  # least changing first
         l1 = order[: self.l1_count].sort().values
-        l2 = order[self.l1_count: self.l1_count + self.l2_count].sort().values
-        dynamic = order[self.l1_count + self.l2_count:].sort().values
+        l2 = order[self.l1_count : self.l1_count + self.l2_count].sort().values
+        dynamic = order[self.l1_count + self.l2_count :].sort().values
         return l1, l2, dynamic
 
     def gate(self, model, current: torch.Tensor) -> tuple[bool, bool]:
@@ -120,8 +121,9 @@ class DystaStrategy(Strategy):
                 self.static_kv = None
             return
         start = 0 if levels == "l1" else len(l1)
-        plan = AttentionPlan(query_order=ctx.arange(start, start + len(patches)), prefix=prefix,
-                             prefix_order=prefix_order)
+        plan = AttentionPlan(
+            query_order=ctx.arange(start, start + len(patches)), prefix=prefix, prefix_order=prefix_order
+        )
         # The oldest slot's positions: static tokens never move as the window slides.
         ctx.run(frame.tokens[patches], ctx.slot_positions(0, patches), plan)
         self.static_kv = [plan.records[i] for i in range(len(plan.records))]
@@ -135,8 +137,10 @@ class DystaStrategy(Strategy):
         model, current = ctx.model, ctx.frames[-1]
         gate_start = time.perf_counter()
         if self.params.learned and not self._warned_random and not getattr(model, "has_learned_dysta", False):
-            log.warning("dysta learned=true but the model has no trained Disentangler/RecacheGate: "
-                        "using their random initialisation")
+            log.warning(
+                "dysta learned=true but the model has no trained Disentangler/RecacheGate: "
+                "using their random initialisation"
+            )
             self._warned_random = True
         if self.reference is None:
             self.change_ema = torch.zeros(current.features.shape[0], device=ctx.device)
@@ -161,10 +165,20 @@ class DystaStrategy(Strategy):
         embeds = torch.cat([ctx.frames[k].tokens[dynamic] for k in slots] + [tail])  # (Q, W)
         positions = torch.cat([ctx.slot_positions(k, dynamic) for k in slots] + [tail_positions])
         cached = self.static_kv is not None
-        plan = AttentionPlan(query_order=ctx.arange(static, static + embeds.shape[0]),
-                             prefix=self.static_kv, prefix_order=ctx.arange(0, static) if cached else None)
+        plan = AttentionPlan(
+            query_order=ctx.arange(static, static + embeds.shape[0]),
+            prefix=self.static_kv,
+            prefix_order=ctx.arange(0, static) if cached else None,
+        )
         ctx.run(embeds, positions, plan)
-        return PrefixResult(records=plan.records, context_tokens=static + embeds.shape[0],
-                            static_l1_tokens=len(l1), static_l2_tokens=len(l2),
-                            dynamic_tokens=len(dynamic) * len(slots), frames_attended=len(slots),
-                            recached_l1=refresh_l1, recached_l2=refresh_l2, gate_ms=gate_ms)
+        return PrefixResult(
+            records=plan.records,
+            context_tokens=static + embeds.shape[0],
+            static_l1_tokens=len(l1),
+            static_l2_tokens=len(l2),
+            dynamic_tokens=len(dynamic) * len(slots),
+            frames_attended=len(slots),
+            recached_l1=refresh_l1,
+            recached_l2=refresh_l2,
+            gate_ms=gate_ms,
+        )

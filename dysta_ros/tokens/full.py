@@ -21,5 +21,9 @@ class FullStrategy(Strategy):
     def build_prefix(self, ctx: StepContext) -> PrefixResult:
         embeds, positions = full_layout(ctx)
         plan = ctx.run(embeds, positions, AttentionPlan(query_order=positions))
-        return PrefixResult(records=plan.records, context_tokens=embeds.shape[0],
-                            dynamic_tokens=ctx.frames_length, frames_attended=ctx.history)
+        return PrefixResult(
+            records=plan.records,
+            context_tokens=embeds.shape[0],
+            dynamic_tokens=ctx.frames_length,
+            frames_attended=ctx.history,
+        )

@@ -108,7 +108,9 @@ class GotohuntStrategy(Strategy):
 
     def __init__(self, params: GotohuntParams, model_config):
         super().__init__(params, model_config)
-        self.schedule = layer_schedule(model_config.backbone.layers, params.local_layers, params.strided_layers)
+        self.schedule = layer_schedule(
+            model_config.backbone.layers, params.local_layers, params.strided_layers
+        )
 
     def build_prefix(self, ctx: StepContext) -> PrefixResult:
         anchors = select_anchors(ctx, self.params)
@@ -118,12 +120,26 @@ class GotohuntStrategy(Strategy):
         embeds = torch.cat([ctx.frames[a].tokens for a in anchors] + [tail])  # (K*N + n_tail, W)
         positions = torch.cat([ctx.slot_positions(a, all_patches) for a in anchors] + [tail_positions])
         order = ctx.arange(0, embeds.shape[0])
-        groups = torch.cat([torch.arange(k, device=ctx.device).repeat_interleave(n),
-                            torch.full((tail.shape[0],), -1, device=ctx.device)])
+        groups = torch.cat(
+            [
+                torch.arange(k, device=ctx.device).repeat_interleave(n),
+                torch.full((tail.shape[0],), -1, device=ctx.device),
+            ]
+        )
         kept = strided_patches(ctx.grid, ctx.cameras, self.params.sigma, ctx.device)
         strided = torch.cat([i * n + kept for i in range(k)] + [ctx.arange(k * n, embeds.shape[0])])
-        plan = AttentionPlan(query_order=order, layer_modes=self.schedule, strided_keys=strided,
-                             query_group=groups, key_group=groups)
+        plan = AttentionPlan(
+            query_order=order,
+            layer_modes=self.schedule,
+            strided_keys=strided,
+            query_group=groups,
+            key_group=groups,
+        )
         ctx.run(embeds, positions, plan)
-        return PrefixResult(records=plan.records, context_tokens=embeds.shape[0], dynamic_tokens=k * n,
-                            frames_attended=k, extra={"anchors": anchors})
+        return PrefixResult(
+            records=plan.records,
+            context_tokens=embeds.shape[0],
+            dynamic_tokens=k * n,
+            frames_attended=k,
+            extra={"anchors": anchors},
+        )

@@ -20,8 +20,12 @@ class Disentangler(nn.Module):
 
     def __init__(self, vision_width: int, hidden: int = 64):
         super().__init__()
-        self.scorer = nn.Sequential(nn.LayerNorm(vision_width), nn.Linear(vision_width, hidden), nn.GELU(),
-                                    nn.Linear(hidden, len(GROUPS)))
+        self.scorer = nn.Sequential(
+            nn.LayerNorm(vision_width),
+            nn.Linear(vision_width, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, len(GROUPS)),
+        )
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.scorer(features)  # (..., N, 3) group logits
@@ -44,7 +48,9 @@ class RecacheGate(nn.Module):
 
     def __init__(self, vision_width: int, tokens: int, hidden: int = 32, mixed: int = 16, levels: int = 2):
         super().__init__()
-        self.token_ffn = nn.Sequential(nn.Linear(2 * vision_width, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+        self.token_ffn = nn.Sequential(
+            nn.Linear(2 * vision_width, hidden), nn.GELU(), nn.Linear(hidden, hidden)
+        )
         self.channel_ffn = nn.Sequential(nn.Linear(tokens, mixed), nn.GELU(), nn.Linear(mixed, mixed))
         self.heads = nn.ModuleList(nn.Linear(hidden * mixed, 1) for _ in range(levels))
 
@@ -68,8 +74,9 @@ def info_nce(anchor: torch.Tensor, positive: torch.Tensor, temperature: float = 
     return F.cross_entropy(logits, torch.arange(a.shape[0], device=a.device))
 
 
-def gumbel_sigmoid(logits: torch.Tensor, tau: float = 1.0, hard: bool = False,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+def gumbel_sigmoid(
+    logits: torch.Tensor, tau: float = 1.0, hard: bool = False, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Relaxed Bernoulli (binary Gumbel-softmax) sample of a refresh decision; straight-through if hard."""
     u = torch.rand(logits.shape, generator=generator, device=logits.device).clamp(1e-6, 1 - 1e-6)
     noise = torch.log(u) - torch.log1p(-u)  # difference of two Gumbels
@@ -84,8 +91,13 @@ def gate_prior(dt: torch.Tensor, lam: float) -> torch.Tensor:
     return 1.0 - torch.exp(-lam * dt.float())
 
 
-def gate_loss(gate_logits: torch.Tensor, dt: torch.Tensor, lam: float, tau: float = 1.0,
-              generator: torch.Generator | None = None) -> torch.Tensor:
+def gate_loss(
+    gate_logits: torch.Tensor,
+    dt: torch.Tensor,
+    lam: float,
+    tau: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """BCE of the Gumbel-relaxed gate (B, levels) against p_dt (B,): favours reuse early on."""
     sample = gumbel_sigmoid(gate_logits, tau=tau, generator=generator).clamp(1e-6, 1 - 1e-6)
     target = gate_prior(dt, lam)[:, None].expand_as(sample).to(sample.dtype)

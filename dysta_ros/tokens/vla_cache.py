@@ -25,14 +25,16 @@ from dysta_ros.tokens.full import full_layout
 class VlaCacheParams(StrategyParams):
     """Reuse threshold and the task-relevance filter."""
 
-    similarity_threshold: float = 0.95  # cosine similarity of patch features to reuse K/V
+    similarity_threshold: float = 0.95  # cosine similarity of patch features to reuse K/V (> 1: never)
     exclude_top_fraction: float = 0.1  # most attended visual tokens are always recomputed
     relevance_layer: int = -1  # layer whose language/state attention ranks relevance (-1 = last)
 
     def __post_init__(self):
         super().__post_init__()
-        if not -1.0 <= self.similarity_threshold <= 1.0:
-            raise ConfigError(f"similarity_threshold must be in [-1, 1], got {self.similarity_threshold}")
+        if self.similarity_threshold < -1.0:
+            raise ConfigError(
+                f"similarity_threshold must be >= -1 (> 1 never reuses), got {self.similarity_threshold}"
+            )
         if not 0.0 <= self.exclude_top_fraction <= 1.0:
             raise ConfigError(f"exclude_top_fraction must be in [0, 1], got {self.exclude_top_fraction}")
 
@@ -68,8 +70,11 @@ class VlaCacheStrategy(Strategy):
                 reuse[torch.topk(self.relevance, top).indices] = False
             recompute = torch.cat([(~reuse).nonzero().flatten(), tail_rows])
         full_pass = len(recompute) == length
-        plan = AttentionPlan(query_order=recompute, relevance_layer=self.relevance_layer,
-                             relevance_queries=ctx.arange(len(recompute) - len(tail_rows), len(recompute)))
+        plan = AttentionPlan(
+            query_order=recompute,
+            relevance_layer=self.relevance_layer,
+            relevance_queries=ctx.arange(len(recompute) - len(tail_rows), len(recompute)),
+        )
         if not full_pass:
             plan.buffer, plan.buffer_order, plan.write_index = self.buffer, positions, recompute
         ctx.run(embeds[recompute], positions[recompute], plan)
@@ -77,5 +82,10 @@ class VlaCacheStrategy(Strategy):
         self.features, self.length = features, length
         if plan.relevance is not None:
             self.relevance = plan.relevance[:visual].float()
-        return PrefixResult(records=plan.records, context_tokens=length, dynamic_tokens=visual,
-                            frames_attended=ctx.history, extra={"reused": length - len(recompute)})
+        return PrefixResult(
+            records=plan.records,
+            context_tokens=length,
+            dynamic_tokens=visual,
+            frames_attended=ctx.history,
+            extra={"reused": length - len(recompute)},
+        )
