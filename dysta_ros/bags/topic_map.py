@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from dysta_ros.errors import ConfigError
+from dysta_ros.robot import config_path
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 ACTION_TYPES = (
@@ -19,7 +20,6 @@ ACTION_TYPES = (
     "std_msgs/msg/Float64MultiArray",  # a forward controller's command, at receive time
     "sensor_msgs/msg/JointState",  # commanded positions, at header.stamp
 )
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "config" / "bag_topics"
 
 
 @dataclass(frozen=True)
@@ -63,14 +63,8 @@ class TopicMap:
 
     @classmethod
     def load(cls, name_or_path: str | Path) -> TopicMap:
-        """Load a YAML file, or a bundled mapping by name (e.g. 'sim_arm')."""
-        path = Path(name_or_path)
-        if not path.suffix and not path.exists():
-            path = CONFIG_DIR / f"{name_or_path}.yaml"
-        if not path.exists():
-            bundled = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-            raise ConfigError(f"topic map {str(name_or_path)!r} not found; give a YAML path or "
-                              f"one of {bundled}")
+        """Load a YAML file, or a bundled mapping by name (config/bag_topics/<name>.yaml)."""
+        path = config_path("bag_topics", str(name_or_path))
         try:
             values = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
