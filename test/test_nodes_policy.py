@@ -1,0 +1,222 @@
+"""policy_node over real rclpy: frames in -> chunks out, stale and bad inputs hold and are reported.
+
+`dysta-ros run` (policy_node + chunk_executor, tiny preset) runs in its own process; this test
+process publishes cameras and joint states on the wire and reads what comes back.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from lifecycle_msgs.srv import GetState  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from sensor_msgs.msg import CompressedImage, Image, JointState  # noqa: E402
+from trajectory_msgs.msg import JointTrajectory  # noqa: E402
+
+from dysta_ros.msg import ActionChunk, TokenStats  # noqa: E402
+from dysta_ros.nodes import conversions as conv  # noqa: E402
+from dysta_ros.nodes.image_conversion import rgb_to_image  # noqa: E402
+from ros_helpers import spin_until  # noqa: E402
+
+JOINTS = [f"joint{i}" for i in range(1, 7)]
+RNG = np.random.default_rng(0)
+
+
+class Probe:
+    """A test node: publishes inputs, records chunks, stats, commands and diagnostics."""
+
+    def __init__(self, camera_topic="/camera/image_raw", camera_type=Image):
+        self.node = rclpy.create_node("policy_probe")
+        self.spin = SingleThreadedExecutor()
+        self.spin.add_node(self.node)
+        self.camera_pub = self.node.create_publisher(camera_type, camera_topic, conv.CAMERA_QOS)
+        self.state_pub = self.node.create_publisher(JointState, "/joint_states", conv.STATE_QOS)
+        self.chunks, self.stats, self.commands, self.diagnostics = [], [], [], []
+        self.node.create_subscription(ActionChunk, "/dysta/action_chunk", self.chunks.append, 10)
+        self.node.create_subscription(TokenStats, "/dysta/token_stats", self.stats.append, 10)
+        self.node.create_subscription(JointTrajectory, "/joint_trajectory_controller/joint_trajectory",
+                                      self.commands.append, 10)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 50)
+
+    def now_msg(self):
+        return self.node.get_clock().now().to_msg()
+
+    def publish(self, msg, age_s=0.0):
+        """Publish a camera message stamped `age_s` in the past, with a fresh joint state."""
+        now = self.node.get_clock().now()
+        stamp = (now - rclpy.duration.Duration(seconds=age_s)).to_msg()
+        msg.header.stamp = stamp
+        self.camera_pub.publish(msg)
+        state = JointState(name=list(reversed(JOINTS)), position=[0.1 * i for i in range(6)])
+        state.header.stamp = now.to_msg()
+        self.state_pub.publish(state)
+        return conv.to_seconds(stamp)
+
+    def status(self, name):
+        for array in reversed(self.diagnostics):
+            for status in array.status:
+                if status.name == f"policy_node: {name}":
+                    return status.level[0], status.message
+        return None
+
+    def publishing_until(self, make_msg, condition, age_s=0.0, timeout_s=30.0):
+        """Keep publishing fresh messages until `condition()`; return the stamps sent."""
+        sent = []
+
+        def tick():
+            if condition():
+                return True
+            sent.append(self.publish(make_msg(), age_s))
+            return False
+
+        assert spin_until(self.spin, tick, timeout_s=timeout_s), (self.status("inputs"),
+                                                                  self.status("inference"))
+        return sent
+
+    def close(self):
+        self.spin.shutdown()
+        self.node.destroy_node()
+
+
+def good_frame():
+    return rgb_to_image(RNG.integers(0, 255, (48, 64, 3), dtype=np.uint8), Image, "bgr8")
+
+
+def chunk_stamps(probe):
+    return {conv.to_seconds(c.header.stamp) for c in probe.chunks}
+
+
+@pytest.fixture
+def ros():
+    rclpy.init()
+    yield
+    rclpy.shutdown()
+
+
+def test_run_process_steps_on_frames_holds_on_stale_or_bad_ones_and_stops_on_ctrl_c(ros):
+    probe = Probe()
+    command = [sys.executable, "-m", "dysta_ros.cli", "run", "--strategy", "dysta", "--instruction", "reach",
+               "--param", "policy_node:inference_rate_hz=20.0", "--param", "policy_node:max_image_age_s=1.0",
+               "--param", "policy_node:diagnostic_period_s=0.1"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        assert spin_until(probe.spin, lambda: probe.camera_pub.get_subscription_count() > 0
+                          and probe.state_pub.get_subscription_count() > 0, timeout_s=60.0)
+
+        # Joint states but no camera: the node holds and names the missing camera.
+        def only_states():
+            probe.state_pub.publish(JointState(header=_header(probe), name=JOINTS, position=[0.0] * 6))
+            status = probe.status("inputs")
+            return status is not None and "/camera/image_raw (nothing received)" in status[1]
+
+        assert spin_until(probe.spin, only_states, timeout_s=30.0), probe.status("inputs")
+        assert probe.status("inputs")[0] == 1 and not probe.chunks
+
+        # Fresh frames: chunks and stats come back, stamped with the frames' stamps.
+        sent = probe.publishing_until(good_frame, lambda: len(probe.chunks) >= 2 and probe.stats)
+        chunk = probe.chunks[-1]
+        assert conv.to_seconds(chunk.header.stamp) in sent
+        assert list(chunk.names) == JOINTS and chunk.strategy == "dysta"
+        assert chunk.horizon * chunk.dim == len(chunk.actions) and chunk.dim == 6
+        assert np.all(np.isfinite(chunk.actions))
+        assert conv.to_seconds(chunk.inference_end) >= conv.to_seconds(chunk.inference_start)
+        assert probe.stats[0].strategy == "dysta" and probe.stats[0].total_ms > 0
+        # ... and the executor in the same process turns them into commands.
+        probe.publishing_until(good_frame, lambda: any(c.points for c in probe.commands))
+
+        # A stale camera (frames 5 s old): no chunk from them, and the diagnostic names it.
+        stale = probe.publishing_until(
+            good_frame, lambda: "stale input: /camera/image_raw" in (probe.status("inputs") or (0, ""))[1],
+            age_s=5.0)
+        assert probe.status("inputs")[0] == 1
+        assert not chunk_stamps(probe) & set(stale)
+
+        # Bad frames: an ERROR that says what is wrong, no chunk, and the node lives on.
+        def wrong_encoding():
+            msg = good_frame()
+            msg.encoding = "yuv422"
+            return msg
+
+        def wrong_size():
+            msg = good_frame()
+            msg.height += 3
+            return msg
+
+        for make, message in [(wrong_encoding, "unsupported image encoding 'yuv422'"),
+                              (wrong_size, "step*height")]:
+            bad = probe.publishing_until(
+                make, lambda m=message: (s := probe.status("inputs")) is not None and s[0] == 2 and m in s[1])
+            assert not chunk_stamps(probe) & set(bad)
+        # The next good frame works again.
+        count = len(probe.chunks)
+        good = probe.publishing_until(good_frame, lambda: len(probe.chunks) > count + 1)
+        assert chunk_stamps(probe) & set(good)
+        assert process.poll() is None
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+        probe.close()
+    assert process.returncode == 0, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+
+
+def _header(probe):
+    from std_msgs.msg import Header
+
+    return Header(stamp=probe.now_msg())
+
+
+def test_compressed_camera_with_autostart_survives_a_corrupt_jpeg(ros):
+    from dysta_ros.nodes.policy_node import PolicyNode
+
+    topic = "/cam/image_raw/compressed"
+    node = PolicyNode(parameter_overrides=[
+        Parameter("autostart", value=True), Parameter("camera_topics", value=[topic]),
+        Parameter("strategy", value="full"), Parameter("diagnostic_period_s", value=0.1),
+        Parameter("max_image_age_s", value=2.0), Parameter("inference_rate_hz", value=50.0)])
+    probe = Probe(topic, CompressedImage)
+    probe.spin.add_node(node)
+    ok, jpeg = cv2.imencode(".jpeg", RNG.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    assert ok
+
+    def good():
+        return CompressedImage(format="jpeg", data=jpeg.tobytes())
+
+    def corrupt():
+        return CompressedImage(format="jpeg", data=jpeg.tobytes()[: len(jpeg) // 2])
+
+    try:
+        # autostart configured and activated it: ask over the lifecycle service, as a manager would.
+        get_state = probe.node.create_client(GetState, "/policy_node/get_state")
+        assert get_state.wait_for_service(timeout_sec=10.0)
+        future = get_state.call_async(GetState.Request())
+        assert spin_until(probe.spin, future.done)
+        assert future.result().current_state.label == "active"
+        probe.publishing_until(good, lambda: len(probe.chunks) >= 1)
+        bad = probe.publishing_until(corrupt, lambda: (s := probe.status("inputs")) is not None
+                                     and s[0] == 2 and "truncated JPEG" in s[1])
+        assert not chunk_stamps(probe) & set(bad)
+        count = len(probe.chunks)
+        probe.publishing_until(good, lambda: len(probe.chunks) > count + 1)
+        # Refused at run time, with what is allowed.
+        result = node.set_parameters([Parameter("strategy", value="fastest")])[0]
+        assert not result.successful and "full, dysta, gotohunt, vla_cache, dysta_gotohunt" in result.reason
+        result = node.set_parameters([Parameter("inference_rate_hz", value=0.0)])[0]
+        assert not result.successful
+        # A live strategy switch keeps stepping, with the new strategy.
+        assert node.set_parameters([Parameter("strategy", value="gotohunt")])[0].successful
+        probe.publishing_until(good, lambda: probe.chunks[-1].strategy == "gotohunt")
+    finally:
+        node.close()
+        probe.spin.remove_node(node)
+        node.destroy_node()
+        probe.close()
