@@ -1,0 +1,251 @@
+"""`dysta-ros record`: write live topics to a rosbag2 (MCAP) through a recorder node.
+
+With `--task`, it runs expert episodes in the MuJoCo sim (sim_node with its scripted expert,
+chunk_executor driving the arm) and records what `ros2 bag record` would capture on a real
+robot: camera images and camera_info, joint states, the expert's chunks, the commands, the
+instruction, and each episode's start and outcome. Without `--task` it records the given
+topics of whatever system is running, for `--duration` seconds or until Ctrl-C.
+Messages are written as the raw CDR bytes that arrived, stamped with their receive time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from std_msgs.msg import String
+
+from dysta_ros.bags.rosbag import BagWriter, TopicQos
+from dysta_ros.errors import BagError, ConfigError
+from dysta_ros.nodes.bag_player import message_class
+from dysta_ros.robot import load_robot_config
+
+EPISODE_TOPIC = "/dysta/episode"  # the recorder's own start/end events, JSON in std_msgs/String
+OUTCOME_TOPIC = "/dysta/episode_outcome"
+INSTRUCTION_TOPIC = "/dysta/instruction"
+LATCHED = {INSTRUCTION_TOPIC, OUTCOME_TOPIC, EPISODE_TOPIC}
+SENSORS_QOS = qos_profile_sensor_data  # best effort: matches best-effort and reliable publishers
+LATCHED_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+RELIABLE_QOS = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def robot_topics(robot_name: str) -> dict[str, str]:
+    """Return topic -> type of everything a run of `robot_name` publishes that is worth keeping."""
+    robot = load_robot_config(robot_name)
+    topics = {}
+    for camera in robot.cameras:
+        compressed = camera.topic.endswith("/compressed")
+        topics[camera.topic] = f"sensor_msgs/msg/{'CompressedImage' if compressed else 'Image'}"
+        base = camera.topic.rsplit("/", 2 if compressed else 1)[0]
+        topics[f"{base}/camera_info"] = "sensor_msgs/msg/CameraInfo"
+    topics[robot.state_topic] = "sensor_msgs/msg/JointState"
+    command_types = {"joint_trajectory": "trajectory_msgs/msg/JointTrajectory",
+                     "forward_position": "std_msgs/msg/Float64MultiArray",
+                     "ee_pose": "geometry_msgs/msg/PoseStamped",
+                     "ee_twist": "geometry_msgs/msg/TwistStamped"}
+    topics[robot.command_topics[robot.command_output]] = command_types[robot.command_output]
+    topics.update({"/dysta/action_chunk": "dysta_ros/msg/ActionChunk",
+                   "/dysta/token_stats": "dysta_ros/msg/TokenStats",
+                   INSTRUCTION_TOPIC: "std_msgs/msg/String", OUTCOME_TOPIC: "std_msgs/msg/String",
+                   EPISODE_TOPIC: "std_msgs/msg/String"})
+    return topics
+
+
+class RecorderNode(Node):
+    """Subscribe raw to topics and append every message that arrives to a bag."""
+
+    def __init__(self, writer: BagWriter, topics: dict[str, str | None]):
+        super().__init__("recorder")
+        self._writer = writer
+        self._lock = threading.Lock()  # callbacks may run on several executor threads
+        self._wanted = dict(topics)  # topic -> type, None: learn it from the graph
+        self.counts: dict[str, int] = {}
+        self._subscribe_known()
+        if any(t is None for t in self._wanted.values()):
+            self.create_timer(0.5, self._subscribe_known)
+
+    def _subscribe_known(self) -> None:
+        """Subscribe to every wanted topic whose type is known (given, or now on the graph)."""
+        graph = dict(self.get_topic_names_and_types())
+        for topic, msgtype in list(self._wanted.items()):
+            msgtype = msgtype or (graph.get(topic) or [None])[0]
+            if msgtype is None or self._writer.has_topic(topic):
+                continue
+            cls = message_class(msgtype)
+            if cls is None:
+                self.get_logger().warning(f"not recording {topic}: {msgtype} is not installed")
+                del self._wanted[topic]
+                continue
+            sensor = msgtype.startswith("sensor_msgs/")
+            qos = LATCHED_QOS if topic in LATCHED else SENSORS_QOS if sensor else RELIABLE_QOS
+            with self._lock:
+                self._writer.add_topic(topic, msgtype, TopicQos(reliable=not sensor,
+                                                                transient_local=topic in LATCHED))
+            self.counts[topic] = 0
+            self.create_subscription(cls, topic, lambda data, t=topic: self._write(t, data), qos,
+                                     raw=True)
+
+    def _write(self, topic: str, data: bytes) -> None:
+        stamp_ns = self.get_clock().now().nanoseconds
+        with self._lock:
+            self._writer.write(topic, stamp_ns, data)
+            self.counts[topic] += 1
+
+
+class EpisodeDriver(Node):
+    """Start sim episodes one after another and mark their start and outcome on /dysta/episode."""
+
+    def __init__(self, set_seed):
+        super().__init__("episode_driver")
+        self._set_seed = set_seed  # the sim's next episode uses its `seed` parameter
+        self._events = self.create_publisher(String, EPISODE_TOPIC, LATCHED_QOS)
+        self._reset = self.create_client(_trigger_type(), "/sim_node/reset")
+        self.outcomes: dict[int, dict] = {}
+        self.create_subscription(String, OUTCOME_TOPIC, self._on_outcome, LATCHED_QOS)
+
+    def _on_outcome(self, msg: String) -> None:
+        outcome = json.loads(msg.data)
+        self.outcomes[int(outcome.get("episode", -1))] = outcome
+
+    def run_episode(self, index: int, seed: int, timeout_s: float) -> dict:
+        """Reset the sim, mark the start, wait for the outcome (or the timeout), mark the end."""
+        self._set_seed(seed)
+        if not self._reset.wait_for_service(timeout_sec=30.0):
+            raise ConfigError("sim_node's ~/reset service did not appear within 30 s")
+        future = self._reset.call_async(_trigger_type().Request())
+        _wait(future.done, 30.0)
+        response = future.result()
+        if response is None or not response.success:
+            raise ConfigError(f"sim reset failed: {response.message if response else 'no answer'}")
+        started = json.loads(response.message)
+        self._events.publish(String(data=json.dumps({"event": "start", "index": index, **started})))
+        sim_episode = int(started["episode"])
+        finished = _wait(lambda: sim_episode in self.outcomes, timeout_s)
+        outcome = self.outcomes.get(sim_episode) or {"success": False, "reason": "timeout"}
+        self._events.publish(String(data=json.dumps({"event": "end", "index": index, **outcome})))
+        return outcome if finished else {**outcome, "reason": "timeout"}
+
+
+def _trigger_type():
+    from std_srvs.srv import Trigger
+
+    return Trigger
+
+
+def _wait(condition, timeout_s: float) -> bool:
+    """Wait (the main thread spins the executor) until condition() or the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add `dysta-ros record` arguments."""
+    parser.add_argument("--out", required=True, help="bag directory to create")
+    parser.add_argument("--task", default=None, help="run expert episodes of this sim task (reach, memory)")
+    parser.add_argument("--episodes", type=int, default=1, help="with --task: how many episodes")
+    parser.add_argument("--seed", type=int, default=0, help="with --task: the first episode's seed")
+    parser.add_argument("--episode-timeout", type=float, default=30.0,
+                        help="with --task: seconds before an episode counts as failed")
+    parser.add_argument("--image-size", type=int, default=96, help="with --task: camera width = height")
+    parser.add_argument("--robot", default="sim_arm", help="robot config whose topics to record")
+    parser.add_argument("--topics", nargs="+", metavar="TOPIC",
+                        help="record these topics (types learnt from the graph) instead of the robot's")
+    parser.add_argument("--duration", type=float, default=0.0,
+                        help="without --task: seconds to record (0: until Ctrl-C)")
+    parser.add_argument("--storage", default="mcap", choices=("mcap", "sqlite3"))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Record; return the exit status."""
+    try:
+        topics = ({t: None for t in args.topics} if args.topics else robot_topics(args.robot))
+        if args.task is not None and args.episodes < 1:
+            raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")
+        writer = BagWriter(args.out, storage=args.storage)
+    except (BagError, ConfigError) as exc:
+        print(f"dysta-ros record: {exc}", file=sys.stderr)
+        return 1
+    rclpy.init()
+    # One thread spins everything: the sim's EGL context works only in the thread that made it.
+    executor = SingleThreadedExecutor()
+    nodes = []
+    outcome = {"status": 0}
+    with writer:
+        try:
+            recorder = RecorderNode(writer, topics)
+            nodes.append(recorder)
+            if args.task is not None:
+                nodes += _sim_nodes(args)
+            for node in nodes:
+                executor.add_node(node)
+            if args.task is not None:
+                worker = threading.Thread(target=_record_episodes, args=(nodes[-1], args, outcome),
+                                          daemon=True)
+                worker.start()
+                while worker.is_alive():
+                    executor.spin_once(timeout_sec=0.05)
+                # the last end event is on its way to the recorder: let it land in the bag
+                deadline = time.monotonic() + 5.0
+                while recorder.counts.get(EPISODE_TOPIC, 0) < 2 * args.episodes \
+                        and time.monotonic() < deadline:
+                    executor.spin_once(timeout_sec=0.05)
+            else:
+                deadline = time.monotonic() + (args.duration if args.duration > 0 else float("inf"))
+                while time.monotonic() < deadline and rclpy.ok():
+                    executor.spin_once(timeout_sec=0.05)
+        except (KeyboardInterrupt, ExternalShutdownException):
+            pass  # Ctrl-C ends a recording; the bag is closed below
+        except (BagError, ConfigError) as exc:
+            print(f"dysta-ros record: {exc}", file=sys.stderr)
+            outcome["status"] = 1
+        finally:
+            executor.shutdown()
+            for node in nodes:
+                getattr(node, "close", lambda: None)()
+                node.destroy_node()
+            rclpy.try_shutdown()
+    if nodes:
+        counts = ", ".join(f"{t}: {n}" for t, n in sorted(nodes[0].counts.items()))
+        print(f"recorded {args.out} ({counts})")
+    return outcome["status"]
+
+
+def _sim_nodes(args) -> list[Node]:
+    """Return sim_node (expert on), chunk_executor and the episode driver (last)."""
+    from dysta_ros.nodes.chunk_executor import ChunkExecutorNode
+    from dysta_ros.nodes.sim_node import SimNode
+
+    sim = SimNode(robot=args.robot, task=args.task, seed=args.seed, expert=True,
+                  image_width=args.image_size, image_height=args.image_size)
+    executor_node = ChunkExecutorNode(parameter_overrides=[
+        rclpy.parameter.Parameter("robot", value=args.robot)])
+    driver = EpisodeDriver(lambda seed: sim.set_parameters([rclpy.parameter.Parameter("seed", value=seed)]))
+    return [sim, executor_node, driver]
+
+
+def _record_episodes(driver: EpisodeDriver, args, outcome: dict) -> None:
+    """Run the episodes (on a worker thread while the main thread spins); set outcome['status']."""
+    successes = 0
+    try:
+        for index in range(args.episodes):
+            result = driver.run_episode(index, args.seed + index, args.episode_timeout)
+            successes += bool(result.get("success"))
+            print(f"episode {index + 1}/{args.episodes}: {result.get('reason', '?')} "
+                  f"({'success' if result.get('success') else 'failure'})", flush=True)
+    except ConfigError as exc:
+        print(f"dysta-ros record: {exc}", file=sys.stderr)
+        outcome["status"] = 1
+        return
+    print(f"{successes}/{args.episodes} episodes succeeded")
