@@ -30,7 +30,7 @@ class Snapshot:
     state: Latest | None
     instruction: str
     stale: list[str] = field(default_factory=list)  # inputs too old / missing / from the future
-    new_frames: bool = False  # at least one frame no step has used yet
+    new_frames: bool = False  # every camera has a frame no step has used yet
 
     @property
     def stamp(self) -> float:
@@ -93,8 +93,10 @@ class LatestInputs:
             stale.append(self._staleness(self.state_name, self._state, now, max_state_age_s))
             stale = [s for s in stale if s]
             frames = {c: f for c, f in self._frames.items() if f is not None}
-            new_frames = any(not f.used for f in frames.values())
-            if not stale:
+            # Step on a complete set of new views: with cameras published together, stepping on
+            # the first arrival would pair it with the other camera's previous frame.
+            new_frames = bool(frames) and all(not f.used for f in frames.values())
+            if not stale and new_frames:
                 for latest in frames.values():
                     latest.used = True
             return Snapshot(frames, self._state, self._instruction, stale, new_frames)

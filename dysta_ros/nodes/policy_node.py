@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 import rclpy
+import yaml
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
@@ -41,6 +42,9 @@ PARAMS = [
     P.Param("model", "tiny", "model preset name or checkpoint directory", read_only=True),
     P.Param("device", "cpu", "torch device: cpu, cuda, cuda:1, ...", read_only=True),
     P.Param("dtype", "float32", "model dtype", read_only=True, choices=("float32", "bfloat16", "float16")),
+    P.Param("preset_overrides", "", "YAML mapping of preset config fields to change, e.g. "
+            "'{camera_names: [main, wrist]}' (presets only; state/action dims follow the robot)",
+            read_only=True),
     P.Param("seed", 0, "seed of a preset's random weights and of the action noise", read_only=True,
             low=0, high=2**31 - 1),
     P.Param("strategy", "full", "token strategy; a change applies from the next step (model kept)",
@@ -73,6 +77,18 @@ def strategy_params_from_yaml() -> list[P.Param]:
         for key, value in values.items():
             declared.append(P.Param(f"{name}.{key}", value, f"{name} strategy parameter {key}"))
     return declared
+
+
+def preset_overrides(text: str) -> dict:
+    """Parse the preset_overrides parameter (a YAML mapping); raise ConfigError if it is not one."""
+    try:
+        overrides = yaml.safe_load(text) if text.strip() else {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"preset_overrides is not YAML: {exc}") from exc
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"preset_overrides must be a mapping such as '{{camera_names: [main]}}', "
+                          f"got {text!r}")
+    return overrides
 
 
 class PolicyNode(LifecycleNode):
@@ -129,7 +145,10 @@ class PolicyNode(LifecycleNode):
         try:
             self.robot = load_robot_config(v["robot"])
             joints = len(self.robot.joints)
-            overrides = {"state_dim": joints, "action_dim": joints} if v["model"] in PRESETS else None
+            overrides = None
+            if v["model"] in PRESETS:
+                overrides = {"state_dim": joints, "action_dim": joints,
+                             **preset_overrides(v["preset_overrides"])}
             self.runtime = build_runtime(
                 v["model"], v["strategy"], self.strategy_values(v, v["strategy"]), device=v["device"],
                 dtype=v["dtype"], seed=v["seed"], overrides=overrides)
