@@ -1,0 +1,179 @@
+"""Measure the ROS layer's own cost: camera stamp -> ActionChunk received, minus model time.
+
+Starts policy_node in its own process (as deployed), publishes N cameras of WxH rgb8 at a
+rate from this process (stamped at publish time) with joint states, and for every chunk that
+comes back splits stamp -> receipt into: before the model (transport of the frames, wake-up,
+conversion), the model (`inference_end - inference_start`), and after it (publishing and
+transport of the chunk). `overhead` = total - model; `ros` = overhead minus the time a frame set
+waited because the previous step was still running (the model's queueing, not ROS's).
+Writes JSON and a PNG.
+
+    python -m dysta_ros.nodes.latency --cameras 2 --width 640 --height 480 --rate 30 --seconds 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cameras", type=int, default=2)
+    parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--rate", type=float, default=30.0, help="camera frames per second")
+    # High by default: the step starts when a frame set arrives, so no deliberate rate-limit
+    # wait is counted as ROS cost.
+    parser.add_argument("--inference-rate", type=float, default=1000.0, help="policy_node inference_rate_hz")
+    parser.add_argument("--seconds", type=float, default=20.0, help="measuring time after the first chunk")
+    parser.add_argument("--strategy", default="dysta")
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--out", default="latency_report", help="directory for latency.json and latency.png")
+    return parser.parse_args(argv)
+
+
+def percentiles(values_ms) -> dict:
+    values = np.asarray(values_ms, dtype=np.float64)
+    return {"p50": float(np.percentile(values, 50)), "p90": float(np.percentile(values, 90)),
+            "p99": float(np.percentile(values, 99)), "max": float(values.max()), "mean": float(values.mean())}
+
+
+def start_policy_node(args, topics: list[str]) -> subprocess.Popen:
+    names = [f"cam{i}" for i in range(args.cameras)]
+    command = [sys.executable, "-m", "dysta_ros.nodes.policy_node", "--ros-args",
+               "-p", "autostart:=true", "-p", f"model:={args.model}", "-p", f"strategy:={args.strategy}",
+               "-p", f"camera_topics:=[{','.join(topics)}]",
+               # quoted: ROS parses -p values as YAML, and this one is a string holding YAML
+               "-p", f"preset_overrides:='{{camera_names: [{', '.join(names)}]}}'",
+               "-p", f"inference_rate_hz:={args.inference_rate}", "-p", "max_image_age_s:=1.0"]
+    return subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def measure(args) -> dict:
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import Image, JointState
+    from tqdm import tqdm
+
+    from dysta_ros.msg import ActionChunk
+    from dysta_ros.nodes import conversions as conv
+    from dysta_ros.nodes.image_conversion import rgb_to_image
+    from dysta_ros.robot import load_robot_config
+
+    topics = [f"/latency/cam{i}/image_raw" for i in range(args.cameras)]
+    rclpy.init()
+    node = rclpy.create_node("latency_probe")
+    camera_pubs = [node.create_publisher(Image, t, conv.CAMERA_QOS) for t in topics]
+    state_pub = node.create_publisher(JointState, "/joint_states", conv.STATE_QOS)
+    joints = list(load_robot_config("sim_arm").joints)
+    rng = np.random.default_rng(0)
+    # A few frames built once and cycled: publishing cost is the camera driver's, not ours.
+    frames = [rgb_to_image(rng.integers(0, 255, (args.height, args.width, 3), dtype=np.uint8), Image)
+              for _ in range(4)]
+    samples = []
+
+    def on_chunk(msg):
+        received = node.get_clock().now().nanoseconds * 1e-9
+        stamp = conv.to_seconds(msg.header.stamp)
+        start, end = conv.to_seconds(msg.inference_start), conv.to_seconds(msg.inference_end)
+        # A frame set that arrived while the previous step still ran waited for the model, not
+        # for ROS: that wait is the policy's own queueing and is reported apart.
+        busy = max(0.0, samples[-1]["end"] - stamp) if samples else 0.0
+        samples.append({"total": received - stamp, "model": end - start, "before": start - stamp,
+                        "after": received - end, "model_busy_wait": busy, "end": end})
+
+    tick = {"n": 0}
+
+    def publish():
+        now = node.get_clock().now()
+        frame = frames[tick["n"] % len(frames)]
+        tick["n"] += 1
+        frame.header.stamp = now.to_msg()
+        for pub in camera_pubs:
+            pub.publish(frame)
+        state_pub.publish(JointState(header=frame.header, name=joints, position=[0.0] * len(joints)))
+
+    node.create_subscription(ActionChunk, "/dysta/action_chunk", on_chunk, conv.RELIABLE_QOS)
+    node.create_timer(1.0 / args.rate, publish)
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    process = start_policy_node(args, topics)
+    try:
+        deadline = time.monotonic() + 120.0
+        while not samples and time.monotonic() < deadline and process.poll() is None:
+            executor.spin_once(timeout_sec=0.05)
+        if not samples:
+            raise RuntimeError("policy_node produced no chunk within 120 s")
+        samples.clear()  # warm-up done: measure from here
+        end = time.monotonic() + args.seconds
+        with tqdm(total=int(args.seconds), desc="measuring", unit="s") as bar:
+            while time.monotonic() < end:
+                executor.spin_once(timeout_sec=0.05)
+                elapsed = int(args.seconds - (end - time.monotonic()))
+                if elapsed > bar.n:
+                    bar.update(elapsed - bar.n)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    samples = samples[1:]  # the first has no predecessor to tell a model-busy wait
+    ms = {key: [s[key] * 1e3 for s in samples]
+          for key in ("total", "model", "before", "after", "model_busy_wait")}
+    ms["overhead"] = [t - m for t, m in zip(ms["total"], ms["model"])]
+    ms["ros"] = [o - w for o, w in zip(ms["overhead"], ms["model_busy_wait"])]
+    return {"config": vars(args), "chunks": len(samples), "load_average": os.getloadavg(),
+            "cpu_count": os.cpu_count(), "ms": {k: percentiles(v) for k, v in ms.items()}, "samples_ms": ms}
+
+
+def plot(report: dict, path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ms = report["samples_ms"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for key in ("ros", "overhead", "model_busy_wait", "after"):
+        values = np.sort(ms[key])
+        label = f"{key} (p99 {report['ms'][key]['p99']:.2f} ms)"
+        axes[0].plot(values, np.linspace(0, 1, len(values)), label=label)
+    axes[0].set(xlabel="ms", ylabel="fraction of chunks", title="ROS layer cost: stamp -> chunk minus model")
+    axes[0].legend()
+    axes[1].plot(ms["total"], label="stamp -> chunk received")
+    axes[1].plot(ms["model"], label="model (runtime.step)")
+    axes[1].set(xlabel="chunk", ylabel="ms", title="per chunk")
+    axes[1].legend()
+    c = report["config"]
+    fig.suptitle(f"{c['cameras']} cameras {c['width']}x{c['height']} at {c['rate']} Hz, "
+                 f"{c['model']}/{c['strategy']}, {report['chunks']} chunks")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    report = measure(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latency.json").write_text(json.dumps(report, indent=1))
+    plot(report, out / "latency.png")
+    summary = {k: {q: round(v, 2) for q, v in report["ms"][k].items()} for k in report["ms"]}
+    print(json.dumps({"chunks": report["chunks"], "ms": summary}, indent=1))
+    print(f"wrote {out / 'latency.json'} and {out / 'latency.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
