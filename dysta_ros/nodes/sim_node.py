@@ -57,8 +57,9 @@ PARAMS = [
     params.Param("publish_clock", False, "publish /clock with sim time and stamp everything with it; "
                  "otherwise the physics follows the wall clock", read_only=True),
     params.Param("auto_reset", False, "start the next episode (seed + 1) when one ends"),
-    params.Param("expert", False, "publish the scripted expert's chunks on /dysta/action_chunk",
-                 read_only=True),
+    params.Param("episode_seconds", 0.0, "time limit of the next episode (0: the task's own)",
+                 low=0.0, high=3600.0),
+    params.Param("expert", False, "publish the scripted expert's chunks on /dysta/action_chunk"),
     params.Param("expert_rate_hz", 3.0, "expert chunks per second", read_only=True, low=0.1, high=50.0),
     params.Param("expert_horizon", 10, "actions per expert chunk", read_only=True, low=1, high=200),
 ]
@@ -101,13 +102,11 @@ class SimNode(Node):
                                  RELIABLE_QOS)
         self.create_service(Trigger, "~/reset", self._on_reset)
 
-        self._expert = None
-        if p["expert"]:
-            from dysta_ros.msg import ActionChunk
-
-            self._expert = ScriptedExpert(self.env, ExpertConfig(horizon=p["expert_horizon"]))
-            self._chunk_pub = self.create_publisher(ActionChunk, CHUNK_TOPIC, RELIABLE_QOS)
-            self.create_timer(1.0 / p["expert_rate_hz"], self._publish_expert_chunk)
+        # The expert may be switched on and off live (parameter `expert`); its publisher only
+        # exists once it is first wanted, so policy_node stays the only chunk publisher otherwise.
+        self._expert = ScriptedExpert(self.env, ExpertConfig(horizon=p["expert_horizon"]))
+        self._chunk_pub = None
+        self.create_timer(1.0 / p["expert_rate_hz"], self._publish_expert_chunk)
 
         self.episode = 0
         self._sim_offset = 0.0  # sim time of earlier episodes: /clock never goes backwards
@@ -130,12 +129,11 @@ class SimNode(Node):
     # --- episodes --------------------------------------------------------------------------
     def _start_episode(self, task: str, seed: int) -> None:
         self._sim_offset += self.env.time
-        self.env.reset(task, seed)
+        self.env.reset(task, seed, self.get_parameter("episode_seconds").value or None)
         self.follower = TrajectoryFollower(self.env.arm.joints, self.env.joint_targets)
         self._outcome_sent = False
         self.episode += 1
-        if self._expert is not None:
-            self._expert.reset()
+        self._expert.reset()
         self._instruction_pub.publish(String(data=self.env.task.instruction))
         self._board.set("episode", OK, f"running {task} seed {seed}",
                         episode=self.episode, task=task, seed=seed)
@@ -244,8 +242,12 @@ class SimNode(Node):
 
     # --- expert ------------------------------------------------------------------------------
     def _publish_expert_chunk(self) -> None:
-        if self.env.outcome.done:
+        if self.env.outcome.done or not self.get_parameter("expert").value:
             return
+        if self._chunk_pub is None:
+            from dysta_ros.msg import ActionChunk
+
+            self._chunk_pub = self.create_publisher(ActionChunk, CHUNK_TOPIC, RELIABLE_QOS)
         observation = Observation(stamp=self.now_seconds(), images={},
                                   state=self.env.joint_positions.astype(np.float32))
         chunk, _ = self._expert.step(observation)

@@ -8,7 +8,8 @@ is exposed separately, for the scripted expert and for success checks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 import mujoco
 import numpy as np
 
@@ -48,7 +49,7 @@ class Outcome:
 
     done: bool = False
     success: bool = False
-    reason: str = ""  # "" while running; touched_target | touched_wrong_cube | timeout
+    reason: str = ""  # "" while running; touched_target | touched_wrong_cube | timeout | unstable
     steps: int = 0
     seconds: float = 0.0
 
@@ -67,6 +68,9 @@ class SimEnv:
         self.tcp_site = self.model.site("tcp").id
         self.cube_geoms = [self.model.geom(f"cube{i}").id for i in range(N_CUBES)]
         self._cube_mocap = [self.model.body(f"cube{i}").mocapid[0] for i in range(N_CUBES)]
+        # Every GL call runs on one thread of its own: a GL (EGL/OSMesa) context is current on one
+        # thread only, and ROS executors may call render() from any thread of their pool.
+        self._gl_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mujoco-gl")
         self._renderer: mujoco.Renderer | None = None
         self.task: Task | None = None
         self.seed = 0
@@ -74,9 +78,16 @@ class SimEnv:
         self.outcome = Outcome()
 
     # --- episode -----------------------------------------------------------------------
-    def reset(self, task: str = "reach", seed: int = 0) -> Observation:
-        """Start an episode of `task` with the layout and start pose drawn from `seed`."""
+    def reset(self, task: str = "reach", seed: int = 0, episode_seconds: float | None = None) -> Observation:
+        """Start an episode of `task` with the layout and start pose drawn from `seed`.
+
+        `episode_seconds` shortens (or lengthens) the task's time limit, e.g. for quick checks.
+        """
         self.task = get_task(task)
+        if episode_seconds is not None:
+            if not episode_seconds > 0:
+                raise ConfigError(f"episode_seconds: {episode_seconds} must be > 0")
+            self.task = replace(self.task, episode_seconds=float(episode_seconds))
         self.seed = int(seed)
         self.placement = self.task.place(self.seed, N_CUBES)
         mujoco.mj_resetData(self.model, self.data)
@@ -127,6 +138,9 @@ class SimEnv:
         touched = [i for i, cube in enumerate(self.cube_positions)
                    if box_distance(tcp, cube, CUBE_HALF) <= TOUCH_TOLERANCE]
         seconds = float(self.data.time)
+        if self.data.warning[mujoco.mjtWarning.mjWARN_BADQACC].number:
+            # MuJoCo reset the state after a numerical blow-up: end the episode, say so.
+            return Outcome(True, False, "unstable", steps, seconds)
         if self.placement.target in touched:
             return Outcome(True, True, "touched_target", steps, seconds)
         if touched:
@@ -147,7 +161,10 @@ class SimEnv:
         """Return camera `camera`'s current view as (H, W, 3) uint8 RGB."""
         if camera not in CAMERAS:
             raise ConfigError(f"camera: unknown camera {camera!r}; choose one of {', '.join(CAMERAS)}")
-        if self._renderer is None:  # created on first use: headless tests that never render skip GL
+        return self._gl_thread.submit(self._render, camera).result()
+
+    def _render(self, camera: str) -> np.ndarray:
+        if self._renderer is None:  # created on first use: code that never renders needs no GL
             self._renderer = mujoco.Renderer(self.model, self.config.image_height, self.config.image_width)
         self._renderer.update_scene(self.data, camera=camera)
         return self._renderer.render().copy()
@@ -159,10 +176,11 @@ class SimEnv:
         return focal, focal, (self.config.image_width - 1) / 2, (self.config.image_height - 1) / 2
 
     def close(self) -> None:
-        """Free the renderer's GL context."""
+        """Free the renderer's GL context and its thread."""
         if self._renderer is not None:
-            self._renderer.close()
+            self._gl_thread.submit(self._renderer.close).result()
             self._renderer = None
+        self._gl_thread.shutdown()
 
     # --- privileged state (expert, success checks, reports) -----------------------------
     @property

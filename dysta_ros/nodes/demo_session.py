@@ -1,0 +1,237 @@
+"""The ROS side of `dysta-ros demo`: sim_node, chunk_executor and policy_node in one process.
+
+A small `dysta_demo` node plays the operator: between episodes it latches the e-stop and
+deactivates the policy, sets sim_node's task and seed through its parameter service, calls
+~/reset, waits for the first fresh camera frame, releases the e-stop and activates the policy
+(lifecycle service), then waits for /dysta/episode_outcome. It records /dysta/token_stats,
+/dysta/action_chunk and the main camera for the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+
+import rclpy
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState
+from rcl_interfaces.srv import SetParameters
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.lifecycle import TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import Image
+from std_msgs.msg import Bool, String
+from std_srvs.srv import Trigger
+from tqdm import tqdm
+
+from dysta_ros.errors import ConfigError, DystaError
+from dysta_ros.evaluation.demo import EXPERT, EpisodeRecord, StepRecord
+from dysta_ros.msg import ActionChunk, TokenStats
+from dysta_ros.nodes import chunk_executor, policy_node
+from dysta_ros.nodes.conversions import CAMERA_QOS, ESTOP_QOS, LATCHED_QOS, RELIABLE_QOS, to_seconds
+from dysta_ros.nodes.image_conversion import image_to_rgb
+from dysta_ros.nodes.run import node_values, to_parameters
+from dysta_ros.nodes.sim_node import OUTCOME_TOPIC, SimNode
+
+SERVICE_TIMEOUT_S = 30.0
+STALL_TIMEOUT_S = 30.0  # an episode fails the demo when no camera frame came for this long
+CAMERA_TOPIC = "/camera/image_raw"
+
+
+class DemoSession:
+    """Own the nodes and run episodes one after another."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.sim = SimNode(image_width=args.image_size, image_height=args.image_size)
+        self.values = node_values(argparse.Namespace(
+            strategy=args.strategies[0], model="tiny", robot="sim_arm", device=args.device, dtype=None,
+            instruction=None, dry_run=False, params_file=None, param=[]))
+        self.executor_node = chunk_executor.ChunkExecutorNode(
+            parameter_overrides=to_parameters(self.values["chunk_executor"], chunk_executor.PARAMS))
+        self.node = rclpy.create_node("dysta_demo")
+        self.lock = threading.Lock()
+        self.record: EpisodeRecord | None = None
+        self.started = 0.0  # time.monotonic() of the current episode's start
+        self.reset_stamp = 0.0  # frames stamped before the reset belong to the previous episode
+        self.outcome: dict | None = None
+        self.episode_number = -1
+        node = self.node
+        node.create_subscription(String, OUTCOME_TOPIC, self.on_outcome, LATCHED_QOS)
+        node.create_subscription(TokenStats, "/dysta/token_stats", self.on_stats, RELIABLE_QOS)
+        node.create_subscription(ActionChunk, "/dysta/action_chunk", self.on_chunk, RELIABLE_QOS)
+        node.create_subscription(Image, CAMERA_TOPIC, self.on_frame, CAMERA_QOS)
+        self.estop = node.create_publisher(Bool, "/dysta/estop", ESTOP_QOS)
+        self.sim_parameters = node.create_client(SetParameters, "/sim_node/set_parameters")
+        self.sim_reset = node.create_client(Trigger, "/sim_node/reset")
+        self.clear_estop = node.create_client(Trigger, "/dysta/clear_estop")
+        self.policy_parameters = node.create_client(SetParameters, "/policy_node/set_parameters")
+        self.policy_state = node.create_client(ChangeState, "/policy_node/change_state")
+        self.policy: policy_node.PolicyNode | None = None
+        self.policy_model = ""
+        self.executor = MultiThreadedExecutor(num_threads=4)
+        for each in (self.sim, self.executor_node, self.node):
+            self.executor.add_node(each)
+        self.spinner = threading.Thread(target=self.executor.spin, name="demo-spin", daemon=True)
+        self.spinner.start()
+
+    # --- callbacks: store only ----------------------------------------------------------------
+    def on_outcome(self, msg: String) -> None:
+        outcome = json.loads(msg.data)
+        with self.lock:
+            if outcome.get("episode") == self.episode_number:
+                self.outcome = outcome
+
+    def on_stats(self, msg) -> None:
+        with self.lock:
+            if self.record is not None and self.record.policy != EXPERT:
+                self.record.steps.append(StepRecord(
+                    time.monotonic() - self.started, msg.total_ms, msg.context_tokens, msg.recomputed_tokens,
+                    msg.recached_l1, msg.recached_l2))
+
+    def on_chunk(self, msg) -> None:
+        with self.lock:
+            if self.record is not None:
+                self.record.chunks += 1
+
+    def on_frame(self, msg: Image) -> None:
+        if to_seconds(msg.header.stamp) < self.reset_stamp:
+            return
+        frame = image_to_rgb(msg)
+        with self.lock:
+            if self.record is not None and self.outcome is None:
+                self.record.frames.append(frame)
+
+    # --- services ---------------------------------------------------------------------------------
+    def call(self, client, request, what: str):
+        if not client.wait_for_service(timeout_sec=SERVICE_TIMEOUT_S):
+            raise TimeoutError(f"{what}: service {client.srv_name} did not appear "
+                               f"in {SERVICE_TIMEOUT_S:.0f} s")
+        future = client.call_async(request)
+        deadline = time.monotonic() + SERVICE_TIMEOUT_S
+        while not future.done():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what}: no reply from {client.srv_name}")
+            time.sleep(0.005)
+        return future.result()
+
+    def set_parameters(self, client, what: str, **values) -> None:
+        request = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg()
+                                                    for k, v in values.items()])
+        for name, result in zip(values, self.call(client, request, what).results):
+            if not result.successful:
+                raise ConfigError(f"{what}: {name}={values[name]!r} refused: {result.reason}")
+
+    def transition(self, transition_id: int) -> None:
+        request = ChangeState.Request()
+        request.transition.id = transition_id
+        if not self.call(self.policy_state, request, "policy_node lifecycle").success:
+            raise DystaError(f"policy_node refused lifecycle transition {transition_id}")
+
+    def hold(self) -> None:
+        """Latch chunk_executor's e-stop: no command reaches the arm until it is released."""
+        self.estop.publish(Bool(data=True))
+
+    # --- episodes ---------------------------------------------------------------------------------
+    def use_policy(self, model: str, strategy: str) -> None:
+        """Have a configured, inactive policy_node for `model`, with `strategy` set."""
+        if self.policy is not None and self.policy_model != model:
+            self.executor.remove_node(self.policy)
+            self.policy.destroy_node()
+            self.policy = None
+        if self.policy is None:
+            values = dict(self.values["policy_node"], model=model, strategy=strategy)
+            declared = policy_node.PARAMS + policy_node.strategy_params_from_yaml()
+            self.policy = policy_node.PolicyNode(parameter_overrides=to_parameters(values, declared))
+            if self.policy.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                raise ConfigError(f"policy_node could not load {model!r} (see the log above)")
+            self.policy_model = model
+            self.executor.add_node(self.policy)
+        self.set_parameters(self.policy_parameters, "policy_node", strategy=strategy)
+
+    def run_episode(self, policy: str, strategy: str, seed: int, progress: tqdm) -> EpisodeRecord:
+        args, learned = self.args, policy != EXPERT
+        record = EpisodeRecord(policy, strategy, args.task, seed)
+        self.hold()
+        if learned:
+            self.use_policy(policy, strategy)
+        self.set_parameters(self.sim_parameters, "sim_node", expert=not learned, task=args.task, seed=seed,
+                            episode_seconds=float(args.episode_seconds))
+        with self.lock:
+            self.outcome, self.record = None, None
+        reply = self.call(self.sim_reset, Trigger.Request(), "sim_node reset")
+        if not reply.success:
+            raise ConfigError(f"sim_node reset: {reply.message}")
+        with self.lock:
+            self.episode_number = json.loads(reply.message)["episode"]
+            self.reset_stamp = self.node.get_clock().now().nanoseconds * 1e-9
+            self.record, self.started = record, time.monotonic()
+        self.wait_for(lambda: bool(record.frames), "a camera frame after the reset", 10.0)
+        self.call(self.clear_estop, Trigger.Request(), "chunk_executor clear_estop")
+        if learned:
+            self.transition(Transition.TRANSITION_ACTIVATE)
+        try:
+            # On a busy machine the sim runs slower than the wall clock: wait as long as frames come.
+            self.wait_for(lambda: self.outcome is not None, "the episode outcome", STALL_TIMEOUT_S,
+                          lambda: progress.set_postfix_str(self.progress_line(record), refresh=True),
+                          alive=lambda: len(record.frames))
+        finally:
+            self.hold()
+            if learned:
+                self.transition(Transition.TRANSITION_DEACTIVATE)
+        with self.lock:
+            self.record = None
+            record.success, record.reason = bool(self.outcome["success"]), self.outcome["reason"]
+            record.seconds = float(self.outcome["seconds"])
+        return record
+
+    def progress_line(self, record: EpisodeRecord) -> str:
+        line = f"{record.label} seed {record.seed} | frames {len(record.frames)} | chunks {record.chunks}"
+        if record.steps:
+            last = record.steps[-1]
+            line += f" | step {last.total_ms:.0f} ms | tokens {last.context_tokens}"
+        return line
+
+    def wait_for(self, condition, what: str, timeout_s: float, on_wait=None, alive=None) -> None:
+        """Wait until `condition()`; raise TimeoutError after `timeout_s` without progress.
+
+        Progress is `condition()` turning true, or (with `alive`) a change of `alive()`.
+        """
+        deadline, last = time.monotonic() + timeout_s, alive() if alive else None
+        while not condition():
+            if alive is not None and alive() != last:
+                deadline, last = time.monotonic() + timeout_s, alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"waited {timeout_s:.0f} s for {what}")
+            if on_wait is not None:
+                on_wait()
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        self.hold()
+        self.executor.shutdown()
+        for each in (self.policy, self.executor_node, self.sim, self.node):
+            if each is not None:
+                getattr(each, "close", lambda: None)()
+                each.destroy_node()
+
+
+def run_episodes(args: argparse.Namespace, runs: list[tuple[str, str, int]]) -> list[EpisodeRecord]:
+    """Run `runs` = [(policy, strategy, seed)] as closed-loop episodes; return their records."""
+    rclpy.init()
+    session = None
+    try:
+        session = DemoSession(args)
+        session.wait_for(lambda: session.estop.get_subscription_count() > 0, "chunk_executor", 30.0)
+        episodes = []
+        with tqdm(total=len(runs), desc="demo", unit="episode") as progress:
+            for policy, strategy, seed in runs:
+                episodes.append(session.run_episode(policy, strategy, seed, progress))
+                progress.update(1)
+        return episodes
+    finally:
+        if session is not None:
+            session.close()
+        rclpy.try_shutdown()

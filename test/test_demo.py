@@ -1,0 +1,68 @@
+"""`dysta-ros demo`: the report from episode records, and one short closed loop over real ROS."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dysta_ros.evaluation.demo import (
+    EpisodeRecord, StepRecord, format_table, summary_rows, write_report,
+)
+
+
+def episode(policy, strategy, success, step_ms, tokens, recache_every=0):
+    steps = [StepRecord(0.1 * i, ms, tokens, tokens // 2, recache_every > 0 and i % recache_every == 0, False)
+             for i, ms in enumerate(step_ms)]
+    frames = [np.full((16, 16, 3), 20 * i, np.uint8) for i in range(10)]
+    return EpisodeRecord(policy, strategy, "reach", 100, success, "touched_target" if success else "timeout",
+                         1.5, len(steps), steps, frames)
+
+
+def test_summary_rows_compare_strategies_with_full_of_the_same_policy():
+    episodes = [episode("expert", "expert", True, [], 0),
+                episode("tiny", "full", False, [40.0, 42.0, 38.0], 120),
+                episode("tiny", "dysta", True, [10.0, 10.0, 30.0], 40, recache_every=2),
+                episode("tiny", "dysta", False, [10.0], 40)]
+    rows = {r["policy"]: r for r in summary_rows(episodes)}
+    assert set(rows) == {"expert", "tiny/full", "tiny/dysta"}
+    assert rows["expert"]["success"] == 1.0 and rows["expert"]["step_p50_ms"] is None
+    assert rows["tiny/dysta"]["episodes"] == 2 and rows["tiny/dysta"]["success"] == 0.5
+    assert rows["tiny/dysta"]["step_p50_ms"] == 10.0
+    assert rows["tiny/dysta"]["speedup_vs_full"] == pytest.approx(4.0)
+    assert rows["tiny/full"]["speedup_vs_full"] == pytest.approx(1.0)
+    assert rows["tiny/dysta"]["recaches"] == 2
+    table = format_table(list(rows.values()))
+    assert "4.00x" in table and "50 %" in table
+
+
+def test_report_folder_holds_summary_plot_and_camera_strip(tmp_path):
+    episodes = [episode("expert", "expert", True, [], 0), episode("tiny", "dysta", False, [12.0, 9.0], 40, 1)]
+    paths = write_report(episodes, tmp_path / "report")
+    summary = json.loads(paths["summary"].read_text())
+    assert [e["policy_steps"] for e in summary["episodes"]] == [0, 2]
+    for name in ("steps", "camera"):
+        assert paths[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_rejects_an_unknown_policy():
+    result = subprocess.run([sys.executable, "-m", "dysta_ros.cli", "demo", "--policy", "nonsense"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--policy 'nonsense'" in result.stderr
+
+
+def test_demo_runs_expert_and_tiny_policy_episodes_over_ros(tmp_path):
+    report = tmp_path / "report"
+    command = [sys.executable, "-m", "dysta_ros.cli", "demo", "--policy", "expert", "tiny", "--episodes", "1",
+               "--episode-seconds", "3", "--image-size", "64", "--report", str(report)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "expert" in result.stdout and "tiny/dysta" in result.stdout
+    summary = json.loads((report / "summary.json").read_text())
+    expert, learned = summary["episodes"]
+    assert expert["policy"] == "expert" and expert["success"] and expert["chunks"] > 0
+    assert learned["policy"] == "tiny" and learned["strategy"] == "dysta"
+    assert learned["policy_steps"] > 0 and learned["reason"]  # the random policy ran until the end
+    assert (report / "steps.png").stat().st_size > 0 and (report / "camera.png").stat().st_size > 0
