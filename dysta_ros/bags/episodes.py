@@ -264,7 +264,9 @@ def _build_episode(source, index, window, images, states, actions, instructions,
     if not held_states or not len(times) or not all(frames.values()):
         return None
     state_times = np.asarray([stamp for stamp, _ in held_states])
-    first = max([frames_[0].stamp for frames_ in frames.values()] + [state_times[0]])
+    # steps start once every input is there and the robot has been commanded (there is a
+    # recorded action to compare with); they end with the last frame or joint state
+    first = max([frames_[0].stamp for frames_ in frames.values()] + [state_times[0], times[0]])
     last = min([frames_[-1].stamp for frames_ in frames.values()] + [state_times[-1]])
     steps = np.arange(first, last + 1e-9, 1.0 / rate_hz)
     if not len(steps):

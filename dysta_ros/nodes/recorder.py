@@ -19,6 +19,7 @@ import time
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from std_msgs.msg import String
 
@@ -30,6 +31,7 @@ from dysta_ros.robot import load_robot_config
 EPISODE_TOPIC = "/dysta/episode"  # the recorder's own start/end events, JSON in std_msgs/String
 OUTCOME_TOPIC = "/dysta/episode_outcome"
 INSTRUCTION_TOPIC = "/dysta/instruction"
+_SIM_TIME = Parameter("use_sim_time", value=True)
 LATCHED = {INSTRUCTION_TOPIC, OUTCOME_TOPIC, EPISODE_TOPIC}
 SENSORS_QOS = qos_profile_sensor_data  # best effort: matches best-effort and reliable publishers
 LATCHED_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
@@ -62,8 +64,9 @@ def robot_topics(robot_name: str) -> dict[str, str]:
 class RecorderNode(Node):
     """Subscribe raw to topics and append every message that arrives to a bag."""
 
-    def __init__(self, writer: BagWriter, topics: dict[str, str | None]):
-        super().__init__("recorder")
+    def __init__(self, writer: BagWriter, topics: dict[str, str | None], sim_time: bool = False):
+        # receive times on the clock the publishers stamp with, so both compare
+        super().__init__("recorder", parameter_overrides=[_SIM_TIME] if sim_time else [])
         self._writer = writer
         self._lock = threading.Lock()  # callbacks may run on several executor threads
         self._wanted = dict(topics)  # topic -> type, None: learn it from the graph
@@ -184,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
     outcome = {"status": 0}
     with writer:
         try:
-            recorder = RecorderNode(writer, topics)
+            recorder = RecorderNode(writer, topics, sim_time=args.task is not None)
             nodes.append(recorder)
             if args.task is not None:
                 nodes += _sim_nodes(args)
@@ -227,11 +230,13 @@ def _sim_nodes(args) -> list[Node]:
     from dysta_ros.nodes.chunk_executor import ChunkExecutorNode
     from dysta_ros.nodes.sim_node import SimNode
 
-    sim = SimNode(robot=args.robot, task=args.task, seed=args.seed, expert=True,
+    # Sim time (/clock) for every node: a loaded machine slows the episode down instead of
+    # making the executor drop the expert's chunks as stale.
+    sim = SimNode(robot=args.robot, task=args.task, seed=args.seed, expert=True, publish_clock=True,
                   image_width=args.image_size, image_height=args.image_size)
     executor_node = ChunkExecutorNode(parameter_overrides=[
-        rclpy.parameter.Parameter("robot", value=args.robot)])
-    driver = EpisodeDriver(lambda seed: sim.set_parameters([rclpy.parameter.Parameter("seed", value=seed)]))
+        Parameter("robot", value=args.robot), _SIM_TIME])
+    driver = EpisodeDriver(lambda seed: sim.set_parameters([Parameter("seed", value=seed)]))
     return [sim, executor_node, driver]
 
 
