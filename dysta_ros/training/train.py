@@ -1,0 +1,273 @@
+"""`dysta-ros train`: behaviour cloning of the VLA with DySta's learned parts, resumable.
+
+Demos come from rosbags (`--bags`) or from the scripted expert run in-process
+(`--sim-episodes`). The output directory is a checkpoint (config.json + model.safetensors,
+with the state/action normalisation the runtime applies) plus the resume state
+(training_state.json + training_state.safetensors: optimizer moments, step, RNG states; no
+pickle) and the loss curves (train_log.json, training.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from dysta_ros.errors import CheckpointError, ConfigError
+from dysta_ros.policy.checkpoint import load_checkpoint, save_checkpoint
+from dysta_ros.policy.config import apply_overrides, preset_config
+from dysta_ros.policy.model import VLAModel
+from dysta_ros.policy.tokenizer import ByteTokenizer
+from dysta_ros.sim.tasks import TASKS
+from dysta_ros.training.data import Demo, bag_demos, collect_sim_demos, normalisation_stats
+from dysta_ros.training.objectives import WindowSampler, training_losses
+
+STATE_JSON, STATE_TENSORS, LOG_JSON, CURVES_PNG = (
+    "training_state.json", "training_state.safetensors", "train_log.json", "training.png")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; a resumed run must match it (but `steps`)."""
+
+    out: str
+    preset: str = "tiny"
+    overrides: dict = field(default_factory=dict)  # dotted model-config overrides
+    bags: list[str] = field(default_factory=list)
+    sim_episodes: int = 0  # expert episodes per task (used when no bags are given)
+    tasks: list[str] = field(default_factory=lambda: ["reach"])
+    sim_seed_start: int = 0  # training seeds are sim_seed_start .. + sim_episodes - 1
+    action_noise: float = 0.03  # rad: std cap of the perturbation on what the expert executes
+    steps: int = 2000
+    batch: int = 32
+    history: int = 2  # frames T per window (also the checkpoint's default history)
+    frame_stride: int = 4  # control steps between history frames = steps executed per chunk
+    max_cache_age: int = 8  # largest static-cache age dt (runtime steps) seen in training
+    gate_lambda: float = 0.1  # reuse prior p_dt = 1 - exp(-lambda dt)
+    lr: float = 1e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    seed: int = 0
+    save_every: int = 500
+    threads: int = 2
+
+    def __post_init__(self):
+        positive = ("steps", "batch", "history", "frame_stride", "save_every", "threads")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.batch < 2:
+            raise ConfigError(f"batch: must be >= 2 (InfoNCE needs negatives), got {self.batch}")
+        unknown = sorted(set(self.tasks) - set(TASKS))
+        if unknown:
+            raise ConfigError(f"tasks: unknown {unknown}; choose from {', '.join(TASKS)}")
+        if not self.bags and self.sim_episodes < 1:
+            raise ConfigError("bags / sim_episodes: give --bags BAG... or --sim-episodes N >= 1")
+        if self.lr <= 0 or self.gate_lambda <= 0:
+            raise ConfigError(f"lr and gate_lambda must be > 0, got {self.lr}, {self.gate_lambda}")
+
+    def data_key(self) -> dict:
+        """The fields that decide the model and the data; a resume must not change them."""
+        free = ("steps", "save_every", "threads")
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in free}
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up, then cosine decay to a tenth of lr at cfg.steps."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def load_demos(cfg: TrainConfig, model_cfg):
+    """Demos from bags, else from the scripted expert in the sim."""
+    args = (model_cfg.camera_names, model_cfg.vision.image_size, model_cfg.horizon)
+    if cfg.bags:
+        return bag_demos(cfg.bags, *args)
+    return collect_sim_demos(cfg.tasks, cfg.sim_episodes, *args, seed_start=cfg.sim_seed_start,
+                             action_noise=cfg.action_noise)
+
+
+class Trainer:
+    """Owns the model, optimizer, RNGs and the loss log; saves and resumes them."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False, demos: list[Demo] | None = None):
+        """Build the run; `demos` given by a caller (tests) replace loading them again."""
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        torch.set_num_threads(cfg.threads)
+        model_cfg = apply_overrides(preset_config(cfg.preset, cfg.overrides), {"history": cfg.history})
+        self.demos = demos if demos is not None else load_demos(cfg, model_cfg)
+        norm = normalisation_stats(self.demos)
+        torch.manual_seed(cfg.seed)
+        self.model = VLAModel(apply_overrides(model_cfg, norm))
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.sampler = WindowSampler(self.demos, cfg.history, cfg.frame_stride, cfg.max_cache_age, norm,
+                                     ByteTokenizer())
+        self.step = 0
+        self.log: list[dict[str, float]] = []
+        if resume:
+            self.load_state()
+
+    # --- resume ----------------------------------------------------------------------------
+    def save(self) -> None:
+        """Write the checkpoint, the resume state and the loss log into cfg.out."""
+        save_checkpoint(self.out, self.model, extra_config={
+            "training": {**self.cfg.data_key(), "step": self.step, "episodes": len(self.demos)}})
+        tensors = {"rng.torch_global": torch.get_rng_state(), "rng.generator": self.generator.get_state()}
+        optimizer = self.optimizer.state_dict()
+        for index, values in optimizer["state"].items():
+            for name, value in values.items():
+                tensors[f"optimizer.{index}.{name}"] = value.detach().contiguous()
+        save_file(tensors, str(self.out / STATE_TENSORS))
+        state = {"step": self.step, "config": self.cfg.data_key(), "param_groups": optimizer["param_groups"],
+                 "numpy_rng": self.rng.bit_generator.state}
+        (self.out / STATE_JSON).write_text(json.dumps(state, indent=1))
+        (self.out / LOG_JSON).write_text(json.dumps(self.log))
+
+    def load_state(self) -> None:
+        """Continue from cfg.out: weights, optimizer moments, step, RNG states, loss log."""
+        state_path = self.out / STATE_JSON
+        if not state_path.is_file():
+            raise CheckpointError(f"{state_path}: missing; nothing to resume (train without --resume)")
+        state = json.loads(state_path.read_text())
+        saved = state["config"]
+        changed = sorted(k for k in saved if saved[k] != self.cfg.data_key().get(k))
+        if changed:
+            raise ConfigError(
+                f"resume: {', '.join(changed)} differ from the run in {self.out} "
+                f"(saved: {', '.join(f'{k}={saved[k]!r}' for k in changed)})")
+        model, _ = load_checkpoint(self.out)
+        self.model.load_state_dict(model.state_dict())
+        tensors = load_file(str(self.out / STATE_TENSORS))
+        per_param: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optimizer."):
+                _, index, name = key.split(".", 2)
+                per_param.setdefault(int(index), {})[name] = value
+        self.optimizer.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
+        torch.set_rng_state(tensors["rng.torch_global"])
+        self.generator.set_state(tensors["rng.generator"])
+        self.rng.bit_generator.state = state["numpy_rng"]
+        self.step = int(state["step"])
+        log_path = self.out / LOG_JSON
+        self.log = json.loads(log_path.read_text())[: self.step] if log_path.is_file() else []
+
+    # --- training ----------------------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step on one sampled batch; return its losses."""
+        self.model.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.cfg, self.step)
+        batch = self.sampler.sample(self.rng, self.cfg.batch)
+        losses = training_losses(self.model, batch, self.cfg.gate_lambda, self.generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses.total.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.step += 1
+        record = {"step": self.step, **losses.as_floats()}
+        self.log.append(record)
+        return record
+
+    def run(self, until: int | None = None) -> dict[str, float]:
+        """Train up to step `until` (default cfg.steps), saving every cfg.save_every steps and at the end."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        until = min(until or self.cfg.steps, self.cfg.steps)
+        bar = tqdm(total=self.cfg.steps, initial=self.step, desc="train", unit="step")
+        record: dict[str, float] = {}
+        while self.step < until:
+            record = self.train_step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['total']:.3f}", full=f"{record['task_full']:.3f}",
+                            dysta=f"{record['task_dysta']:.3f}", nce1=f"{record['nce_l1']:.2f}",
+                            gate=f"{record['gate']:.2f}", refresh=f"{record['refresh_rate']:.2f}")
+            if self.step % self.cfg.save_every == 0:
+                self.save()
+        bar.close()
+        self.save()
+        plot_curves(self.log, self.out / CURVES_PNG)
+        return record
+
+
+def plot_curves(log: list[dict[str, float]], path: Path, smooth: int = 25) -> None:
+    """Plot each loss (moving average) against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not log:
+        return
+    steps = np.array([r["step"] for r in log])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    window = max(1, min(smooth, len(log) // 5 or 1))
+    kernel = np.ones(window) / window
+    for name, ax in (("task_full", 0), ("task_dysta", 0), ("nce_l1", 1), ("nce_l2", 1), ("gate", 1)):
+        values = np.convolve([r[name] for r in log], kernel, mode="valid")
+        axes[ax].plot(steps[window - 1 :], values, label=name)
+    axes[0].set_title("flow-matching loss (full and DySta layouts)")
+    axes[1].set_title("DySta's InfoNCE per level and gate prior")
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """`key=value` strings -> {key: JSON value (or the string itself)}."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. vision.patch_size=8")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--bags", nargs="+", metavar="BAG", help="rosbag2 files of expert episodes")
+    source.add_argument("--sim-episodes", type=int, metavar="N", help="expert episodes per task from the sim")
+    parser.add_argument("--task", default="reach", help="comma-separated sim tasks (reach,memory)")
+    parser.add_argument("--preset", default="tiny", help="model preset to start from")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="model config override, repeatable (e.g. vision.patch_size=8)")
+    parser.add_argument("--out", required=True, help="checkpoint directory to write")
+    defaults = TrainConfig(out="", sim_episodes=1)
+    for name in ("steps", "batch", "history", "frame_stride", "max_cache_age", "save_every", "seed",
+                 "threads", "warmup", "sim_seed_start"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+    for name in ("lr", "gate_lambda", "action_noise", "weight_decay"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
+    parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = TrainConfig(
+        out=args.out, preset=args.preset, overrides=parse_overrides(args.overrides), bags=args.bags or [],
+        sim_episodes=args.sim_episodes or 0, tasks=[t for t in args.task.split(",") if t],
+        sim_seed_start=args.sim_seed_start, action_noise=args.action_noise, steps=args.steps,
+        batch=args.batch, history=args.history, frame_stride=args.frame_stride,
+        max_cache_age=args.max_cache_age, gate_lambda=args.gate_lambda, lr=args.lr, warmup=args.warmup,
+        weight_decay=args.weight_decay, seed=args.seed, save_every=args.save_every, threads=args.threads)
+    record = Trainer(cfg, resume=args.resume).run()
+    print(json.dumps({"out": cfg.out, **record}))
+    return 0
