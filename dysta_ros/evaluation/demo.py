@@ -163,19 +163,24 @@ def plot_steps(episodes: list[EpisodeRecord], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(3, 1, figsize=(9, 7), sharex=True)
+    names = []
     for episode in episodes:
         if not episode.steps:
             continue
         t = [s.seconds for s in episode.steps]
         name = f"{episode.label} seed {episode.seed}"
-        axes[0].plot(t, [s.total_ms for s in episode.steps], marker=".", label=name)
-        axes[1].plot(t, [s.context_tokens for s in episode.steps], marker=".", label=name)
-        events = [s.seconds for s in episode.steps if s.recached_l1 or s.recached_l2]
-        axes[2].eventplot([events], lineoffsets=len(axes[2].collections), linelengths=0.8)
+        (line,) = axes[0].plot(t, [s.total_ms for s in episode.steps], marker=".", label=name)
+        axes[1].plot(t, [s.context_tokens for s in episode.steps], marker=".", color=line.get_color())
+        for level, offset in (("recached_l1", 0.2), ("recached_l2", -0.2)):  # L1 above, L2 below
+            events = [s.seconds for s in episode.steps if getattr(s, level)]
+            axes[2].eventplot([events], lineoffsets=len(names) + offset, linelengths=0.35,
+                              colors=[line.get_color()])
+        names.append(name)
     axes[0].set_ylabel("step latency (ms)")
     axes[1].set_ylabel("tokens in context")
-    axes[2].set_ylabel("recache events")
-    axes[2].set_yticks([])
+    axes[2].set_ylabel("recache events\n(L1 upper, L2 lower)")
+    axes[2].set_yticks(range(len(names)), names, fontsize=7)
+    axes[2].set_ylim(-0.6, max(len(names), 1) - 0.4)
     axes[2].set_xlabel("seconds since the episode started")
     if any(e.steps for e in episodes):
         axes[0].legend(fontsize=7, loc="upper right")
