@@ -228,6 +228,14 @@ class ChunkExecutor:
         self.counts = {"accepted": 0, "rejected": 0, "late_actions_skipped": 0, "clipped": 0, "commands": 0}
         self.last_rejection = ""
 
+    def reconfigure(self, config: ExecutorConfig):
+        """Apply a new config live (blending, ages, compensation, dry_run); the output stays."""
+        if (config.command_output or self.robot.command_output) != self.output:
+            raise ConfigError("command_output cannot change while running")
+        self.config = config
+        self.blender.blending, self.blender.ensemble_decay = config.blending, config.ensemble_decay
+        self.deadman.max_age_s = config.max_chunk_age_s
+
     def on_chunk(self, chunk: ActionChunk, now: float) -> None:
         """Take a chunk into the plan; raise InputError (and count it) when it is unusable."""
         try:
@@ -235,12 +243,16 @@ class ChunkExecutor:
             start = chunk.stamp if self.config.latency_compensation else now
             skipped = self.blender.add(TimedChunk(start, chunk.dt, actions, now), now)
         except InputError as exc:
-            self.counts["rejected"] += 1
-            self.last_rejection = str(exc)
+            self.reject(str(exc))
             raise
         self.counts["accepted"] += 1
         self.counts["late_actions_skipped"] += skipped
         self.deadman.feed(now)
+
+    def reject(self, reason: str):
+        """Count a chunk that could not be used, and remember why."""
+        self.counts["rejected"] += 1
+        self.last_rejection = reason
 
     def on_joint_state(self, names: list[str], positions: list[float], now: float) -> None:
         """Store the measured joint positions (picked by name); raise InputError if unusable."""

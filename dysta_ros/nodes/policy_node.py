@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 import rclpy
+from rclpy.executors import SingleThreadedExecutor
 import yaml
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.lifecycle import Node as LifecycleNode
@@ -373,7 +374,9 @@ class PolicyNode(LifecycleNode):
 
 def main(args=None) -> int:
     rclpy.init(args=args)
-    return spin_nodes([PolicyNode()])
+    # Callbacks only store messages (inference has its own thread): one executor thread is
+    # enough, and rclpy's single-threaded executor dispatches with less overhead.
+    return spin_nodes([PolicyNode()], SingleThreadedExecutor())
 
 
 if __name__ == "__main__":

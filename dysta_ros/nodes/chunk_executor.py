@@ -1,0 +1,190 @@
+"""chunk_executor: action chunks + joint states in, safe commands streamed at the control rate out.
+
+All decisions (latency compensation, blending, limits, e-stop, deadman) are made by
+`dysta_ros.execution.ChunkExecutor`; this node converts messages, keeps the clock, publishes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import numpy as np
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseStamped, TwistStamped
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Bool, Float64MultiArray
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from dysta_ros.errors import ConfigError, InputError
+from dysta_ros.execution import BLENDINGS, ChunkExecutor, ExecutorConfig
+from dysta_ros.msg import ActionChunk
+from dysta_ros.nodes import conversions as conv
+from dysta_ros.nodes import params as P
+from dysta_ros.nodes.diagnostics import ERROR, OK, WARN, StatusBoard, to_message
+from dysta_ros.nodes.spin import spin_nodes
+from dysta_ros.robot import COMMAND_OUTPUTS, load_robot_config
+
+PARAMS = [
+    P.Param("robot", "sim_arm", "robot config name (config/robots/<name>.yaml) or YAML path",
+            read_only=True),
+    P.Param("control_rate_hz", 50.0, "commands per second", read_only=True, low=0.1, high=1000.0),
+    P.Param("blending", "weighted_average", "how overlapping chunks combine", choices=BLENDINGS),
+    P.Param("ensemble_decay", 0.01, "temporal_ensemble: chunk i (0 = oldest) weighs exp(-decay*i)",
+            low=0.0, high=10.0),
+    P.Param("max_chunk_age_s", 0.5, "deadman: hold when no valid chunk came for this long",
+            low=0.001, high=60.0),
+    P.Param("max_state_age_s", 0.5, "joint states older than this cannot start motion",
+            low=0.001, high=60.0),
+    P.Param("latency_compensation", True, "skip actions whose time (stamp + k*dt) has passed"),
+    P.Param("command_output", "", "override the robot config's output", read_only=True,
+            choices=("",) + COMMAND_OUTPUTS),
+    P.Param("dry_run", False, "log commands instead of publishing them"),
+    P.Param("diagnostic_period_s", 1.0, "seconds between /diagnostics messages", read_only=True,
+            low=0.01, high=60.0),
+]
+CONFIG_FIELDS = {f.name for f in dataclasses.fields(ExecutorConfig)}
+OUTPUT_TYPES = {"joint_trajectory": JointTrajectory, "forward_position": Float64MultiArray,
+                "ee_pose": PoseStamped, "ee_twist": TwistStamped}
+
+
+class ChunkExecutorNode(Node):
+    """Stream blended, clipped chunk actions to a controller; hold on e-stop, deadman or bad data."""
+
+    def __init__(self, **kwargs):
+        super().__init__("chunk_executor", **kwargs)
+        P.declare(self, PARAMS)
+        values = P.read(self, PARAMS)
+        self.board = StatusBoard(self.get_name(), values["robot"], ["commands", "chunks", "joint_states"])
+        self.holding = "starting"  # why it holds; None while commanding
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_timer(values["diagnostic_period_s"], self.publish_diagnostics)
+        try:
+            self.robot = load_robot_config(values["robot"])
+            self.core = ChunkExecutor(self.config_from(values), self.robot)
+        except ConfigError as exc:
+            # Stay up and say why: a misconfigured executor commands nothing.
+            self.get_logger().error(str(exc))
+            self.board.set("commands", ERROR, f"configuration error: {exc}")
+            return
+        self.add_on_set_parameters_callback(
+            P.validator(PARAMS, self.get_logger().warning, apply=self.apply_parameters))
+        self.output = self.core.output
+        self.command_pub = self.create_publisher(
+            OUTPUT_TYPES[self.output], self.robot.command_topics[self.output], conv.RELIABLE_QOS)
+        self.create_subscription(ActionChunk, "/dysta/action_chunk", self.on_chunk, conv.RELIABLE_QOS)
+        self.create_subscription(JointState, self.robot.state_topic, self.on_joint_state, conv.STATE_QOS)
+        self.create_subscription(Bool, "/dysta/estop", self.on_estop, conv.ESTOP_QOS)
+        self.create_service(Trigger, "/dysta/clear_estop", self.on_clear_estop)
+        self.create_timer(self.core.config.period, self.on_tick)
+        self.board.set("chunks", WARN, "no chunk yet")
+        self.get_logger().info(f"{self.output} -> {self.robot.command_topics[self.output]} at "
+                               f"{values['control_rate_hz']} Hz, blending {values['blending']}"
+                               + (" (dry run)" if values["dry_run"] else ""))
+
+    @staticmethod
+    def config_from(values: dict) -> ExecutorConfig:
+        return ExecutorConfig(**{k: v for k, v in values.items() if k in CONFIG_FIELDS})
+
+    def now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def apply_parameters(self, changes: dict):
+        values = {**P.read(self, PARAMS), **changes}
+        self.core.reconfigure(self.config_from(values))
+
+    def on_chunk(self, msg):
+        try:
+            chunk = conv.msg_to_chunk(msg)
+        except InputError as exc:
+            self.core.reject(str(exc))
+            return self.report_rejection(msg, exc)
+        try:
+            self.core.on_chunk(chunk, self.now())
+        except InputError as exc:
+            return self.report_rejection(msg, exc)
+        self.board.set("chunks", OK, f"chunk {msg.sequence} accepted ({msg.strategy})", **self.core.counts)
+
+    def report_rejection(self, msg, exc: InputError):
+        self.board.set("chunks", ERROR, f"rejected chunk {msg.sequence}: {exc}", **self.core.counts)
+        self.get_logger().error(f"rejected chunk {msg.sequence}: {exc}", throttle_duration_sec=1.0)
+
+    def on_joint_state(self, msg):
+        try:
+            self.core.on_joint_state(msg.name, msg.position, self.now())
+        except InputError as exc:
+            self.board.set("joint_states", ERROR, str(exc))
+            self.get_logger().error(f"joint state refused: {exc}", throttle_duration_sec=1.0)
+            return
+        self.board.set("joint_states", OK, "fresh")
+
+    def on_estop(self, msg):
+        if msg.data:
+            self.core.trip_estop("/dysta/estop")
+            self.get_logger().error("e-stop latched; call /dysta/clear_estop to release")
+            self.publish_hold(self.now())  # stop at once, not at the next period
+            self.on_tick()
+        else:
+            self.get_logger().warning("/dysta/estop false is ignored; only /dysta/clear_estop releases")
+
+    def on_clear_estop(self, request, response):
+        was_engaged = self.core.clear_estop()
+        response.success = True
+        response.message = "e-stop released" if was_engaged else "e-stop was not engaged"
+        self.get_logger().warning(response.message + "; motion resumes on the next chunk")
+        return response
+
+    def on_tick(self):
+        now = self.now()
+        tick = self.core.tick(now)
+        if tick.command is None:
+            level = ERROR if self.core.estop.engaged else WARN
+            self.board.set("commands", level, f"holding: {tick.hold_reason}", **self.core.counts)
+            if self.holding is None:  # was commanding: stop the controller where it is
+                self.publish_hold(now)
+            self.holding = tick.hold_reason
+            return
+        self.holding = None
+        dry_run = self.core.config.dry_run
+        message = "dry run (not sent)" if dry_run else "commanding"
+        message += ", clipped to limits" if tick.clipped else ""
+        self.board.set("commands", OK, message, **self.core.counts)
+        if dry_run:
+            self.get_logger().info(f"dry run: {self.output} {np.round(tick.command, 4).tolist()}",
+                                   throttle_duration_sec=1.0)
+            return
+        self.command_pub.publish(self.command_msg(tick.command, now))
+
+    def command_msg(self, command: np.ndarray, now: float):
+        if self.output == "joint_trajectory":
+            return conv.trajectory_msg(self.robot.joints, command[None, :], [self.core.config.period])
+        if self.output == "forward_position":
+            return Float64MultiArray(data=command.tolist())
+        if self.output == "ee_pose":
+            return conv.pose_msg(command, self.robot.base_frame, now)
+        return conv.twist_msg(command, self.robot.base_frame, now)
+
+    def publish_hold(self, now: float):
+        """Stop the controller where it is: an empty trajectory, or a zero twist."""
+        if self.core.config.dry_run:
+            return
+        if self.output == "joint_trajectory":
+            self.command_pub.publish(conv.trajectory_msg(self.robot.joints, np.zeros((0, 0)), []))
+        elif self.output == "ee_twist":
+            self.command_pub.publish(conv.twist_msg(np.zeros(6), self.robot.base_frame, now))
+
+    def publish_diagnostics(self):
+        self.diagnostics_pub.publish(to_message(self.board, self.get_clock().now().to_msg()))
+
+
+def main(args=None) -> int:
+    rclpy.init(args=args)
+    return spin_nodes([ChunkExecutorNode()], SingleThreadedExecutor())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

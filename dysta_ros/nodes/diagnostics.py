@@ -1,0 +1,69 @@
+"""What a node reports on /diagnostics: a plain status board, and its DiagnosticArray message.
+
+The board knows nothing of ROS (as ros/diagnostics' cpu_monitor keeps its logic): the nodes set
+entries from their threads and a timer publishes `to_message(board, stamp)`. Every entry starts
+as ERROR "no report yet", so a part that never reports is visible, not silent.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+OK, WARN, ERROR, STALE = 0, 1, 2, 3  # diagnostic_msgs/DiagnosticStatus levels
+LEVEL_NAMES = {OK: "OK", WARN: "WARN", ERROR: "ERROR", STALE: "STALE"}
+
+
+@dataclass
+class Entry:
+    """One named status: a level, a message, and key/value details."""
+
+    level: int = ERROR
+    message: str = "no report yet"
+    values: dict[str, str] = field(default_factory=dict)
+
+
+class StatusBoard:
+    """Thread-safe named statuses of one node, each starting as ERROR until set."""
+
+    def __init__(self, node_name: str, hardware_id: str, names: list[str]):
+        self.node_name = node_name
+        self.hardware_id = hardware_id
+        self._lock = threading.Lock()
+        self._entries = {name: Entry() for name in names}
+
+    def set(self, name: str, level: int, message: str, **values):
+        """Replace entry `name`: its level, message and values (stringified)."""
+        with self._lock:
+            self._entries[name] = Entry(level, message, {k: str(v) for k, v in values.items()})
+
+    def update(self, name: str, **values):
+        """Change some values of entry `name`, keeping its level and message."""
+        with self._lock:
+            self._entries[name].values.update({k: str(v) for k, v in values.items()})
+
+    def get(self, name: str) -> Entry:
+        with self._lock:
+            entry = self._entries[name]
+            return Entry(entry.level, entry.message, dict(entry.values))
+
+    def snapshot(self) -> dict[str, Entry]:
+        with self._lock:
+            return {n: Entry(e.level, e.message, dict(e.values)) for n, e in self._entries.items()}
+
+
+def to_message(board: StatusBoard, stamp):
+    """Return a diagnostic_msgs/DiagnosticArray of the board's entries at `stamp`."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+    array = DiagnosticArray()
+    array.header.stamp = stamp
+    for name, entry in board.snapshot().items():
+        status = DiagnosticStatus()
+        status.level = bytes([entry.level])
+        status.name = f"{board.node_name}: {name}"
+        status.message = entry.message
+        status.hardware_id = board.hardware_id
+        status.values = [KeyValue(key=k, value=v) for k, v in entry.values.items()]
+        array.status.append(status)
+    return array

@@ -1,0 +1,159 @@
+"""chunk_executor over real rclpy topics: clipping, e-stop latch and clear, deadman, bad chunks."""
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from sensor_msgs.msg import JointState  # noqa: E402
+from std_msgs.msg import Bool  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+from trajectory_msgs.msg import JointTrajectory  # noqa: E402
+
+from dysta_ros import types  # noqa: E402
+from dysta_ros.msg import ActionChunk  # noqa: E402
+from dysta_ros.nodes import conversions as conv  # noqa: E402
+from dysta_ros.nodes.chunk_executor import ChunkExecutorNode  # noqa: E402
+from dysta_ros.robot import load_robot_config  # noqa: E402
+from ros_helpers import spin_until  # noqa: E402
+
+JOINTS = [f"joint{i}" for i in range(1, 7)]
+RATE = 20.0
+
+
+class Rig:
+    """The executor node and a test node that feeds it and records what it sends."""
+
+    def __init__(self):
+        self.executor_node = ChunkExecutorNode(parameter_overrides=[
+            Parameter("control_rate_hz", value=RATE), Parameter("max_chunk_age_s", value=0.4),
+            Parameter("max_state_age_s", value=5.0), Parameter("diagnostic_period_s", value=0.05),
+            Parameter("blending", value="latest")])
+        self.node = rclpy.create_node("executor_test")
+        self.spin = SingleThreadedExecutor()
+        self.spin.add_node(self.executor_node)
+        self.spin.add_node(self.node)
+        self.chunk_pub = self.node.create_publisher(ActionChunk, "/dysta/action_chunk", conv.RELIABLE_QOS)
+        self.state_pub = self.node.create_publisher(JointState, "/joint_states", 10)
+        self.estop_pub = self.node.create_publisher(Bool, "/dysta/estop", 10)
+        self.clear = self.node.create_client(Trigger, "/dysta/clear_estop")
+        self.commands: list[JointTrajectory] = []
+        self.diagnostics: list[DiagnosticArray] = []
+        self.node.create_subscription(JointTrajectory, "/joint_trajectory_controller/joint_trajectory",
+                                      self.commands.append, 50)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 50)
+        self.sequence = 0
+        assert spin_until(self.spin, lambda: all(p.get_subscription_count() for p in
+                                                  (self.chunk_pub, self.state_pub, self.estop_pub)))
+
+    def now(self):
+        return self.node.get_clock().now().nanoseconds * 1e-9
+
+    def send_state(self, positions):
+        self.state_pub.publish(JointState(name=JOINTS, position=list(positions)))
+
+    def send_chunk(self, value, horizon=40, dt=0.1, **changes):
+        self.sequence += 1
+        chunk = types.ActionChunk(stamp=self.now(), actions=np.full((horizon, 6), value, np.float32),
+                                  dt=dt, names=list(JOINTS), sequence=self.sequence, strategy="test")
+        msg = conv.chunk_to_msg(chunk)
+        for key, val in changes.items():
+            setattr(msg, key, val)
+        self.chunk_pub.publish(msg)
+
+    def status(self, name):
+        """Return the latest (level, message, values) of one executor diagnostic entry."""
+        for array in reversed(self.diagnostics):
+            for status in array.status:
+                if status.name == f"chunk_executor: {name}":
+                    return status.level[0], status.message, {kv.key: kv.value for kv in status.values}
+        return None
+
+    def wait_status(self, name, predicate):
+        return spin_until(self.spin, lambda: (s := self.status(name)) is not None and predicate(*s))
+
+    def moving_commands(self):
+        return [c for c in self.commands if c.points]
+
+    def close(self):
+        self.spin.shutdown()
+        self.executor_node.destroy_node()
+        self.node.destroy_node()
+
+
+@pytest.fixture
+def rig():
+    rclpy.init()
+    rig = Rig()
+    yield rig
+    rig.close()
+    rclpy.shutdown()
+
+
+def test_executor_clips_latches_estop_holds_on_deadman_and_survives_bad_chunks(rig):
+    robot = load_robot_config("sim_arm")
+    # Silence is visible: before any chunk the executor says it is holding.
+    assert rig.wait_status("commands", lambda level, msg, v: "waiting for a chunk" in msg)
+
+    # A chunk far outside the limits: commands move at most max velocity per period.
+    rig.send_state(np.zeros(6))
+    rig.send_chunk(100.0)
+    assert spin_until(rig.spin, lambda: len(rig.moving_commands()) >= 3)
+    first = np.array(rig.moving_commands()[0].points[0].positions)
+    np.testing.assert_allclose(first, robot.max_velocity / RATE, rtol=1e-6)
+    for command in rig.moving_commands():
+        positions = np.array(command.points[0].positions)
+        assert np.all(positions <= robot.upper) and np.all(positions >= robot.lower)
+        assert command.joint_names == JOINTS
+
+    # E-stop latches: an empty trajectory (hold) goes out, and later chunks do not move it.
+    rig.estop_pub.publish(Bool(data=True))
+    assert spin_until(rig.spin, lambda: rig.commands and not rig.commands[-1].points)
+    held_at = len(rig.commands)
+    moved = len(rig.moving_commands())
+    rig.estop_pub.publish(Bool(data=False))  # not a release
+    accepted = int(rig.status("chunks")[2]["accepted"])
+    rig.send_chunk(0.5)
+    assert rig.wait_status("chunks", lambda level, msg, v: int(v["accepted"]) > accepted)
+    assert rig.wait_status("commands", lambda level, msg, v: level == 2 and "e-stop" in msg)
+    assert len(rig.moving_commands()) == moved  # nothing moved since the trip
+
+    # Only the service releases it; motion resumes on a chunk that arrives afterwards.
+    assert rig.clear.wait_for_service(timeout_sec=10.0)
+    future = rig.clear.call_async(Trigger.Request())
+    assert spin_until(rig.spin, future.done)
+    assert future.result().success and "released" in future.result().message
+    rig.send_state(np.zeros(6))
+    rig.send_chunk(0.05)
+    assert spin_until(rig.spin, lambda: len(rig.commands) > held_at and rig.commands[-1].points)
+
+    # A malformed chunk (NaN, sizes that disagree) is rejected and reported; nothing crashes.
+    rig.send_chunk(float("nan"))
+    assert rig.wait_status("chunks", lambda level, msg, v: level == 2 and "non-finite" in msg)
+    rig.send_chunk(0.05, horizon=4, dim=7)
+    assert rig.wait_status("chunks", lambda level, msg, v: level == 2 and "holds 24" in msg)
+    rig.send_chunk(0.05)
+    assert rig.wait_status("chunks", lambda level, msg, v: level == 0)
+
+    # Deadman: chunks stop, the executor holds and says so, and sends no more targets.
+    assert rig.wait_status("commands", lambda level, msg, v: msg.startswith("holding: deadman"))
+    stopped_at = len(rig.moving_commands())
+    diagnostics_seen = len(rig.diagnostics)
+    assert spin_until(rig.spin, lambda: len(rig.diagnostics) >= diagnostics_seen + 3)
+    assert len(rig.moving_commands()) == stopped_at
+    assert rig.status("commands")[1].startswith("holding: deadman")
+
+
+def test_bad_parameter_values_are_refused_with_what_is_allowed(rig):
+    node = rig.executor_node
+    result = node.set_parameters([Parameter("blending", value="average")])[0]
+    assert not result.successful
+    assert "latest, weighted_average, temporal_ensemble" in result.reason
+    result = node.set_parameters([Parameter("max_chunk_age_s", value=100.0)])[0]
+    assert not result.successful
+    result = node.set_parameters([Parameter("control_rate_hz", value=10.0)])[0]
+    assert not result.successful  # read-only: the control timer is built once
+    assert node.set_parameters([Parameter("blending", value="temporal_ensemble")])[0].successful
+    assert node.core.blender.blending == "temporal_ensemble"
