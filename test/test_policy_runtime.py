@@ -154,11 +154,11 @@ def test_flow_matching_loss_trains_every_part():
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses = []
     for _ in range(15):
-        torch.manual_seed(0)  # the same noise and times: the loss must fall
+        # The same noise and times every iteration: the loss must fall.
         loss = model.flow_matching_loss(batch, torch.Generator().manual_seed(0))
         optimizer.zero_grad()
         loss.backward()
-        losses.append(float(loss))
+        losses.append(loss.item())
         for part in (model.vision, model.projector, model.backbone, model.action_expert):
             assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
         optimizer.step()

@@ -24,13 +24,17 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([-second, first], dim=-1)
 
 
-def rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
-    """Rotate x (B, H, n, D) to positions (n,), matching the backbone's rotary embedding."""
-    d = x.shape[-1]
-    inv_freq = 1.0 / (theta ** (torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d))  # (D/2,)
+def rope_tables(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
+    """cos, sin (n, D) for positions (n,), matching the backbone's default rotary embedding."""
+    exponents = torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim
+    inv_freq = 1.0 / (theta**exponents)  # (D/2,)
     angles = positions.float()[:, None] * inv_freq[None, :]  # (n, D/2)
     emb = torch.cat([angles, angles], dim=-1)  # (n, D)
-    cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (B, H, n, D) by the tables (n, D)."""
     return x * cos + rotate_half(x) * sin
 
 
@@ -54,18 +58,17 @@ class ExpertAttention(nn.Module):
         self.v_proj = nn.Linear(cfg.width, self.kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.heads * self.head_dim, cfg.width, bias=False)
 
-    def forward(self, x, prefix_k, prefix_v, positions):
-        b, n, _ = x.shape  # (B, H_act, We)
+    def forward(self, x, prefix_k, prefix_v, cos, sin):
+        """Attend from x (B, n, We); prefix_k/v (B, H, P, D) are already repeated to H heads."""
+        b, n, _ = x.shape
+        groups = self.heads // self.kv_heads
         q = self.q_proj(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)  # (B, H, n, D)
         k = self.k_proj(x).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, n, D)
         v = self.v_proj(x).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
-        q, k = rope(q, positions, self.theta), rope(k, positions, self.theta)
-        keys = torch.cat([prefix_k.expand(b, -1, -1, -1), k], dim=2)  # (B, Hkv, P+n, D)
-        values = torch.cat([prefix_v.expand(b, -1, -1, -1), v], dim=2)
-        groups = self.heads // self.kv_heads
-        out = F.scaled_dot_product_attention(
-            q, repeat_kv(keys, groups), repeat_kv(values, groups)
-        )  # (B, H, n, D)
+        q, k = rope(q, cos, sin), rope(k, cos, sin)
+        keys = torch.cat([prefix_k, repeat_kv(k, groups)], dim=2)  # (B, H, P+n, D)
+        values = torch.cat([prefix_v, repeat_kv(v, groups)], dim=2)
+        out = F.scaled_dot_product_attention(q, keys, values)  # (B, H, n, D): prefix + each other
         return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))  # (B, n, We)
 
 
@@ -88,8 +91,8 @@ class ExpertLayer(nn.Module):
         self.post_attention_norm = nn.RMSNorm(cfg.width, eps=1e-6)
         self.mlp = ExpertMLP(cfg)
 
-    def forward(self, x, prefix_k, prefix_v, positions):
-        x = x + self.self_attn(self.input_norm(x), prefix_k, prefix_v, positions)
+    def forward(self, x, prefix_k, prefix_v, cos, sin):
+        x = x + self.self_attn(self.input_norm(x), prefix_k, prefix_v, cos, sin)
         return x + self.mlp(self.post_attention_norm(x))
 
 
@@ -108,42 +111,64 @@ class ActionExpert(nn.Module):
         self.norm = nn.RMSNorm(cfg.width, eps=1e-6)
         self.action_out_proj = nn.Linear(cfg.width, action_dim)
 
-    def velocity(self, x_t, t, prefix: dict[int, tuple[torch.Tensor, torch.Tensor]], prefix_length: int):
-        """Predict v (B, H, A) at flow time t (B,) given the backbone's per-layer K/V."""
+    def prepare(self, prefix, prefix_length: int, batch: int, dtype: torch.dtype):
+        """Per expert layer, the mapped backbone K/V repeated to all heads, and the RoPE tables.
+
+        Done once per chunk: every Euler step reads the same prefix.
+        """
+        attn = self.layers[0].self_attn
+        groups = attn.heads // attn.kv_heads
+        kv = []
+        for mapped in self.layer_map:
+            k, v = prefix[mapped]  # (1 or B, Hkv, P, D)
+            kv.append(
+                (
+                    repeat_kv(k, groups).expand(batch, -1, -1, -1),
+                    repeat_kv(v, groups).expand(batch, -1, -1, -1),
+                )
+            )
+        # RoPE positions after the whole full-layout prefix, the same for every strategy.
+        device = kv[0][0].device
+        positions = torch.arange(prefix_length, prefix_length + self.horizon, device=device)
+        return kv, rope_tables(positions, attn.head_dim, attn.theta, dtype)
+
+    def velocity(self, x_t, t, prepared):
+        """Predict v (B, H, A) at flow time t (B,) given `prepare`'s prefix."""
+        kv, (cos, sin) = prepared
         time = self.time_mlp_out(
             F.silu(self.time_mlp_in(sinusoidal_time(t, self.cfg.width).to(x_t.dtype)))
         )  # (B, We)
         x = self.action_in_proj(x_t) + time[:, None, :]  # (B, H, We)
-        # RoPE positions after the whole full-layout prefix, the same for every strategy.
-        positions = torch.arange(prefix_length, prefix_length + x.shape[1], device=x.device)
-        for layer, mapped in zip(self.layers, self.layer_map):
-            prefix_k, prefix_v = prefix[mapped]
-            x = layer(x, prefix_k, prefix_v, positions)
+        for layer, (prefix_k, prefix_v) in zip(self.layers, kv):
+            x = layer(x, prefix_k, prefix_v, cos, sin)
         return self.action_out_proj(self.norm(x))  # (B, H, A)
 
     def sample(self, prefix, prefix_length: int, noise: torch.Tensor) -> torch.Tensor:
         """Integrate from noise (B, H, A) at t=1 to actions at t=0 (Euler, flow_steps steps)."""
         b = noise.shape[0]
+        prepared = self.prepare(prefix, prefix_length, b, noise.dtype)
         if self.cfg.head == "regression":
-            return self.velocity(torch.zeros_like(noise), noise.new_ones(b), prefix, prefix_length)
+            return self.velocity(torch.zeros_like(noise), noise.new_ones(b), prepared)
         steps = self.cfg.flow_steps
         x = noise
         for i in range(steps):
             t = noise.new_full((b,), 1.0 - i / steps)
-            x = x - self.velocity(x, t, prefix, prefix_length) / steps  # dt = -1/steps
+            x = x - self.velocity(x, t, prepared) / steps  # dt = -1/steps
         return x
 
     def loss(
         self, prefix, prefix_length: int, actions: torch.Tensor, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
+    ):
         """Flow-matching loss: || v(x_t, t) - (noise - actions) ||^2 at random t (pi0)."""
         b = actions.shape[0]
+        prepared = self.prepare(prefix, prefix_length, b, actions.dtype)
         if self.cfg.head == "regression":
-            pred = self.velocity(torch.zeros_like(actions), actions.new_ones(b), prefix, prefix_length)
+            pred = self.velocity(torch.zeros_like(actions), actions.new_ones(b), prepared)
             return F.mse_loss(pred, actions)
-        noise = torch.randn(actions.shape, generator=generator, device=actions.device, dtype=actions.dtype)
-        # Beta-ish emphasis on noisy times, as pi0: t = 0.999 * Beta(1.5, 1) + 0.001.
-        t = torch.distributions.Beta(1.5, 1.0).sample((b,)).to(actions.device, actions.dtype) * 0.999 + 0.001
+        noise = torch.randn(actions.shape, generator=generator).to(actions.device, actions.dtype)
+        # pi0 favours noisy times: t = 0.999 * Beta(1.5, 1) + 0.001, by inverse CDF (u^(2/3)).
+        u = torch.rand(b, generator=generator).to(actions.device, actions.dtype)
+        t = u ** (2.0 / 3.0) * 0.999 + 0.001
         x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * actions  # (B, H, A)
         target = noise - actions
-        return F.mse_loss(self.velocity(x_t, t, prefix, prefix_length), target)
+        return F.mse_loss(self.velocity(x_t, t, prepared), target)

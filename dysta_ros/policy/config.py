@@ -184,8 +184,10 @@ PRESETS: dict[str, PolicyConfig] = {
         horizon=10,
         history=1,
         vision=VisionConfig(image_size=224, patch_size=16, width=384, layers=6, heads=6, mlp_width=1536),
-        backbone=BackboneConfig(width=768, layers=12, heads=12, kv_heads=4, mlp_width=2048),
-        expert=ExpertConfig(width=384, layers=6, mlp_width=1024, flow_steps=10),
+        # ~136M-parameter Llama: about 85 % of a `full` step at T=1, as the LLM is in real VLAs.
+        backbone=BackboneConfig(width=1024, layers=12, heads=16, kv_heads=4, mlp_width=2816),
+        # Reads backbone layers 0, 3, 6, 9.
+        expert=ExpertConfig(width=384, layers=4, mlp_width=1024, flow_steps=10),
     ),
     # SmolVLA-sized (SmolLM2-360M-like 16-layer backbone, 0.75x expert): for GPUs.
     "base": PolicyConfig(

@@ -36,8 +36,8 @@ class DystaParams(StrategyParams):
 
     l1_fraction: float = 0.6  # share of each frame's patches in static level 1 (most persistent)
     l2_fraction: float = 0.3  # share in static level 2 (semi-static)
-    delta_l1: float = 0.05  # refresh L1 when its mean change exceeds this (negative: every step)
-    delta_l2: float = 0.03  # refresh L2 when its mean change exceeds this
+    delta_l1: float = 0.03  # refresh L1 when its mean change exceeds this (negative: every step)
+    delta_l2: float = 0.02  # refresh L2 when its mean change exceeds this
     change_ema: float = 0.7  # weight of the past in the per-patch change EMA
     max_static_age: int = 100  # steps; refresh the static cache at this age regardless (0 = never)
     learned: bool = False  # use the checkpoint's Disentangler and RecacheGate

@@ -1,0 +1,325 @@
+"""`dysta-ros bench`: token strategies side by side, interleaved on the same frames, in one run.
+
+Per history length T and strategy: step time p50/p90 and per stage, speedup vs `full` from
+the same run, tokens in context and recomputed, backbone FLOPs ratio, recache rate, and the
+action deviation from `full` on the same inputs (same frames, same noise), relative to the
+range of `full`'s actions. A table for people, JSON for machines, a PNG plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from dysta_ros.errors import ConfigError, DystaError
+from dysta_ros.evaluation.scenes import structured_frames
+from dysta_ros.policy.config import PRESETS
+from dysta_ros.policy.runtime import build_model, build_runtime
+from dysta_ros.tokens import available_strategies
+from dysta_ros.types import STAGES, Observation
+
+BASELINE = "full"
+INSTRUCTION = "push the red block to the left"
+
+
+def parse_list(text: str, cast=str) -> list:
+    """Split "a,b,c" into a typed list; empty items are dropped."""
+    return [cast(item.strip()) for item in text.split(",") if item.strip()]
+
+
+def parse_params(items: list[str], strategies: list[str]) -> dict[str, dict]:
+    """Turn repeated `--param strategy.key=value` (YAML values) into {strategy: {key: value}}."""
+    params: dict[str, dict] = {name: {} for name in strategies}
+    for item in items:
+        name, sep, rest = item.partition(".")
+        key, eq, value = rest.partition("=")
+        if not sep or not eq or not key:
+            raise ConfigError(f"--param {item!r}: expected STRATEGY.KEY=VALUE, e.g. dysta.delta_l1=0.1")
+        if name not in params:
+            raise ConfigError(
+                f"--param {item!r}: strategy {name!r} is not benchmarked ({', '.join(strategies)})"
+            )
+        params[name][key] = yaml.safe_load(value)
+    return params
+
+
+def synthetic_observations(count: int, camera_names: list[str], state_dim: int, seed: int = 0):
+    """Structured frames (static table, moving arm and block) for every camera, a slow state."""
+    cameras = {name: structured_frames(count, 240, 320, seed=seed + i) for i, name in enumerate(camera_names)}
+    return [
+        Observation(
+            stamp=0.1 * t,
+            images={name: frames[t] for name, frames in cameras.items()},
+            state=np.full(state_dim, 0.01 * t, np.float32),
+            instruction=INSTRUCTION,
+        )
+        for t in range(count)
+    ]
+
+
+def sim_observations(count: int, camera_names: list[str], seed: int = 0):
+    """Frames rendered by the MuJoCo sim while its scripted expert works on the reach task."""
+    from dysta_ros.sim.env import SimConfig, SimEnv
+    from dysta_ros.sim.expert import ScriptedExpert
+
+    env = SimEnv(SimConfig(image_width=224, image_height=224))
+    obs = env.reset("reach", seed=seed)
+    expert = ScriptedExpert(env)
+    observations = [obs]
+    while len(observations) < count:
+        for target in expert.plan(obs.state):
+            obs, _ = env.step(target)
+            observations.append(obs)
+            if len(observations) == count:
+                break
+    missing = [name for name in camera_names if name not in observations[0].images]
+    if missing:
+        raise ConfigError(f"the sim renders {sorted(observations[0].images)}, the model needs {missing}")
+    return observations
+
+
+def percentile(values, q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else float("nan")
+
+
+def summarize(records: dict[str, list], history: int) -> list[dict]:
+    """One JSON row per strategy from its measured (chunk, stats) records."""
+    baseline = records.get(BASELINE)
+    action_range = None
+    if baseline:
+        actions = np.stack([chunk.actions for chunk, _ in baseline])  # (steps, H, A)
+        spread = actions.max(axis=(0, 1)) - actions.min(axis=(0, 1))  # (A,)
+        action_range = np.where(spread > 1e-9, spread, 1.0)
+    base_p50 = percentile([s.stage_ms["total"] for _, s in baseline], 50) if baseline else None
+    rows = []
+    for name, steps in records.items():
+        stats = [s for _, s in steps]
+        totals = [s.stage_ms["total"] for s in stats]
+        row = {
+            "strategy": name,
+            "history": history,
+            "steps": len(steps),
+            "step_ms_p50": percentile(totals, 50),
+            "step_ms_p90": percentile(totals, 90),
+            "stage_ms_p50": {stage: percentile([s.stage_ms[stage] for s in stats], 50) for stage in STAGES},
+            "speedup_vs_full": None,
+            "action_dev_mean": None,
+            "action_dev_max": None,
+            "context_tokens": float(np.mean([s.context_tokens for s in stats])),
+            "recomputed_tokens": float(np.mean([s.recomputed_tokens for s in stats])),
+            "static_tokens": float(np.mean([s.static_l1_tokens + s.static_l2_tokens for s in stats])),
+            "frames_attended": float(np.mean([s.frames_attended for s in stats])),
+            "flops_ratio": float(np.mean([s.flops_ratio for s in stats])),
+            "recache_rate": float(np.mean([s.recached_l1 or s.recached_l2 for s in stats])),
+            "recache_rate_l1": float(np.mean([s.recached_l1 for s in stats])),
+        }
+        if baseline:
+            row["speedup_vs_full"] = base_p50 / row["step_ms_p50"]
+            deviation = np.stack(
+                [
+                    np.abs(chunk.actions - ref.actions) / action_range
+                    for (chunk, _), (ref, _) in zip(steps, baseline)
+                ]
+            )
+            row["action_dev_mean"], row["action_dev_max"] = float(deviation.mean()), float(deviation.max())
+        rows.append(row)
+    return rows
+
+
+def run_bench(
+    model,
+    strategies: list[str],
+    histories: list[int],
+    observations: list[Observation],
+    warmup: int,
+    params: dict[str, dict] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[dict]:
+    """Step every strategy on the same observations, interleaved; return the JSON rows."""
+    params = params or {}
+    rows = []
+    total = len(histories) * len(observations) * len(strategies)
+    with tqdm(total=total, desc="bench", unit="step", disable=not progress, file=sys.stderr) as bar:
+        for history in histories:
+            runtimes = {
+                name: build_runtime(model, name, params.get(name), history=history, seed=seed)
+                for name in strategies
+            }
+            records: dict[str, list] = {name: [] for name in strategies}
+            for index, obs in enumerate(observations):
+                # Interleaved: every strategy sees this frame before the next one is shown, so
+                # load from other processes hits all strategies alike.
+                for name, runtime in runtimes.items():
+                    result = runtime.step(obs)
+                    if index >= warmup:
+                        records[name].append(result)
+                    bar.set_postfix(T=history, strategy=name)
+                    bar.update()
+            rows.extend(summarize(records, history))
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """A fixed-width table of the rows, one line per (history, strategy)."""
+    header = (
+        f"{'T':>3} {'strategy':<15} {'p50 ms':>8} {'p90 ms':>8} {'speedup':>7} {'context':>7} "
+        f"{'recomp':>7} {'flops':>6} {'recache':>7} {'dev mean':>8} {'dev max':>8}  "
+        f"{'vision':>6} {'gate':>5} {'backbone':>8} {'head':>6}"
+    )
+    lines = [header, "-" * len(header)]
+
+    def fmt(value, spec):
+        return format(value, spec) if value is not None else "-".rjust(len(format(0.0, spec)))
+
+    for r in rows:
+        st = r["stage_ms_p50"]
+        lines.append(
+            f"{r['history']:>3} {r['strategy']:<15} {r['step_ms_p50']:>8.1f} {r['step_ms_p90']:>8.1f} "
+            f"{fmt(r['speedup_vs_full'], '7.2f')} {r['context_tokens']:>7.0f} {r['recomputed_tokens']:>7.0f} "
+            f"{r['flops_ratio']:>6.3f} {r['recache_rate']:>7.2f} {fmt(r['action_dev_mean'], '8.4f')} "
+            f"{fmt(r['action_dev_max'], '8.4f')}  {st['vision']:>6.1f} {st['gate']:>5.1f} "
+            f"{st['backbone']:>8.1f} {st['action_head']:>6.1f}"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path, title: str) -> Path:
+    """Stacked per-stage p50 bars per (T, strategy), and p50 step time against T per strategy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (bars, growth) = plt.subplots(1, 2, figsize=(14, 5), gridspec_kw={"width_ratios": [2, 1]})
+    labels = [f"T={r['history']}\n{r['strategy']}" for r in rows]
+    bottom = np.zeros(len(rows))
+    for stage in ("preprocess", "vision", "gate", "backbone", "action_head"):
+        values = np.array([r["stage_ms_p50"][stage] for r in rows])
+        bars.bar(range(len(rows)), values, bottom=bottom, label=stage)
+        bottom += values
+    for i, r in enumerate(rows):
+        if r["speedup_vs_full"]:
+            bars.text(i, bottom[i], f"{r['speedup_vs_full']:.2f}x", ha="center", va="bottom", fontsize=8)
+    bars.set_xticks(range(len(rows)), labels, fontsize=7, rotation=90)
+    bars.set_ylabel("p50 ms per step (stages)")
+    bars.set_yscale("log" if bottom.max() > 20 * max(bottom.min(), 1e-3) else "linear")
+    bars.legend(fontsize=8)
+    bars.set_title(title, fontsize=9)
+    for name in dict.fromkeys(r["strategy"] for r in rows):
+        points = sorted((r["history"], r["step_ms_p50"]) for r in rows if r["strategy"] == name)
+        growth.plot(*zip(*points), marker="o", label=name)
+    growth.set_xlabel("history frames T")
+    growth.set_ylabel("p50 ms per step")
+    growth.set_xscale("log", base=2)
+    growth.set_yscale("log")
+    growth.grid(alpha=0.3)
+    growth.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="small", choices=sorted(PRESETS), help="random-initialised model")
+    parser.add_argument("--checkpoint", help="checkpoint directory (config.json + model.safetensors)")
+    parser.add_argument(
+        "--strategies",
+        default=",".join(available_strategies()),
+        help="comma-separated strategy names (default: all)",
+    )
+    parser.add_argument("--history", default="1,8", help="comma-separated history lengths T, e.g. 1,8,32")
+    parser.add_argument("--steps", type=int, default=10, help="measured steps per strategy and T")
+    parser.add_argument("--warmup", type=int, default=3, help="unmeasured steps first (caches, allocator)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    parser.add_argument(
+        "--frames",
+        default="synthetic",
+        choices=["synthetic", "sim"],
+        help="structured synthetic scene, or MuJoCo renders of the reach task",
+    )
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="STRATEGY.KEY=VALUE",
+        help="strategy parameter, repeatable, e.g. --param dysta.delta_l1=0.1",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="write {'runs': [...], 'meta': {...}} here")
+    parser.add_argument("--plot", help="PNG plot path (default: beside --json)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        strategies = parse_list(args.strategies)
+        histories = parse_list(args.history, int)
+        unknown = [s for s in strategies if s not in available_strategies()]
+        if unknown or not strategies:
+            raise ConfigError(
+                f"unknown strategies {unknown}; choose from {', '.join(available_strategies())}"
+            )
+        if not histories or min(histories) < 1 or args.steps < 1 or args.warmup < 0:
+            raise ConfigError("--history needs values >= 1, --steps >= 1, --warmup >= 0")
+        params = parse_params(args.param, strategies)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        model, _ = build_model(args.checkpoint or args.preset, args.device, args.dtype, args.seed)
+        cfg = model.cfg
+        count = args.warmup + args.steps
+        if args.frames == "sim":
+            observations = sim_observations(count, cfg.camera_names, args.seed)
+        else:
+            observations = synthetic_observations(count, cfg.camera_names, cfg.state_dim, args.seed)
+        started = time.time()
+        rows = run_bench(
+            model,
+            strategies,
+            histories,
+            observations,
+            args.warmup,
+            params,
+            args.seed,
+            progress=not args.quiet,
+        )
+    except DystaError as exc:
+        print(f"dysta-ros bench: {exc}", file=sys.stderr)
+        return 2
+    meta = {
+        "preset": cfg.preset,
+        "checkpoint": args.checkpoint,
+        "device": args.device,
+        "dtype": args.dtype,
+        "threads": torch.get_num_threads(),
+        "frames": args.frames,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "tokens_per_frame": cfg.tokens_per_frame,
+        "params": params,
+        "instruction": INSTRUCTION,
+        "seconds": round(time.time() - started, 1),
+        "command": "dysta-ros bench " + " ".join(sys.argv[2:]),
+    }
+    print(format_table(rows))
+    plot_path = Path(args.plot) if args.plot else (Path(args.json).with_suffix(".png") if args.json else None)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"runs": rows, "meta": meta}, indent=2))
+        print(f"wrote {args.json}")
+    if plot_path:
+        title = f"{cfg.preset} on {args.device}/{args.dtype}, {args.frames} frames, {args.steps} steps"
+        print(f"wrote {plot(rows, plot_path, title)}")
+    return 0

@@ -1,0 +1,116 @@
+"""`dysta-ros bench` and `profile-entropy` on the tiny preset: schema, like-for-like, schedule."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dysta_ros.cli import main
+from dysta_ros.errors import ConfigError
+from dysta_ros.evaluation.bench import parse_params, run_bench, synthetic_observations
+from dysta_ros.evaluation.entropy import entropy_profile, propose_schedule
+from dysta_ros.policy.runtime import build_model
+from dysta_ros.tokens import available_strategies
+
+SCHEMA = {
+    "strategy",
+    "history",
+    "step_ms_p50",
+    "step_ms_p90",
+    "speedup_vs_full",
+    "context_tokens",
+    "flops_ratio",
+    "recache_rate",
+    "action_dev_mean",
+    "action_dev_max",
+    "stage_ms_p50",
+}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_model("tiny", seed=0)[0]
+
+
+def test_bench_rows_compare_like_for_like(model):
+    observations = synthetic_observations(4, model.cfg.camera_names, model.cfg.state_dim)
+    rows = run_bench(model, available_strategies(), [1, 3], observations, warmup=1, progress=False)
+    assert len(rows) == 2 * len(available_strategies())
+    by_key = {(r["strategy"], r["history"]): r for r in rows}
+    for row in rows:
+        assert SCHEMA <= set(row) and row["steps"] == 3
+        assert row["step_ms_p90"] >= row["step_ms_p50"] > 0
+        assert 0 <= row["action_dev_mean"] <= row["action_dev_max"]
+    for t in (1, 3):
+        full = by_key[("full", t)]
+        assert full["speedup_vs_full"] == 1.0 and full["action_dev_max"] == 0.0 and full["flops_ratio"] == 1.0
+        dysta = by_key[("dysta", t)]
+        assert dysta["recomputed_tokens"] < full["recomputed_tokens"] and dysta["flops_ratio"] < 1.0
+        assert dysta["static_tokens"] > 0
+    # One static copy instead of one per frame: the context itself shrinks with history.
+    assert by_key[("dysta", 3)]["context_tokens"] < by_key[("full", 3)]["context_tokens"]
+    assert by_key[("full", 3)]["context_tokens"] > by_key[("full", 1)]["context_tokens"]
+    assert by_key[("gotohunt", 3)]["frames_attended"] == 2  # round(0.5 * 3)
+
+
+def test_bench_cli_writes_json_and_plot(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = main(
+        [
+            "bench",
+            "--preset",
+            "tiny",
+            "--strategies",
+            "full,dysta",
+            "--history",
+            "2",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--json",
+            str(out),
+            "--quiet",
+            "--param",
+            "dysta.delta_l1=0.5",
+        ]
+    )
+    assert code == 0
+    data = json.loads(out.read_text())
+    assert [r["strategy"] for r in data["runs"]] == ["full", "dysta"]
+    assert data["meta"]["params"]["dysta"] == {"delta_l1": 0.5}
+    assert (tmp_path / "bench.png").stat().st_size > 1000
+    assert "speedup" in capsys.readouterr().out
+
+
+def test_bench_cli_rejects_unknown_strategy(capsys):
+    assert main(["bench", "--preset", "tiny", "--strategies", "full,warp", "--quiet"]) == 2
+    assert "warp" in capsys.readouterr().err
+
+
+def test_parse_params_names_the_problem():
+    assert parse_params(["dysta.local_layers=[0, 1]"], ["dysta"]) == {"dysta": {"local_layers": [0, 1]}}
+    with pytest.raises(ConfigError, match="STRATEGY.KEY=VALUE"):
+        parse_params(["dysta_delta=1"], ["dysta"])
+    with pytest.raises(ConfigError, match="not benchmarked"):
+        parse_params(["gotohunt.sigma=2"], ["dysta"])
+
+
+def test_entropy_profile_sees_spiky_layers_and_schedules_them_as_all():
+    model = build_model("tiny", seed=0, overrides={"backbone.layers": 3})[0]
+    observations = synthetic_observations(3, model.cfg.camera_names, model.cfg.state_dim)
+    flat = entropy_profile(model, observations, history=2)
+    assert flat.shape == (2, 3) and np.all((flat > 0) & (flat <= 1.0 + 1e-6))
+    with torch.no_grad():  # sharpen layer 2's attention: large query/key scales make it spiky
+        model.backbone.layers[2].self_attn.q_proj.weight.mul_(40.0)
+        model.backbone.layers[2].self_attn.k_proj.weight.mul_(40.0)
+    spiky = entropy_profile(model, observations, history=2).mean(axis=0)
+    assert spiky[2] < flat.mean(axis=0)[2] - 0.2
+    local, strided = propose_schedule(spiky, local_threshold=0.9, strided_threshold=spiky[2] + 0.05)
+    assert 2 not in local and 2 not in strided
+
+
+def test_propose_schedule_leading_flat_layers_local_then_strided():
+    assert propose_schedule(np.array([0.97, 0.95, 0.8, 0.5, 0.92, 0.3]), 0.9, 0.75) == ([0, 1], [2, 4])
+    assert propose_schedule(np.array([0.5, 0.95]), 0.9, 0.75) == ([], [1])
