@@ -19,6 +19,7 @@ class Latest:
 
     msg: Any
     stamp: float  # header stamp (receipt time when the publisher left it zero)
+    received: float = 0.0  # when the callback stored it
     used: bool = False
 
 
@@ -37,6 +38,11 @@ class Snapshot:
         """The observation's stamp: the oldest camera frame's."""
         return min(f.stamp for f in self.frames.values())
 
+    @property
+    def received(self) -> float:
+        """When the last frame of the set arrived."""
+        return max(f.received for f in self.frames.values())
+
 
 class LatestInputs:
     """Thread-safe latest-value store of camera frames, joint states and the instruction."""
@@ -51,7 +57,7 @@ class LatestInputs:
         self._arrivals = 0
         self.counts = {c: {"received": 0, "dropped": 0, "out_of_order": 0} for c in self.cameras}
 
-    def put_frame(self, camera: str, msg, stamp: float) -> None:
+    def put_frame(self, camera: str, msg, stamp: float, received: float = 0.0) -> None:
         with self._lock:
             counts = self.counts[camera]
             counts["received"] += 1
@@ -61,7 +67,7 @@ class LatestInputs:
                 return
             if previous is not None and not previous.used:
                 counts["dropped"] += 1
-            self._frames[camera] = Latest(msg, stamp)
+            self._frames[camera] = Latest(msg, stamp, received)
             self._arrivals += 1
             self._lock.notify_all()
 

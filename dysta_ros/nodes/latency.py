@@ -53,12 +53,14 @@ def start_policy_node(args, topics: list[str]) -> subprocess.Popen:
                "-p", f"camera_topics:=[{','.join(topics)}]",
                # quoted: ROS parses -p values as YAML, and this one is a string holding YAML
                "-p", f"preset_overrides:='{{camera_names: [{', '.join(names)}]}}'",
-               "-p", f"inference_rate_hz:={args.inference_rate}", "-p", "max_image_age_s:=1.0"]
+               "-p", f"inference_rate_hz:={args.inference_rate}", "-p", "max_image_age_s:=1.0",
+               "-p", "diagnostic_period_s:=0.5"]
     return subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 def measure(args) -> dict:
     import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.executors import SingleThreadedExecutor
     from sensor_msgs.msg import Image, JointState
     from tqdm import tqdm
@@ -90,6 +92,16 @@ def measure(args) -> dict:
         samples.append({"total": received - stamp, "model": end - start, "before": start - stamp,
                         "after": received - end, "model_busy_wait": busy, "end": end})
 
+    node_cost = {}  # policy_node's own report: last frame's arrival -> step start, last 200 steps
+
+    def on_diagnostics(msg):
+        for status in msg.status:
+            if status.name == "policy_node: inference":
+                values = {kv.key: kv.value for kv in status.values}
+                if "arrival_to_step_ms_p50" in values:
+                    node_cost.update(p50=float(values["arrival_to_step_ms_p50"]),
+                                     p99=float(values["arrival_to_step_ms_p99"]))
+
     tick = {"n": 0}
 
     def publish():
@@ -102,6 +114,7 @@ def measure(args) -> dict:
         state_pub.publish(JointState(header=frame.header, name=joints, position=[0.0] * len(joints)))
 
     node.create_subscription(ActionChunk, "/dysta/action_chunk", on_chunk, conv.RELIABLE_QOS)
+    node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
     node.create_timer(1.0 / args.rate, publish)
     executor = SingleThreadedExecutor()
     executor.add_node(node)
@@ -132,7 +145,8 @@ def measure(args) -> dict:
     ms["overhead"] = [t - m for t, m in zip(ms["total"], ms["model"])]
     ms["ros"] = [o - w for o, w in zip(ms["overhead"], ms["model_busy_wait"])]
     return {"config": vars(args), "chunks": len(samples), "load_average": os.getloadavg(),
-            "cpu_count": os.cpu_count(), "ms": {k: percentiles(v) for k, v in ms.items()}, "samples_ms": ms}
+            "cpu_count": os.cpu_count(), "ms": {k: percentiles(v) for k, v in ms.items()},
+            "node_arrival_to_step_ms": node_cost, "samples_ms": ms}
 
 
 def plot(report: dict, path: Path):
@@ -170,7 +184,8 @@ def main(argv=None) -> int:
     (out / "latency.json").write_text(json.dumps(report, indent=1))
     plot(report, out / "latency.png")
     summary = {k: {q: round(v, 2) for q, v in report["ms"][k].items()} for k in report["ms"]}
-    print(json.dumps({"chunks": report["chunks"], "ms": summary}, indent=1))
+    print(json.dumps({"chunks": report["chunks"], "ms": summary, "load_average": report["load_average"],
+                      "node_arrival_to_step_ms": report["node_arrival_to_step_ms"]}, indent=1))
     print(f"wrote {out / 'latency.json'} and {out / 'latency.png'}")
     return 0
 

@@ -201,8 +201,7 @@ class PolicyNode(LifecycleNode):
         for topic in self.topics:
             msg_type = CompressedImage if topic.rstrip("/").endswith("/compressed") else Image
             self.ros_entities.append(self.create_subscription(
-                msg_type, topic, lambda msg, t=topic: self.inputs.put_frame(t, msg, self.stamp_of(msg)),
-                conv.CAMERA_QOS))
+                msg_type, topic, lambda msg, t=topic: self.on_frame(t, msg), conv.CAMERA_QOS))
         self.ros_entities.append(self.create_subscription(
             JointState, self.robot.state_topic,
             lambda msg: self.inputs.put_state(msg, self.stamp_of(msg)), conv.STATE_QOS))
@@ -262,6 +261,11 @@ class PolicyNode(LifecycleNode):
 
     # Callbacks: store only ----------------------------------------------------------------
 
+    def on_frame(self, topic: str, msg):
+        now = self.now()
+        stamp = conv.to_seconds(msg.header.stamp)
+        self.inputs.put_frame(topic, msg, stamp if stamp > 0 else now, received=now)
+
     def stamp_of(self, msg) -> float:
         stamp = conv.to_seconds(msg.header.stamp)
         return stamp if stamp > 0 else self.now()  # an unstamped message is as old as its arrival
@@ -282,6 +286,7 @@ class PolicyNode(LifecycleNode):
         seen, next_start = 0, 0.0
         self.episode_instruction = None
         self.step_times = collections.deque(maxlen=20)
+        self.node_ms = collections.deque(maxlen=200)  # last frame's arrival -> step start
         self.steps = self.errors = 0
         while not self.stop.is_set():
             seen = self.inputs.wait(seen, timeout=0.1)
@@ -358,6 +363,7 @@ class PolicyNode(LifecycleNode):
 
     def report_step(self, snapshot, stats, start: float, end: float):
         self.steps += 1
+        self.node_ms.append((start - snapshot.received) * 1e3)
         self.step_times.append(start)
         span = self.step_times[-1] - self.step_times[0]
         rate = (len(self.step_times) - 1) / span if span > 0 else 0.0
@@ -366,6 +372,9 @@ class PolicyNode(LifecycleNode):
                        model_ms=f"{stats.stage_ms.get('total', 0.0):.2f}",
                        frame_age_at_start_ms=f"{(start - snapshot.stamp) * 1e3:.2f}",
                        stamp_to_chunk_ms=f"{(self.now() - snapshot.stamp) * 1e3:.2f}",
+                       # this node's own cost before the model: wake-up, snapshot, conversions
+                       arrival_to_step_ms_p50=f"{np.percentile(self.node_ms, 50):.2f}",
+                       arrival_to_step_ms_p99=f"{np.percentile(self.node_ms, 99):.2f}",
                        context_tokens=stats.context_tokens, errors=self.errors)
 
     def publish_diagnostics(self):
