@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from dysta_ros.cli import main
 from dysta_ros.evaluation.demo import (
     EpisodeRecord, StepRecord, format_table, summary_rows, write_report,
 )
@@ -47,10 +48,9 @@ def test_report_folder_holds_summary_plot_and_camera_strip(tmp_path):
         assert paths[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_demo_rejects_an_unknown_policy():
-    result = subprocess.run([sys.executable, "-m", "dysta_ros.cli", "demo", "--policy", "nonsense"],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and "--policy 'nonsense'" in result.stderr
+def test_demo_rejects_an_unknown_policy_before_starting_anything(capsys):
+    assert main(["demo", "--policy", "nonsense"]) == 2
+    assert "--policy 'nonsense'" in capsys.readouterr().err
 
 
 def test_demo_runs_expert_and_tiny_policy_episodes_over_ros(tmp_path):
