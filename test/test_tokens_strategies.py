@@ -267,3 +267,30 @@ def test_dysta_losses_are_finite_and_differentiable(model):
     )
     loss.backward()
     assert torch.isfinite(loss) and features.grad is not None
+
+
+@pytest.mark.parametrize("name", available_strategies())
+def test_strategy_yaml_matches_the_parameter_dataclass(name):
+    import dataclasses
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(__file__).resolve().parents[1] / "config" / "strategies" / f"{name}.yaml"
+    values = yaml.safe_load(path.read_text())
+    params_class = STRATEGIES[name].Params
+    defaults = {
+        f.name: (f.default if f.default_factory is dataclasses.MISSING else f.default_factory())
+        for f in dataclasses.fields(params_class)
+    }
+    assert values == defaults  # every key documented, the same defaults for nodes and bench
+    params_class.from_dict(values, name)
+
+
+def test_bfloat16_runs_every_strategy_close_to_float32(frames):
+    reference = run(build_model("tiny", seed=0)[0], "full", None, frames[:2])[1][-1][0].actions
+    model16 = build_model("tiny", dtype="bfloat16", seed=0)[0]
+    for name in available_strategies():
+        chunk = run(model16, name, None, frames[:2])[1][-1][0]
+        assert chunk.actions.dtype == np.float32 and np.isfinite(chunk.actions).all()
+        assert np.abs(chunk.actions - reference).max() < 0.25
