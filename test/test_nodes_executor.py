@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 rclpy = pytest.importorskip("rclpy")
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
@@ -13,6 +15,7 @@ from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
 from dysta_ros import types  # noqa: E402
+from dysta_ros.errors import InputError  # noqa: E402
 from dysta_ros.msg import ActionChunk  # noqa: E402
 from dysta_ros.nodes import conversions as conv  # noqa: E402
 from dysta_ros.nodes.chunk_executor import ChunkExecutorNode  # noqa: E402
@@ -157,3 +160,24 @@ def test_bad_parameter_values_are_refused_with_what_is_allowed(rig):
     assert not result.successful  # read-only: the control timer is built once
     assert node.set_parameters([Parameter("blending", value="temporal_ensemble")])[0].successful
     assert node.core.blender.blending == "temporal_ensemble"
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(0, 12), st.integers(0, 9), st.integers(0, 120),
+       st.sampled_from([0.1, 0.0, -1.0, float("nan"), float("inf")]), st.booleans())
+@example(4, 6, 24, 0.1, False)  # the one shape that must be used
+def test_any_chunk_message_is_either_used_consistently_or_rejected(horizon, dim, size, dt, poison):
+    robot = load_robot_config("sim_arm")
+    from dysta_ros.execution import ChunkExecutor, ExecutorConfig
+
+    executor = ChunkExecutor(ExecutorConfig(), robot)
+    msg = ActionChunk(horizon=horizon, dim=dim, dt=dt, action_space="joint_position",
+                      names=JOINTS[:dim], actions=[float("nan") if poison else 0.1] * size)
+    msg.header.stamp = conv.to_stamp(100.0)
+    try:
+        executor.on_chunk(conv.msg_to_chunk(msg), now=100.0)
+    except InputError:
+        assert executor.counts["accepted"] == 0
+        return
+    assert executor.counts["accepted"] == 1
+    assert (horizon, dim, size, dt, poison) == (horizon, 6, horizon * 6, 0.1, False) and horizon >= 1

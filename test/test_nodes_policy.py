@@ -17,6 +17,7 @@ rclpy = pytest.importorskip("rclpy")
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from lifecycle_msgs.srv import GetState  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image, JointState  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
@@ -215,6 +216,15 @@ def test_compressed_camera_with_autostart_survives_a_corrupt_jpeg(ros):
         # A live strategy switch keeps stepping, with the new strategy.
         assert node.set_parameters([Parameter("strategy", value="gotohunt")])[0].successful
         probe.publishing_until(good, lambda: probe.chunks[-1].strategy == "gotohunt")
+        # The whole lifecycle again: deactivate stops stepping, cleanup frees the model,
+        # configure + activate bring it back.
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+        assert node.runtime is None and node.thread is None
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        count = len(probe.chunks)
+        probe.publishing_until(good, lambda: len(probe.chunks) > count)
     finally:
         node.close()
         probe.spin.remove_node(node)
