@@ -163,3 +163,32 @@ def test_flow_matching_loss_trains_every_part():
             assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
         optimizer.step()
     assert losses[-1] < 0.7 * losses[0]
+
+
+@pytest.mark.parametrize("family", ["qwen2", "gemma"])
+def test_other_backbone_families_step(family):
+    rt = build_runtime("tiny", "dysta", overrides={"backbone.family": family})
+    assert type(rt.model.backbone).__name__.lower().startswith(family)
+    for seed in range(2):
+        chunk, stats = rt.step(observation(seed))
+    assert np.isfinite(chunk.actions).all() and stats.static_l1_tokens > 0
+
+
+def test_checkpoint_tokenizer_is_used_and_must_fit_the_embedding(tmp_path, runtime):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from dysta_ros.policy.tokenizer import FileTokenizer
+
+    vocab = {"[UNK]": 0, "pick": 1, "up": 2, "the": 3, "red": 4, "block": 5}
+    words = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    words.save(str(tmp_path / "words.json"))
+    save_checkpoint(tmp_path / "ckpt", runtime.model, tokenizer=FileTokenizer(tmp_path / "words.json"))
+    loaded = build_runtime(str(tmp_path / "ckpt"), "full")
+    assert loaded.tokenizer.encode("pick up the red block") == [1, 2, 3, 4, 5]
+    _, stats = loaded.step(observation())
+    assert stats.context_tokens == loaded.spec.tokens_per_frame * loaded.spec.history + 5 + 1
+    big = Tokenizer(models.WordLevel({f"w{i}": i for i in range(1000)}, unk_token="w0"))
+    big.save(str(tmp_path / "ckpt" / "tokenizer.json"))
+    with pytest.raises(CheckpointError, match="tokenizer.json"):
+        build_runtime(str(tmp_path / "ckpt"), "full")

@@ -71,15 +71,18 @@ def sim_observations(count: int, camera_names: list[str], seed: int = 0):
     from dysta_ros.sim.expert import ScriptedExpert
 
     env = SimEnv(SimConfig(image_width=224, image_height=224))
-    obs = env.reset("reach", seed=seed)
-    expert = ScriptedExpert(env)
-    observations = [obs]
-    while len(observations) < count:
-        for target in expert.plan(obs.state):
-            obs, _ = env.step(target)
-            observations.append(obs)
-            if len(observations) == count:
-                break
+    try:
+        obs = env.reset("reach", seed=seed)
+        expert = ScriptedExpert(env)
+        observations = [obs]
+        while len(observations) < count:
+            for target in expert.plan(obs.state):
+                obs, _ = env.step(target)
+                observations.append(obs)
+                if len(observations) == count:
+                    break
+    finally:
+        env.close()  # release the GL context here, not in a garbage collector's thread
     missing = [name for name in camera_names if name not in observations[0].images]
     if missing:
         raise ConfigError(f"the sim renders {sorted(observations[0].images)}, the model needs {missing}")

@@ -26,10 +26,14 @@ OPTIONAL_PREFIXES = ("disentangler.", "recache_gate.")
 log = logging.getLogger(__name__)
 
 
-def save_checkpoint(directory, model: VLAModel, extra_config: dict[str, Any] | None = None) -> Path:
-    """Write model to directory as config.json + model.safetensors; return the directory."""
+def save_checkpoint(
+    directory, model: VLAModel, extra_config: dict[str, Any] | None = None, tokenizer=None
+) -> Path:
+    """Write model to directory as config.json + model.safetensors (+ tokenizer.json); return it."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    if hasattr(tokenizer, "save"):  # a FileTokenizer; the byte tokenizer needs no file
+        tokenizer.save(directory / "tokenizer.json")
     config = {"format": FORMAT, "policy": model.cfg.to_dict(), **(extra_config or {})}
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}

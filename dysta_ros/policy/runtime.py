@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dysta_ros.errors import ConfigError, InferenceError, InputError
+from dysta_ros.errors import CheckpointError, ConfigError, InferenceError, InputError
 from dysta_ros.policy.checkpoint import load_checkpoint
 from dysta_ros.policy.config import PRESETS, preset_config
 from dysta_ros.policy.model import VLAModel
@@ -245,7 +245,13 @@ def build_model(
             "overrides apply to presets only; a checkpoint's config is what it was trained with"
         )
     vla, _ = load_checkpoint(path, device=device, overrides_dtype=torch_dtype)
-    return vla, load_tokenizer(path)
+    tokenizer = load_tokenizer(path)
+    if tokenizer.vocab_size > vla.cfg.backbone.vocab_size:
+        raise CheckpointError(
+            f"{path / 'tokenizer.json'}: vocabulary of {tokenizer.vocab_size} ids does not fit "
+            f"the backbone's embedding of {vla.cfg.backbone.vocab_size}"
+        )
+    return vla, tokenizer
 
 
 def build_runtime(

@@ -35,6 +35,9 @@ class FileTokenizer:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text).ids[:MAX_TEXT_TOKENS]
 
+    def save(self, path: Path) -> None:
+        self.tokenizer.save(str(path))
+
 
 def load_tokenizer(directory: Path | None):
     """Return the checkpoint's tokenizer.json tokenizer if there is one, else bytes."""
