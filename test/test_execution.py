@@ -224,3 +224,18 @@ def test_joint_states_are_picked_by_name(robot):
         robot.pick_joints(JOINTS, [0.0] * 5 + [float("nan")])
     with pytest.raises(InputError, match="duplicated"):
         robot.pick_joints(JOINTS + ["joint1"], [0.0] * 7)
+
+
+def test_end_effector_outputs_take_their_action_space_unclipped():
+    robot = RobotConfig.from_dict(dict(
+        name="servo_arm", joints=["a", "b"], action_space="ee_twist", command_output="ee_twist",
+        limits=dict(position_lower=[-1, -1], position_upper=[1, 1], velocity=[1, 1]),
+        command_topics={"ee_twist": "/servo_node/delta_twist_cmds"}))
+    executor = ChunkExecutor(ExecutorConfig(control_rate_hz=10.0, blending="latest"), robot)
+    twist = ActionChunk(stamp=5.0, actions=np.tile([[0.1, 0, 0, 0, 0, 2.0]], (10, 1)).astype(np.float32),
+                        dt=0.1, action_space="ee_twist", names=["vx", "vy", "vz", "wx", "wy", "wz"])
+    executor.on_chunk(twist, now=5.0)
+    np.testing.assert_allclose(executor.tick(now=5.0).command, [0.1, 0, 0, 0, 0, 2.0], rtol=1e-6)
+    with pytest.raises(InputError, match="dim in"):
+        executor.on_chunk(ActionChunk(stamp=5.0, actions=np.zeros((3, 4), np.float32), dt=0.1,
+                                      action_space="ee_twist"), now=5.0)

@@ -181,3 +181,16 @@ def test_any_chunk_message_is_either_used_consistently_or_rejected(horizon, dim,
         return
     assert executor.counts["accepted"] == 1
     assert (horizon, dim, size, dt, poison) == (horizon, 6, horizon * 6, 0.1, False) and horizon >= 1
+
+
+def test_end_effector_messages():
+    pose = conv.pose_msg(np.array([0.1, 0.2, 0.3, 0.0, 0.0, np.pi / 2]), "base_link", 1.5)
+    o = pose.pose.orientation
+    np.testing.assert_allclose([o.x, o.y, o.z, o.w], [0, 0, np.sin(np.pi / 4), np.cos(np.pi / 4)], atol=1e-12)
+    assert (pose.pose.position.z, pose.header.frame_id) == (pytest.approx(0.3), "base_link")
+    quaternion = conv.pose_msg(np.array([0, 0, 0, 0, 0, 0, 2.0]), "base_link", 0.0).pose.orientation
+    assert quaternion.w == pytest.approx(1.0)  # normalised
+    twist = conv.twist_msg(np.arange(6.0), "tool0", 2.0)
+    assert (twist.twist.linear.y, twist.twist.angular.z) == (1.0, 5.0)
+    hold = conv.trajectory_msg(JOINTS, np.zeros((0, 0)), [])
+    assert hold.joint_names == JOINTS and not hold.points  # JTC: stop and hold
