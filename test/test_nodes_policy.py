@@ -183,7 +183,8 @@ def test_compressed_camera_with_autostart_survives_a_corrupt_jpeg(ros):
     node = PolicyNode(parameter_overrides=[
         Parameter("autostart", value=True), Parameter("camera_topics", value=[topic]),
         Parameter("strategy", value="full"), Parameter("diagnostic_period_s", value=0.1),
-        Parameter("max_image_age_s", value=2.0), Parameter("inference_rate_hz", value=50.0)])
+        Parameter("max_image_age_s", value=2.0), Parameter("inference_rate_hz", value=50.0),
+        Parameter("publish_trajectory", value=True)])
     probe = Probe(topic, CompressedImage)
     probe.spin.add_node(node)
     ok, jpeg = cv2.imencode(".jpeg", RNG.integers(0, 255, (48, 64, 3), dtype=np.uint8))
@@ -202,7 +203,14 @@ def test_compressed_camera_with_autostart_survives_a_corrupt_jpeg(ros):
         future = get_state.call_async(GetState.Request())
         assert spin_until(probe.spin, future.done)
         assert future.result().current_state.label == "active"
-        probe.publishing_until(good, lambda: len(probe.chunks) >= 1)
+        probe.publishing_until(good, lambda: len(probe.chunks) >= 1 and probe.commands)
+        # publish_trajectory: the chunk as a JointTrajectory, stamped with the observation
+        trajectory = probe.commands[0]
+        chunk = next(c for c in probe.chunks if c.header.stamp == trajectory.header.stamp)
+        assert trajectory.joint_names == JOINTS
+        assert len(trajectory.points) == chunk.horizon
+        np.testing.assert_allclose(trajectory.points[1].positions, chunk.actions[chunk.dim:2 * chunk.dim],
+                                   rtol=1e-6)
         bad = probe.publishing_until(corrupt, lambda: (s := probe.status("inputs")) is not None
                                      and s[0] == 2 and "truncated JPEG" in s[1])
         assert not chunk_stamps(probe) & set(bad)
