@@ -52,3 +52,15 @@ def test_wait_returns_on_a_new_arrival_or_times_out():
     assert inputs.wait(0, timeout=0.01) == 0
     inputs.put_frame("/cam", "f", 1.0)
     assert inputs.wait(0, timeout=10.0) == 1
+
+
+def test_every_status_starts_as_error_until_set():
+    from dysta_ros.nodes.diagnostics import ERROR, OK, StatusBoard
+
+    board = StatusBoard("policy_node", "cpu", ["inputs", "inference"])
+    assert {n: e.level for n, e in board.snapshot().items()} == {"inputs": ERROR, "inference": ERROR}
+    board.set("inputs", OK, "fresh", dropped=3)
+    board.update("inputs", received=10)
+    entry = board.get("inputs")
+    assert (entry.level, entry.message, entry.values) == (OK, "fresh", {"dropped": "3", "received": "10"})
+    assert board.get("inference").message == "no report yet"

@@ -24,8 +24,7 @@ from pathlib import Path
 import numpy as np
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cameras", type=int, default=2)
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
@@ -37,7 +36,6 @@ def parse_args(argv=None):
     parser.add_argument("--strategy", default="dysta")
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--out", default="latency_report", help="directory for latency.json and latency.png")
-    return parser.parse_args(argv)
 
 
 def percentiles(values_ms) -> dict:
@@ -175,8 +173,8 @@ def plot(report: dict, path: Path):
     plt.close(fig)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def run(args) -> int:
+    """Measure, write the report, print the summary (`dysta-ros latency` if registered)."""
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     report = measure(args)
     out = Path(args.out)
@@ -188,6 +186,12 @@ def main(argv=None) -> int:
                       "node_arrival_to_step_ms": report["node_arrival_to_step_ms"]}, indent=1))
     print(f"wrote {out / 'latency.json'} and {out / 'latency.png'}")
     return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
