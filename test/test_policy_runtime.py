@@ -192,3 +192,19 @@ def test_checkpoint_tokenizer_is_used_and_must_fit_the_embedding(tmp_path, runti
     big.save(str(tmp_path / "ckpt" / "tokenizer.json"))
     with pytest.raises(CheckpointError, match="tokenizer.json"):
         build_runtime(str(tmp_path / "ckpt"), "full")
+
+
+def test_non_finite_actions_are_refused(runtime):
+    import torch
+
+    bias = runtime.model.action_expert.action_out_proj.bias
+    saved = bias.detach().clone()
+    with torch.no_grad():
+        bias[0] = float("nan")
+    try:
+        with pytest.raises(InferenceError, match="non-finite"):
+            runtime.step(observation())
+    finally:
+        with torch.no_grad():
+            bias.copy_(saved)
+    assert np.isfinite(runtime.step(observation())[0].actions).all()
