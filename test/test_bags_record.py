@@ -36,7 +36,7 @@ def sim_bag(tmp_path_factory):
 
 def test_sim_episodes_are_recorded_with_everything_a_robot_bag_has(sim_bag):
     out, stdout = sim_bag
-    assert "2/2 episodes succeeded" in stdout  # the scripted expert solves reach
+    assert "2/2 episodes succeeded" in stdout, stdout  # the scripted expert solves reach
     with BagReader(out) as bag:
         counts, topics = bag.message_counts, bag.topics
         assert bag.qos("/dysta/instruction").transient_local
