@@ -102,8 +102,9 @@ class ActionExpert(nn.Module):
     def __init__(self, cfg: ExpertConfig, backbone: BackboneConfig, action_dim: int, horizon: int):
         super().__init__()
         self.cfg, self.horizon, self.action_dim = cfg, horizon, action_dim
-        # Expert layer j reads the K/V of backbone layer j * B // E.
-        self.layer_map = [j * backbone.layers // cfg.layers for j in range(cfg.layers)]
+        # Expert layer j reads backbone layer (j + 1) * B // E - 1: evenly spread and ending at
+        # the last layer, so no backbone layer is computed for nobody.
+        self.layer_map = [(j + 1) * backbone.layers // cfg.layers - 1 for j in range(cfg.layers)]
         self.action_in_proj = nn.Linear(action_dim, cfg.width)
         self.time_mlp_in = nn.Linear(cfg.width, cfg.width)
         self.time_mlp_out = nn.Linear(cfg.width, cfg.width)

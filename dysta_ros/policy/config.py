@@ -88,7 +88,7 @@ class ExpertConfig:
     """Flow-matching action expert: attends to the backbone's prefix K/V of mapped layers."""
 
     width: int = 32
-    layers: int = 2  # expert layer j reads backbone layer j * backbone.layers // layers
+    layers: int = 2  # expert layer j reads backbone layer (j + 1) * backbone.layers // layers - 1
     mlp_width: int = 64
     flow_steps: int = 10  # Euler steps from t=1 (noise) to t=0
     head: str = "flow"  # "flow" or "regression" (one pass at t=1 without noise)
@@ -186,7 +186,7 @@ PRESETS: dict[str, PolicyConfig] = {
         vision=VisionConfig(image_size=224, patch_size=16, width=384, layers=6, heads=6, mlp_width=1536),
         # ~136M-parameter Llama: about 85 % of a `full` step at T=1, as the LLM is in real VLAs.
         backbone=BackboneConfig(width=1024, layers=12, heads=16, kv_heads=4, mlp_width=2816),
-        # Reads backbone layers 0, 3, 6, 9.
+        # Reads backbone layers 2, 5, 8, 11.
         expert=ExpertConfig(width=384, layers=4, mlp_width=1024, flow_steps=10),
     ),
     # SmolVLA-sized (SmolLM2-360M-like 16-layer backbone, 0.75x expert): for GPUs.
