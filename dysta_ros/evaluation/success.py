@@ -101,7 +101,7 @@ def evaluate(
     history: int | None = None,
     execute_steps: int | None = None,
     param_overrides: list[str] | None = None,
-    threads: int = 2,
+    threads: int = 1,
 ) -> dict:
     """Run every strategy on seeds seed_start .. + episodes - 1; return the results dict."""
     import torch
@@ -237,7 +237,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="actions executed per chunk (default: the checkpoint's frame stride)")
     parser.add_argument("--param", action="append", default=[], metavar="STRATEGY.KEY=VALUE",
                         help="strategy parameter override, repeatable (e.g. dysta.delta_l1=0.3)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (more than the free cores makes every step much slower)")
     parser.add_argument("--report", default=None, help="directory for report.md, success.png, results.json")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
 

@@ -57,7 +57,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     seed: int = 0
     save_every: int = 500
-    threads: int = 2
+    threads: int = 1  # torch threads; on a shared CPU more threads than free cores is ~10x slower
 
     def __post_init__(self):
         positive = ("steps", "batch", "history", "frame_stride", "save_every", "threads")
