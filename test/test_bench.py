@@ -35,23 +35,24 @@ def model():
 
 def test_bench_rows_compare_like_for_like(model):
     observations = synthetic_observations(4, model.cfg.camera_names, model.cfg.state_dim)
-    rows = run_bench(model, available_strategies(), [1, 3], observations, warmup=1, progress=False)
+    rows = run_bench(model, available_strategies(), [1, 5], observations, warmup=1, progress=False)
     assert len(rows) == 2 * len(available_strategies())
     by_key = {(r["strategy"], r["history"]): r for r in rows}
     for row in rows:
         assert SCHEMA <= set(row) and row["steps"] == 3
         assert row["step_ms_p90"] >= row["step_ms_p50"] > 0
         assert 0 <= row["action_dev_mean"] <= row["action_dev_max"]
-    for t in (1, 3):
+    for t in (1, 5):
         full = by_key[("full", t)]
         assert full["speedup_vs_full"] == 1.0 and full["action_dev_max"] == 0.0 and full["flops_ratio"] == 1.0
         dysta = by_key[("dysta", t)]
         assert dysta["recomputed_tokens"] < full["recomputed_tokens"] and dysta["flops_ratio"] < 1.0
         assert dysta["static_tokens"] > 0
     # One static copy instead of one per frame: the context itself shrinks with history.
-    assert by_key[("dysta", 3)]["context_tokens"] < by_key[("full", 3)]["context_tokens"]
-    assert by_key[("full", 3)]["context_tokens"] > by_key[("full", 1)]["context_tokens"]
-    assert by_key[("gotohunt", 3)]["frames_attended"] == 2  # round(0.5 * 3)
+    assert by_key[("dysta", 5)]["context_tokens"] < by_key[("full", 5)]["context_tokens"]
+    assert by_key[("full", 5)]["context_tokens"] > by_key[("full", 1)]["context_tokens"]
+    assert by_key[("gotohunt", 5)]["frames_attended"] == 4  # num_anchors
+    assert by_key[("gotohunt", 5)]["context_tokens"] < by_key[("full", 5)]["context_tokens"]
 
 
 def test_bench_cli_writes_json_and_plot(tmp_path, capsys):

@@ -48,7 +48,7 @@ def tail_length(rt):
 
 @pytest.mark.parametrize("name", available_strategies())
 def test_every_strategy_steps_with_configured_token_counts(model, frames, name):
-    rt, results = run(model, name, None, frames[:4])
+    rt, results = run(model, name, None, frames[:4], history=6)
     n, t, tail = rt.spec.tokens_per_frame, rt.spec.history, tail_length(rt)
     params = rt.strategy.params
     for chunk, stats in results:
@@ -65,7 +65,7 @@ def test_every_strategy_steps_with_configured_token_counts(model, frames, name):
             assert stats.dynamic_tokens == (n - static) * anchors
             assert stats.context_tokens == static + stats.dynamic_tokens + tail
         elif name == "gotohunt":
-            assert stats.frames_attended == params.anchor_count(t) == 2
+            assert stats.frames_attended == params.anchor_count(t) == 4
             assert stats.context_tokens == stats.frames_attended * n + tail
         else:
             assert stats.context_tokens == t * n + tail

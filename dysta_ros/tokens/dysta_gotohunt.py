@@ -13,7 +13,7 @@ from dysta_ros.tokens.gotohunt import AnchorParams, select_anchors
 class DystaGotohuntParams(DystaParams):
     """DySta's parameters plus the anchor count."""
 
-    num_anchors: int = 0  # K; 0 = round(anchor_fraction * T), at least 1
+    num_anchors: int = 4  # K, fixed as in the paper (25 of 500); 0 = round(anchor_fraction * T)
     anchor_fraction: float = 0.5
 
     def __post_init__(self):

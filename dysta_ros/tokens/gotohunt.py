@@ -25,7 +25,7 @@ from dysta_ros.tokens.base import PrefixResult, StepContext, Strategy, StrategyP
 class AnchorParams(StrategyParams):
     """How many anchor frames to keep."""
 
-    num_anchors: int = 0  # K; 0 = round(anchor_fraction * T), at least 1
+    num_anchors: int = 4  # K, fixed as in the paper (25 of 500); 0 = round(anchor_fraction * T)
     anchor_fraction: float = 0.5
 
     def __post_init__(self):
