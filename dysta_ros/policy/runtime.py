@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dysta_ros.errors import CheckpointError, ConfigError, InferenceError, InputError
+from dysta_ros.errors import CheckpointError, ConfigError, DystaError, InferenceError
 from dysta_ros.policy.checkpoint import load_checkpoint
 from dysta_ros.policy.config import PRESETS, preset_config
 from dysta_ros.policy.model import VLAModel
@@ -148,14 +148,12 @@ class PolicyRuntime:
         try:
             with torch.inference_mode():
                 actions, stats = self._infer(pixels, state, instruction, timer)
-        except (InputError, ConfigError):
-            raise
         except Exception as exc:
             # Whatever the strategy had half-updated is dropped; the next good step starts clean.
             self.frames = deque(saved_frames, maxlen=self.history)
             self.frame_count = saved_count
             self.strategy.reset()
-            if isinstance(exc, InferenceError):
+            if isinstance(exc, DystaError):
                 raise
             raise InferenceError(f"{type(exc).__name__} during inference: {exc}") from exc
         chunk = ActionChunk(
