@@ -294,3 +294,15 @@ def test_bfloat16_runs_every_strategy_close_to_float32(frames):
         chunk = run(model16, name, None, frames[:2])[1][-1][0]
         assert chunk.actions.dtype == np.float32 and np.isfinite(chunk.actions).all()
         assert np.abs(chunk.actions - reference).max() < 0.25
+
+
+@torch.inference_mode()
+def test_learned_gate_decides_refreshes(frames):
+    model = build_model("tiny", seed=0)[0]
+    rt = build_runtime(model, "dysta", {"learned": True}, history=2)
+    for bias, expected in ((20.0, True), (-20.0, False)):  # gate probability ~1, then ~0
+        for head in model.recache_gate.heads:
+            head.bias.fill_(bias)
+        rt.reset()
+        refreshed = [rt.step(obs(image))[1].recached_l1 for image in frames[:3]]
+        assert refreshed == [True, expected, expected]

@@ -41,6 +41,7 @@ class DystaParams(StrategyParams):
     change_ema: float = 0.7  # weight of the past in the per-patch change EMA
     max_static_age: int = 100  # steps; refresh the static cache at this age regardless (0 = never)
     learned: bool = False  # use the checkpoint's Disentangler and RecacheGate
+    learned_gate_threshold: float = 0.5  # learned: refresh level l when its gate probability exceeds this
 
     def __post_init__(self):
         super().__post_init__()
@@ -102,9 +103,13 @@ class DystaStrategy(Strategy):
             l1, l2, _ = self.groups
             g1 = float(change[l1].mean()) if len(l1) else 0.0
             g2 = float(change[l2].mean()) if len(l2) else 0.0
+        if self.params.learned:  # gate outputs are refresh probabilities
+            delta_l1 = delta_l2 = self.params.learned_gate_threshold
+        else:
+            delta_l1, delta_l2 = self.params.delta_l1, self.params.delta_l2
         aged = self.params.max_static_age > 0 and self.age >= self.params.max_static_age
-        refresh_l1 = g1 > self.params.delta_l1 or aged
-        return refresh_l1, refresh_l1 or g2 > self.params.delta_l2
+        refresh_l1 = g1 > delta_l1 or aged
+        return refresh_l1, refresh_l1 or g2 > delta_l2
 
     # --- static cache ------------------------------------------------------------------
     def build_static(self, ctx: StepContext, frame, levels: str) -> None:
