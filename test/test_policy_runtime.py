@@ -208,3 +208,31 @@ def test_non_finite_actions_are_refused(runtime):
         with torch.no_grad():
             bias.copy_(saved)
     assert np.isfinite(runtime.step(observation())[0].actions).all()
+
+
+def test_expert_grouped_query_attention_equals_repeated_kv_attention():
+    import torch
+    import torch.nn.functional as F
+
+    from dysta_ros.policy.action_expert import rope, rope_tables
+    from dysta_ros.policy.attention import repeat_kv
+    from dysta_ros.policy.runtime import build_model
+
+    model, _ = build_model("tiny", seed=2)
+    attn = model.action_expert.layers[0].self_attn
+    b, n, p, hkv, d = 2, 8, 13, attn.kv_heads, attn.head_dim
+    x = torch.randn(b, n, model.cfg.expert.width)
+    prefix_k, prefix_v = torch.randn(1, hkv, p, d), torch.randn(1, hkv, p, d)
+    cos, sin = rope_tables(torch.arange(p, p + n), d, attn.theta, torch.float32)
+    free = torch.zeros(1, hkv, n, d)
+    keys = torch.cat([prefix_k, free], 2).expand(b, -1, -1, -1).clone()
+    values = torch.cat([prefix_v, free], 2).expand(b, -1, -1, -1).clone()
+    out = attn(x, keys, values, cos, sin)
+    q = rope(attn.q_proj(x).view(b, n, attn.heads, d).transpose(1, 2), cos, sin)
+    k = rope(attn.k_proj(x).view(b, n, hkv, d).transpose(1, 2), cos, sin)
+    v = attn.v_proj(x).view(b, n, hkv, d).transpose(1, 2)
+    groups = attn.heads // hkv
+    all_k = repeat_kv(torch.cat([prefix_k.expand(b, -1, -1, -1), k], 2), groups)
+    all_v = repeat_kv(torch.cat([prefix_v.expand(b, -1, -1, -1), v], 2), groups)
+    expected = attn.o_proj(F.scaled_dot_product_attention(q, all_k, all_v).transpose(1, 2).reshape(b, n, -1))
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)

@@ -14,7 +14,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dysta_ros.policy.attention import repeat_kv
 from dysta_ros.policy.config import BackboneConfig, ExpertConfig
 
 
@@ -58,17 +57,20 @@ class ExpertAttention(nn.Module):
         self.v_proj = nn.Linear(cfg.width, self.kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.heads * self.head_dim, cfg.width, bias=False)
 
-    def forward(self, x, prefix_k, prefix_v, cos, sin):
-        """Attend from x (B, n, We); prefix_k/v (B, H, P, D) are already repeated to H heads."""
+    def forward(self, x, keys, values, cos, sin):
+        """Attend from x (B, n, We) over keys/values (B, Hkv, P+n, D): the prefix, then n free rows."""
         b, n, _ = x.shape
         groups = self.heads // self.kv_heads
         q = self.q_proj(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)  # (B, H, n, D)
         k = self.k_proj(x).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, n, D)
         v = self.v_proj(x).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
         q, k = rope(q, cos, sin), rope(k, cos, sin)
-        keys = torch.cat([prefix_k, repeat_kv(k, groups)], dim=2)  # (B, H, P+n, D)
-        values = torch.cat([prefix_v, repeat_kv(v, groups)], dim=2)
-        out = F.scaled_dot_product_attention(q, keys, values)  # (B, H, n, D): prefix + each other
+        keys[:, :, -n:] = k  # the prefix rows are never copied again, whatever its length
+        values[:, :, -n:] = v
+        # GQA without repeating K/V: the query heads of one KV head become one longer query block.
+        grouped = q.reshape(b, self.kv_heads, groups * n, self.head_dim)  # (B, Hkv, groups*n, D)
+        out = F.scaled_dot_product_attention(grouped, keys, values)  # prefix + each other, no mask
+        out = out.view(b, self.heads, n, self.head_dim)  # (B, H, n, D)
         return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))  # (B, n, We)
 
 
@@ -91,8 +93,8 @@ class ExpertLayer(nn.Module):
         self.post_attention_norm = nn.RMSNorm(cfg.width, eps=1e-6)
         self.mlp = ExpertMLP(cfg)
 
-    def forward(self, x, prefix_k, prefix_v, cos, sin):
-        x = x + self.self_attn(self.input_norm(x), prefix_k, prefix_v, cos, sin)
+    def forward(self, x, keys, values, cos, sin):
+        x = x + self.self_attn(self.input_norm(x), keys, values, cos, sin)
         return x + self.mlp(self.post_attention_norm(x))
 
 
@@ -113,24 +115,23 @@ class ActionExpert(nn.Module):
         self.action_out_proj = nn.Linear(cfg.width, action_dim)
 
     def prepare(self, prefix, prefix_length: int, batch: int, dtype: torch.dtype):
-        """Per expert layer, the mapped backbone K/V repeated to all heads, and the RoPE tables.
+        """Per expert layer, K/V buffers holding the mapped backbone layer's prefix, and RoPE tables.
 
-        Done once per chunk: every Euler step reads the same prefix.
+        Done once per chunk: every Euler step writes only its action rows into the buffers.
         """
-        attn = self.layers[0].self_attn
-        groups = attn.heads // attn.kv_heads
         kv = []
         for mapped in self.layer_map:
             k, v = prefix[mapped]  # (1 or B, Hkv, P, D)
+            free = k.new_zeros(k.shape[0], k.shape[1], self.horizon, k.shape[3])  # (., Hkv, H, D)
             kv.append(
                 (
-                    repeat_kv(k, groups).expand(batch, -1, -1, -1),
-                    repeat_kv(v, groups).expand(batch, -1, -1, -1),
+                    torch.cat([k, free], dim=2).expand(batch, -1, -1, -1).clone(),
+                    torch.cat([v, free], dim=2).expand(batch, -1, -1, -1).clone(),
                 )
             )
         # RoPE positions after the whole full-layout prefix, the same for every strategy.
-        device = kv[0][0].device
-        positions = torch.arange(prefix_length, prefix_length + self.horizon, device=device)
+        attn = self.layers[0].self_attn
+        positions = torch.arange(prefix_length, prefix_length + self.horizon, device=kv[0][0].device)
         return kv, rope_tables(positions, attn.head_dim, attn.theta, dtype)
 
     def velocity(self, x_t, t, prepared):
@@ -140,8 +141,8 @@ class ActionExpert(nn.Module):
             F.silu(self.time_mlp_in(sinusoidal_time(t, self.cfg.width).to(x_t.dtype)))
         )  # (B, We)
         x = self.action_in_proj(x_t) + time[:, None, :]  # (B, H, We)
-        for layer, (prefix_k, prefix_v) in zip(self.layers, kv):
-            x = layer(x, prefix_k, prefix_v, cos, sin)
+        for layer, (keys, values) in zip(self.layers, kv):
+            x = layer(x, keys, values, cos, sin)
         return self.action_out_proj(self.norm(x))  # (B, H, A)
 
     def sample(self, prefix, prefix_length: int, noise: torch.Tensor) -> torch.Tensor:
