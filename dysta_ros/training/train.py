@@ -76,7 +76,7 @@ class TrainConfig:
 
     def data_key(self) -> dict:
         """The fields that decide the model and the data; a resume must not change them."""
-        free = ("steps", "save_every", "threads")
+        free = ("out", "steps", "save_every", "threads")  # a run may be moved or extended
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in free}
 
 
