@@ -55,26 +55,33 @@ class LatestInputs:
         self._state: Latest | None = None
         self._instruction = instruction
         self._arrivals = 0
+        self._out_of_order: dict[str, str] = {}  # camera -> why its latest arrival was refused
         self.counts = {c: {"received": 0, "dropped": 0, "out_of_order": 0} for c in self.cameras}
 
-    def put_frame(self, camera: str, msg, stamp: float, received: float = 0.0) -> None:
+    def put_frame(self, camera: str, msg, stamp: float, received: float | None = None) -> None:
+        """Store a camera's frame unless it is older than the one held (`received`: our clock now)."""
         with self._lock:
             counts = self.counts[camera]
             counts["received"] += 1
             previous = self._frames[camera]
-            if previous is not None and stamp < previous.stamp:
+            if previous is not None and stamp < previous.stamp and not _from_the_future(previous, received):
                 counts["out_of_order"] += 1  # an older frame than we hold: never step backwards
+                self._out_of_order[camera] = (f"{camera} (frame stamped {previous.stamp - stamp:.3f} s before "
+                                              f"the one held: out of order)")
                 return
             if previous is not None and not previous.used:
                 counts["dropped"] += 1
-            self._frames[camera] = Latest(msg, stamp, received)
+            self._out_of_order.pop(camera, None)
+            self._frames[camera] = Latest(msg, stamp, received or 0.0)
             self._arrivals += 1
             self._lock.notify_all()
 
-    def put_state(self, msg, stamp: float) -> None:
+    def put_state(self, msg, stamp: float, received: float | None = None) -> None:
+        """Store a joint state unless it is older than the one held (`received`: our clock now)."""
         with self._lock:
-            if self._state is None or stamp >= self._state.stamp:
-                self._state = Latest(msg, stamp)
+            previous = self._state
+            if previous is None or stamp >= previous.stamp or _from_the_future(previous, received):
+                self._state = Latest(msg, stamp, received or 0.0)
 
     def put_instruction(self, text: str) -> None:
         with self._lock:
@@ -97,7 +104,7 @@ class LatestInputs:
             stale = [self._staleness(name, latest, now, max_image_age_s)
                      for name, latest in self._frames.items()]
             stale.append(self._staleness(self.state_name, self._state, now, max_state_age_s))
-            stale = [s for s in stale if s]
+            stale = [s for s in stale if s] + list(self._out_of_order.values())
             frames = {c: f for c, f in self._frames.items() if f is not None}
             # Step on a complete set of new views: with cameras published together, stepping on
             # the first arrival would pair it with the other camera's previous frame.
@@ -117,3 +124,12 @@ class LatestInputs:
         if age < -max_age:
             return f"{name} (stamp {-age:.2f} s in the future)"
         return ""
+
+
+def _from_the_future(held: Latest, now: float | None) -> bool:
+    """Whether a held message is stamped after `now`: a future stamp, or our clock jumped back.
+
+    Such a message can never be stepped on, so it must not block the newer-looking ones that
+    follow on the current timeline (sim time reset, a bag looping, a publisher's clock fixed).
+    """
+    return now is not None and held.stamp > now
