@@ -103,8 +103,12 @@ class PolicyNode(LifecycleNode):
         self.add_on_set_parameters_callback(
             P.validator(self.params, self.get_logger().warning, apply=self.apply_parameters))
         self.values = P.read(self, self.params)
-        self.board = StatusBoard(self.get_name(), self.values["device"], ["lifecycle", "inputs", "inference"])
+        self.board = StatusBoard(self.get_name(), self.values["device"],
+                                 ["lifecycle", "inputs", "inference", "instruction"])
         self.board.set("lifecycle", WARN, "unconfigured", strategy=self.values["strategy"])
+        # Its own entry: a refused instruction stays visible after the next step reports inputs.
+        self.board.set("instruction", OK, "from the instruction parameter",
+                       characters=len(self.values["instruction"]))
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(self.values["diagnostic_period_s"], self.publish_diagnostics)
         self.runtime = None
@@ -124,9 +128,12 @@ class PolicyNode(LifecycleNode):
 
     def apply_parameters(self, changes: dict):
         values = {**P.read(self, self.params), **changes}
-        strategy = values["strategy"]
-        # Validated here, so a bad strategy parameter is refused now, not at the next step.
-        strategy_class(strategy).Params.from_dict(self.strategy_values(values, strategy), strategy)
+        # Validated here, so a bad strategy parameter is refused now, not at the next step or
+        # when its strategy is switched to later: the active strategy and every one changed.
+        touched = {values["strategy"]} | {k.split(".", 1)[0] for k in changes
+                                          if k.split(".", 1)[0] in available_strategies()}
+        for strategy in sorted(touched):
+            strategy_class(strategy).Params.from_dict(self.strategy_values(values, strategy), strategy)
         self.values = values
         if any(k == "strategy" or "." in k for k in changes):
             self.rebuild = True
@@ -204,7 +211,7 @@ class PolicyNode(LifecycleNode):
                 msg_type, topic, lambda msg, t=topic: self.on_frame(t, msg), conv.CAMERA_QOS))
         self.ros_entities.append(self.create_subscription(
             JointState, self.robot.state_topic,
-            lambda msg: self.inputs.put_state(msg, self.stamp_of(msg)), conv.STATE_QOS))
+            lambda msg: self.inputs.put_state(msg, self.stamp_of(msg), received=self.now()), conv.STATE_QOS))
         self.ros_entities.append(self.create_subscription(
             String, "/dysta/instruction", self.on_instruction, conv.LATCHED_QOS))
 
@@ -275,10 +282,11 @@ class PolicyNode(LifecycleNode):
 
     def on_instruction(self, msg):
         if len(msg.data) > MAX_INSTRUCTION_CHARS:
-            self.board.set("inputs", ERROR, f"instruction of {len(msg.data)} characters refused "
+            self.board.set("instruction", ERROR, f"instruction of {len(msg.data)} characters refused "
                            f"(at most {MAX_INSTRUCTION_CHARS}); keeping the previous one")
             return
         self.inputs.put_instruction(msg.data)
+        self.board.set("instruction", OK, "from /dysta/instruction", characters=len(msg.data))
 
     # Inference thread -----------------------------------------------------------------------
 
