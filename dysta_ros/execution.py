@@ -227,6 +227,7 @@ class ChunkExecutor:
         self.last_command_time: float | None = None
         self.counts = {"accepted": 0, "rejected": 0, "late_actions_skipped": 0, "clipped": 0, "commands": 0}
         self.last_rejection = ""
+        self.last_tick: float | None = None
 
     def reconfigure(self, config: ExecutorConfig):
         """Apply a new config live (blending, ages, compensation, dry_run); the output stays."""
@@ -240,6 +241,10 @@ class ChunkExecutor:
         """Take a chunk into the plan; raise InputError (and count it) when it is unusable."""
         try:
             actions = prepare_actions(chunk, self.robot.joints, self.action_space)
+            if chunk.stamp > now + self.config.max_chunk_age_s:
+                # An observation cannot be newer than now: the publisher's clock is wrong.
+                raise InputError(f"chunk stamped {chunk.stamp - now:.3f} s in the future (observation "
+                                 f"stamps precede their chunk); check the clocks")
             start = chunk.stamp if self.config.latency_compensation else now
             skipped = self.blender.add(TimedChunk(start, chunk.dt, actions, now), now)
         except InputError as exc:
@@ -275,6 +280,13 @@ class ChunkExecutor:
 
     def tick(self, now: float) -> Tick:
         """Return this period's command, or why there is none."""
+        jumped_back = self.last_tick is not None and now < self.last_tick
+        self.last_tick = now
+        if jumped_back:
+            # Sim time reset or a bag looped: plans and ages on the old timeline mean nothing now.
+            self.blender.clear()
+            self.deadman.reset()
+            return self._hold("the clock jumped back; waiting for a chunk on the new time")
         if self.estop.engaged:
             return self._hold(f"e-stop engaged ({self.estop.reason}); call /dysta/clear_estop to release")
         if self.deadman.expired(now):
