@@ -58,6 +58,29 @@ def raw_to_rgb(encoding: str, height: int, width: int, step: int, data) -> np.nd
     return np.ascontiguousarray(pixels[:, :, 2::-1])  # bgr8 / bgra8 -> RGB, alpha dropped
 
 
+def png_size(raw: bytes) -> tuple[int, int] | None:
+    """Return (width, height) from a PNG's IHDR chunk (always the first), or None."""
+    if len(raw) < 24 or raw[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(raw[16:20], "big"), int.from_bytes(raw[20:24], "big")
+
+
+def jpeg_size(raw: bytes) -> tuple[int, int] | None:
+    """Return (width, height) from a JPEG's start-of-frame marker, or None if there is none."""
+    i = 2  # after SOI
+    while i + 9 <= len(raw) and raw[i] == 0xFF:
+        marker = raw[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif 0xD0 <= marker <= 0xD8 or marker == 0x01:  # markers without a length
+            i += 2
+        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn: P, Y, X
+            return int.from_bytes(raw[i + 7:i + 9], "big"), int.from_bytes(raw[i + 5:i + 7], "big")
+        else:
+            i += 2 + int.from_bytes(raw[i + 2:i + 4], "big")
+    return None
+
+
 def compressed_to_rgb(fmt: str, data) -> np.ndarray:
     """Decode a CompressedImage's JPEG or PNG bytes to (H, W, 3) uint8 RGB."""
     raw = bytes(data)
@@ -73,6 +96,10 @@ def compressed_to_rgb(fmt: str, data) -> np.ndarray:
             raise InputError(f"corrupt or truncated PNG ({len(raw)} bytes; signature/IEND missing)")
     else:
         raise InputError(f"unsupported compressed format {fmt!r}; supported: jpeg, png")
+    size = png_size(raw) if "png" in kind else jpeg_size(raw)
+    if size is not None and size[0] * size[1] > MAX_PIXELS:
+        # Checked before decoding: a few kB of PNG can claim gigabytes of pixels.
+        raise InputError(f"image of {size[0]}x{size[1]} exceeds the {MAX_PIXELS} pixel limit")
     bgr = cv2.imdecode(np.frombuffer(raw, dtype=np.uint8), cv2.IMREAD_COLOR)
     if bgr is None or bgr.ndim != 3 or bgr.size == 0:
         raise InputError(f"cannot decode the {fmt!r} image ({len(raw)} bytes)")
