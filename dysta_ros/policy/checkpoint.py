@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from dysta_ros.errors import CheckpointError, ConfigError
@@ -21,6 +21,8 @@ from dysta_ros.policy.model import VLAModel
 FORMAT = "dysta_ros.policy/1"
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+# Keys with which transformers-style configs ask a loader to import the checkpoint's own code.
+CODE_KEYS = ("trust_remote_code", "auto_map", "custom_pipelines")
 # Parts a checkpoint may lack: they start random (DySta's learned modules before training).
 OPTIONAL_PREFIXES = ("disentangler.", "recache_gate.")
 log = logging.getLogger(__name__)
@@ -52,12 +54,38 @@ def read_config(directory) -> tuple[PolicyConfig, dict[str, Any]]:
         raise CheckpointError(f"{path}: not valid JSON: {exc}") from exc
     if not isinstance(data, dict) or "policy" not in data:
         raise CheckpointError(f"{path}: missing key 'policy' (the model config)")
+    asks = sorted(_code_keys(data))
+    if asks:
+        raise CheckpointError(f"{path}: asks to run code from the checkpoint ({', '.join(asks)}); refused: "
+                              f"a checkpoint is a config and tensors, never code")
     try:
         config = PolicyConfig.from_dict(data["policy"])
     except (ConfigError, TypeError) as exc:
         raise CheckpointError(f"{path}: invalid policy config: {exc}") from exc
     extra = {k: v for k, v in data.items() if k not in ("policy", "format")}
     return config, extra
+
+
+def _code_keys(data) -> set[str]:
+    """Return the keys anywhere in parsed JSON that ask a loader to import or run code."""
+    found = set()
+    if isinstance(data, dict):
+        found |= {k for k in data if k in CODE_KEYS}
+        for value in data.values():
+            found |= _code_keys(value)
+    elif isinstance(data, list):
+        for value in data:
+            found |= _code_keys(value)
+    return found
+
+
+def _tensor_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
+    """Return name -> shape from a safetensors header, reading no tensor data."""
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{weights}: not a readable safetensors file: {exc}") from exc
 
 
 def load_checkpoint(directory, device: str = "cpu", overrides_dtype: torch.dtype | None = None):
@@ -75,27 +103,27 @@ def load_checkpoint(directory, device: str = "cpu", overrides_dtype: torch.dtype
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{weights}: missing")
+    # Keys and shapes are checked on the header and a weightless (meta) model first, so a
+    # config that disagrees with its tensors is refused before any memory is allocated for it.
+    shapes = _tensor_shapes(weights)
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in VLAModel(config).state_dict().items()}
+    missing = [k for k in expected if k not in shapes and not k.startswith(OPTIONAL_PREFIXES)]
+    unexpected = [k for k in shapes if k not in expected]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{weights}: missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+        )
+    wrong = [f"{k}: {shapes[k]} != {shape}" for k, shape in expected.items() if k in shapes and shapes[k] != shape]
+    if wrong:
+        raise CheckpointError(f"{weights}: wrong shapes for the config in {CONFIG_FILE}: {wrong[:5]}")
     try:
         tensors = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{weights}: not a readable safetensors file: {exc}") from exc
     torch.manual_seed(0)
     model = VLAModel(config)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in tensors and not k.startswith(OPTIONAL_PREFIXES)]
-    unexpected = [k for k in tensors if k not in expected]
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{weights}: missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-            f"unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
-        )
-    wrong = [
-        f"{k}: {tuple(tensors[k].shape)} != {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in tensors and tensors[k].shape != v.shape
-    ]
-    if wrong:
-        raise CheckpointError(f"{weights}: wrong shapes for the config in {CONFIG_FILE}: {wrong[:5]}")
     absent = sorted({k.split(".")[0] for k in expected if k not in tensors})
     if absent:
         log.warning(
