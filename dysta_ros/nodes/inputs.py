@@ -64,7 +64,8 @@ class LatestInputs:
             counts = self.counts[camera]
             counts["received"] += 1
             previous = self._frames[camera]
-            if previous is not None and stamp < previous.stamp and not _from_the_future(previous, received):
+            older = previous is not None and stamp < previous.stamp
+            if older and not _from_the_future(previous, received):
                 counts["out_of_order"] += 1  # an older frame than we hold: never step backwards
                 self._out_of_order[camera] = (f"{camera} (frame stamped {previous.stamp - stamp:.3f} s before "
                                               f"the one held: out of order)")
