@@ -115,7 +115,8 @@ def load_checkpoint(directory, device: str = "cpu", overrides_dtype: torch.dtype
             f"{weights}: missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
         )
-    wrong = [f"{k}: {shapes[k]} != {shape}" for k, shape in expected.items() if k in shapes and shapes[k] != shape]
+    wrong = [f"{k}: {shapes[k]} != {shape}" for k, shape in expected.items()
+             if k in shapes and shapes[k] != shape]
     if wrong:
         raise CheckpointError(f"{weights}: wrong shapes for the config in {CONFIG_FILE}: {wrong[:5]}")
     try:
