@@ -1,4 +1,4 @@
-"""Reliability over real topics: bad inputs, faults and clock jumps against a live policy_node + chunk_executor.
+"""Reliability over real topics: bad inputs, faults, clock jumps against live policy_node + chunk_executor.
 
 One policy_node (tiny preset, a raw and a compressed camera) and one chunk_executor spin on
 their own executor thread for the whole module, on sim time driven by this test's /clock. A
@@ -205,7 +205,7 @@ class Probe:
 
     def send(self, raw=None, compressed=None, state=None, offset_s=0.0, stamp=None, state_offset_s=0.0,
              cameras=(True, True)) -> float:
-        """Publish one camera set stamped `stamp` (or `offset_s` from now) and a joint state; return the stamp."""
+        """Publish a camera set stamped `stamp` (or `offset_s` from now) and a joint state; return the stamp."""
         now = self.clock.now()
         stamp = conv.to_stamp(now + offset_s if stamp is None else stamp)
         raw = raw if raw is not None else self.good_raw()
@@ -220,7 +220,7 @@ class Probe:
         return conv.to_seconds(stamp)
 
     def send_chunk(self, offset_s=0.0, **fields):
-        """Publish a good chunk, message fields replaced as given, with a fresh joint state to move from."""
+        """Publish a good chunk, message fields replaced as given, and a fresh joint state to move from."""
         self.send(cameras=(False, False))
         self.sequence += 1
         chunk = types.ActionChunk(stamp=self.clock.now() + offset_s, dt=0.1, names=list(JOINTS),
@@ -248,7 +248,7 @@ class Probe:
         return spin_until(self.spin, condition, timeout_s=timeout_s)
 
     def publishing_until(self, condition, timeout_s=30.0, **send) -> list[float]:
-        """Keep sending camera sets until `condition(stamps sent)`, or `condition()`; return the stamps."""
+        """Keep sending camera sets until `condition(stamps sent)` (or `condition()`); return the stamps."""
         sent: list[float] = []
         takes_sent = condition.__code__.co_argcount == 1
 
@@ -262,7 +262,7 @@ class Probe:
         return sent
 
     def holds_on(self, node: str, entry: str, level: int, text: str, **send) -> list[float]:
-        """Send the bad input until `node: entry` reports `text` at `level`; assert no chunk came of it."""
+        """Send bad input until `node: entry` reports `text` at `level`; assert no chunk came of it."""
         since = len(self.diagnostics)
         bad = self.publishing_until(
             lambda: (s := self.status(node, entry, since)) is not None and s[0] == level and text in s[1], **send)
@@ -490,7 +490,7 @@ def wait_until_idle(probe):
     ({"actions": [math.nan] * 120}, "non-finite"),
     ({"actions": [math.inf] * 120}, "non-finite"),
     ({"horizon": 19}, "holds 120"),
-    ({"dim": 7, "horizon": 20, "names": JOINTS + ["joint7"], "actions": [0.0] * 140}, "differ from the robot's"),
+    ({"dim": 7, "names": JOINTS + ["joint7"], "actions": [0.0] * 140}, "differ from the robot's"),
     ({"names": ["a", "b", "c", "d", "e", "f"]}, "differ from the robot's"),
     ({"names": JOINTS[:5] + ["joint1"]}, "distinct joint names"),
     ({"action_space": "ee_pose"}, "action_space 'ee_pose'"),
