@@ -67,8 +67,8 @@ class LatestInputs:
             older = previous is not None and stamp < previous.stamp
             if older and not _from_the_future(previous, received):
                 counts["out_of_order"] += 1  # an older frame than we hold: never step backwards
-                self._out_of_order[camera] = (f"{camera} (frame stamped {previous.stamp - stamp:.3f} s before "
-                                              f"the one held: out of order)")
+                self._out_of_order[camera] = (f"{camera} (frame stamped {previous.stamp - stamp:.3f} s "
+                                              f"before the one held: out of order)")
                 return
             if previous is not None and not previous.used:
                 counts["dropped"] += 1
