@@ -183,7 +183,8 @@ class Probe:
         self.watch = CommandWatch()
         self.node.create_subscription(ActionChunk, "/dysta/action_chunk", self.chunks.append, 100)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 100)
-        self.node.create_subscription(JointTrajectory, ROBOT.command_topics["joint_trajectory"], self.watch, 100)
+        self.node.create_subscription(JointTrajectory, ROBOT.command_topics["joint_trajectory"],
+                                      self.watch, 100)
         ok, jpeg = cv2.imencode(".jpeg", RNG.integers(0, 255, (48, 64, 3), dtype=np.uint8))
         ok2, png = cv2.imencode(".png", RNG.integers(0, 255, (48, 64, 3), dtype=np.uint8))
         assert ok and ok2
@@ -205,7 +206,7 @@ class Probe:
 
     def send(self, raw=None, compressed=None, state=None, offset_s=0.0, stamp=None, state_offset_s=0.0,
              cameras=(True, True)) -> float:
-        """Publish a camera set stamped `stamp` (or `offset_s` from now) and a joint state; return the stamp."""
+        """Publish a camera set stamped `stamp` (or `offset_s` from now) and a joint state; return it."""
         now = self.clock.now()
         stamp = conv.to_stamp(now + offset_s if stamp is None else stamp)
         raw = raw if raw is not None else self.good_raw()
@@ -265,7 +266,8 @@ class Probe:
         """Send bad input until `node: entry` reports `text` at `level`; assert no chunk came of it."""
         since = len(self.diagnostics)
         bad = self.publishing_until(
-            lambda: (s := self.status(node, entry, since)) is not None and s[0] == level and text in s[1], **send)
+            lambda: (s := self.status(node, entry, since)) is not None and s[0] == level and text in s[1],
+            **send)
         assert not self.chunk_stamps() & set(bad), f"a chunk was made from bad input ({text})"
         return bad
 
@@ -274,8 +276,9 @@ class Probe:
         self.publishing_until(lambda sent: bool(self.chunk_stamps() & set(sent)))
 
     def report(self):
-        return {e: self.status(n, e) for n, e in [("policy_node", "inputs"), ("policy_node", "inference"),
-                                                  ("chunk_executor", "chunks"), ("chunk_executor", "commands")]}
+        entries = [("policy_node", "inputs"), ("policy_node", "inference"), ("chunk_executor", "chunks"),
+                   ("chunk_executor", "commands")]
+        return {e: self.status(n, e) for n, e in entries}
 
     def close(self):
         self.spin.shutdown()
