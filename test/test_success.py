@@ -10,13 +10,14 @@ from dysta_ros.evaluation.success import evaluate, format_table, json_safe, writ
 
 @pytest.fixture(scope="module")
 def report():
-    return evaluate("tiny", "reach", episodes=1, strategies=["full", "dysta"], history=2, execute_steps=6,
-                    threads=1)
+    return evaluate("tiny", "reach", episodes=1, strategies=["full", "dysta", "full@1"], history=2,
+                    execute_steps=6, threads=1)
 
 
 def test_every_strategy_gets_sane_numbers_from_one_run(report):
     results = {r["strategy"]: r for r in report["results"]}
-    assert list(results) == ["full", "dysta"]
+    assert list(results) == ["full", "dysta", "full@1"]
+    assert [r["history"] for r in results.values()] == [2, 2, 1]
     for r in results.values():
         assert r["episodes"] == 1 and 0 <= r["successes"] <= 1
         assert 0.0 <= r["success_rate"] <= 1.0 and sum(r["reasons"].values()) == 1
@@ -25,12 +26,16 @@ def test_every_strategy_gets_sane_numbers_from_one_run(report):
     # DySta computes one static copy: fewer context tokens and backbone FLOPs than full.
     assert results["dysta"]["context_tokens"] < results["full"]["context_tokens"]
     assert results["dysta"]["flops_ratio"] < 1.0
+    # `full@1` keeps one frame: a shorter context than `full` at T=2, still every token of it.
+    assert results["full@1"]["context_tokens"] < results["full"]["context_tokens"]
+    assert results["full@1"]["flops_ratio"] == pytest.approx(1.0)
     assert report["history"] == 2 and report["execute_steps"] == 6
 
 
 def test_table_json_and_report_files(report, tmp_path):
     table = format_table(report)
     assert "full" in table.splitlines()[2] and "dysta" in table.splitlines()[3]
+    assert "full@1" in table.splitlines()[4]
     write_report(report, tmp_path, command="dysta-ros closed-loop --episodes 1")
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved == json.loads(json.dumps(json_safe(report)))
@@ -49,5 +54,7 @@ def test_cli_prints_json(capsys):
 def test_unknown_strategy_and_bad_param_are_named():
     with pytest.raises(ConfigError, match="warp"):
         evaluate("tiny", strategies=["warp"], episodes=1)
+    with pytest.raises(ConfigError, match="full@x"):
+        evaluate("tiny", strategies=["full@x"], episodes=1)
     with pytest.raises(ConfigError, match="STRATEGY.KEY=VALUE"):
         evaluate("tiny", strategies=["full"], episodes=1, param_overrides=["delta=1"])

@@ -36,8 +36,9 @@ LEARNED_STRATEGIES = ("dysta", "dysta_gotohunt")
 class StrategyResult:
     """One strategy's episodes summarised."""
 
-    strategy: str
+    strategy: str  # as asked: `name` or `name@T`
     params: dict
+    history: int  # frames T the runtime kept
     episodes: int = 0
     successes: int = 0
     success_rate: float = 0.0
@@ -53,9 +54,9 @@ class StrategyResult:
     seeds_failed: list[int] = field(default_factory=list)
 
 
-def summarise(strategy: str, params: dict, episodes: list[Episode]) -> StrategyResult:
+def summarise(strategy: str, params: dict, episodes: list[Episode], history: int) -> StrategyResult:
     """Aggregate a strategy's episodes."""
-    result = StrategyResult(strategy, params, episodes=len(episodes))
+    result = StrategyResult(strategy, params, history, episodes=len(episodes))
     stats = [s for episode in episodes for s in episode.stats]
     result.successes = sum(e.outcome.success for e in episodes)
     if episodes:
@@ -74,6 +75,18 @@ def summarise(strategy: str, params: dict, episodes: list[Episode]) -> StrategyR
         result.context_tokens = float(np.mean([s.context_tokens for s in stats]))
         result.recache_rate = float(np.mean([s.recached_l1 for s in stats]))
     return result
+
+
+def parse_spec(spec: str) -> tuple[str, int | None]:
+    """`name` or `name@T` (a strategy with its own history length) -> (name, T or None)."""
+    name, _, frames = spec.partition("@")
+    if name not in available_strategies():
+        raise ConfigError(f"strategies: unknown {name!r}; choose from {', '.join(available_strategies())}")
+    if not frames:
+        return name, None
+    if not frames.isdigit() or int(frames) < 1:
+        raise ConfigError(f"strategies: {spec!r}: the history after '@' must be an integer >= 1")
+    return name, int(frames)
 
 
 def strategy_params(model, strategies: list[str], overrides: list[str]) -> dict[str, dict]:
@@ -111,9 +124,7 @@ def evaluate(
     from dysta_ros.sim.env import SimEnv
 
     strategies = strategies or ["full"]
-    unknown = sorted(set(strategies) - set(available_strategies()))
-    if unknown:
-        raise ConfigError(f"strategies: unknown {unknown}; choose from {', '.join(available_strategies())}")
+    specs = {spec: parse_spec(spec) for spec in strategies}
     if episodes < 1:
         raise ConfigError(f"episodes: must be >= 1, got {episodes}")
     torch.set_num_threads(threads)
@@ -122,29 +133,31 @@ def evaluate(
         trained = read_config(model)[1].get("training", {})
     execute_steps = int(execute_steps or trained.get("frame_stride", 4))
     vla, tokenizer = build_model(model)
-    params = strategy_params(vla, strategies, param_overrides or [])
-    runtimes = {s: PolicyRuntime(vla, strategy=s, strategy_params=params[s], history=history,
-                                 tokenizer=tokenizer) for s in strategies}
+    params = strategy_params(vla, sorted({name for name, _ in specs.values()}), param_overrides or [])
+    runtimes = {spec: PolicyRuntime(vla, strategy=name, strategy_params=params[name],
+                                    history=spec_history or history, tokenizer=tokenizer)
+                for spec, (name, spec_history) in specs.items()}
     env = SimEnv()
-    runs: dict[str, list[Episode]] = {s: [] for s in strategies}
+    runs: dict[str, list[Episode]] = {spec: [] for spec in specs}
     try:
         seeds = range(seed_start, seed_start + episodes)
         for seed in tqdm(seeds, desc=f"closed loop {task}", unit="seed"):
-            for strategy, runtime in runtimes.items():
-                runs[strategy].append(
+            for spec, runtime in runtimes.items():
+                runs[spec].append(
                     run_episode(env, runtime, task, seed, execute_steps, keep_observations=False))
     finally:
         env.close()
-    results = [summarise(s, params[s], runs[s]) for s in strategies]
-    if "full" in runs:
-        base = results[strategies.index("full")].step_ms
+    results = [summarise(spec, params[specs[spec][0]], runs[spec], runtimes[spec].history)
+               for spec in specs]
+    baseline = next((r for r in results if specs[r.strategy][0] == "full"), None)
+    if baseline is not None:
         for result in results:
-            result.speedup = base / result.step_ms if result.step_ms > 0 else float("nan")
+            result.speedup = baseline.step_ms / result.step_ms if result.step_ms > 0 else float("nan")
     return {
         "model": str(model),
         "task": task,
         "seeds": [seed_start, seed_start + episodes - 1],
-        "history": runtimes[strategies[0]].history,
+        "history": runtimes[strategies[0]].history,  # of the first row; each row has its own
         "execute_steps": execute_steps,
         "learned_dysta": bool(getattr(vla, "has_learned_dysta", False)),
         "results": [asdict(r) for r in results],
@@ -153,13 +166,14 @@ def evaluate(
 
 def format_table(report: dict) -> str:
     """A plain-text table of the results, one row per strategy."""
-    header = (f"{'strategy':<16}{'success':>12}{'step ms':>10}{'speedup':>9}"
+    header = (f"{'strategy':<18}{'T':>3}{'success':>12}{'step ms':>10}{'speedup':>9}"
               f"{'FLOPs':>8}{'context':>9}{'recache':>9}")
     lines = [f"{report['task']}: seeds {report['seeds'][0]}..{report['seeds'][1]}, "
-             f"T={report['history']}, {report['execute_steps']} steps per chunk", header]
+             f"{report['execute_steps']} steps per chunk", header]
     for r in report["results"]:
         lines.append(
-            f"{r['strategy']:<16}{r['successes']:>5}/{r['episodes']:<3}{100 * r['success_rate']:>3.0f}%"
+            f"{r['strategy']:<18}{r['history']:>3}{r['successes']:>5}/{r['episodes']:<3}"
+            f"{100 * r['success_rate']:>3.0f}%"
             f"{r['step_ms']:>10.1f}{r['speedup']:>8.2f}x{r['flops_ratio']:>8.2f}"
             f"{r['context_tokens']:>9.0f}{r['recache_rate']:>9.2f}")
     return "\n".join(lines)
@@ -208,7 +222,7 @@ def write_report(report: dict, directory: Path, command: str = "") -> None:
         f"# Closed-loop success: {report['task']}",
         "",
         f"Model `{report['model']}` (learned DySta parts: {report['learned_dysta']}), "
-        f"history T={report['history']}, {report['execute_steps']} actions executed per chunk, "
+        f"{report['execute_steps']} actions executed per chunk, "
         f"held-out seeds {report['seeds'][0]}..{report['seeds'][1]}.",
         "",
         "```",
@@ -231,7 +245,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--episodes", type=int, default=20, help="held-out seeds per strategy")
     parser.add_argument("--seed-start", type=int, default=HELD_OUT_SEED_START, help="first held-out seed")
     parser.add_argument("--strategies", default=",".join(available_strategies()),
-                        help="comma-separated strategies")
+                        help="comma-separated strategies; `name@T` gives one its own history, e.g. full@2")
     parser.add_argument("--history", type=int, default=None, help="frames T (default: the checkpoint's)")
     parser.add_argument("--execute-steps", type=int, default=None,
                         help="actions executed per chunk (default: the checkpoint's frame stride)")
