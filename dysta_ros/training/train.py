@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
@@ -141,8 +142,12 @@ class Trainer:
         state_path = self.out / STATE_JSON
         if not state_path.is_file():
             raise CheckpointError(f"{state_path}: missing; nothing to resume (train without --resume)")
-        state = json.loads(state_path.read_text())
-        saved = state["config"]
+        try:
+            state = json.loads(state_path.read_text())
+            saved, param_groups = state["config"], state["param_groups"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{state_path}: not a training state ({type(exc).__name__}: {exc})") \
+                from exc
         changed = sorted(k for k in saved if saved[k] != self.cfg.data_key().get(k))
         if changed:
             raise ConfigError(
@@ -150,17 +155,25 @@ class Trainer:
                 f"(saved: {', '.join(f'{k}={saved[k]!r}' for k in changed)})")
         model, _ = load_checkpoint(self.out)
         self.model.load_state_dict(model.state_dict())
-        tensors = load_file(str(self.out / STATE_TENSORS))
-        per_param: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in tensors.items():
-            if key.startswith("optimizer."):
-                _, index, name = key.split(".", 2)
-                per_param.setdefault(int(index), {})[name] = value
-        self.optimizer.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
-        torch.set_rng_state(tensors["rng.torch_global"])
-        self.generator.set_state(tensors["rng.generator"])
-        self.rng.bit_generator.state = state["numpy_rng"]
-        self.step = int(state["step"])
+        tensors_path = self.out / STATE_TENSORS
+        try:
+            tensors = load_file(str(tensors_path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{tensors_path}: not a readable safetensors file: {exc}") from exc
+        try:
+            per_param: dict[int, dict[str, torch.Tensor]] = {}
+            for key, value in tensors.items():
+                if key.startswith("optimizer."):
+                    _, index, name = key.split(".", 2)
+                    per_param.setdefault(int(index), {})[name] = value
+            self.optimizer.load_state_dict({"state": per_param, "param_groups": param_groups})
+            torch.set_rng_state(tensors["rng.torch_global"])
+            self.generator.set_state(tensors["rng.generator"])
+            self.rng.bit_generator.state = state["numpy_rng"]
+            self.step = int(state["step"])
+        except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+            raise CheckpointError(f"{tensors_path}: does not fit this run ({type(exc).__name__}: {exc})") \
+                from exc
         log_path = self.out / LOG_JSON
         self.log = json.loads(log_path.read_text())[: self.step] if log_path.is_file() else []
 
