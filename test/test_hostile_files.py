@@ -269,3 +269,39 @@ def test_config_yaml_with_python_tags_is_refused_and_never_executed(tmp_path, ma
 
         with pytest.raises((ConfigError, BagError), match=str(path)):
             TopicMap.load(str(path))
+
+
+# Training state ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def saved_run(tmp_path):
+    """A tiny training run saved after 0 steps, on synthetic demos."""
+    import numpy as np
+
+    from dysta_ros.training.data import Demo
+    from dysta_ros.training.train import TrainConfig, Trainer
+
+    rng = np.random.default_rng(0)
+    demos = [Demo(pixels=rng.integers(0, 255, (10, 1, 3, 64, 64), dtype=np.uint8),
+                  states=rng.standard_normal((10, 6)).astype(np.float32),
+                  chunks=rng.standard_normal((10, 8, 6)).astype(np.float32),
+                  instruction="reach", task="reach", source=f"synthetic:{i}") for i in range(2)]
+    cfg = TrainConfig(out=str(tmp_path / "run"), sim_episodes=2, steps=2, batch=2, history=2, frame_stride=1,
+                      save_every=100, warmup=1, threads=1)
+    Trainer(cfg, demos=demos).save()
+    return cfg, demos
+
+
+@pytest.mark.parametrize("name, content", [
+    ("training_state.json", b"{broken"),
+    ("training_state.json", b'{"step": 3}'),
+    ("training_state.safetensors", None),
+    ("training_state.safetensors", b"\x00" * 64),
+], ids=["bad-json", "missing-keys", "pickle", "zeros"])
+def test_a_corrupt_training_state_refuses_resume_naming_the_file(saved_run, marker, name, content):
+    from dysta_ros.training.train import Trainer
+
+    cfg, demos = saved_run
+    (Path(cfg.out) / name).write_bytes(canary_pickle(marker) if content is None else content)
+    with pytest.raises(CheckpointError, match=name):
+        Trainer(cfg, resume=True, demos=demos)
