@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from dysta_ros.errors import CheckpointError, ConfigError
+from dysta_ros.errors import CheckpointError, ConfigError, DystaError
 from dysta_ros.policy.checkpoint import load_checkpoint, save_checkpoint
 from dysta_ros.policy.config import apply_overrides, preset_config
 from dysta_ros.policy.model import VLAModel
@@ -281,6 +282,10 @@ def run(args: argparse.Namespace) -> int:
         batch=args.batch, history=args.history, frame_stride=args.frame_stride,
         max_cache_age=args.max_cache_age, gate_lambda=args.gate_lambda, lr=args.lr, warmup=args.warmup,
         weight_decay=args.weight_decay, seed=args.seed, save_every=args.save_every, threads=args.threads)
-    record = Trainer(cfg, resume=args.resume).run()
+    try:
+        record = Trainer(cfg, resume=args.resume).run()
+    except DystaError as exc:  # a bad bag, checkpoint or resume state: one line, not a traceback
+        print(f"dysta-ros train: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps({"out": cfg.out, **record}))
     return 0
