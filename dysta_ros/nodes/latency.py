@@ -44,40 +44,64 @@ def percentiles(values_ms) -> dict:
             "p99": float(np.percentile(values, 99)), "max": float(values.max()), "mean": float(values.mean())}
 
 
-def start_policy_node(args, topics: list[str]) -> subprocess.Popen:
-    names = [f"cam{i}" for i in range(args.cameras)]
+def start_policy_node(args, topics: list[str], preset_overrides: dict | None = None,
+                      max_image_age_s: float = 1.0) -> subprocess.Popen:
+    """Start policy_node in its own process on `topics`, one model camera per topic."""
+    overrides = {**(preset_overrides or {}), "camera_names": [f"cam{i}" for i in range(len(topics))]}
     command = [sys.executable, "-m", "dysta_ros.nodes.policy_node", "--ros-args",
                "-p", "autostart:=true", "-p", f"model:={args.model}", "-p", f"strategy:={args.strategy}",
                "-p", f"camera_topics:=[{','.join(topics)}]",
-               # quoted: ROS parses -p values as YAML, and this one is a string holding YAML
-               "-p", f"preset_overrides:='{{camera_names: [{', '.join(names)}]}}'",
-               "-p", f"inference_rate_hz:={args.inference_rate}", "-p", "max_image_age_s:=1.0",
+               # quoted: ROS parses -p values as YAML, and this one is a string holding YAML (JSON)
+               "-p", f"preset_overrides:='{json.dumps(overrides)}'",
+               "-p", f"inference_rate_hz:={args.inference_rate}", "-p", f"max_image_age_s:={max_image_age_s}",
                "-p", "diagnostic_period_s:=0.5"]
     return subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def camera_publisher(node, topics: list[str], width: int, height: int):
+    """Return publish(): one rgb8 frame on every topic and a joint state, stamped now.
+
+    A few frames are built once and cycled: publishing cost is the camera driver's, not ours.
+    """
+    from sensor_msgs.msg import Image, JointState
+
+    from dysta_ros.nodes import conversions as conv
+    from dysta_ros.nodes.image_conversion import rgb_to_image
+    from dysta_ros.robot import load_robot_config
+
+    camera_pubs = [node.create_publisher(Image, t, conv.CAMERA_QOS) for t in topics]
+    state_pub = node.create_publisher(JointState, "/joint_states", conv.STATE_QOS)
+    joints = list(load_robot_config("sim_arm").joints)
+    rng = np.random.default_rng(0)
+    frames = [rgb_to_image(rng.integers(0, 255, (height, width, 3), dtype=np.uint8), Image) for _ in range(4)]
+    tick = {"n": 0}
+
+    def publish() -> int:
+        """Publish the next frame set; return how many were published so far."""
+        frame = frames[tick["n"] % len(frames)]
+        tick["n"] += 1
+        frame.header.stamp = node.get_clock().now().to_msg()
+        for pub in camera_pubs:
+            pub.publish(frame)
+        state_pub.publish(JointState(header=frame.header, name=joints, position=[0.0] * len(joints)))
+        return tick["n"]
+
+    return publish
 
 
 def measure(args) -> dict:
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.executors import SingleThreadedExecutor
-    from sensor_msgs.msg import Image, JointState
     from tqdm import tqdm
 
     from dysta_ros.msg import ActionChunk
     from dysta_ros.nodes import conversions as conv
-    from dysta_ros.nodes.image_conversion import rgb_to_image
-    from dysta_ros.robot import load_robot_config
 
     topics = [f"/latency/cam{i}/image_raw" for i in range(args.cameras)]
     rclpy.init()
     node = rclpy.create_node("latency_probe")
-    camera_pubs = [node.create_publisher(Image, t, conv.CAMERA_QOS) for t in topics]
-    state_pub = node.create_publisher(JointState, "/joint_states", conv.STATE_QOS)
-    joints = list(load_robot_config("sim_arm").joints)
-    rng = np.random.default_rng(0)
-    # A few frames built once and cycled: publishing cost is the camera driver's, not ours.
-    frames = [rgb_to_image(rng.integers(0, 255, (args.height, args.width, 3), dtype=np.uint8), Image)
-              for _ in range(4)]
+    publish = camera_publisher(node, topics, args.width, args.height)
     samples = []
 
     def on_chunk(msg):
@@ -99,17 +123,6 @@ def measure(args) -> dict:
                 if "arrival_to_step_ms_p50" in values:
                     node_cost.update(p50=float(values["arrival_to_step_ms_p50"]),
                                      p99=float(values["arrival_to_step_ms_p99"]))
-
-    tick = {"n": 0}
-
-    def publish():
-        now = node.get_clock().now()
-        frame = frames[tick["n"] % len(frames)]
-        tick["n"] += 1
-        frame.header.stamp = now.to_msg()
-        for pub in camera_pubs:
-            pub.publish(frame)
-        state_pub.publish(JointState(header=frame.header, name=joints, position=[0.0] * len(joints)))
 
     node.create_subscription(ActionChunk, "/dysta/action_chunk", on_chunk, conv.RELIABLE_QOS)
     node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)

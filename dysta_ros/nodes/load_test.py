@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from dysta_ros.nodes.latency import percentiles
+from dysta_ros.nodes.latency import camera_publisher, percentiles, start_policy_node
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,45 +57,22 @@ def slope_per_minute(times_s, values) -> float:
     return float(np.polyfit(np.asarray(times_s) / 60.0, np.asarray(values), 1)[0])
 
 
-def start_policy_node(args, topics: list[str]) -> subprocess.Popen:
-    overrides = yaml.safe_load(args.preset_overrides) or {}
-    overrides["camera_names"] = [f"cam{i}" for i in range(args.cameras)]
-    command = [sys.executable, "-m", "dysta_ros.nodes.policy_node", "--ros-args",
-               "-p", "autostart:=true", "-p", f"model:={args.model}", "-p", f"strategy:={args.strategy}",
-               "-p", f"camera_topics:=[{','.join(topics)}]",
-               # quoted: ROS parses -p values as YAML, and this one is a string holding YAML
-               "-p", f"preset_overrides:='{json.dumps(overrides)}'",
-               "-p", f"inference_rate_hz:={args.inference_rate}",
-               "-p", f"max_image_age_s:={args.max_image_age}",
-               "-p", "diagnostic_period_s:=0.5"]
-    return subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
 def measure(args) -> dict:
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.executors import SingleThreadedExecutor
-    from sensor_msgs.msg import Image, JointState
     from tqdm import tqdm
 
     from dysta_ros.msg import ActionChunk
     from dysta_ros.nodes import conversions as conv
-    from dysta_ros.nodes.image_conversion import rgb_to_image
-    from dysta_ros.robot import load_robot_config
 
     topics = [f"/load/cam{i}/image_raw" for i in range(args.cameras)]
     rclpy.init()
     node = rclpy.create_node("load_probe")
-    camera_pubs = [node.create_publisher(Image, t, conv.CAMERA_QOS) for t in topics]
-    state_pub = node.create_publisher(JointState, "/joint_states", conv.STATE_QOS)
-    joints = list(load_robot_config("sim_arm").joints)
-    rng = np.random.default_rng(0)
-    frames = [rgb_to_image(rng.integers(0, 255, (args.height, args.width, 3), dtype=np.uint8), Image)
-              for _ in range(4)]
-    clock = node.get_clock()
+    publish = camera_publisher(node, topics, args.width, args.height)
     t0 = time.monotonic()
     chunks, memory, counts = [], [], {}
-    sent = {"frames": 0}
+    sent = {"base": 0, "frames": 0}
 
     def on_chunk(msg):
         start, end = conv.to_seconds(msg.inference_start), conv.to_seconds(msg.inference_end)
@@ -112,21 +88,16 @@ def measure(args) -> dict:
                         counts[topic] = {k: int(values[f"{topic}.{k}"])
                                          for k in ("received", "dropped", "out_of_order")}
 
-    def publish():
-        frame = frames[sent["frames"] % len(frames)]
-        sent["frames"] += 1
-        frame.header.stamp = clock.now().to_msg()
-        for pub in camera_pubs:
-            pub.publish(frame)
-        state_pub.publish(JointState(header=frame.header, name=joints, position=[0.0] * len(joints)))
+    def on_timer():
+        sent["frames"] = publish() - sent["base"]
 
     node.create_subscription(ActionChunk, "/dysta/action_chunk", on_chunk, conv.RELIABLE_QOS)
     node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
-    node.create_timer(1.0 / args.rate, publish)
+    node.create_timer(1.0 / args.rate, on_timer)
     node.create_timer(1.0, lambda: memory.append((time.monotonic() - t0, rss_mb(process.pid))))
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    process = start_policy_node(args, topics)
+    process = start_policy_node(args, topics, yaml.safe_load(args.preset_overrides) or {}, args.max_image_age)
     try:
         deadline = time.monotonic() + 120.0
         while not chunks and time.monotonic() < deadline and process.poll() is None:
@@ -137,7 +108,7 @@ def measure(args) -> dict:
         chunks.clear()
         memory.clear()
         start_counts = dict(counts)
-        t0, sent["frames"] = time.monotonic(), 0
+        t0, sent["base"] = time.monotonic(), sent["base"] + sent["frames"]
         with tqdm(total=int(args.seconds), desc="holding load", unit="s") as bar:
             while time.monotonic() - t0 < args.seconds and process.poll() is None:
                 executor.spin_once(timeout_sec=0.05)
@@ -170,7 +141,11 @@ def summarise(args, chunks, memory, counts, start_counts, frames_sent, alive) ->
         # A queue would make the age grow with time; latest-value inputs keep it flat.
         "frame_age_slope_ms_per_min": slope_per_minute(times, ages),
         "frame_age_second_half_ms": percentiles(late) if late else {},
-        "rss_mb": {"start": mem_mb[0], "end": mem_mb[-1], "max": max(mem_mb)} if mem_mb else {},
+        "rss_mb": {"start": mem_mb[0], "end": mem_mb[-1], "min": min(mem_mb), "max": max(mem_mb),
+                   # medians of the first and last minute (or sixth): robust to frames in flight
+                   "first_median": float(np.median(mem_mb[: max(1, min(60, len(mem_mb) // 6))])),
+                   "last_median": float(np.median(mem_mb[-max(1, min(60, len(mem_mb) // 6)):]))}
+        if mem_mb else {},
         "rss_slope_mb_per_min_second_half": slope_per_minute([mem_t[i] for i in second_half],
                                                              [mem_mb[i] for i in second_half]),
         "cameras": cameras, "load_average": os.getloadavg(), "cpu_count": os.cpu_count(),
