@@ -1,32 +1,38 @@
-"""The shipped reference checkpoint: valid config, small, trained DySta parts, runs in the sim."""
+"""The shipped checkpoints: valid config, small, trained DySta parts, plan sensible actions."""
 
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from dysta_ros.policy.checkpoint import load_checkpoint, read_config
 from dysta_ros.policy.runtime import build_runtime
 from dysta_ros.sim.env import SimEnv
 
-REFERENCE = Path(__file__).resolve().parents[1] / "checkpoints" / "reference"
+CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+SHIPPED = {"reference": "reach", "memory": "memory"}  # checkpoint -> a task it was trained on
 
 
-def test_shipped_reference_checkpoint_is_valid_and_small():
-    config, extra = read_config(REFERENCE)
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_checkpoint_is_valid_and_small(name):
+    directory = CHECKPOINTS / name
+    config, extra = read_config(directory)
     assert len(config.state_mean) == config.state_dim and len(config.action_std) == config.action_dim
     training = extra["training"]
-    assert "reach" in training["tasks"] and training["step"] > 0 and training["frame_stride"] >= 1
-    size = sum(p.stat().st_size for p in REFERENCE.iterdir())
+    assert SHIPPED[name] in training["tasks"] and training["step"] > 0 and training["frame_stride"] >= 1
+    assert config.history == training["history"]
+    size = sum(p.stat().st_size for p in directory.iterdir())
     assert size < 8 * 1024 * 1024  # a few MB, committed to the repository
-    model, _ = load_checkpoint(REFERENCE)
+    model, _ = load_checkpoint(directory)
     assert model.has_learned_dysta  # the Disentangler and RecacheGate were trained, not random
 
 
-def test_reference_plans_joint_targets_near_the_arm():
-    runtime = build_runtime(str(REFERENCE), strategy="full")
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_checkpoint_plans_joint_targets_near_the_arm(name):
+    runtime = build_runtime(str(CHECKPOINTS / name), strategy="full")
     env = SimEnv()
     try:
-        observation = env.reset("reach", 100_000)
+        observation = env.reset(SHIPPED[name], 100_000)
         chunk, _ = runtime.step(observation)
     finally:
         env.close()
