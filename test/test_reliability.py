@@ -376,6 +376,15 @@ def test_corrupt_compressed_frames_hold_with_an_error_and_the_next_good_one_work
     probe.recovers()
 
 
+def test_a_large_valid_frame_is_stepped_on(rig):
+    _, probe, _ = rig
+    rows = np.linspace(0, 255, 3000, dtype=np.uint8)[:, None, None]
+    ok, jpeg = cv2.imencode(".jpeg", np.broadcast_to(rows, (3000, 4000, 3)).copy())
+    assert ok
+    large = CompressedImage(format="jpeg", data=jpeg.tobytes())  # 4000x3000: under the pixel limit
+    probe.publishing_until(lambda sent: bool(probe.chunk_stamps() & set(sent)), compressed=large)
+
+
 @pytest.mark.parametrize("names, positions, text", [
     (JOINTS, [math.nan] + [0.0] * 5, "non-finite positions for ['joint1']"),
     (JOINTS, [0.0] * 5 + [math.inf], "non-finite positions for ['joint6']"),
