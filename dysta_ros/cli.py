@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("dysta_ros.nodes.bag_player", "publish a bag's messages with their original timing"),
     "run": ("dysta_ros.nodes.run", "policy_node + chunk_executor in one process (no ros2 launch needed)"),
     "latency": ("dysta_ros.nodes.latency", "ROS-layer camera-to-chunk latency beyond model time"),
+    "load": ("dysta_ros.nodes.load_test", "hold policy_node under camera load: memory, frame age, drops"),
     "train": ("dysta_ros.training.train", "behaviour cloning with DySta's learned parts"),
     "closed-loop": ("dysta_ros.evaluation.success", "success rate per strategy on held-out sim seeds"),
 }
