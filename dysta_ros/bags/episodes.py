@@ -19,7 +19,7 @@ from dysta_ros.bags.rosbag import BagReader
 from dysta_ros.bags.topic_map import IMAGE_TYPES, TopicMap, default_topic_map
 from dysta_ros.errors import BagError, InputError
 # The package's one image conversion; it imports no ROS (cv_bridge only when installed).
-from dysta_ros.nodes.image_conversion import compressed_to_rgb, raw_to_rgb
+from dysta_ros.images import compressed_to_rgb, raw_to_rgb
 from dysta_ros.types import Observation
 
 
