@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 
+import time
+
 import cv2
 import numpy as np
 import pytest
@@ -68,14 +70,18 @@ class Probe:
                     return status.level[0], status.message
         return None
 
-    def publishing_until(self, make_msg, condition, age_s=0.0, timeout_s=30.0):
-        """Keep publishing fresh messages until `condition()`; return the stamps sent."""
-        sent = []
+    def publishing_until(self, make_msg, condition, age_s=0.0, timeout_s=30.0, rate_hz=30.0):
+        """Publish fresh messages at a camera's rate until `condition()`; return the stamps sent."""
+        sent, last = [], [float("-inf")]
 
         def tick():
             if condition():
                 return True
-            sent.append(self.publish(make_msg(), age_s))
+            # Paced like a camera: spin_once returns as soon as any callback ran, and an unpaced
+            # loop floods the node and starves its inference thread of the GIL.
+            if time.monotonic() - last[0] >= 1.0 / rate_hz:
+                last[0] = time.monotonic()
+                sent.append(self.publish(make_msg(), age_s))
             return False
 
         assert spin_until(self.spin, tick, timeout_s=timeout_s), (self.status("inputs"),

@@ -84,6 +84,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=128, help="camera images are SIZE x SIZE px")
     parser.add_argument("--report", default="reports/demo", help="folder for the report (created)")
     parser.add_argument("--device", default=None, help="torch device of learned policies (default: cpu)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads of learned policies (the sim renders on the same CPU)")
 
 
 def check_arguments(args: argparse.Namespace) -> None:

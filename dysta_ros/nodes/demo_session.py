@@ -48,7 +48,8 @@ class DemoSession:
         self.sim = SimNode(image_width=args.image_size, image_height=args.image_size)
         self.values = node_values(argparse.Namespace(
             strategy=args.strategies[0], model="tiny", robot="sim_arm", device=args.device, dtype=None,
-            instruction=None, dry_run=False, params_file=None, param=[]))
+            instruction=None, dry_run=False, params_file=None,
+            param=[f"policy_node:cpu_threads={getattr(args, 'threads', 0)}"]))
         self.executor_node = chunk_executor.ChunkExecutorNode(
             parameter_overrides=to_parameters(self.values["chunk_executor"], chunk_executor.PARAMS))
         self.node = rclpy.create_node("dysta_demo")

@@ -38,11 +38,18 @@ from dysta_ros.tokens import available_strategies, strategy_class
 from dysta_ros.types import Observation
 
 MAX_INSTRUCTION_CHARS = 4096
+# A step is hundreds of short torch calls, each releasing and re-taking the GIL. At Python's
+# default 5 ms switch interval, any busy Python thread in the process (callbacks, a sim sharing
+# it) makes every re-take wait its turn: measured 10-40x slower steps in the demo. 0.5 ms keeps
+# inference close to its own speed.
+GIL_SWITCH_INTERVAL_S = 0.0005
 EE_AXES = {6: ["x", "y", "z", "roll", "pitch", "yaw"], 7: ["x", "y", "z", "qx", "qy", "qz", "qw"]}
 PARAMS = [
     P.Param("model", "tiny", "model preset name or checkpoint directory", read_only=True),
     P.Param("device", "cpu", "torch device: cpu, cuda, cuda:1, ...", read_only=True),
     P.Param("dtype", "float32", "model dtype", read_only=True, choices=("float32", "bfloat16", "float16")),
+    P.Param("cpu_threads", 0, "torch CPU threads (0: torch's default); keep it at the cores that are "
+            "free, or every step slows down many times", read_only=True, low=0, high=1024),
     P.Param("preset_overrides", "", "YAML mapping of preset config fields to change, e.g. "
             "'{camera_names: [main, wrist]}' (presets only; state/action dims follow the robot)",
             read_only=True),
@@ -97,6 +104,7 @@ class PolicyNode(LifecycleNode):
 
     def __init__(self, **kwargs):
         super().__init__("policy_node", **kwargs)
+        sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_S))
         self.strategy_params = strategy_params_from_yaml()
         self.params = PARAMS + self.strategy_params
         P.declare(self, self.params)
@@ -159,7 +167,7 @@ class PolicyNode(LifecycleNode):
                              **preset_overrides(v["preset_overrides"])}
             self.runtime = build_runtime(
                 v["model"], v["strategy"], self.strategy_values(v, v["strategy"]), device=v["device"],
-                dtype=v["dtype"], seed=v["seed"], overrides=overrides)
+                dtype=v["dtype"], seed=v["seed"], overrides=overrides, threads=v["cpu_threads"])
             self.check_model_fits_robot()
             topics = v["camera_topics"] or self.robot.camera_topics(self.runtime.spec.camera_names)
             if len(topics) != len(self.runtime.spec.camera_names):

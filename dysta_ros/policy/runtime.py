@@ -261,10 +261,19 @@ def build_runtime(
     dtype: str = "float32",
     seed: int = 0,
     overrides: dict | None = None,
+    threads: int = 0,
 ) -> PolicyRuntime:
-    """Build a runtime from a preset name, a checkpoint directory or an already built VLAModel."""
+    """Build a runtime from a preset name, a checkpoint directory or an already built VLAModel.
+
+    `threads` > 0 sets torch's CPU threads for the process: more than the cores left free by the
+    rest of the robot (sim, rendering, drivers) makes every step many times slower.
+    """
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} requested but CUDA is not available; use 'cpu'")
+    if threads < 0:
+        raise ConfigError(f"threads must be >= 0 (0 = torch's default), got {threads}")
+    if threads:
+        torch.set_num_threads(threads)
     vla, tokenizer = build_model(model, device, dtype, seed, overrides)
     return PolicyRuntime(
         vla,
