@@ -131,7 +131,7 @@ def summary_rows(episodes: list[EpisodeRecord]) -> list[dict]:
                      "context_tokens": float(np.mean(tokens)) if tokens else None,
                      "recaches": sum(s.recached_l1 or s.recached_l2 for e in group for s in e.steps)})
     for row in rows:  # speedup of each learned strategy over `full` of the same policy, same run
-        policy = row["policy"].split("/")[0]
+        policy = row["policy"].rsplit("/", 1)[0]  # labels are <policy>/<strategy>; policies may be paths
         full = next((r for r in rows if r["policy"] == f"{policy}/full"), None)
         row["speedup_vs_full"] = (full["step_p50_ms"] / row["step_p50_ms"]
                                   if full and full["step_p50_ms"] and row["step_p50_ms"] else None)

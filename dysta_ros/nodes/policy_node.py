@@ -38,11 +38,6 @@ from dysta_ros.tokens import available_strategies, strategy_class
 from dysta_ros.types import Observation
 
 MAX_INSTRUCTION_CHARS = 4096
-# A step is hundreds of short torch calls, each releasing and re-taking the GIL. At Python's
-# default 5 ms switch interval, any busy Python thread in the process (callbacks, a sim sharing
-# it) makes every re-take wait its turn: measured 10-40x slower steps in the demo. 0.5 ms keeps
-# inference close to its own speed.
-GIL_SWITCH_INTERVAL_S = 0.0005
 EE_AXES = {6: ["x", "y", "z", "roll", "pitch", "yaw"], 7: ["x", "y", "z", "qx", "qy", "qz", "qw"]}
 PARAMS = [
     P.Param("model", "tiny", "model preset name or checkpoint directory", read_only=True),
@@ -104,7 +99,6 @@ class PolicyNode(LifecycleNode):
 
     def __init__(self, **kwargs):
         super().__init__("policy_node", **kwargs)
-        sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_S))
         self.strategy_params = strategy_params_from_yaml()
         self.params = PARAMS + self.strategy_params
         P.declare(self, self.params)
