@@ -66,3 +66,13 @@ def test_demo_runs_expert_and_tiny_policy_episodes_over_ros(tmp_path):
     assert learned["policy"] == "tiny" and learned["strategy"] == "dysta"
     assert learned["policy_steps"] > 0 and learned["reason"]  # the random policy ran until the end
     assert (report / "steps.png").stat().st_size > 0 and (report / "camera.png").stat().st_size > 0
+
+
+def test_speedup_compares_strategies_of_the_same_checkpoint_path():
+    rows = summary_rows([episode("checkpoints/reference", "full", True, [40.0, 40.0], 53),
+                         episode("checkpoints/reference", "dysta", True, [20.0, 20.0], 38),
+                         episode("runs/other", "dysta", True, [10.0, 10.0], 38)])
+    speedups = {r["policy"]: r["speedup_vs_full"] for r in rows}
+    assert speedups["checkpoints/reference/full"] == pytest.approx(1.0)
+    assert speedups["checkpoints/reference/dysta"] == pytest.approx(2.0)
+    assert speedups["runs/other/dysta"] is None  # no `full` of that policy in the run
