@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dysta_ros.errors import ConfigError
 from dysta_ros.policy.checkpoint import load_checkpoint, read_config
 from dysta_ros.policy.runtime import build_runtime
 from dysta_ros.sim.env import SimEnv
@@ -39,3 +40,18 @@ def test_shipped_checkpoint_plans_joint_targets_near_the_arm(name):
     assert chunk.actions.shape == (runtime.spec.horizon, 6) and np.isfinite(chunk.actions).all()
     # A trained policy moves a little per step from where the arm is, not somewhere arbitrary.
     assert np.abs(chunk.actions[0] - observation.state).max() < 0.3
+
+
+def test_dysta_gate_auto_uses_the_learned_gate_only_where_it_was_trained():
+    observation = SimEnv().reset("reach", seed=7)
+    decided = {}
+    for model in ("tiny", str(CHECKPOINTS / "reference")):
+        runtime = build_runtime(model, "dysta")  # gate: auto, the YAML default
+        runtime.step(observation)
+        decided[model] = runtime.strategy.learned
+    assert decided == {"tiny": False, str(CHECKPOINTS / "reference"): True}
+    forced = build_runtime("tiny", "dysta", {"gate": "learned"})
+    forced.step(observation)
+    assert forced.strategy.learned
+    with pytest.raises(ConfigError, match="choose one of: auto, change, learned"):
+        build_runtime("tiny", "dysta", {"gate": "sometimes"})

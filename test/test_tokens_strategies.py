@@ -250,7 +250,7 @@ def test_local_attention_block_batched_equals_dense_masked_attention():
 
 def test_learned_dysta_uses_random_modules_with_a_log_line_and_keeps_counts(model, frames, caplog):
     with caplog.at_level(logging.WARNING):
-        rt, results = run(model, "dysta", {"learned": True}, frames[:3])
+        rt, results = run(model, "dysta", {"gate": "learned"}, frames[:3])
     assert "random" in caplog.text
     n = rt.spec.tokens_per_frame
     for _, stats in results:
@@ -299,7 +299,7 @@ def test_bfloat16_runs_every_strategy_close_to_float32(frames):
 @torch.inference_mode()
 def test_learned_gate_decides_refreshes(frames):
     model = build_model("tiny", seed=0)[0]
-    rt = build_runtime(model, "dysta", {"learned": True}, history=2)
+    rt = build_runtime(model, "dysta", {"gate": "learned"}, history=2)
     for bias, expected in ((20.0, True), (-20.0, False)):  # gate probability ~1, then ~0
         for head in model.recache_gate.heads:
             head.bias.fill_(bias)

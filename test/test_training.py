@@ -89,7 +89,7 @@ def test_checkpoint_loads_through_build_runtime_and_steps(tmp_path, demos):
     assert extra["training"]["frame_stride"] == 2 and config.history == 2
     assert (tmp_path / "training.png").stat().st_size > 0
     runtime = build_runtime(str(tmp_path), strategy="dysta",
-                            strategy_params={"learned": True, "delta_l1": 0.5, "delta_l2": 0.5})
+                            strategy_params={"gate": "learned"})
     assert runtime.model.has_learned_dysta
     env = SimEnv()
     try:

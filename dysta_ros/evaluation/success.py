@@ -27,9 +27,6 @@ from dysta_ros.evaluation.closed_loop import Episode, run_episode  # noqa: E402
 from dysta_ros.tokens import available_strategies  # noqa: E402
 
 HELD_OUT_SEED_START = 100_000  # training uses seeds from 0; evaluation never overlaps them
-# A trained gate outputs a refresh probability: refresh when it says "more likely than not".
-LEARNED_GATE = {"learned": True, "delta_l1": 0.5, "delta_l2": 0.5}
-LEARNED_STRATEGIES = ("dysta", "dysta_gotohunt")
 
 
 @dataclass
@@ -89,10 +86,9 @@ def parse_spec(spec: str) -> tuple[str, int | None]:
     return name, int(frames)
 
 
-def strategy_params(model, strategies: list[str], overrides: list[str]) -> dict[str, dict]:
-    """Each strategy's parameters: the learned gate where the checkpoint trained it, plus overrides."""
-    learned = bool(getattr(model, "has_learned_dysta", False))
-    params = {s: dict(LEARNED_GATE) if learned and s in LEARNED_STRATEGIES else {} for s in strategies}
+def strategy_params(strategies: list[str], overrides: list[str]) -> dict[str, dict]:
+    """Each strategy's parameters from `--param` overrides (DySta's `gate: auto` picks the learned gate)."""
+    params = {s: {} for s in strategies}
     for item in overrides:
         key, sep, value = item.partition("=")
         strategy, dot, name = key.partition(".")
@@ -133,7 +129,7 @@ def evaluate(
         trained = read_config(model)[1].get("training", {})
     execute_steps = int(execute_steps or trained.get("frame_stride", 4))
     vla, tokenizer = build_model(model)
-    params = strategy_params(vla, sorted({name for name, _ in specs.values()}), param_overrides or [])
+    params = strategy_params(sorted({name for name, _ in specs.values()}), param_overrides or [])
     runtimes = {spec: PolicyRuntime(vla, strategy=name, strategy_params=params[name],
                                     history=spec_history or history, tokenizer=tokenizer)
                 for spec, (name, spec_history) in specs.items()}

@@ -10,8 +10,8 @@ Training-free form: per-patch change c_i = 1 - cos(z_ref_i, z_t_i) against the c
 reference frame, tracked as an EMA; at an L1 (re)cache the l1_fraction patches with the
 lowest EMA change become L1, the next l2_fraction L2, the rest dynamic. Gate: g_l = mean
 change over level-l patches; refresh level l when g_l > delta_l; L1 refresh forces L2.
-Learned form (`learned: true`): the checkpoint's Disentangler picks the groups and its
-RecacheGate (MLP-Mixer over Z_ref, Z_t) decides the refreshes.
+Learned form (`gate: learned`, or `auto` with a checkpoint that trained them): the checkpoint's
+Disentangler picks the groups and its RecacheGate (MLP-Mixer over Z_ref, Z_t) decides refreshes.
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ from dysta_ros.tokens.base import PrefixResult, StepContext, Strategy, StrategyP
 log = logging.getLogger(__name__)
 
 
+GATES = ("auto", "change", "learned")
+
+
 @dataclass
 class DystaParams(StrategyParams):
     """DySta's split, gate and cache parameters."""
@@ -40,7 +43,9 @@ class DystaParams(StrategyParams):
     delta_l2: float = 0.02  # refresh L2 when its mean change exceeds this
     change_ema: float = 0.7  # weight of the past in the per-patch change EMA
     max_static_age: int = 100  # steps; refresh the static cache at this age regardless (0 = never)
-    learned: bool = False  # use the checkpoint's Disentangler and RecacheGate
+    # Who decides groups and refreshes: "learned" = the checkpoint's Disentangler and RecacheGate,
+    # "change" = the training-free per-patch change, "auto" = learned when the checkpoint trained them.
+    gate: str = "auto"
     learned_gate_threshold: float = 0.5  # learned: refresh level l when its gate probability exceeds this
 
     def __post_init__(self):
@@ -55,6 +60,8 @@ class DystaParams(StrategyParams):
             )
         if self.max_static_age < 0:
             raise ConfigError(f"max_static_age must be >= 0, got {self.max_static_age}")
+        if self.gate not in GATES:
+            raise ConfigError(f"gate {self.gate!r} is not allowed; choose one of: {', '.join(GATES)}")
 
 
 def patch_change(reference: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
@@ -72,6 +79,7 @@ class DystaStrategy(Strategy):
         self.l1_count = int(round(params.l1_fraction * n))
         self.l2_count = min(int(round(params.l2_fraction * n)), n - self.l1_count)
         self._warned_random = False
+        self.learned = False  # resolved from `gate` and the model at each step
         self.reset()
 
     def reset(self) -> None:
@@ -84,7 +92,7 @@ class DystaStrategy(Strategy):
     # --- groups and gate -------------------------------------------------------------
     def select_groups(self, model, features: torch.Tensor):
         """Patch indices (l1, l2, dynamic), sorted, with exactly the configured counts."""
-        if self.params.learned:
+        if self.learned:
             return model.disentangler.assign(features, self.l1_count, self.l2_count)
         order = torch.argsort(self.change_ema, stable=True)  # least changing first
         l1 = order[: self.l1_count].sort().values
@@ -97,13 +105,13 @@ class DystaStrategy(Strategy):
         change = patch_change(self.reference, current)  # (N,)
         a = self.params.change_ema
         self.change_ema = a * self.change_ema + (1 - a) * change
-        if self.params.learned:
+        if self.learned:
             g1, g2 = model.recache_gate(self.reference[None], current[None])[0].float().tolist()
         else:
             l1, l2, _ = self.groups
             g1 = float(change[l1].mean()) if len(l1) else 0.0
             g2 = float(change[l2].mean()) if len(l2) else 0.0
-        if self.params.learned:  # gate outputs are refresh probabilities
+        if self.learned:  # gate outputs are refresh probabilities
             delta_l1 = delta_l2 = self.params.learned_gate_threshold
         else:
             delta_l1, delta_l2 = self.params.delta_l1, self.params.delta_l2
@@ -141,9 +149,11 @@ class DystaStrategy(Strategy):
     def build_prefix(self, ctx: StepContext) -> PrefixResult:
         model, current = ctx.model, ctx.frames[-1]
         gate_start = time.perf_counter()
-        if self.params.learned and not self._warned_random and not getattr(model, "has_learned_dysta", False):
+        trained = bool(getattr(model, "has_learned_dysta", False))
+        self.learned = self.params.gate == "learned" or (self.params.gate == "auto" and trained)
+        if self.params.gate == "learned" and not trained and not self._warned_random:
             log.warning(
-                "dysta learned=true but the model has no trained Disentangler/RecacheGate: "
+                "dysta gate=learned but the model has no trained Disentangler/RecacheGate: "
                 "using their random initialisation"
             )
             self._warned_random = True
