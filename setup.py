@@ -25,6 +25,7 @@ setup(
         "torch",
         "transformers>=5,<6",
         "safetensors",
+        "tokenizers",
         "tqdm",
         "matplotlib",
         "opencv-python-headless",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,12 +18,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-# Offscreen rendering: MuJoCo picks its GL platform when it is first imported; EGL works headless.
-os.environ.setdefault("MUJOCO_GL", "egl")
-
-from dysta_ros.errors import ConfigError  # noqa: E402
-from dysta_ros.evaluation.closed_loop import Episode, run_episode  # noqa: E402
-from dysta_ros.tokens import available_strategies  # noqa: E402
+from dysta_ros.errors import ConfigError
+from dysta_ros.evaluation.closed_loop import Episode, run_episode
+from dysta_ros.tokens import available_strategies
 
 HELD_OUT_SEED_START = 100_000  # training uses seeds from 0; evaluation never overlaps them
 

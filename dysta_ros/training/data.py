@@ -7,7 +7,6 @@ the joint state, and for every step the expert's next `horizon` joint targets (t
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,8 +60,6 @@ def collect_sim_demos(
     gets seeded Gaussian noise (std drawn per episode up to `action_noise` rad), so the demos
     cover the states a learned policy drifts into and show how to recover from them.
     """
-    # Offscreen rendering needs a GL platform chosen before MuJoCo loads; EGL works headless.
-    os.environ.setdefault("MUJOCO_GL", "egl")
     from dysta_ros.sim.env import SimConfig, SimEnv
     from dysta_ros.sim.expert import ExpertConfig, ScriptedExpert
 
