@@ -24,17 +24,22 @@ from pathlib import Path
 import numpy as np
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cameras", type=int, default=2)
+def add_load_arguments(parser: argparse.ArgumentParser, cameras: int, seconds: float, strategy: str) -> None:
+    """Add the camera load and policy_node flags this command and load_test share."""
+    parser.add_argument("--cameras", type=int, default=cameras)
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--rate", type=float, default=30.0, help="camera frames per second")
+    parser.add_argument("--seconds", type=float, default=seconds, help="measuring time after the first chunk")
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--strategy", default=strategy)
     # High by default: the step starts when a frame set arrives, so no deliberate rate-limit
     # wait is counted as ROS cost.
     parser.add_argument("--inference-rate", type=float, default=1000.0, help="policy_node inference_rate_hz")
-    parser.add_argument("--seconds", type=float, default=20.0, help="measuring time after the first chunk")
-    parser.add_argument("--strategy", default="dysta")
-    parser.add_argument("--model", default="tiny")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_load_arguments(parser, cameras=2, seconds=20.0, strategy="dysta")
     parser.add_argument("--out", default="latency_report", help="directory for latency.json and latency.png")
 
 

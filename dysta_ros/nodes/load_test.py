@@ -23,21 +23,14 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from dysta_ros.nodes.latency import camera_publisher, percentiles, start_policy_node
+from dysta_ros.nodes.latency import add_load_arguments, camera_publisher, percentiles, start_policy_node
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cameras", type=int, default=3)
-    parser.add_argument("--width", type=int, default=640)
-    parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--rate", type=float, default=30.0, help="camera frames per second")
-    parser.add_argument("--seconds", type=float, default=300.0, help="measuring time after the first chunk")
-    parser.add_argument("--model", default="tiny")
-    parser.add_argument("--strategy", default="full")
+    add_load_arguments(parser, cameras=3, seconds=300.0, strategy="full")
     # 128 px frames, 8 history frames: the tiny model takes longer per step than a camera period.
     parser.add_argument("--preset-overrides", default="{vision.image_size: 128, history: 8}",
                         help="YAML mapping of preset fields (the cameras are added)")
-    parser.add_argument("--inference-rate", type=float, default=1000.0, help="policy_node inference_rate_hz")
     parser.add_argument("--max-image-age", type=float, default=0.5, help="policy_node max_image_age_s")
     parser.add_argument("--out", default="load_report", help="directory for load.json and load.png")
 
