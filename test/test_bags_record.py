@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -37,9 +36,9 @@ def sim_bag(tmp_path_factory):
 
 def test_sim_episodes_are_recorded_with_everything_a_robot_bag_has(sim_bag):
     out, stdout = sim_bag
-    # How many the expert solves over ROS depends on timing under load (the executor clips to
-    # velocity limits); what recording guarantees is that every episode and outcome is in the bag.
-    assert re.search(r"[0-2]/2 episodes succeeded", stdout), stdout
+    # The scripted expert solves reach; the recorder holds the executor between episodes, so
+    # one episode's plan never drives the next (that sent seed 4 into the wrong cube).
+    assert "2/2 episodes succeeded" in stdout, stdout
     with BagReader(out) as bag:
         counts, topics = bag.message_counts, bag.topics
         assert bag.qos("/dysta/instruction").transient_local
@@ -57,7 +56,7 @@ def test_recorded_episodes_read_back_at_the_policy_rate(sim_bag):
     episodes = load_episodes(out, rate_hz=10.0)
     assert len(episodes) == 2
     for episode, seed in zip(episodes, (3, 4)):
-        assert episode.outcome["seed"] == seed and isinstance(episode.outcome["success"], bool)
+        assert episode.outcome["success"] and episode.outcome["seed"] == seed
         assert episode.instruction == "touch the red cube"
         assert len(episode) >= 3
         observation = episode.observation(len(episode) - 1)

@@ -21,10 +21,11 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from std_msgs.msg import String
+from std_msgs.msg import Bool, String
 
 from dysta_ros.bags.rosbag import BagWriter, TopicQos
 from dysta_ros.errors import BagError, ConfigError
+from dysta_ros.nodes.conversions import ESTOP_QOS
 from dysta_ros.nodes.bag_player import message_class
 from dysta_ros.robot import load_robot_config
 
@@ -111,6 +112,10 @@ class EpisodeDriver(Node):
         self._set_seed = set_seed  # the sim's next episode uses its `seed` parameter
         self._events = self.create_publisher(String, EPISODE_TOPIC, LATCHED_QOS)
         self._reset = self.create_client(_trigger_type(), "/sim_node/reset")
+        # Between episodes the executor is held, as an operator would: the last episode's plan
+        # must not drive the arm of the next (it would head for where the old target was).
+        self._estop = self.create_publisher(Bool, "/dysta/estop", ESTOP_QOS)
+        self._clear_estop = self.create_client(_trigger_type(), "/dysta/clear_estop")
         self.outcomes: dict[int, dict] = {}
         self.create_subscription(String, OUTCOME_TOPIC, self._on_outcome, LATCHED_QOS)
 
@@ -121,20 +126,29 @@ class EpisodeDriver(Node):
     def run_episode(self, index: int, seed: int, timeout_s: float) -> dict:
         """Reset the sim, mark the start, wait for the outcome (or the timeout), mark the end."""
         self._set_seed(seed)
-        if not self._reset.wait_for_service(timeout_sec=30.0):
-            raise ConfigError("sim_node's ~/reset service did not appear within 30 s")
-        future = self._reset.call_async(_trigger_type().Request())
-        _wait(future.done, 30.0)
-        response = future.result()
-        if response is None or not response.success:
-            raise ConfigError(f"sim reset failed: {response.message if response else 'no answer'}")
+        self._estop.publish(Bool(data=True))
+        response = self._call(self._reset, "sim_node's ~/reset")
+        if not response.success:
+            raise ConfigError(f"sim reset failed: {response.message}")
         started = json.loads(response.message)
+        self._call(self._clear_estop, "chunk_executor's /dysta/clear_estop")
         self._events.publish(String(data=json.dumps({"event": "start", "index": index, **started})))
         sim_episode = int(started["episode"])
         finished = _wait(lambda: sim_episode in self.outcomes, timeout_s)
         outcome = self.outcomes.get(sim_episode) or {"success": False, "reason": "timeout"}
         self._events.publish(String(data=json.dumps({"event": "end", "index": index, **outcome})))
         return outcome if finished else {**outcome, "reason": "timeout"}
+
+
+    def _call(self, client, what: str):
+        """Call a Trigger service (spun by the main thread) and return its response."""
+        if not client.wait_for_service(timeout_sec=30.0):
+            raise ConfigError(f"{what} service did not appear within 30 s")
+        future = client.call_async(_trigger_type().Request())
+        _wait(future.done, 30.0)
+        if future.result() is None:
+            raise ConfigError(f"{what}: no answer")
+        return future.result()
 
 
 def _trigger_type():
