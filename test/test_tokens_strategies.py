@@ -90,7 +90,8 @@ def test_strategy_that_skips_nothing_equals_full(model, frames, name, params):
 
 
 def dysta_one_shot(rt):
-    """Recompute the dysta layout [S1 | S2 | D_0..D_T-1 | text | state] in one backbone call."""
+    """Recompute the dysta layout [S1 | S2 | D_0..D_T-1 | text | state] in one backbone call
+    ([S1 | S2 | text | D_0..D_T-1 | state] with cache_language)."""
     s = rt.strategy
     l1, l2, dyn = s.groups
     frames = list(rt.frames)
@@ -98,12 +99,16 @@ def dysta_one_shot(rt):
     text = rt._text_embeds("push the red block")
     state = rt.model.embed_state(torch.zeros(6))
     n = rt.spec.tokens_per_frame
-    embeds = torch.cat([frames[-1].tokens[static_patches]] + [f.tokens[dyn] for f in frames] + [text, state])
-    positions = torch.cat(
-        [static_patches]
-        + [k * n + dyn for k in range(len(frames))]
-        + [torch.arange(len(frames) * n, len(frames) * n + text.shape[0] + 1)]
-    )
+    text_positions = torch.arange(len(frames) * n, len(frames) * n + text.shape[0])
+    state_position = torch.tensor([len(frames) * n + text.shape[0]])
+    dynamic = [f.tokens[dyn] for f in frames]
+    dynamic_positions = [k * n + dyn for k in range(len(frames))]
+    if s.params.cache_language:
+        embeds = torch.cat([frames[-1].tokens[static_patches], text] + dynamic + [state])
+        positions = torch.cat([static_patches, text_positions] + dynamic_positions + [state_position])
+    else:
+        embeds = torch.cat([frames[-1].tokens[static_patches]] + dynamic + [text, state])
+        positions = torch.cat([static_patches] + dynamic_positions + [text_positions, state_position])
     plan = AttentionPlan(query_order=torch.arange(embeds.shape[0]))
     rt.model.run_backbone(embeds, positions, plan)
     full_length = len(frames) * n + text.shape[0] + 1
@@ -111,13 +116,29 @@ def dysta_one_shot(rt):
 
 
 @torch.inference_mode()
-def test_dysta_refreshing_every_step_equals_one_shot_forward_of_its_layout(model, frames):
-    rt = build_runtime(model, "dysta", {"delta_l1": -1.0}, history=3)
+@pytest.mark.parametrize("cache_language", [False, True])
+def test_dysta_refreshing_every_step_equals_one_shot_forward_of_its_layout(model, frames, cache_language):
+    rt = build_runtime(model, "dysta", {"delta_l1": -1.0, "cache_language": cache_language}, history=3)
     for image in frames[:4]:
         chunk, stats = rt.step(obs(image))
         assert stats.recached_l1 and stats.recached_l2
         expected, _ = dysta_one_shot(rt)
         np.testing.assert_allclose(chunk.actions, expected, atol=TOL)
+
+
+@torch.inference_mode()
+def test_cached_language_is_rebuilt_when_the_instruction_changes(model, frames):
+    params = {"delta_l1": 10.0, "delta_l2": 10.0, "cache_language": True}
+    rt = build_runtime(model, "dysta", params, history=2)
+    rt.step(obs(frames[0]))
+    _, stats = rt.step(obs(frames[1]))
+    assert not stats.recached_l1 and not stats.recached_l2
+    assert stats.recomputed_tokens == stats.dynamic_tokens + 1  # dynamic tokens and the state only
+    other = obs(frames[2])
+    other.instruction = "touch the blue cube"
+    _, stats = rt.step(other)
+    assert stats.recached_l2 and not stats.recached_l1
+    torch.testing.assert_close(rt.strategy.cached_text, rt._text_embeds("touch the blue cube"))
 
 
 def with_static_tokens_of(frame, reference, patches):
@@ -128,9 +149,11 @@ def with_static_tokens_of(frame, reference, patches):
 
 
 @torch.inference_mode()
-def test_cached_static_prefix_plus_new_tokens_equals_one_shot(model, frames):
+@pytest.mark.parametrize("cache_language", [False, True])
+def test_cached_static_prefix_plus_new_tokens_equals_one_shot(model, frames, cache_language):
     # A huge delta: the static cache built at step 0 is reused for every later step.
-    rt = build_runtime(model, "dysta", {"delta_l1": 10.0, "delta_l2": 10.0}, history=3)
+    rt = build_runtime(model, "dysta", {"delta_l1": 10.0, "delta_l2": 10.0, "cache_language": cache_language},
+                       history=3)
     rt.step(obs(frames[0]))
     reference = rt.frames[-1]
     for image in frames[1:4]:

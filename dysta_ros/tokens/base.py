@@ -93,6 +93,10 @@ class StepContext:
         positions = torch.arange(self.frames_length, self.full_length, device=self.device)
         return embeds, positions
 
+    def text_positions(self) -> torch.Tensor:
+        """Full-layout positions of the language tokens (n_text,)."""
+        return torch.arange(self.frames_length, self.full_length - 1, device=self.device)
+
     def slot_positions(self, slot: int, patches: torch.Tensor) -> torch.Tensor:
         """Full-layout positions of patches (n,) of the frame in history slot `slot`."""
         return slot * self.tokens_per_frame + patches

@@ -47,6 +47,10 @@ class DystaParams(StrategyParams):
     # "change" = the training-free per-patch change, "auto" = learned when the checkpoint trained them.
     gate: str = "auto"
     learned_gate_threshold: float = 0.5  # learned: refresh level l when its gate probability exceeds this
+    # Put the instruction into the cached static prefix, [S1 | S2 | language | D.. | state]: it is
+    # constant within an episode, so each step computes only dynamic tokens and the state. An
+    # inference-time layout: a checkpoint trained on the default layout is run as trained.
+    cache_language: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -83,7 +87,8 @@ class DystaStrategy(Strategy):
         self.reset()
 
     def reset(self) -> None:
-        self.static_kv = None  # per layer (1, Hkv, s1+s2, D)
+        self.static_kv = None  # per layer (1, Hkv, s1+s2 (+ n_text with cache_language), D)
+        self.cached_text = None  # the language tokens in static_kv (cache_language)
         self.reference = None  # (N, Cv) features the gate compares against
         self.change_ema = None  # (N,)
         self.groups = None  # (l1, l2, dynamic) patch indices
@@ -129,17 +134,22 @@ class DystaStrategy(Strategy):
             patches = l2
             prefix = [(k[:, :, : len(l1)], v[:, :, : len(l1)]) for k, v in self.static_kv]
             prefix_order = ctx.arange(0, len(l1))
-        if len(patches) == 0:
+        if len(patches) == 0 and not self.params.cache_language:
             if levels == "l1":
                 self.static_kv = None
             return
         start = 0 if levels == "l1" else len(l1)
-        plan = AttentionPlan(
-            query_order=ctx.arange(start, start + len(patches)), prefix=prefix, prefix_order=prefix_order
-        )
         # The oldest slot's positions: static tokens never move as the window slides.
-        ctx.run(frame.tokens[patches], ctx.slot_positions(0, patches), plan)
+        embeds, positions = frame.tokens[patches], ctx.slot_positions(0, patches)
+        if self.params.cache_language:  # the instruction follows the static levels, at its own positions
+            embeds = torch.cat([embeds, ctx.text])
+            positions = torch.cat([positions, ctx.text_positions()])
+        plan = AttentionPlan(
+            query_order=ctx.arange(start, start + embeds.shape[0]), prefix=prefix, prefix_order=prefix_order
+        )
+        ctx.run(embeds, positions, plan)
         self.static_kv = [plan.records[i] for i in range(len(plan.records))]
+        self.cached_text = ctx.text
 
     def frames_for_dynamic(self, ctx: StepContext) -> list[int]:
         """History slots whose dynamic tokens enter the context (all of them here)."""
@@ -162,6 +172,8 @@ class DystaStrategy(Strategy):
             refresh_l1 = refresh_l2 = True
         else:
             refresh_l1, refresh_l2 = self.gate(model, current.features)
+        if self.params.cache_language and not refresh_l2 and not torch.equal(self.cached_text, ctx.text):
+            refresh_l2 = True  # a new instruction: the cached language (after L1) is rebuilt with L2
         if refresh_l1:
             self.groups = self.select_groups(model, current.features)
         gate_ms = (time.perf_counter() - gate_start) * 1e3
@@ -177,6 +189,9 @@ class DystaStrategy(Strategy):
         static = len(l1) + len(l2)
         slots = self.frames_for_dynamic(ctx)
         tail, tail_positions = ctx.tail()
+        if self.params.cache_language:
+            static += ctx.text.shape[0]
+            tail, tail_positions = tail[-1:], tail_positions[-1:]  # the state alone
         embeds = torch.cat([ctx.frames[k].tokens[dynamic] for k in slots] + [tail])  # (Q, W)
         positions = torch.cat([ctx.slot_positions(k, dynamic) for k in slots] + [tail_positions])
         cached = self.static_kv is not None
