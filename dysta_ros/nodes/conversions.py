@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
+from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from dysta_ros import types
@@ -24,6 +25,8 @@ RELIABLE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                           reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 ESTOP_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
                        reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+# Nodes that run against sim_node's /clock (publish_clock: true) take this override.
+SIM_TIME = Parameter("use_sim_time", value=True)
 
 
 def to_seconds(stamp) -> float:

@@ -30,7 +30,7 @@ from dysta_ros.errors import ConfigError, DystaError
 from dysta_ros.evaluation.demo import EXPERT, EpisodeRecord, StepRecord
 from dysta_ros.msg import ActionChunk, TokenStats
 from dysta_ros.nodes import chunk_executor, policy_node
-from dysta_ros.nodes.conversions import CAMERA_QOS, ESTOP_QOS, LATCHED_QOS, RELIABLE_QOS, to_seconds
+from dysta_ros.nodes.conversions import CAMERA_QOS, ESTOP_QOS, LATCHED_QOS, RELIABLE_QOS, SIM_TIME, to_seconds
 from dysta_ros.nodes.image_conversion import image_to_rgb
 from dysta_ros.nodes.run import node_values, to_parameters
 from dysta_ros.nodes.sim_node import OUTCOME_TOPIC, SimNode
@@ -45,14 +45,16 @@ class DemoSession:
 
     def __init__(self, args: argparse.Namespace):
         self.args = args
-        self.sim = SimNode(image_width=args.image_size, image_height=args.image_size)
+        # Sim time (/clock) for every node, as `dysta-ros record` does: a loaded machine slows the
+        # episode down instead of the clock running on while the arm waits for stale chunks.
+        self.sim = SimNode(image_width=args.image_size, image_height=args.image_size, publish_clock=True)
         self.values = node_values(argparse.Namespace(
             strategy=args.strategies[0], model="tiny", robot="sim_arm", device=args.device, dtype=None,
             instruction=None, dry_run=False, params_file=None,
             param=[f"policy_node:cpu_threads={getattr(args, 'threads', 0)}"]))
-        self.executor_node = chunk_executor.ChunkExecutorNode(
-            parameter_overrides=to_parameters(self.values["chunk_executor"], chunk_executor.PARAMS))
-        self.node = rclpy.create_node("dysta_demo")
+        overrides = [*to_parameters(self.values["chunk_executor"], chunk_executor.PARAMS), SIM_TIME]
+        self.executor_node = chunk_executor.ChunkExecutorNode(parameter_overrides=overrides)
+        self.node = rclpy.create_node("dysta_demo", parameter_overrides=[SIM_TIME])
         self.lock = threading.Lock()
         self.record: EpisodeRecord | None = None
         self.started = 0.0  # time.monotonic() of the current episode's start
@@ -145,7 +147,8 @@ class DemoSession:
         if self.policy is None:
             values = dict(self.values["policy_node"], model=model, strategy=strategy)
             declared = policy_node.PARAMS + policy_node.strategy_params_from_yaml()
-            self.policy = policy_node.PolicyNode(parameter_overrides=to_parameters(values, declared))
+            overrides = [*to_parameters(values, declared), SIM_TIME]
+            self.policy = policy_node.PolicyNode(parameter_overrides=overrides)
             if self.policy.trigger_configure() != TransitionCallbackReturn.SUCCESS:
                 raise ConfigError(f"policy_node could not load {model!r} (see the log above)")
             self.policy_model = model

@@ -25,14 +25,13 @@ from std_msgs.msg import Bool, String
 
 from dysta_ros.bags.rosbag import BagWriter, TopicQos
 from dysta_ros.errors import BagError, ConfigError
-from dysta_ros.nodes.conversions import ESTOP_QOS
+from dysta_ros.nodes.conversions import ESTOP_QOS, SIM_TIME
 from dysta_ros.nodes.bag_player import message_class
 from dysta_ros.robot import load_robot_config
 
 EPISODE_TOPIC = "/dysta/episode"  # the recorder's own start/end events, JSON in std_msgs/String
 OUTCOME_TOPIC = "/dysta/episode_outcome"
 INSTRUCTION_TOPIC = "/dysta/instruction"
-_SIM_TIME = Parameter("use_sim_time", value=True)
 LATCHED = {INSTRUCTION_TOPIC, OUTCOME_TOPIC, EPISODE_TOPIC}
 SENSORS_QOS = qos_profile_sensor_data  # best effort: matches best-effort and reliable publishers
 LATCHED_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
@@ -67,7 +66,7 @@ class RecorderNode(Node):
 
     def __init__(self, writer: BagWriter, topics: dict[str, str | None], sim_time: bool = False):
         # receive times on the clock the publishers stamp with, so both compare
-        super().__init__("recorder", parameter_overrides=[_SIM_TIME] if sim_time else [])
+        super().__init__("recorder", parameter_overrides=[SIM_TIME] if sim_time else [])
         self._writer = writer
         self._lock = threading.Lock()  # callbacks may run on several executor threads
         self._wanted = dict(topics)  # topic -> type, None: learn it from the graph
@@ -249,7 +248,7 @@ def _sim_nodes(args) -> list[Node]:
     sim = SimNode(robot=args.robot, task=args.task, seed=args.seed, expert=True, publish_clock=True,
                   image_width=args.image_size, image_height=args.image_size)
     executor_node = ChunkExecutorNode(parameter_overrides=[
-        Parameter("robot", value=args.robot), _SIM_TIME])
+        Parameter("robot", value=args.robot), SIM_TIME])
     driver = EpisodeDriver(lambda seed: sim.set_parameters([Parameter("seed", value=seed)]))
     return [sim, executor_node, driver]
 
