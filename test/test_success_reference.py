@@ -43,7 +43,8 @@ def test_shipped_checkpoint_plans_joint_targets_near_the_arm(name):
 
 
 def test_dysta_gate_auto_uses_the_learned_gate_only_where_it_was_trained():
-    observation = SimEnv().reset("reach", seed=7)
+    with SimEnv() as env:
+        observation = env.reset("reach", seed=7)
     decided = {}
     for model in ("tiny", str(CHECKPOINTS / "reference")):
         runtime = build_runtime(model, "dysta")  # gate: auto, the YAML default

@@ -183,6 +183,12 @@ class SimEnv:
             self._renderer = None
         self._gl_thread.shutdown()
 
+    def __enter__(self) -> SimEnv:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()  # in this thread, not in a garbage collector's, which has no GL context
+
     # --- privileged state (expert, success checks, reports) -----------------------------
     @property
     def joint_positions(self) -> np.ndarray:
