@@ -1,4 +1,4 @@
-"""Executing action chunks: latency compensation, blending, limits, e-stop and deadman.
+"""Executing action chunks: latency compensation, blending, limits, workspace, e-stop and deadman.
 
 Plain classes with no ROS: the chunk_executor node converts messages, hands values in here
 with its clock's `now`, and publishes what `ChunkExecutor.tick` returns. Time is seconds on
@@ -12,12 +12,12 @@ actions are already in the past: sampling the blended plan at the current time s
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from dysta_ros.errors import ConfigError, InputError
-from dysta_ros.robot import COMMAND_OUTPUTS, OUTPUT_ACTION_SPACE, RobotConfig
+from dysta_ros.robot import COMMAND_OUTPUTS, OUTPUT_ACTION_SPACE, RobotConfig, Workspace
 from dysta_ros.types import ActionChunk
 
 BLENDINGS = ("latest", "weighted_average", "temporal_ensemble")
@@ -109,6 +109,8 @@ def prepare_actions(chunk: ActionChunk, names: tuple[str, ...], action_space: st
         return actions[:, order]
     if actions.shape[1] not in EE_DIMS[action_space]:
         raise InputError(f"{action_space} chunks need dim in {EE_DIMS[action_space]}, got {actions.shape[1]}")
+    if actions.shape[1] == 7 and np.any(np.linalg.norm(actions[:, 3:], axis=1) < 1e-6):
+        raise InputError("ee_pose chunk holds a zero quaternion (no orientation)")
     return actions
 
 
@@ -163,6 +165,39 @@ def clip_to_limits(target: np.ndarray, reference: np.ndarray, period: float,
     return command, bool(np.any(np.abs(command - target) > 1e-12))
 
 
+def clip_to_workspace(target: np.ndarray, action_space: str,
+                      workspace: Workspace) -> tuple[np.ndarray, dict[str, float]]:
+    """Clamp a pose's position into the box, or scale a twist's speeds down to the limits.
+
+    Return the command and how far the target was outside, per kind (empty when inside).
+    """
+    command = np.array(target, dtype=np.float64)
+    excess = {}
+    if action_space == "ee_pose":
+        command[:3] = np.clip(command[:3], workspace.lower, workspace.upper)
+        outside = float(np.linalg.norm(command[:3] - target[:3]))
+        if outside > 0:
+            excess["position_m"] = outside
+        return command, excess
+    # ee_twist: scale each vector as a whole, so the motion keeps its direction (as servo
+    # controllers do), rather than clipping axes and bending the path.
+    for key, axes, limit in (("linear_speed_m_s", slice(0, 3), workspace.max_linear_speed),
+                             ("angular_speed_rad_s", slice(3, 6), workspace.max_angular_speed)):
+        speed = float(np.linalg.norm(command[axes]))
+        if speed > limit:
+            command[axes] *= limit / speed
+            excess[key] = speed - limit
+    return command, excess
+
+
+def describe_excess(excess: dict[str, float]) -> str:
+    """Say how far a target was outside the workspace, e.g. 'position 0.150 m outside the box'."""
+    words = {"position_m": "position {:.3f} m outside the box",
+             "linear_speed_m_s": "linear speed {:.3f} m/s over the limit",
+             "angular_speed_rad_s": "angular speed {:.3f} rad/s over the limit"}
+    return ", ".join(words[key].format(value) for key, value in excess.items())
+
+
 class EStopLatch:
     """An emergency stop that stays engaged until explicitly cleared."""
 
@@ -205,6 +240,7 @@ class Tick:
     command: np.ndarray | None  # (D,) joint positions or end-effector values; None = hold
     hold_reason: str = ""
     clipped: bool = False
+    excess: dict[str, float] = field(default_factory=dict)  # how far outside the workspace (EE)
 
 
 class ChunkExecutor:
@@ -227,6 +263,8 @@ class ChunkExecutor:
         self.last_command_time: float | None = None
         self.counts = {"accepted": 0, "rejected": 0, "late_actions_skipped": 0, "clipped": 0, "commands": 0}
         self.last_rejection = ""
+        self.workspace = robot.workspace if self.action_space != "joint_position" else None
+        self.worst_excess: dict[str, float] = {}  # the farthest outside the workspace so far, per kind
         self.last_tick: float | None = None
 
     def reconfigure(self, config: ExecutorConfig):
@@ -309,7 +347,21 @@ class ChunkExecutor:
             else:
                 return self._hold("no fresh joint states to start from (velocity limit needs them)")
             target, clipped = clip_to_limits(target, reference, self.config.period, self.robot)
-            self.counts["clipped"] += int(clipped)
+        if not np.all(np.isfinite(target)):
+            # Chunks are checked on arrival; this guards the blend and the limits behind them.
+            return self._hold("the plan gave a non-finite target")
+        excess = {}
+        if self.workspace is not None:
+            target, excess = clip_to_workspace(target, self.action_space, self.workspace)
+            clipped = bool(excess)
+            for key, value in excess.items():
+                self.worst_excess[key] = max(value, self.worst_excess.get(key, 0.0))
+        self.counts["clipped"] += int(clipped)
         self.last_command, self.last_command_time = target, now
         self.counts["commands"] += 1
-        return Tick(target, "", clipped)
+        return Tick(target, "", clipped, excess)
+
+    @property
+    def bounded(self) -> bool:
+        """Whether every command is bounded: joint limits, or a workspace for end-effector outputs."""
+        return self.action_space == "joint_position" or self.workspace is not None

@@ -1,14 +1,14 @@
-"""Robot configuration: joints by name, limits, cameras and command outputs, from YAML.
+"""Robot configuration: joints by name, limits, workspace, cameras and command outputs, from YAML.
 
 A robot config (`config/robots/<name>.yaml`) is all it takes to drive another arm. The policy
-node reads joints and camera topics from it, the chunk executor its limits and outputs, and the
-simulation its joint names; all of them load it through `load_robot_config`.
+node reads joints and camera topics from it, the chunk executor its limits, workspace and
+outputs, and the simulation its joint names; all of them load it through `load_robot_config`.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +79,60 @@ class CameraConfig:
 
 
 @dataclass(frozen=True)
+class Workspace:
+    """Where end-effector commands may go: a box in the base frame, and twist speed limits."""
+
+    min_xyz: tuple[float, float, float]  # m, the box's lower corner in base_frame
+    max_xyz: tuple[float, float, float]  # m, its upper corner
+    max_linear_speed: float  # m/s, the most |(vx, vy, vz)| of a twist
+    max_angular_speed: float  # rad/s, the most |(wx, wy, wz)| of a twist
+
+    def __post_init__(self):
+        def fail(field_name: str, message: str):
+            raise ConfigError(f"workspace.{field_name}: {message}")
+
+        for key in ("min_xyz", "max_xyz"):
+            values = getattr(self, key)
+            if len(values) != 3:
+                fail(key, f"needs 3 values (x, y, z in m), got {len(values)}")
+            if not np.all(np.isfinite(values)):
+                fail(key, f"values must be finite, got {list(values)}")
+        if np.any(np.asarray(self.min_xyz) >= np.asarray(self.max_xyz)):
+            fail("min_xyz", f"must be below max_xyz on every axis, got {list(self.min_xyz)} and "
+                            f"{list(self.max_xyz)}")
+        for key in ("max_linear_speed", "max_angular_speed"):
+            value = getattr(self, key)
+            if not (np.isfinite(value) and value > 0):
+                fail(key, f"must be a positive finite number, got {value}")
+
+    @property
+    def lower(self) -> np.ndarray:
+        return np.asarray(self.min_xyz, dtype=np.float64)
+
+    @property
+    def upper(self) -> np.ndarray:
+        return np.asarray(self.max_xyz, dtype=np.float64)
+
+    @classmethod
+    def from_dict(cls, data, source: str = "robot config") -> Workspace:
+        """Build from the `workspace` mapping of a robot config; every key is required."""
+        keys = [f.name for f in fields(cls)]
+        if not isinstance(data, dict) or set(data) != set(keys):
+            given = sorted(data) if isinstance(data, dict) else type(data).__name__
+            raise ConfigError(f"{source}: workspace needs exactly the keys {', '.join(keys)}; got {given}")
+        try:
+            return cls(min_xyz=tuple(float(v) for v in data["min_xyz"]),
+                       max_xyz=tuple(float(v) for v in data["max_xyz"]),
+                       max_linear_speed=float(data["max_linear_speed"]),
+                       max_angular_speed=float(data["max_angular_speed"]))
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, ConfigError):
+                raise ConfigError(f"{source}: {exc}") from exc
+            raise ConfigError(f"{source}: workspace: {exc} (min_xyz and max_xyz are lists of 3 numbers, "
+                              "the speeds are numbers)") from exc
+
+
+@dataclass(frozen=True)
 class RobotConfig:
     """A robot as the nodes see it; every field is validated on construction."""
 
@@ -93,6 +147,7 @@ class RobotConfig:
     action_space: str = "joint_position"  # one of ACTION_SPACES
     command_output: str = "joint_trajectory"  # one of COMMAND_OUTPUTS
     command_topics: dict[str, str] = field(default_factory=dict)  # output -> topic
+    workspace: Workspace | None = None  # bounds of ee_pose / ee_twist commands; None: unbounded
 
     def __post_init__(self):
         def fail(field_name: str, message: str):
@@ -125,6 +180,8 @@ class RobotConfig:
         if unknown:
             fail("command_topics",
                  f"unknown outputs {sorted(unknown)}; allowed: {', '.join(COMMAND_OUTPUTS)}")
+        if self.workspace is not None and not isinstance(self.workspace, Workspace):
+            fail("workspace", f"must be a Workspace or None, got {type(self.workspace).__name__}")
 
     @property
     def lower(self) -> np.ndarray:
@@ -169,7 +226,7 @@ class RobotConfig:
     def from_dict(cls, data: dict, source: str = "robot config") -> RobotConfig:
         """Build from a parsed YAML mapping; unknown or missing keys raise ConfigError."""
         allowed = {"name", "joints", "limits", "cameras", "state_topic", "base_frame",
-                   "action_space", "command_output", "command_topics"}
+                   "action_space", "command_output", "command_topics", "workspace"}
         unknown = set(data) - allowed
         if unknown:
             raise ConfigError(f"{source}: unknown keys {sorted(unknown)}; "
@@ -181,6 +238,9 @@ class RobotConfig:
         limit_keys = {"position_lower", "position_upper", "velocity"}
         if not isinstance(limits, dict) or set(limits) != limit_keys:
             raise ConfigError(f"{source}: limits needs exactly the keys {sorted(limit_keys)}")
+        workspace = None
+        if data.get("workspace") is not None:
+            workspace = Workspace.from_dict(data["workspace"], source)
         try:
             cameras = tuple(CameraConfig(**camera) for camera in data.get("cameras") or [])
             return cls(
@@ -193,6 +253,7 @@ class RobotConfig:
                 **{k: data[k] for k in ("state_topic", "base_frame", "action_space", "command_output")
                    if k in data},
                 command_topics=dict(data.get("command_topics") or {}),
+                workspace=workspace,
             )
         except (TypeError, ValueError) as exc:
             if isinstance(exc, ConfigError):

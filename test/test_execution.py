@@ -7,9 +7,10 @@ from hypothesis import strategies as st
 
 from dysta_ros.errors import ConfigError, InputError
 from dysta_ros.execution import (
-    ChunkBlender, ChunkExecutor, ExecutorConfig, TimedChunk, clip_to_limits, prepare_actions,
+    ChunkBlender, ChunkExecutor, ExecutorConfig, TimedChunk, clip_to_limits, clip_to_workspace,
+    describe_excess, prepare_actions,
 )
-from dysta_ros.robot import RobotConfig, load_robot_config
+from dysta_ros.robot import RobotConfig, Workspace, load_robot_config
 from dysta_ros.types import ActionChunk
 
 JOINTS = [f"joint{i}" for i in range(1, 7)]
@@ -235,7 +236,154 @@ def test_end_effector_outputs_take_their_action_space_unclipped():
     twist = ActionChunk(stamp=5.0, actions=np.tile([[0.1, 0, 0, 0, 0, 2.0]], (10, 1)).astype(np.float32),
                         dt=0.1, action_space="ee_twist", names=["vx", "vy", "vz", "wx", "wy", "wz"])
     executor.on_chunk(twist, now=5.0)
+    assert not executor.bounded  # no workspace in this config: the node says so on /diagnostics
     np.testing.assert_allclose(executor.tick(now=5.0).command, [0.1, 0, 0, 0, 0, 2.0], rtol=1e-6)
     with pytest.raises(InputError, match="dim in"):
         executor.on_chunk(ActionChunk(stamp=5.0, actions=np.zeros((3, 4), np.float32), dt=0.1,
                                       action_space="ee_twist"), now=5.0)
+
+
+# Workspace ------------------------------------------------------------------------------
+
+WORKSPACE = dict(min_xyz=[-0.3, -0.6, 0.01], max_xyz=[0.9, 0.6, 0.8], max_linear_speed=0.25,
+                 max_angular_speed=1.0)
+POSE_NAMES = ["x", "y", "z", "roll", "pitch", "yaw"]
+
+
+def ee_robot(output, workspace=WORKSPACE):
+    return RobotConfig.from_dict(dict(
+        name="servo_arm", joints=["a", "b"], action_space=output, command_output=output,
+        limits=dict(position_lower=[-1, -1], position_upper=[1, 1], velocity=[1, 1]),
+        command_topics={output: f"/servo_node/{output}"}, workspace=workspace))
+
+
+def ee_chunk(rows, stamp=5.0, space="ee_pose", horizon=10):
+    actions = np.tile(np.asarray([rows], dtype=np.float32), (horizon, 1))
+    return ActionChunk(stamp=stamp, actions=actions, dt=0.1, action_space=space, names=POSE_NAMES)
+
+
+def ee_executor(output, workspace=WORKSPACE):
+    return ChunkExecutor(ExecutorConfig(control_rate_hz=10.0, blending="latest"), ee_robot(output, workspace))
+
+
+def test_shipped_robot_config_has_a_valid_workspace(robot):
+    assert robot.workspace is not None
+    assert np.all(robot.workspace.lower < robot.workspace.upper)
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"min_xyz": [0.0, 0.0]}, "workspace.min_xyz: needs 3 values"),
+    ({"max_xyz": [0.9, float("nan"), 0.8]}, "workspace.max_xyz: values must be finite"),
+    ({"min_xyz": [1.0, -0.6, 0.01]}, "workspace.min_xyz: must be below max_xyz"),
+    ({"max_linear_speed": 0.0}, "workspace.max_linear_speed: must be a positive"),
+    ({"max_angular_speed": float("inf")}, "workspace.max_angular_speed: must be a positive"),
+    ({"max_angular_speed": None}, "workspace needs exactly the keys"),
+    ({"min_xyz": 3.0}, "workspace: .*lists of 3 numbers"),
+    ({"max_xyz": "far"}, "workspace: .*lists of 3 numbers"),
+    ({"box": [1, 2, 3]}, "workspace needs exactly the keys min_xyz, max_xyz, max_linear_speed"),
+])
+def test_workspace_errors_name_the_field(change, field):
+    workspace = {k: v for k, v in {**WORKSPACE, **change}.items() if v is not None}
+    with pytest.raises(ConfigError, match=field):
+        ee_robot("ee_pose", workspace)
+
+
+def test_workspace_errors_name_the_file(tmp_path):
+    path = tmp_path / "arm.yaml"
+    path.write_text("name: arm\njoints: [a]\nlimits: {position_lower: [-1], position_upper: [1], "
+                    "velocity: [1]}\ncommand_topics: {joint_trajectory: /jtc}\nworkspace: [0, 1]\n")
+    with pytest.raises(ConfigError, match=f"{path}: workspace needs exactly the keys"):
+        load_robot_config(str(path))
+
+
+def test_pose_positions_clamp_into_the_box_and_say_how_far_out():
+    workspace = Workspace(**WORKSPACE)
+    inside = np.array([0.3, 0.1, 0.2, 0.1, 0.2, 0.3])
+    command, excess = clip_to_workspace(inside, "ee_pose", workspace)
+    np.testing.assert_array_equal(command, inside)
+    assert excess == {}
+    target = np.array([1.2, 0.0, -0.39, 0.1, 0.2, 0.3, 0.9])  # 0.3 m beyond x, 0.4 m below z
+    command, excess = clip_to_workspace(target, "ee_pose", workspace)
+    np.testing.assert_allclose(command, [0.9, 0.0, 0.01, 0.1, 0.2, 0.3, 0.9])  # orientation kept
+    assert excess["position_m"] == pytest.approx(0.5)
+    assert describe_excess(excess) == "position 0.500 m outside the box"
+
+
+def test_twists_scale_down_to_the_speed_limits_keeping_their_direction():
+    workspace = Workspace(**WORKSPACE)
+    command, excess = clip_to_workspace(np.array([0.6, 0.8, 0.0, 0.0, 0.0, -3.0]), "ee_twist", workspace)
+    np.testing.assert_allclose(command, [0.15, 0.2, 0.0, 0.0, 0.0, -1.0])
+    assert excess == pytest.approx({"linear_speed_m_s": 0.75, "angular_speed_rad_s": 2.0})
+    assert describe_excess(excess) == ("linear speed 0.750 m/s over the limit, "
+                                       "angular speed 2.000 rad/s over the limit")
+    slow = np.array([0.1, 0.0, 0.1, 0.5, 0.0, 0.0])
+    command, excess = clip_to_workspace(slow, "ee_twist", workspace)
+    np.testing.assert_array_equal(command, slow)
+    assert excess == {}
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.floats(-1e6, 1e6), min_size=7, max_size=7), st.sampled_from(["ee_pose", "ee_twist"]))
+def test_clamped_end_effector_commands_always_respect_the_workspace(values, space):
+    workspace = Workspace(**WORKSPACE)
+    target = np.array(values[:7] if space == "ee_pose" else values[:6])
+    command, excess = clip_to_workspace(target, space, workspace)
+    assert np.all(np.isfinite(command))
+    if space == "ee_pose":
+        assert np.all(command[:3] >= workspace.lower) and np.all(command[:3] <= workspace.upper)
+        np.testing.assert_array_equal(command[3:], target[3:])
+    else:
+        assert np.linalg.norm(command[:3]) <= workspace.max_linear_speed * (1 + 1e-9)
+        assert np.linalg.norm(command[3:]) <= workspace.max_angular_speed * (1 + 1e-9)
+    # Clamping is idempotent, and what it reports is exactly what it changed.
+    again, none = clip_to_workspace(command, space, workspace)
+    np.testing.assert_allclose(again, command, rtol=1e-12, atol=1e-12)
+    assert none == {} or max(none.values()) < 1e-9
+    assert bool(excess) == bool(np.any(command != target))
+
+
+def test_executor_keeps_pose_commands_in_the_box_and_counts_each_clamp():
+    executor = ee_executor("ee_pose")
+    assert executor.bounded
+    executor.on_chunk(ee_chunk([0.3, 0.0, 0.2, 0.0, 0.0, 0.0]), now=5.0)
+    tick = executor.tick(now=5.0)
+    assert not tick.clipped and tick.excess == {}
+    executor.on_chunk(ee_chunk([0.3, 1.6, 0.2, 0.0, 0.0, 0.0], stamp=5.1), now=5.1)  # 1 m beyond y
+    for k in range(3):
+        tick = executor.tick(now=5.1 + 0.1 * k)
+        assert tick.clipped and tick.excess["position_m"] == pytest.approx(1.0, abs=1e-6)
+        np.testing.assert_allclose(tick.command[:3], [0.3, 0.6, 0.2], atol=1e-6)
+    assert executor.counts["clipped"] == 3 and executor.counts["commands"] == 4
+    assert executor.worst_excess["position_m"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_executor_keeps_twists_under_the_speed_limits():
+    executor = ee_executor("ee_twist")
+    executor.on_chunk(ee_chunk([2.0, 0.0, 0.0, 0.0, 0.0, 0.5], space="ee_twist"), now=5.0)
+    tick = executor.tick(now=5.0)
+    np.testing.assert_allclose(tick.command, [0.25, 0.0, 0.0, 0.0, 0.0, 0.5], atol=1e-6)
+    assert tick.excess == pytest.approx({"linear_speed_m_s": 1.75})
+    assert executor.counts["clipped"] == 1
+
+
+@pytest.mark.parametrize("output", ["ee_pose", "ee_twist"])
+def test_non_finite_end_effector_actions_hold(output):
+    executor = ee_executor(output)
+    with pytest.raises(InputError, match="non-finite"):
+        executor.on_chunk(ee_chunk([0.3, float("nan"), 0.2, 0.0, 0.0, 0.0], space=output), now=5.0)
+    tick = executor.tick(now=5.0)
+    assert tick.command is None and executor.counts["commands"] == 0
+    # Behind the arrival check: a plan that yields a non-finite target still sends nothing.
+    bad = np.full((10, 6), np.inf)
+    executor.blender.add(TimedChunk(5.0, 0.1, bad, received=5.0), now=5.0)
+    executor.deadman.feed(5.0)
+    tick = executor.tick(now=5.1)
+    assert tick.command is None and "non-finite" in tick.hold_reason
+
+
+def test_a_zero_quaternion_is_refused():
+    executor = ee_executor("ee_pose")
+    with pytest.raises(InputError, match="zero quaternion"):
+        executor.on_chunk(ee_chunk([0.3, 0.0, 0.2, 0.0, 0.0, 0.0, 0.0]), now=5.0)
+    executor.on_chunk(ee_chunk([0.3, 0.0, 0.2, 0.0, 0.0, 0.0, 1.0]), now=5.0)
+    assert executor.tick(now=5.0).command is not None
