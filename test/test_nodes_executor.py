@@ -99,6 +99,8 @@ def test_executor_clips_latches_estop_holds_on_deadman_and_survives_bad_chunks(r
     robot = load_robot_config("sim_arm")
     # Silence is visible: before any chunk the executor says it is holding.
     assert rig.wait_status("commands", lambda level, msg, v: "waiting for a chunk" in msg)
+    assert rig.status("workspace")[:2] == (
+        0, "not used: joint_trajectory commands are clipped to joint limits")
 
     # A chunk far outside the limits: commands move at most max velocity per period.
     rig.send_state(np.zeros(6))
@@ -194,3 +196,120 @@ def test_end_effector_messages():
     assert (twist.twist.linear.y, twist.twist.angular.z) == (1.0, 5.0)
     hold = conv.trajectory_msg(JOINTS, np.zeros((0, 0)), [])
     assert hold.joint_names == JOINTS and not hold.points  # JTC: stop and hold
+
+
+EE_ROBOT = """name: servo_arm
+joints: [a, b]
+limits: {position_lower: [-1, -1], position_upper: [1, 1], velocity: [1, 1]}
+action_space: ee_pose
+command_output: ee_pose
+command_topics: {ee_pose: /servo_node/pose_target_cmds}
+"""
+EE_WORKSPACE = """workspace:
+  min_xyz: [-0.3, -0.6, 0.01]
+  max_xyz: [0.9, 0.6, 0.8]
+  max_linear_speed: 0.25
+  max_angular_speed: 1.0
+"""
+
+
+@pytest.fixture
+def ros_session():
+    rclpy.init()
+    yield
+    rclpy.shutdown()
+
+
+def ee_rig(tmp_path, with_workspace):
+    """An ee_pose executor on a robot config written to tmp_path, and a test node around it."""
+    from geometry_msgs.msg import PoseStamped
+
+    path = tmp_path / "servo_arm.yaml"
+    path.write_text(EE_ROBOT + (EE_WORKSPACE if with_workspace else ""))
+    executor_node = ChunkExecutorNode(parameter_overrides=[
+        Parameter("robot", value=str(path)), Parameter("control_rate_hz", value=RATE),
+        Parameter("max_chunk_age_s", value=5.0), Parameter("diagnostic_period_s", value=0.05),
+        Parameter("blending", value="latest")])
+    node = rclpy.create_node("ee_executor_test")
+    spin = SingleThreadedExecutor()
+    spin.add_node(executor_node)
+    spin.add_node(node)
+    poses, diagnostics = [], []
+    node.create_subscription(PoseStamped, "/servo_node/pose_target_cmds", poses.append, 50)
+    node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 50)
+    chunk_pub = node.create_publisher(ActionChunk, "/dysta/action_chunk", conv.RELIABLE_QOS)
+    assert spin_until(spin, lambda: chunk_pub.get_subscription_count() > 0)
+
+    def send(position):
+        now = node.get_clock().now().nanoseconds * 1e-9
+        actions = np.tile(np.asarray([list(position) + [0.0, 0.0, 0.0]], np.float32), (40, 1))
+        chunk_pub.publish(conv.chunk_to_msg(types.ActionChunk(
+            stamp=now, actions=actions, dt=0.1, action_space="ee_pose",
+            names=["x", "y", "z", "roll", "pitch", "yaw"])))
+
+    def workspace_statuses():
+        return [(s.level[0], s.message, {kv.key: kv.value for kv in s.values})
+                for array in diagnostics for s in array.status if s.name == "chunk_executor: workspace"]
+
+    def close():
+        spin.shutdown()
+        executor_node.destroy_node()
+        node.destroy_node()
+
+    return executor_node, spin, send, poses, workspace_statuses, close
+
+
+def test_end_effector_poses_stay_in_the_workspace_and_clamps_are_reported(ros_session, tmp_path):
+    executor_node, spin, send, poses, statuses, close = ee_rig(tmp_path, with_workspace=True)
+    try:
+        assert spin_until(spin, lambda: statuses() and statuses()[-1][1] == "inside the workspace")
+        send([0.3, 0.0, 0.2])  # inside: passed through, reported OK
+        assert spin_until(spin, lambda: len(poses) >= 2)
+        p = poses[-1].pose.position
+        np.testing.assert_allclose([p.x, p.y, p.z], [0.3, 0.0, 0.2], atol=1e-6)
+        assert statuses()[-1][0] == 0
+        # 1.5 m above the box's top and 0.4 m past its side: clamped onto it, WARN with how far.
+        first = len(poses)
+        send([1.3, 0.0, 2.3])
+        assert spin_until(spin, lambda: any(s[0] == 1 for s in statuses()))
+        level, message, values = next(s for s in statuses() if s[0] == 1)
+        assert message == "clamped: position 1.552 m outside the box"
+        assert int(values["clamped"]) >= 1
+        assert float(values["worst_position_m"]) == pytest.approx(1.552, abs=1e-3)
+        assert spin_until(spin, lambda: len(poses) >= first + 3)
+        for pose in poses:
+            p = pose.pose.position
+            assert -0.3 <= p.x <= 0.9 and -0.6 <= p.y <= 0.6 and 0.01 <= p.z <= 0.8
+            assert pose.header.frame_id == "base_link"
+        p = poses[-1].pose.position
+        np.testing.assert_allclose([p.x, p.y, p.z], [0.9, 0.0, 0.8], atol=1e-6)
+        # Back inside: the WARN gives way to OK once it has been reported.
+        send([0.3, 0.0, 0.2])
+        warned = len(statuses())
+        assert spin_until(spin, lambda: len(statuses()) > warned
+                          and statuses()[-1][1] == "inside the workspace")
+        # A NaN action is rejected: no pose comes of it (the valid plan before it goes on).
+        send([0.3, float("nan"), 0.2])
+        assert spin_until(spin, lambda: executor_node.core.counts["rejected"] == 1)
+        after = len(poses)
+        assert spin_until(spin, lambda: len(poses) >= after + 3)
+        for pose in poses[after:]:
+            p = pose.pose.position
+            np.testing.assert_allclose([p.x, p.y, p.z], [0.3, 0.0, 0.2], atol=1e-6)
+    finally:
+        close()
+
+
+def test_end_effector_output_without_a_workspace_says_it_is_unbounded(ros_session, tmp_path):
+    _, spin, send, poses, statuses, close = ee_rig(tmp_path, with_workspace=False)
+    try:
+        assert spin_until(spin, lambda: bool(statuses()))
+        level, message, _ = statuses()[-1]
+        assert level == 1
+        assert message == "ee_pose outputs are unbounded: robot 'servo_arm' has no workspace in its config"
+        send([1.3, 0.0, 2.3])  # today's behaviour: passed through as it is
+        assert spin_until(spin, lambda: bool(poses))
+        p = poses[-1].pose.position
+        np.testing.assert_allclose([p.x, p.y, p.z], [1.3, 0.0, 2.3], atol=1e-6)
+    finally:
+        close()

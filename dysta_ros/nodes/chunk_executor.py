@@ -1,6 +1,6 @@
 """chunk_executor: action chunks + joint states in, safe commands streamed at the control rate out.
 
-All decisions (latency compensation, blending, limits, e-stop, deadman) are made by
+All decisions (latency compensation, blending, limits, workspace, e-stop, deadman) are made by
 `dysta_ros.execution.ChunkExecutor`; this node converts messages, keeps the clock, publishes.
 """
 
@@ -21,7 +21,7 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from dysta_ros.errors import ConfigError, InputError
-from dysta_ros.execution import BLENDINGS, ChunkExecutor, ExecutorConfig
+from dysta_ros.execution import BLENDINGS, ChunkExecutor, ExecutorConfig, describe_excess
 from dysta_ros.msg import ActionChunk
 from dysta_ros.nodes import conversions as conv
 from dysta_ros.nodes import params as P
@@ -59,7 +59,8 @@ class ChunkExecutorNode(Node):
         super().__init__("chunk_executor", **kwargs)
         P.declare(self, PARAMS)
         values = P.read(self, PARAMS)
-        self.board = StatusBoard(self.get_name(), values["robot"], ["commands", "chunks", "joint_states"])
+        self.board = StatusBoard(self.get_name(), values["robot"],
+                                 ["commands", "chunks", "joint_states", "workspace"])
         self.holding = "starting"  # why it holds; None while commanding
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(values["diagnostic_period_s"], self.publish_diagnostics)
@@ -82,9 +83,13 @@ class ChunkExecutorNode(Node):
         self.create_service(Trigger, "/dysta/clear_estop", self.on_clear_estop)
         self.create_timer(self.core.config.period, self.on_tick)
         self.board.set("chunks", WARN, "no chunk yet")
+        self.clamps_reported = 0  # clamps already on /diagnostics: a WARN outlives its tick
+        self.report_workspace()
         self.get_logger().info(f"{self.output} -> {self.robot.command_topics[self.output]} at "
                                f"{values['control_rate_hz']} Hz, blending {values['blending']}"
                                + (" (dry run)" if values["dry_run"] else ""))
+        if not self.core.bounded:
+            self.get_logger().warning(self.board.get("workspace").message)
 
     @staticmethod
     def config_from(values: dict) -> ExecutorConfig:
@@ -153,6 +158,9 @@ class ChunkExecutorNode(Node):
         message = "dry run (not sent)" if dry_run else "commanding"
         message += ", clipped to limits" if tick.clipped else ""
         self.board.set("commands", OK, message, **self.core.counts)
+        if tick.excess:
+            self.board.set("workspace", WARN, f"clamped: {describe_excess(tick.excess)}",
+                           **self.workspace_values())
         if dry_run:
             self.get_logger().info(f"dry run: {self.output} {np.round(tick.command, 4).tolist()}",
                                    throttle_duration_sec=1.0)
@@ -177,7 +185,27 @@ class ChunkExecutorNode(Node):
         elif self.output == "ee_twist":
             self.command_pub.publish(conv.twist_msg(np.zeros(6), self.robot.base_frame, now))
 
+    def workspace_values(self) -> dict:
+        workspace = self.core.workspace
+        return {"clamped": self.core.counts["clipped"], "min_xyz": list(workspace.min_xyz),
+                "max_xyz": list(workspace.max_xyz), "max_linear_speed": workspace.max_linear_speed,
+                "max_angular_speed": workspace.max_angular_speed,
+                **{f"worst_{key}": f"{value:.4f}" for key, value in self.core.worst_excess.items()}}
+
+    def report_workspace(self):
+        """Say what bounds the commands; a clamp stays WARN until one report has carried it."""
+        if self.core.action_space == "joint_position":
+            self.board.set("workspace", OK, f"not used: {self.output} commands are clipped to joint limits")
+        elif self.core.workspace is None:
+            self.board.set("workspace", WARN, f"{self.output} outputs are unbounded: robot "
+                           f"{self.robot.name!r} has no workspace in its config")
+        elif self.core.counts["clipped"] == self.clamps_reported:
+            self.board.set("workspace", OK, "inside the workspace", **self.workspace_values())
+        self.clamps_reported = self.core.counts["clipped"]
+
     def publish_diagnostics(self):
+        if hasattr(self, "core"):  # absent when the configuration was refused
+            self.report_workspace()
         self.diagnostics_pub.publish(to_message(self.board, self.get_clock().now().to_msg()))
 
 
