@@ -59,7 +59,7 @@ def test_every_strategy_steps_with_configured_token_counts(model, frames, name):
         if name in ("dysta", "dysta_gotohunt"):
             assert stats.static_l1_tokens == round(params.l1_fraction * n)
             assert stats.static_l2_tokens == round(params.l2_fraction * n)
-            anchors = params.anchors.anchor_count(t) if name == "dysta_gotohunt" else t
+            anchors = params.anchor_count(t) if name == "dysta_gotohunt" else t
             assert stats.frames_attended == anchors
             static = stats.static_l1_tokens + stats.static_l2_tokens
             assert stats.dynamic_tokens == (n - static) * anchors
@@ -79,7 +79,8 @@ def test_every_strategy_steps_with_configured_token_counts(model, frames, name):
         ("dysta", {"l1_fraction": 0.0, "l2_fraction": 0.0}),
         ("gotohunt", {"num_anchors": 4, "sigma": 1, "local_layers": [], "strided_layers": []}),
         ("vla_cache", {"similarity_threshold": 2.0}),
-        ("dysta_gotohunt", {"l1_fraction": 0.0, "l2_fraction": 0.0, "anchor_fraction": 1.0}),
+        ("dysta_gotohunt", {"l1_fraction": 0.0, "l2_fraction": 0.0, "anchor_fraction": 1.0,
+                            "local_layers": [], "strided_layers": []}),
     ],
 )
 def test_strategy_that_skips_nothing_equals_full(model, frames, name, params):

@@ -1,30 +1,89 @@
-"""`dysta_gotohunt`: DySta's static cache, with GoToHunt's anchor frames over the dynamic history."""
+"""`dysta_gotohunt`: DySta's static cache, with GoToHunt's anchor frames and layer schedule.
+
+Context: `dysta`'s with only the K anchor frames' dynamic tokens,
+[S1 | S2 | D_a1 .. D_aK | language | state]. The static prefix is built as `dysta` builds it
+(full causal attention among the static tokens), so its K/V are `dysta`'s own tensors and stay
+reusable until the recache gate fires. The layer schedule (local / strided / all) acts on the
+step's queries only: it changes which cached keys a query reads, never the keys themselves.
+
+What local and strided mean for static keys: a static token is the one copy of a patch that
+every frame shares (DySta keeps one because it does not change), so it belongs to every frame.
+Local layers: a frame's dynamic queries read the static keys and their own frame's dynamic
+keys, i.e. their whole frame; language and state read everything. Strided layers: static keys
+are strided on the patch grid like each anchor's dynamic keys, so what a frame contributes is
+that frame strided by sigma, as in `gotohunt`; language and state keys are always kept.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dysta_ros.tokens.base import StepContext
+from dysta_ros.policy.attention import AttentionPlan
+from dysta_ros.tokens.base import PrefixResult, StepContext
 from dysta_ros.tokens.dysta import DystaParams, DystaStrategy
-from dysta_ros.tokens.gotohunt import AnchorParams, select_anchors
+from dysta_ros.tokens.gotohunt import GotohuntParams, key_layout, layer_schedule, on_stride, select_anchors
 
 
 @dataclass
-class DystaGotohuntParams(DystaParams):
-    """DySta's parameters plus the anchor count."""
+class DystaGotohuntParams(DystaParams, GotohuntParams):
+    """DySta's parameters plus GoToHunt's anchors and layer schedule, each validated as there."""
 
-    num_anchors: int = 4  # K, fixed as in the paper (25 of 500); 0 = round(anchor_fraction * T)
-    anchor_fraction: float = 0.5
 
-    def __post_init__(self):
-        super().__post_init__()
-        self.anchors = AnchorParams(num_anchors=self.num_anchors, anchor_fraction=self.anchor_fraction)
+class _ScheduledContext:
+    """The step's context, except that a backbone call's plan first gets the layer schedule.
+
+    DystaStrategy builds the plan of its dynamic call inside build_prefix; this is where the
+    schedule joins it. The static prefix is built on the plain context (see build_static).
+    """
+
+    def __init__(self, ctx: StepContext, schedule):
+        self.plain, self._schedule = ctx, schedule
+
+    def __getattr__(self, name):
+        return getattr(self.plain, name)
+
+    def run(self, embeds, positions, plan: AttentionPlan) -> AttentionPlan:
+        self._schedule(plan, self.plain)
+        return self.plain.run(embeds, positions, plan)
 
 
 class DystaGotohuntStrategy(DystaStrategy):
     name = "dysta_gotohunt"
     Params = DystaGotohuntParams
 
+    def __init__(self, params: DystaGotohuntParams, model_config):
+        super().__init__(params, model_config)
+        self.schedule = layer_schedule(
+            model_config.backbone.layers, params.local_layers, params.strided_layers
+        )
+        self.anchors: list[int] = []
+
     def frames_for_dynamic(self, ctx: StepContext) -> list[int]:
         """Only the anchor frames' dynamic tokens enter the context."""
-        return select_anchors(ctx, self.params.anchors)
+        self.anchors = select_anchors(ctx, self.params)
+        return self.anchors
+
+    def build_static(self, ctx, frame, levels: str) -> None:
+        """Build the static prefix as `dysta` does, unscheduled: exact and reusable across steps."""
+        super().build_static(getattr(ctx, "plain", ctx), frame, levels)
+
+    def build_prefix(self, ctx: StepContext) -> PrefixResult:
+        result = super().build_prefix(_ScheduledContext(ctx, self.apply_schedule))
+        result.extra["anchors"] = self.anchors
+        return result
+
+    def apply_schedule(self, plan: AttentionPlan, ctx: StepContext) -> None:
+        """Give the dynamic call's plan the layer modes, each key's and query's frame, the strided keys."""
+        l1, l2, dynamic = self.groups
+        static = []
+        if plan.prefix is not None:  # keys: [S1 | S2 (| language)] cached, then this call's tokens
+            static = [(-1, l1), (-1, l2)] + ([(-1, ctx.text.shape[0])] if self.params.cache_language else [])
+        frames = [(i, dynamic) for i in range(len(self.anchors))]
+        queries = plan.query_order.shape[0]
+        tail = queries - len(self.anchors) * len(dynamic)  # language and state, or the state alone
+        kept = on_stride(ctx.grid, ctx.cameras, self.params.sigma, ctx.device)
+        key_group, strided = key_layout(static + frames + [(-1, tail)], kept)
+        plan.layer_modes = self.schedule
+        plan.strided_keys = strided
+        plan.key_group = key_group  # (P+Q,)
+        plan.query_group = key_group[key_group.shape[0] - queries :]  # (Q,)

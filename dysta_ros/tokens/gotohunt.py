@@ -89,11 +89,35 @@ def layer_schedule(layers: int, local: list[int], strided: list[int]) -> list[st
     return ["local" if i in local else "strided" if i in strided else "all" for i in range(layers)]
 
 
+def on_stride(grid: int, cameras: int, sigma: int, device=None) -> torch.Tensor:
+    """Mask (cameras*grid*grid,) of a frame's patches on rows and columns divisible by sigma."""
+    rows = torch.arange(grid, device=device)
+    keep = ((rows[:, None] % sigma == 0) & (rows[None, :] % sigma == 0)).flatten()  # (grid*grid,)
+    return keep.repeat(cameras)
+
+
 def strided_patches(grid: int, cameras: int, sigma: int, device=None) -> torch.Tensor:
     """Indices within a frame of the patches on rows and columns divisible by sigma, per camera."""
-    rows = torch.arange(grid, device=device)
-    keep = ((rows[:, None] % sigma == 0) & (rows[None, :] % sigma == 0)).flatten().nonzero().flatten()
-    return torch.cat([c * grid * grid + keep for c in range(cameras)])
+    return on_stride(grid, cameras, sigma, device).nonzero().flatten()
+
+
+def key_layout(segments: list[tuple[int, torch.Tensor | int]], kept_patches: torch.Tensor):
+    """Frame id of each key (K,) and the keys strided layers keep, for keys laid out as segments.
+
+    A segment is (frame id, patch indices) for patch tokens, strided by `kept_patches` (an
+    `on_stride` mask), or (-1, count) for tokens every query sees and every layer keeps
+    (language, state). Frame id -1 marks keys every frame's queries see.
+    """
+    groups, strided, start = [], [], 0
+    for group, tokens in segments:
+        if isinstance(tokens, int):
+            length, kept = tokens, torch.arange(tokens, device=kept_patches.device)
+        else:
+            length, kept = len(tokens), kept_patches[tokens].nonzero().flatten()
+        groups.append(torch.full((length,), group, device=kept_patches.device))
+        strided.append(start + kept)
+        start += length
+    return torch.cat(groups), torch.cat(strided)  # (K,), (K_strided,)
 
 
 def select_anchors(ctx: StepContext, params: AnchorParams) -> list[int]:
@@ -119,17 +143,10 @@ class GotohuntStrategy(Strategy):
         all_patches = ctx.arange(0, n)
         embeds = torch.cat([ctx.frames[a].tokens for a in anchors] + [tail])  # (K*N + n_tail, W)
         positions = torch.cat([ctx.slot_positions(a, all_patches) for a in anchors] + [tail_positions])
-        order = ctx.arange(0, embeds.shape[0])
-        groups = torch.cat(
-            [
-                torch.arange(k, device=ctx.device).repeat_interleave(n),
-                torch.full((tail.shape[0],), -1, device=ctx.device),
-            ]
-        )
-        kept = strided_patches(ctx.grid, ctx.cameras, self.params.sigma, ctx.device)
-        strided = torch.cat([i * n + kept for i in range(k)] + [ctx.arange(k * n, embeds.shape[0])])
+        kept = on_stride(ctx.grid, ctx.cameras, self.params.sigma, ctx.device)
+        groups, strided = key_layout([(i, all_patches) for i in range(k)] + [(-1, tail.shape[0])], kept)
         plan = AttentionPlan(
-            query_order=order,
+            query_order=ctx.arange(0, embeds.shape[0]),
             layer_modes=self.schedule,
             strided_keys=strided,
             query_group=groups,
