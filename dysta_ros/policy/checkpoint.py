@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from dysta_ros.errors import CheckpointError, ConfigError
 from dysta_ros.policy.config import PolicyConfig
 from dysta_ros.policy.model import VLAModel
+from dysta_ros.tokens.dysta import trained_layout
 
 FORMAT = "dysta_ros.policy/1"
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
@@ -100,6 +101,10 @@ def load_checkpoint(directory, device: str = "cpu", overrides_dtype: torch.dtype
             f"(never unpickled); convert to {WEIGHTS_FILE}"
         )
     config, extra = read_config(directory)
+    try:
+        layout = trained_layout(extra.get("training"))
+    except ConfigError as exc:
+        raise CheckpointError(f"{directory / CONFIG_FILE}: {exc}") from exc
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{weights}: missing")
@@ -134,4 +139,5 @@ def load_checkpoint(directory, device: str = "cpu", overrides_dtype: torch.dtype
         )
     model.load_state_dict(tensors, strict=False)
     model.has_learned_dysta = not absent
+    model.trained_dysta_layout = layout  # DystaStrategy warns when run on another layout
     return model.to(device=device, dtype=overrides_dtype or torch.float32), extra

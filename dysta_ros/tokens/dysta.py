@@ -1,10 +1,11 @@
 """`dysta`: one cached copy of the static tokens, then the dynamic tokens of every frame.
 
-Context: [static L1 | static L2 | dynamic tokens of slot 0 .. T-1 | language | state].
-Static tokens come first, so in a causal backbone their K/V never depends on anything after
-them and is exactly reusable while the recache gate keeps it. Static tokens take the oldest
-slot's positions for their patch index (they never move as the window slides); dynamic
-tokens of slot k take k*N + patch index, as in `full`.
+Context: [static L1 | static L2 | dynamic tokens of slot 0 .. T-1 | language | state]
+(`DystaLayout`, which training builds its DySta context with too). Static tokens come first,
+so in a causal backbone their K/V never depends on anything after them and is exactly
+reusable while the recache gate keeps it. Static tokens take the oldest slot's positions for
+their patch index (they never move as the window slides); dynamic tokens of slot k take
+k*N + patch index, as in `full`.
 
 Training-free form: per-patch change c_i = 1 - cos(z_ref_i, z_t_i) against the cached
 reference frame, tracked as an EMA; at an L1 (re)cache the l1_fraction patches with the
@@ -48,8 +49,8 @@ class DystaParams(StrategyParams):
     gate: str = "auto"
     learned_gate_threshold: float = 0.5  # learned: refresh level l when its gate probability exceeds this
     # Put the instruction into the cached static prefix, [S1 | S2 | language | D.. | state]: it is
-    # constant within an episode, so each step computes only dynamic tokens and the state. An
-    # inference-time layout: a checkpoint trained on the default layout is run as trained.
+    # constant within an episode, so each step computes only dynamic tokens and the state. Train
+    # with it (`dysta-ros train --param dysta.cache_language=true`) to run it as trained.
     cache_language: bool = False
 
     def __post_init__(self):
@@ -67,6 +68,95 @@ class DystaParams(StrategyParams):
         if self.gate not in GATES:
             raise ConfigError(f"gate {self.gate!r} is not allowed; choose one of: {', '.join(GATES)}")
 
+    def static_counts(self, tokens_per_frame: int) -> tuple[int, int]:
+        """Return how many of a frame's patches are static L1 and L2."""
+        l1 = int(round(self.l1_fraction * tokens_per_frame))
+        return l1, min(int(round(self.l2_fraction * tokens_per_frame)), tokens_per_frame - l1)
+
+    def layout_fields(self) -> dict:
+        """Return the parameters that shape the context a checkpoint is trained on (LAYOUT_PARAMS)."""
+        return {name: getattr(self, name) for name in LAYOUT_PARAMS}
+
+
+# The DystaParams that decide which tokens sit where in the context: training takes them too and
+# a checkpoint records them; the others (gate thresholds, ages) act at inference only.
+LAYOUT_PARAMS = ("l1_fraction", "l2_fraction", "cache_language")
+
+
+@dataclass(frozen=True)
+class DystaLayout:
+    """DySta's context order and RoPE positions: the one definition inference and training share.
+
+    Order [S1 | S2 | D_0 .. D_T-1 | language | state], or [S1 | S2 | language | D_0 .. D_T-1 | state]
+    with cache_language; everything before the dynamic tokens is the static prefix whose K/V the
+    strategy caches. Positions are `full`'s: static tokens at the oldest slot's, dynamic tokens of
+    slot k at k*N + patch, language and state after the frames. Tensors may lead with batch dims:
+    tokens (..., k, W) and their patch indices (..., k).
+    """
+
+    tokens_per_frame: int  # N
+    history: int  # T
+    text_length: int
+    cache_language: bool = False
+
+    @property
+    def full_length(self) -> int:
+        return self.history * self.tokens_per_frame + self.text_length + 1
+
+    def slot_positions(self, slot: int, patches: torch.Tensor) -> torch.Tensor:
+        """Positions (..., k) of patches (..., k) of the frame in history slot `slot`."""
+        return slot * self.tokens_per_frame + patches
+
+    def _after_frames(self, start: int, stop: int, like: torch.Tensor) -> torch.Tensor:
+        """Positions start..stop-1 past the frames, with like's (..., k) leading dims."""
+        offset = self.history * self.tokens_per_frame
+        positions = torch.arange(offset + start, offset + stop, device=like.device)  # (n,)
+        return positions.expand(*like.shape[:-1], -1)
+
+    def static_prefix(self, tokens: torch.Tensor, patches: torch.Tensor, text: torch.Tensor):
+        """Return (embeds, positions) of the cached prefix: static tokens (+ the language)."""
+        parts = [(tokens, self.slot_positions(0, patches))]
+        if self.cache_language:
+            parts.append((text, self._after_frames(0, self.text_length, patches)))
+        return _join(parts)
+
+    def step_tokens(self, dynamic: list[torch.Tensor], slots: list[int], patches: torch.Tensor,
+                    text: torch.Tensor, state: torch.Tensor):
+        """Return (embeds, positions) after the prefix: dynamic tokens per slot (+ language), state."""
+        parts = [(tokens, self.slot_positions(slot, patches)) for tokens, slot in zip(dynamic, slots)]
+        if not self.cache_language:
+            parts.append((text, self._after_frames(0, self.text_length, patches)))
+        parts.append((state, self._after_frames(self.text_length, self.text_length + 1, patches)))
+        return _join(parts)
+
+    def context(self, static: torch.Tensor, static_patches: torch.Tensor, dynamic: list[torch.Tensor],
+                slots: list[int], dynamic_patches: torch.Tensor, text: torch.Tensor, state: torch.Tensor):
+        """Return (embeds, positions) of the whole context in one piece, as one forward computes it."""
+        prefix = self.static_prefix(static, static_patches, text)
+        return _join([prefix, self.step_tokens(dynamic, slots, dynamic_patches, text, state)])
+
+
+def _join(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate (tokens (..., k, W), positions (..., k)) segments in context order."""
+    return torch.cat([tokens for tokens, _ in parts], dim=-2), torch.cat([pos for _, pos in parts], dim=-1)
+
+
+def layout_params(values, where: str) -> dict:
+    """Validate DySta layout parameters {LAYOUT_PARAMS key: value}; return all of them, defaults filled."""
+    if not isinstance(values, dict) or set(values) - set(LAYOUT_PARAMS):
+        raise ConfigError(f"{where}: expected a mapping of {', '.join(LAYOUT_PARAMS)} (the other DySta "
+                          f"parameters act at inference only), got {values!r}")
+    return DystaParams.from_dict(values, "dysta").layout_fields()
+
+
+def trained_layout(training) -> dict | None:
+    """Return the layout a checkpoint's `training` record names; None without a record."""
+    if training is None:
+        return None
+    # Runs from before the layout was recorded trained the default one (training took no DySta options).
+    recorded = training.get("dysta", {}) if isinstance(training, dict) else None
+    return layout_params(recorded, "training.dysta")
+
 
 def patch_change(reference: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
     """Per-patch change 1 - cos(z_ref, z_t) for features (N, C) -> (N,)."""
@@ -79,10 +169,8 @@ class DystaStrategy(Strategy):
 
     def __init__(self, params: DystaParams, model_config):
         super().__init__(params, model_config)
-        n = model_config.tokens_per_frame
-        self.l1_count = int(round(params.l1_fraction * n))
-        self.l2_count = min(int(round(params.l2_fraction * n)), n - self.l1_count)
-        self._warned_random = False
+        self.l1_count, self.l2_count = params.static_counts(model_config.tokens_per_frame)
+        self._warned_random = self._warned_layout = False
         self.learned = False  # resolved from `gate` and the model at each step
         self.reset()
 
@@ -139,11 +227,7 @@ class DystaStrategy(Strategy):
                 self.static_kv = None
             return
         start = 0 if levels == "l1" else len(l1)
-        # The oldest slot's positions: static tokens never move as the window slides.
-        embeds, positions = frame.tokens[patches], ctx.slot_positions(0, patches)
-        if self.params.cache_language:  # the instruction follows the static levels, at its own positions
-            embeds = torch.cat([embeds, ctx.text])
-            positions = torch.cat([positions, ctx.text_positions()])
+        embeds, positions = self.context_layout(ctx).static_prefix(frame.tokens[patches], patches, ctx.text)
         plan = AttentionPlan(
             query_order=ctx.arange(start, start + embeds.shape[0]), prefix=prefix, prefix_order=prefix_order
         )
@@ -151,9 +235,27 @@ class DystaStrategy(Strategy):
         self.static_kv = [plan.records[i] for i in range(len(plan.records))]
         self.cached_text = ctx.text
 
+    def context_layout(self, ctx: StepContext) -> DystaLayout:
+        """Return this step's context layout."""
+        return DystaLayout(ctx.tokens_per_frame, ctx.history, ctx.text.shape[0], self.params.cache_language)
+
     def frames_for_dynamic(self, ctx: StepContext) -> list[int]:
         """History slots whose dynamic tokens enter the context (all of them here)."""
         return list(range(ctx.history))
+
+    def _warn_if_not_trained_layout(self, model) -> None:
+        """Warn once when the checkpoint was trained on another layout than these parameters give."""
+        self._warned_layout = True
+        trained = getattr(model, "trained_dysta_layout", None)  # None: a preset, or no training record
+        if trained is None:
+            return
+        ours = self.params.layout_fields()
+        differ = sorted(name for name in ours if trained[name] != ours[name])
+        if differ:
+            log.warning(
+                "dysta: the checkpoint was trained on the layout %s but runs with %s: its context differs "
+                "from training's and actions may degrade (train with `--param dysta.KEY=VALUE`)",
+                ", ".join(f"{k}={trained[k]}" for k in differ), ", ".join(f"{k}={ours[k]}" for k in differ))
 
     # --- one step ------------------------------------------------------------------------
     def build_prefix(self, ctx: StepContext) -> PrefixResult:
@@ -167,6 +269,8 @@ class DystaStrategy(Strategy):
                 "using their random initialisation"
             )
             self._warned_random = True
+        if not self._warned_layout:
+            self._warn_if_not_trained_layout(model)
         if self.reference is None:
             self.change_ema = torch.zeros(current.features.shape[0], device=ctx.device)
             refresh_l1 = refresh_l2 = True
@@ -186,14 +290,11 @@ class DystaStrategy(Strategy):
             self.reference[l2] = current.features[l2]
             self.build_static(ctx, current, "l2")
         self.age += 1
-        static = len(l1) + len(l2)
+        static = len(l1) + len(l2) + (ctx.text.shape[0] if self.params.cache_language else 0)
         slots = self.frames_for_dynamic(ctx)
-        tail, tail_positions = ctx.tail()
-        if self.params.cache_language:
-            static += ctx.text.shape[0]
-            tail, tail_positions = tail[-1:], tail_positions[-1:]  # the state alone
-        embeds = torch.cat([ctx.frames[k].tokens[dynamic] for k in slots] + [tail])  # (Q, W)
-        positions = torch.cat([ctx.slot_positions(k, dynamic) for k in slots] + [tail_positions])
+        dynamic_tokens = [ctx.frames[k].tokens[dynamic] for k in slots]  # T' x (d, W)
+        layout = self.context_layout(ctx)
+        embeds, positions = layout.step_tokens(dynamic_tokens, slots, dynamic, ctx.text, ctx.state)  # (Q, W)
         cached = self.static_kv is not None
         plan = AttentionPlan(
             query_order=ctx.arange(static, static + embeds.shape[0]),

@@ -7,9 +7,10 @@ more frame of the same episode (the InfoNCE positive). The task loss is the flow
 loss on two contexts built from the same vision features:
 
 - full layout: [frame slot 0 .. T-1 | language | state], what `full` computes;
-- DySta layout: [static L1 | static L2 | dynamic tokens of slot 0 .. T-1 | language | state],
-  as `dysta` builds it at run time (groups from the Disentangler on the reference frame,
-  static tokens at the oldest slot's positions). Each static token is a gate-weighted mix
+- DySta layout: [static L1 | static L2 | dynamic tokens of slot 0 .. T-1 | language | state]
+  (the language right after the static levels with `cache_language`), built by the same
+  `DystaLayout` the `dysta` strategy runs (groups from the Disentangler on the reference
+  frame, static tokens at the oldest slot's positions). Each static token is a gate-weighted mix
   g * current + (1 - g) * reference, g a straight-through Gumbel sample of the RecacheGate
   (refreshing L1 forces L2), so the task loss tells the gate what a stale cache costs.
 
@@ -26,7 +27,7 @@ from transformers import DynamicCache
 
 from dysta_ros.policy.model import VLAModel
 from dysta_ros.policy.tokenizer import ByteTokenizer
-from dysta_ros.tokens.dysta import DystaParams
+from dysta_ros.tokens.dysta import DystaLayout, DystaParams
 from dysta_ros.tokens.learned import dysta_loss, gate_loss, gumbel_sigmoid, info_nce
 from dysta_ros.training.data import Demo, pixels_to_model
 
@@ -88,12 +89,30 @@ def encode(model: VLAModel, pixels: torch.Tensor) -> torch.Tensor:
     return features.reshape(*lead, -1, features.shape[-1])
 
 
-def prefix_loss(model: VLAModel, embeds, positions, prefix_length: int, actions, generator=None):
-    """Flow-matching loss of the expert over the backbone's K/V of embeds (B, L, W) at positions (B, L)."""
+def backbone_records(model: VLAModel, embeds: torch.Tensor, positions: torch.Tensor) -> dict:
+    """Per-layer K/V of one causal forward of embeds (B, L, W) at positions (B, L)."""
     cache = DynamicCache(config=model.backbone.config)
     model.backbone(inputs_embeds=embeds, position_ids=positions, cache=cache, use_cache=True)
-    records = {i: (cache.layers[i].keys, cache.layers[i].values) for i in range(model.cfg.backbone.layers)}
+    return {i: (cache.layers[i].keys, cache.layers[i].values) for i in range(model.cfg.backbone.layers)}
+
+
+def prefix_loss(model: VLAModel, embeds, positions, prefix_length: int, actions, generator=None):
+    """Flow-matching loss of the expert over the backbone's K/V of embeds (B, L, W) at positions (B, L)."""
+    records = backbone_records(model, embeds, positions)
     return model.action_expert.loss(records, prefix_length, actions, generator)
+
+
+def dysta_context(layout: DystaLayout, static: torch.Tensor, groups, tokens: torch.Tensor,
+                  text: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """DySta's context in one piece as the runtime lays it out: embeds (B, L, W), positions (B, L).
+
+    static (B, s1 + s2, W) are the static tokens of groups (l1, l2, dynamic), indices (B, k) each;
+    tokens (B, T, N, W) the frames, text (B, n_text, W), state (B, 1, W).
+    """
+    l1, l2, dynamic = groups
+    slots = list(range(layout.history))
+    dynamic_tokens = [gather(tokens[:, k], dynamic) for k in slots]  # T x (B, d, W)
+    return layout.context(static, torch.cat([l1, l2], dim=1), dynamic_tokens, slots, dynamic, text, state)
 
 
 def static_descriptor(model: VLAModel, features: torch.Tensor, level: int) -> torch.Tensor:
@@ -133,29 +152,27 @@ def training_losses(
     batch: dict[str, torch.Tensor],
     gate_lambda: float,
     generator: torch.Generator | None = None,
-    split: DystaParams | None = None,
+    dysta: DystaParams | None = None,
 ) -> Losses:
-    """All of DySta's training objective on one batch (see the module docstring)."""
-    split = split or DystaParams()
+    """All of DySta's training objective on one batch (see the module docstring); dysta: its layout."""
+    dysta = dysta or DystaParams()
     frames = encode(model, batch["pixels"])  # (B, T, N, Cv)
     b, t, n, _ = frames.shape
     z_ref, z_pos, z_now = encode(model, batch["reference"]), encode(model, batch["positive"]), frames[:, -1]
     text = model.backbone.embed_tokens(batch["text_ids"])  # (B, n_text, W)
     state = model.state_proj(batch["state"])[:, None]  # (B, 1, W)
-    tail = torch.cat([text, state], dim=1)  # (B, n_text + 1, W)
-    full_length = t * n + tail.shape[1]
-    tail_positions = torch.arange(t * n, full_length)  # (n_text + 1,)
+    layout = DystaLayout(n, t, text.shape[1], dysta.cache_language)
+    full_length = layout.full_length  # both contexts hold `full`'s positions; the expert reads past them
 
     # Full layout.
     tokens = model.projector(frames)  # (B, T, N, W)
-    embeds = torch.cat([tokens.flatten(1, 2), tail], dim=1)  # (B, L, W)
+    embeds = torch.cat([tokens.flatten(1, 2), text, state], dim=1)  # (B, L, W)
     positions = torch.arange(full_length)[None].expand(b, -1)
     task_full = prefix_loss(model, embeds, positions, full_length, batch["actions"], generator)
 
     # DySta layout: static levels from the (gate-mixed) reference, dynamic tokens per slot.
-    l1_count = int(round(split.l1_fraction * n))
-    l2_count = min(int(round(split.l2_fraction * n)), n - l1_count)
-    l1, l2, dynamic = group_indices(model, z_ref, l1_count, l2_count)
+    groups = group_indices(model, z_ref, *dysta.static_counts(n))
+    l1, l2, _ = groups
     gate_logits = model.recache_gate.logits(z_ref, z_now)  # (B, 2)
     refresh = gumbel_sigmoid(gate_logits, hard=True, generator=generator)  # (B, 2) straight-through
     g1 = refresh[:, :1, None]  # (B, 1, 1)
@@ -165,11 +182,7 @@ def training_losses(
         g1 * gather(now_tokens, l1) + (1 - g1) * gather(ref_tokens, l1),
         g2 * gather(now_tokens, l2) + (1 - g2) * gather(ref_tokens, l2),
     ], dim=1)  # (B, s1 + s2, W)
-    dynamic_tokens = [gather(tokens[:, k], dynamic) for k in range(t)]  # T x (B, d, W)
-    embeds = torch.cat([static, *dynamic_tokens, tail], dim=1)
-    positions = torch.cat(
-        [l1, l2, *[k * n + dynamic for k in range(t)], tail_positions[None].expand(b, -1)], dim=1
-    )
+    embeds, positions = dysta_context(layout, static, groups, tokens, text, state)
     task_dysta = prefix_loss(model, embeds, positions, full_length, batch["actions"], generator)
 
     # Static tokens of one episode at two times agree; other episodes in the batch are negatives.

@@ -24,12 +24,14 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from dysta_ros.errors import CheckpointError, ConfigError, DystaError
+from dysta_ros.evaluation.success import strategy_params
 from dysta_ros.policy.checkpoint import load_checkpoint, save_checkpoint
 from dysta_ros.policy.config import apply_overrides, preset_config
 from dysta_ros.policy.model import VLAModel
 from dysta_ros.policy.tokenizer import ByteTokenizer
 from dysta_ros.sim.tasks import TASKS
 from dysta_ros.training.data import Demo, bag_demos, collect_sim_demos, normalisation_stats
+from dysta_ros.tokens.dysta import DystaParams, layout_params
 from dysta_ros.training.objectives import WindowSampler, training_losses
 
 STATE_JSON, STATE_TENSORS, LOG_JSON, CURVES_PNG = (
@@ -54,6 +56,9 @@ class TrainConfig:
     frame_stride: int = 4  # control steps between history frames = steps executed per chunk
     max_cache_age: int = 8  # largest static-cache age dt (runtime steps) seen in training
     gate_lambda: float = 0.1  # reuse prior p_dt = 1 - exp(-lambda dt)
+    # DySta layout trained on (l1_fraction, l2_fraction, cache_language; missing: the default),
+    # recorded in the checkpoint: run it with the same `dysta` parameters.
+    dysta: dict = field(default_factory=dict)
     lr: float = 1e-3
     warmup: int = 100
     weight_decay: float = 0.01
@@ -75,6 +80,7 @@ class TrainConfig:
             raise ConfigError("bags / sim_episodes: give --bags BAG... or --sim-episodes N >= 1")
         if self.lr <= 0 or self.gate_lambda <= 0:
             raise ConfigError(f"lr and gate_lambda must be > 0, got {self.lr}, {self.gate_lambda}")
+        self.dysta = layout_params(self.dysta, "dysta")
 
     def data_key(self) -> dict:
         """The fields that decide the model and the data; a resume must not change them."""
@@ -115,6 +121,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.rng = np.random.default_rng(cfg.seed)
         self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.dysta = DystaParams.from_dict(cfg.dysta, "dysta")
         self.sampler = WindowSampler(self.demos, cfg.history, cfg.frame_stride, cfg.max_cache_age, norm,
                                      ByteTokenizer())
         self.step = 0
@@ -149,11 +156,13 @@ class Trainer:
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
             raise CheckpointError(f"{state_path}: not a training state ({type(exc).__name__}: {exc})") \
                 from exc
-        changed = sorted(k for k in saved if saved[k] != self.cfg.data_key().get(k))
+        saved.setdefault("dysta", DystaParams().layout_fields())  # runs from before it was an option
+        current = self.cfg.data_key()
+        changed = sorted(k for k in {*saved, *current} if saved.get(k) != current.get(k))
         if changed:
             raise ConfigError(
                 f"resume: {', '.join(changed)} differ from the run in {self.out} "
-                f"(saved: {', '.join(f'{k}={saved[k]!r}' for k in changed)})")
+                f"(saved: {', '.join(f'{k}={saved.get(k)!r}' for k in changed)})")
         model, _ = load_checkpoint(self.out)
         self.model.load_state_dict(model.state_dict())
         tensors_path = self.out / STATE_TENSORS
@@ -185,7 +194,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.cfg, self.step)
         batch = self.sampler.sample(self.rng, self.cfg.batch)
-        losses = training_losses(self.model, batch, self.cfg.gate_lambda, self.generator)
+        losses = training_losses(self.model, batch, self.cfg.gate_lambda, self.generator, self.dysta)
         self.optimizer.zero_grad(set_to_none=True)
         losses.total.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -271,21 +280,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     for name in ("lr", "gate_lambda", "action_noise", "weight_decay"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
+    parser.add_argument("--param", action="append", default=[], metavar="dysta.KEY=VALUE",
+                        help="DySta layout to train, repeatable: dysta.cache_language=true, "
+                             "dysta.l1_fraction=0.6, dysta.l2_fraction=0.3 (run it with the same)")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = TrainConfig(
+    try:
+        cfg = train_config(args)
+        record = Trainer(cfg, resume=args.resume).run()
+    except DystaError as exc:  # a bad flag, bag, checkpoint or resume state: one line, not a traceback
+        print(f"dysta-ros train: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"out": cfg.out, **record}))
+    return 0
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """Return the TrainConfig the command line asks for."""
+    return TrainConfig(
         out=args.out, preset=args.preset, overrides=parse_overrides(args.overrides), bags=args.bags or [],
         sim_episodes=args.sim_episodes or 0, tasks=[t for t in args.task.split(",") if t],
         sim_seed_start=args.sim_seed_start, action_noise=args.action_noise, steps=args.steps,
         batch=args.batch, history=args.history, frame_stride=args.frame_stride,
         max_cache_age=args.max_cache_age, gate_lambda=args.gate_lambda, lr=args.lr, warmup=args.warmup,
-        weight_decay=args.weight_decay, seed=args.seed, save_every=args.save_every, threads=args.threads)
-    try:
-        record = Trainer(cfg, resume=args.resume).run()
-    except DystaError as exc:  # a bad bag, checkpoint or resume state: one line, not a traceback
-        print(f"dysta-ros train: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps({"out": cfg.out, **record}))
-    return 0
+        weight_decay=args.weight_decay, seed=args.seed, save_every=args.save_every, threads=args.threads,
+        dysta=strategy_params(["dysta"], args.param)["dysta"])
