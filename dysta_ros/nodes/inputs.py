@@ -2,15 +2,28 @@
 
 Subscription callbacks `put_*` the newest message with its stamp; the inference thread waits
 for a new frame and `take`s a snapshot, which either holds every input fresh enough to step on
-or names the stale ones. A frame replaced before any step used it is dropped and counted.
+or names the stale ones. Per camera it counts the frames that arrived, the ones a step used,
+the ones replaced before any step used them (dropped), and the ones that never reached the
+node at all (missed: read from gaps in the stamps, see `FrameGaps`).
 Plain Python (messages are opaque here), so the freshness rules are testable without ROS.
 """
 
 from __future__ import annotations
 
+import collections
 import threading
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
+
+# How a camera's period is read from its own stamps: recent gaps kept, gaps needed before
+# counting, and the gap (in periods) past which the camera paused rather than frames were lost.
+GAP_WINDOW = 64
+MIN_GAPS = 16
+INTERRUPTION_PERIODS = 60
+# Re-estimate the period every this many gaps (a camera's rate rarely changes; it costs ~0.2 ms).
+REESTIMATE_EVERY = 16
 
 
 @dataclass
@@ -44,6 +57,77 @@ class Snapshot:
         return max(f.received for f in self.frames.values())
 
 
+def estimate_period(gaps) -> float | None:
+    """Return a stream's frame period from gaps between its stamps (None until MIN_GAPS).
+
+    Lost frames make gaps of whole periods. Each candidate (a low quantile of the gaps, where
+    single periods are even when most frames are lost) is refined by dividing the gaps' sum by
+    their whole numbers of periods; the candidate whose multiples fit the gaps best wins, the
+    longest among equals, since half the period fits any stream as well.
+    """
+    if len(gaps) < MIN_GAPS:
+        return None
+    gaps = np.asarray(gaps, dtype=np.float64)  # (N,)
+    ordered = np.sort(gaps)
+    best_misfit, best = np.inf, None
+    for quantile in (0.0, 0.05, 0.1, 0.2, 0.35, 0.5):
+        period = ordered[int(quantile * len(ordered))]
+        for _ in range(4):
+            period = gaps.sum() / np.maximum(1.0, np.round(gaps / period)).sum()
+        misfit = float(np.mean(np.abs(gaps / period - np.round(gaps / period))))  # in periods
+        if misfit < best_misfit - 0.01 or (misfit <= best_misfit + 0.01 and period > best):
+            best_misfit, best = min(misfit, best_misfit), float(period)
+    return best
+
+
+class FrameGaps:
+    """Frames of one camera that never reached the node, counted from the gaps in its stamps.
+
+    A depth-1 reader keeps one sample, and DDS overwrites it when the next one comes before the
+    callback took it: such a frame leaves no trace but a gap of n periods, n - 1 frames missed.
+    The period is estimated from the stream itself, so no rate needs configuring; a camera that
+    only ever delivers every k-th frame looks like a camera at rate / k. A gap of more than
+    INTERRUPTION_PERIODS periods (a camera restart, a clock jump) counts as an interruption.
+    Each gap is read with the estimate of the window it is in, so the gaps that came before
+    the period was known are counted too, once it is.
+    """
+
+    def __init__(self):
+        self.gaps: collections.deque[float] = collections.deque()  # the last GAP_WINDOW gaps (s)
+        self.last_stamp: float | None = None
+        self.period: float | None = None
+        self.since_estimate = 0  # gaps since the period was last estimated
+        self.settled_missed = 0  # counted from gaps that have left the window
+        self.settled_interruptions = 0
+
+    def add(self, stamp: float) -> None:
+        """Take the stamp of the frame stored after the previous one; record the gap between them."""
+        previous, self.last_stamp = self.last_stamp, stamp
+        if previous is None or stamp <= previous:
+            return  # the first frame, a repeated stamp, or a new timeline: no gap to read
+        if len(self.gaps) == GAP_WINDOW:
+            missed, interruptions = self._read([self.gaps.popleft()])
+            self.settled_missed += missed
+            self.settled_interruptions += interruptions
+        self.gaps.append(stamp - previous)
+        self.since_estimate += 1
+        if self.period is None or self.since_estimate >= REESTIMATE_EVERY:
+            self.period = estimate_period(self.gaps)
+            self.since_estimate = 0
+
+    def counts(self) -> tuple[int, int]:
+        """Return (frames missed, interruptions) so far."""
+        missed, interruptions = self._read(self.gaps)
+        return self.settled_missed + missed, self.settled_interruptions + interruptions
+
+    def _read(self, gaps) -> tuple[int, int]:
+        if self.period is None or not gaps:
+            return 0, 0
+        periods = np.round(np.asarray(gaps, dtype=np.float64) / self.period)  # (N,)
+        paused = periods > INTERRUPTION_PERIODS
+        return int(np.sum(np.maximum(periods[~paused] - 1, 0))), int(np.sum(paused))
+
+
 class LatestInputs:
     """Thread-safe latest-value store of camera frames, joint states and the instruction."""
 
@@ -56,7 +140,10 @@ class LatestInputs:
         self._instruction = instruction
         self._arrivals = 0
         self._out_of_order: dict[str, str] = {}  # camera -> why its latest arrival was refused
-        self.counts = {c: {"received": 0, "dropped": 0, "out_of_order": 0} for c in self.cameras}
+        self._gaps = {c: FrameGaps() for c in self.cameras}
+        # received: reached the callback; used: stepped on; dropped: replaced before a step used
+        # it; out_of_order: older than the frame held, refused.
+        self.counts = {c: {"received": 0, "used": 0, "dropped": 0, "out_of_order": 0} for c in self.cameras}
 
     def put_frame(self, camera: str, msg, stamp: float, received: float | None = None) -> None:
         """Store a camera's frame unless it is older than the one held (`received`: our clock now)."""
@@ -72,6 +159,7 @@ class LatestInputs:
                 return
             if previous is not None and not previous.used:
                 counts["dropped"] += 1
+            self._gaps[camera].add(stamp)
             self._out_of_order.pop(camera, None)
             self._frames[camera] = Latest(msg, stamp, received or 0.0)
             self._arrivals += 1
@@ -111,9 +199,22 @@ class LatestInputs:
             # the first arrival would pair it with the other camera's previous frame.
             new_frames = bool(frames) and all(not f.used for f in frames.values())
             if not stale and new_frames:
-                for latest in frames.values():
+                for camera, latest in frames.items():
                     latest.used = True
+                    self.counts[camera]["used"] += 1
             return Snapshot(frames, self._state, self._instruction, stale, new_frames)
+
+    def frame_report(self) -> dict[str, int | str]:
+        """Return per-camera frame counts as `<camera>.<count>`, with missed frames and the period."""
+        with self._lock:
+            report = {}
+            for camera, counts in self.counts.items():
+                gaps = self._gaps[camera]
+                report.update({f"{camera}.{key}": n for key, n in counts.items()})
+                report[f"{camera}.missed"], report[f"{camera}.interruptions"] = gaps.counts()
+                period = "unknown" if gaps.period is None else f"{gaps.period * 1e3:.2f}"
+                report[f"{camera}.period_ms"] = period
+            return report
 
     @staticmethod
     def _staleness(name: str, latest: Latest | None, now: float, max_age: float) -> str:

@@ -315,7 +315,7 @@ class PolicyNode(LifecycleNode):
         """Step on the latest inputs if they are fresh and new; return whether it stepped."""
         v = self.values
         snapshot = self.inputs.take(self.now(), v["max_image_age_s"], v["max_state_age_s"])
-        counts = {f"{t}.{k}": n for t, c in self.inputs.counts.items() for k, n in c.items()}
+        counts = self.inputs.frame_report()
         if snapshot.stale:
             self.board.set("inputs", WARN, "holding, stale input: " + ", ".join(snapshot.stale), **counts)
             return False
@@ -388,6 +388,10 @@ class PolicyNode(LifecycleNode):
                        context_tokens=stats.context_tokens, errors=self.errors)
 
     def publish_diagnostics(self):
+        inputs = getattr(self, "inputs", None)  # made in configure
+        if inputs is not None:
+            # Frames keep coming while the node holds or steps slower than they arrive.
+            self.board.update("inputs", **inputs.frame_report())
         self.diagnostics_pub.publish(to_message(self.board, self.get_clock().now().to_msg()))
 
 
