@@ -34,9 +34,7 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
         if name == chosen:
-            module = importlib.import_module(module_name)
-            module.add_arguments(sub_parser)
-            sub_parser.set_defaults(_run=module.run)
+            importlib.import_module(module_name).add_arguments(sub_parser)
     return parser
 
 
@@ -56,10 +54,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         raise
     args = parser.parse_args(argv)
-    if not hasattr(args, "_run"):
+    if args.command is None:
         parser.print_help()
         return 0 if chosen is None else 2
-    return int(args._run(args) or 0)
+    # args stays plain data (reports write vars(args) as JSON): the module is looked up, not stored
+    return int(importlib.import_module(SUBCOMMANDS[args.command][0]).run(args) or 0)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The latency measuring command runs end to end (tiny frames, one second) and writes its report."""
+"""`dysta-ros latency` runs end to end (tiny frames, one second) and writes its report."""
 
 import json
 import subprocess
@@ -7,8 +7,9 @@ import sys
 
 def test_latency_command_writes_json_and_png(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "dysta_ros.nodes.latency", "--cameras", "2", "--width", "64", "--height", "48",
-         "--seconds", "2", "--out", str(tmp_path)], capture_output=True, text=True, timeout=240)
+        [sys.executable, "-m", "dysta_ros.cli", "latency", "--cameras", "2", "--width", "64",
+         "--height", "48", "--seconds", "2", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "latency.json").read_text())
     assert report["chunks"] >= 2

@@ -1,4 +1,4 @@
-"""The load command, briefly: 3 cameras against a policy slower than them; frames dropped, not queued."""
+"""`dysta-ros load`, briefly: 3 cameras against a policy slower than them; frames dropped, not queued."""
 
 import json
 import subprocess
@@ -11,7 +11,7 @@ pytest.importorskip("rclpy")
 
 def test_load_command_holds_three_cameras_and_writes_its_report(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "dysta_ros.nodes.load_test", "--cameras", "3", "--width", "64",
+        [sys.executable, "-m", "dysta_ros.cli", "load", "--cameras", "3", "--width", "64",
          "--height", "48", "--seconds", "4", "--inference-rate", "5", "--preset-overrides", "{history: 2}",
          "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=240)
