@@ -4,8 +4,9 @@ ros2 launch dysta_ros gazebo.launch.py strategy:=dysta model:=tiny
 
 Starts gz sim with description/tabletop.sdf, publishes the arm's description and spawns it,
 starts joint_state_broadcaster and joint_trajectory_controller (gz_ros2_control), bridges the
-cameras and /clock (config/gz_bridge.yaml), and once the controllers run, policy_node and
-chunk_executor with the chosen strategy, all on sim time. Needs ros_gz_sim, ros_gz_bridge,
+cameras and /clock (config/gz_bridge.yaml), and once the controllers run, includes
+dysta.launch.xml (policy_node, autostarted, and chunk_executor with config/dysta_nodes.yaml), all
+on sim time. Needs ros_gz_sim, ros_gz_bridge,
 gz_ros2_control, ros2_controllers and xacro (apt: ros-$ROS_DISTRO-ros-gz, -gz-ros2-control,
 -ros2-controllers, -xacro).
 """
@@ -13,7 +14,9 @@ gz_ros2_control, ros2_controllers and xacro (apt: ros-$ROS_DISTRO-ros-gz, -gz-ro
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription, RegisterEventHandler
 from launch.event_handlers import OnProcessExit
-from launch.launch_description_sources import PythonLaunchDescriptionSource
+from launch.launch_description_sources import (
+    AnyLaunchDescriptionSource, PythonLaunchDescriptionSource,
+)
 from launch.substitutions import Command, LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.descriptions import ParameterValue
@@ -61,16 +64,17 @@ def generate_launch_description():
     trajectory_controller = Node(package="controller_manager", executable="spawner",
                                  arguments=["joint_trajectory_controller", "--controller-manager",
                                             "/controller_manager"])
-    policy = Node(package=PACKAGE, executable="policy_node", output="screen",
-                  parameters=[{"strategy": strategy, "model": model, "robot": robot,
-                               "use_sim_time": use_sim_time}])
-    executor = Node(package=PACKAGE, executable="chunk_executor", output="screen",
-                    parameters=[{"robot": robot, "use_sim_time": use_sim_time}])
+    # The same nodes and parameters as on a real arm: one launch file defines them.
+    policy_and_executor = IncludeLaunchDescription(
+        AnyLaunchDescriptionSource(PathJoinSubstitution([share, "launch", "dysta.launch.xml"])),
+        launch_arguments={"strategy": strategy, "model": model, "robot": robot,
+                          "use_sim_time": use_sim_time}.items())
 
     return LaunchDescription(arguments + [
         gazebo, robot_state_publisher, spawn, bridge,
         # Controllers once the arm exists; the policy once the arm can be commanded.
         RegisterEventHandler(OnProcessExit(target_action=spawn, on_exit=[broadcaster])),
         RegisterEventHandler(OnProcessExit(target_action=broadcaster, on_exit=[trajectory_controller])),
-        RegisterEventHandler(OnProcessExit(target_action=trajectory_controller, on_exit=[policy, executor])),
+        RegisterEventHandler(OnProcessExit(target_action=trajectory_controller,
+                                           on_exit=[policy_and_executor])),
     ])

@@ -139,12 +139,23 @@ def test_launch_file_declares_its_arguments_and_starts_real_executables_and_file
     assert {"strategy", "model", "robot", "use_sim_time", "world"} <= set(declared)
     assert declared["strategy"].value in available_strategies()
     assert declared["robot"].value == ROBOT.name
-    executables = {keyword(c, "executable").value for c in calls("Node")
-                   if isinstance(keyword(c, "package"), ast.Name)}  # package=PACKAGE: ours
-    entry_points = (ROOT / "setup.py").read_text()
-    assert executables == {"policy_node", "chunk_executor"}
-    for executable in executables:
-        assert f'"{executable} = dysta_ros.nodes.{executable}:main"' in entry_points
+    # policy_node and chunk_executor come from dysta.launch.xml, with every argument it declares
+    # that Gazebo needs: on sim time, the policy autostarted.
+    includes = [c for c in calls("IncludeLaunchDescription")
+                if "dysta.launch.xml" in ast.unparse(c.args[0])]
+    assert len(includes) == 1
+    passed = {k.value for k in keyword(includes[0], "launch_arguments").func.value.keys}
+    included = ET.parse(ROOT / "launch" / "dysta.launch.xml").getroot()
+    assert passed == {"strategy", "model", "robot", "use_sim_time"}
+    assert passed <= {arg.get("name") for arg in included.iter("arg")}
+    for node in included.iter("node"):
+        params = {p.get("name"): p.get("value") for p in node.iter("param")}
+        assert params["use_sim_time"] == "$(var use_sim_time)", node.get("exec")
+    policy = next(n for n in included.iter("node") if n.get("exec") == "policy_node")
+    assert {p.get("name"): p.get("value") for p in policy.iter("param")}["autostart"] == "true"
+    started_last = [c for c in calls("OnProcessExit")
+                    if ast.unparse(keyword(c, "on_exit")) == "[policy_and_executor]"]
+    assert [keyword(c, "target_action").id for c in started_last] == ["trajectory_controller"]
     for join in calls("PathJoinSubstitution"):
         parts = [e.value for e in join.args[0].elts if isinstance(e, ast.Constant)]
         if len(parts) == 2 and parts[0] in ("description", "config"):
