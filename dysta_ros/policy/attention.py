@@ -1,17 +1,21 @@
 """The one attention function every backbone layer calls, driven by a per-call AttentionPlan.
 
 A strategy decides which tokens the backbone computes (the queries), which cached K/V join
-them (DySta's static prefix, VLA-Cache's buffer), and which keys each layer reads (GoToHunt's
-local / strided / all layers). The plan carries those decisions into transformers' attention
-through the model's kwargs; the function below executes them with
+them (DySta's static prefix, VLA-Cache's buffer), which keys each layer reads (GoToHunt's
+local / strided / all layers) and, optionally, which queries each layer drops (VLA-Cache's
+layer-adaptive reuse: the computed set shrinks with depth). The plan carries those decisions
+into transformers' attention through the model's kwargs; the function below executes them with
 scaled_dot_product_attention and records each layer's full post-RoPE K/V for the action head
-and for the next step's caches. `full` is the same path with nothing cached or skipped.
+and for the next step's caches; `drop_queries`, a pre-hook on every decoder layer, shrinks the
+hidden states to the rows a layer computes. `full` is the same path with nothing cached,
+skipped or dropped.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -51,22 +55,52 @@ class AttentionPlan:
     relevance_queries: torch.Tensor | None = None  # (R,) query rows (language/state tokens)
     entropy_heads: int = 0  # > 0: record normalised attention entropy per layer (profiling)
     entropy_queries: int = 16
+    # Per layer (Q_l,) ascending rows of query_order that layer computes, each a subset of the
+    # previous layer's, so a computed token always has its hidden state from the layer below;
+    # the K/V of a dropped token comes from `buffer`. None: every row at every layer.
+    layer_queries: list[torch.Tensor] | None = None
     # Filled in during the call:
     records: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     attended_pairs: int = 0  # (query, key) pairs summed over layers, for the FLOPs estimate
+    layer_tokens: int = 0  # tokens computed summed over layers (projections and MLP), for FLOPs
     relevance: torch.Tensor | None = None  # (K,) mean attention the relevance queries paid to each key
     entropy: dict[int, float] = field(default_factory=dict)
     _masks: dict = field(default_factory=dict, repr=False)
+    _kept: list = field(default_factory=list, repr=False)
+
+    def __post_init__(self):
+        if self.layer_queries is None:
+            return
+        if self.buffer is None:
+            raise ValueError("layer_queries needs a buffer: a dropped token's K/V come from it")
+        previous = torch.arange(self.query_order.shape[0], device=self.query_order.device)
+        for layer, rows in enumerate(self.layer_queries):
+            if bool((rows.diff() <= 0).any()):
+                raise ValueError(f"layer_queries[{layer}] must be ascending rows")
+            kept = torch.searchsorted(previous, rows).clamp_max(max(len(previous) - 1, 0))
+            if len(rows) and not bool((previous[kept] == rows).all()):
+                raise ValueError(f"layer_queries[{layer}] is not a subset of the layer below's rows")
+            self._kept.append(None if len(rows) == len(previous) else kept)
+            previous = rows
 
     def mode(self, layer: int) -> str:
         return "all" if self.layer_modes is None else self.layer_modes[layer]
+
+    def at(self, layer: int, per_query: torch.Tensor) -> torch.Tensor:
+        """Return per_query (Q, ...) restricted to the rows this layer computes."""
+        return per_query if self.layer_queries is None else per_query[self.layer_queries[layer]]
+
+    def local_rows(self, layer: int, rows: torch.Tensor) -> torch.Tensor:
+        """Return where rows of query_order (which this layer computes) sit among its queries."""
+        return rows if self.layer_queries is None else torch.searchsorted(self.layer_queries[layer], rows)
 
     def assemble(self, layer: int, key: torch.Tensor, value: torch.Tensor):
         """Return this layer's keys, values (1, Hkv, K, D) and key orders (K,)."""
         if self.buffer is not None:
             buffer_k, buffer_v = self.buffer[layer]
-            keys = buffer_k.index_copy(2, self.write_index, key)  # (1, Hkv, L, D)
-            values = buffer_v.index_copy(2, self.write_index, value)
+            write = self.at(layer, self.write_index)
+            keys = buffer_k.index_copy(2, write, key)  # (1, Hkv, L, D)
+            values = buffer_v.index_copy(2, write, value)
             return keys, values, self.buffer_order
         if self.prefix is not None:
             prefix_k, prefix_v = self.prefix[layer]
@@ -75,25 +109,36 @@ class AttentionPlan:
             return keys, values, torch.cat([self.prefix_order, self.query_order])
         return key, value, self.query_order
 
-    def causal_mask(self, name: str, key_order: torch.Tensor, need_matrix: bool = False):
+    def causal_mask(self, name: str, key_order: torch.Tensor, query_order: torch.Tensor):
         """Return (mask, pairs, is_causal) for "key order <= query order".
 
         Keys that are the queries themselves, in increasing order, need no matrix: SDPA's
         is_causal skips the upper triangle (about twice as fast as a mask on long contexts).
+        Cached per mode and query count: nested layer queries of one size are the same rows.
         """
-        key = (name, need_matrix)
+        key = (name, query_order.shape[0])
         if key not in self._masks:
-            q = self.query_order
+            q = query_order
             square = (
                 key_order.shape == q.shape and bool((key_order == q).all()) and bool((q.diff() > 0).all())
             )
-            if square and not need_matrix:
+            if square:
                 n = q.shape[0]
                 self._masks[key] = (None, n * (n + 1) // 2, n > 1)
             else:
                 mask = key_order[None, :] <= q[:, None]  # (Q, K)
                 self._masks[key] = (None if bool(mask.all()) else mask, int(mask.sum()), False)
         return self._masks[key]
+
+    def visible(self, name: str, key_order: torch.Tensor, query_order: torch.Tensor):
+        """Return the (Q, K) matrix of keys each query sees, or None if it sees every key.
+
+        For inspection (entropy, relevance) only, so attention itself keeps is_causal.
+        """
+        mask, _, is_causal = self.causal_mask(name, key_order, query_order)
+        if not is_causal:
+            return mask
+        return key_order[None, :] <= query_order[:, None]  # (Q, K)
 
 
 def _attend(query, keys, values, mask, scaling, is_causal: bool = False):
@@ -109,11 +154,10 @@ def _attend(query, keys, values, mask, scaling, is_causal: bool = False):
     )
 
 
-def _local_attention(plan: AttentionPlan, query, keys, values, key_order, scaling):
+def _local_attention(plan: AttentionPlan, query, keys, values, key_order, query_order, groups, scaling):
     """Frame queries see their own frame's keys (+ shared keys); global queries see all keys."""
     out = query.new_empty(query.shape)  # (1, H, Q, D)
     pairs = 0
-    groups = plan.query_group
     frame_ids = torch.unique(groups[groups >= 0])
     shared = (plan.key_group < 0).nonzero().flatten()
     q_rows = [(groups == f).nonzero().flatten() for f in frame_ids.tolist()]
@@ -126,20 +170,20 @@ def _local_attention(plan: AttentionPlan, query, keys, values, key_order, scalin
         q_blocks = query[0][:, q_index].transpose(0, 1)  # (F, H, n, D)
         k_blocks = keys[0][:, k_index].transpose(0, 1)  # (F, Hkv, m, D)
         v_blocks = values[0][:, k_index].transpose(0, 1)
-        mask = key_order[k_index][:, None, :] <= plan.query_order[q_index][:, :, None]  # (F, n, m)
+        mask = key_order[k_index][:, None, :] <= query_order[q_index][:, :, None]  # (F, n, m)
         pairs += int(mask.sum())
         attn = _attend(q_blocks, k_blocks, v_blocks, None if bool(mask.all()) else mask[:, None], scaling)
         out[0][:, q_index.flatten()] = attn.transpose(0, 1).reshape(query.shape[1], -1, query.shape[3])
     else:
         for q_idx, k_idx in zip(q_rows, k_rows):
-            mask = key_order[k_idx][None, :] <= plan.query_order[q_idx][:, None]
+            mask = key_order[k_idx][None, :] <= query_order[q_idx][:, None]
             pairs += int(mask.sum())
             out[:, :, q_idx] = _attend(
                 query[:, :, q_idx], keys[:, :, k_idx], values[:, :, k_idx], mask, scaling
             )
     global_rows = (groups < 0).nonzero().flatten()
     if len(global_rows):
-        mask = key_order[None, :] <= plan.query_order[global_rows][:, None]
+        mask = key_order[None, :] <= query_order[global_rows][:, None]
         pairs += int(mask.sum())
         out[:, :, global_rows] = _attend(query[:, :, global_rows], keys, values, mask, scaling)
     return out, pairs
@@ -189,31 +233,58 @@ def plan_attention(
         )
         return out.transpose(1, 2).contiguous(), None
     layer = module.layer_idx
+    query_order = plan.at(layer, plan.query_order)  # (Q_l,) the rows this layer computes
     keys, values, key_order = plan.assemble(layer, key, value)
     plan.records[layer] = (keys, values)
     mode = plan.mode(layer)
     if mode == "local":
-        out, pairs = _local_attention(plan, query, keys, values, key_order, scaling)
+        groups = plan.at(layer, plan.query_group)
+        out, pairs = _local_attention(plan, query, keys, values, key_order, query_order, groups, scaling)
     else:
         if mode == "strided":
             idx = plan.strided_keys
             keys_used, values_used, order_used = keys[:, :, idx], values[:, :, idx], key_order[idx]
         else:
             keys_used, values_used, order_used = keys, values, key_order
-        inspect = plan.entropy_heads > 0 or plan.relevance_layer == layer
-        mask, pairs, is_causal = plan.causal_mask(mode, order_used, need_matrix=inspect)
+        mask, pairs, is_causal = plan.causal_mask(mode, order_used, query_order)
         out = _attend(query, keys_used, values_used, mask, scaling, is_causal)
+        if plan.entropy_heads > 0 or (plan.relevance_layer == layer and plan.relevance_queries is not None):
+            visible = plan.visible(mode, order_used, query_order)
         if plan.entropy_heads > 0:
-            _record_entropy(plan, layer, query, keys_used, mask, scaling)
+            _record_entropy(plan, layer, query, keys_used, visible, scaling)
         if plan.relevance_layer == layer and plan.relevance_queries is not None:
+            rows = plan.local_rows(layer, plan.relevance_queries)
             groups = query.shape[1] // keys_used.shape[1]
-            q = query[0][:, plan.relevance_queries]  # (H, R, D)
+            q = query[0][:, rows]  # (H, R, D)
             logits = q @ repeat_kv(keys_used, groups)[0].transpose(1, 2) * scaling  # (H, R, K)
-            if mask is not None:
-                logits = logits.masked_fill(~mask[plan.relevance_queries], float("-inf"))
+            if visible is not None:
+                logits = logits.masked_fill(~visible[rows], float("-inf"))
             plan.relevance = logits.float().softmax(-1).mean(dim=(0, 1))  # (K,)
     plan.attended_pairs += pairs
+    plan.layer_tokens += query.shape[2]
     return out.transpose(1, 2).contiguous(), None  # (1, Q, H, D)
+
+
+def drop_queries(layer: int, module, args, kwargs):
+    """Pre-hook of decoder layer `layer`: keep the hidden rows (and RoPE rows) its plan computes."""
+    plan = kwargs.get("attention_plan")
+    if plan is None or plan.layer_queries is None:
+        return None
+    rows = plan.layer_queries[layer]
+    if plan._kept[layer] is not None:
+        args = (args[0][:, plan._kept[layer]], *args[1:])  # (1, Q_l, W): rows of the layer below's output
+    # RoPE tables arrive for every query_order row at every layer.
+    cos, sin = kwargs["position_embeddings"]  # (1, Q, D)
+    kwargs["position_embeddings"] = (cos[:, rows], sin[:, rows])
+    if kwargs.get("position_ids") is not None:
+        kwargs["position_ids"] = kwargs["position_ids"][:, rows]
+    return args, kwargs
+
+
+def install_query_dropping(backbone) -> None:
+    """Register `drop_queries` on every decoder layer of a transformers backbone."""
+    for index, layer in enumerate(backbone.layers):
+        layer.register_forward_pre_hook(partial(drop_queries, index), with_kwargs=True)
 
 
 AttentionInterface.register(ATTENTION_NAME, plan_attention)

@@ -23,7 +23,7 @@ from transformers import (
 )
 
 from dysta_ros.policy.action_expert import ActionExpert
-from dysta_ros.policy.attention import ATTENTION_NAME, AttentionPlan
+from dysta_ros.policy.attention import ATTENTION_NAME, AttentionPlan, install_query_dropping
 from dysta_ros.policy.config import BackboneConfig, PolicyConfig, VisionConfig
 from dysta_ros.tokens.learned import Disentangler, RecacheGate, default_gate_hidden
 
@@ -50,7 +50,10 @@ def build_vision(cfg: VisionConfig) -> SiglipVisionModel:
 
 
 def build_backbone(cfg: BackboneConfig) -> nn.Module:
-    """A transformers decoder whose every attention call goes through plan_attention."""
+    """A transformers decoder whose every attention call goes through plan_attention.
+
+    Its decoder layers also drop the queries a plan stops computing at depth (`layer_queries`).
+    """
     config_class, model_class = BACKBONES[cfg.family]
     config = config_class(
         hidden_size=cfg.width,
@@ -64,7 +67,9 @@ def build_backbone(cfg: BackboneConfig) -> nn.Module:
         rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
     )
     config._attn_implementation = ATTENTION_NAME
-    return model_class(config)
+    backbone = model_class(config)
+    install_query_dropping(backbone)
+    return backbone
 
 
 class VLAModel(nn.Module):

@@ -64,7 +64,8 @@ class StepContext:
     state: torch.Tensor  # (1, W)
     grid: int  # patches per side of one camera image
     cameras: int
-    computed_tokens: int = 0  # tokens the backbone computed this step, over all calls
+    computed_tokens: int = 0  # tokens the backbone computed this step, over all calls (mean over layers)
+    layer_tokens: int = 0  # tokens computed summed over layers and calls
     attended_pairs: int = 0  # (query, key) pairs over all layers and calls
 
     @property
@@ -107,7 +108,9 @@ class StepContext:
     def run(self, embeds: torch.Tensor, positions: torch.Tensor, plan: AttentionPlan) -> AttentionPlan:
         """Run the backbone on embeds (Q, W) at positions (Q,) under plan; count its work."""
         self.model.run_backbone(embeds, positions, plan)
-        self.computed_tokens += embeds.shape[0]
+        self.layer_tokens += plan.layer_tokens
+        # A plan may drop queries at depth (layer_queries): count what was computed on average.
+        self.computed_tokens = round(self.layer_tokens / self.model.cfg.backbone.layers)
         self.attended_pairs += plan.attended_pairs
         return plan
 
@@ -145,4 +148,4 @@ class Strategy:
         raise NotImplementedError
 
     def flops(self, ctx: StepContext) -> float:
-        return backbone_flops(self.model_config.backbone, ctx.computed_tokens, ctx.attended_pairs)
+        return backbone_flops(self.model_config.backbone, ctx.layer_tokens, ctx.attended_pairs)

@@ -14,11 +14,14 @@ def attention_flops(cfg, pairs: int) -> float:
     return 4.0 * cfg.heads * cfg.head_dim * pairs
 
 
-def backbone_flops(cfg, computed_tokens: int, attended_pairs: int) -> float:
-    """FLOPs of computing `computed_tokens` through every layer, attending `attended_pairs` in all."""
-    return cfg.layers * computed_tokens * linear_flops_per_token(cfg) + attention_flops(cfg, attended_pairs)
+def backbone_flops(cfg, layer_tokens: int, attended_pairs: int) -> float:
+    """FLOPs of `layer_tokens` tokens computed summed over layers, attending `attended_pairs` in all.
+
+    Summed per layer, not tokens x layers: a strategy may compute fewer queries in deeper layers.
+    """
+    return layer_tokens * linear_flops_per_token(cfg) + attention_flops(cfg, attended_pairs)
 
 
 def full_flops(cfg, length: int) -> float:
     """FLOPs of `full`: every token of a length-L causal context through every layer."""
-    return backbone_flops(cfg, length, cfg.layers * length * (length + 1) // 2)
+    return backbone_flops(cfg, cfg.layers * length, cfg.layers * length * (length + 1) // 2)
