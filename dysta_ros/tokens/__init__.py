@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dysta_ros.errors import ConfigError
+from dysta_ros.robot import config_dirs, load_yaml
 from dysta_ros.tokens.base import Strategy
 from dysta_ros.tokens.dysta import DystaStrategy
 from dysta_ros.tokens.dysta_gotohunt import DystaGotohuntStrategy
@@ -27,7 +28,16 @@ def strategy_class(name: str) -> type[Strategy]:
     return STRATEGIES[name]
 
 
+def strategy_defaults(name: str) -> dict:
+    """Return config/strategies/<name>.yaml: what the node, bench, eval and closed loop start from."""
+    strategy_class(name)
+    for directory in config_dirs():
+        if (path := directory / "strategies" / f"{name}.yaml").is_file():
+            return load_yaml(path)
+    return {}  # no config directory (a bare wheel): the Params dataclass defaults
+
+
 def build_strategy(name: str, params: dict | None, model_config) -> Strategy:
-    """Build strategy `name` with flat parameters (as in config/strategies/<name>.yaml)."""
+    """Build strategy `name`: its YAML defaults, overridden by flat `params`."""
     cls = strategy_class(name)
-    return cls(cls.Params.from_dict(params, name), model_config)
+    return cls(cls.Params.from_dict({**strategy_defaults(name), **(params or {})}, name), model_config)
