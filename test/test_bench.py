@@ -8,10 +8,10 @@ import torch
 
 from dysta_ros.cli import main
 from dysta_ros.errors import ConfigError
-from dysta_ros.evaluation.bench import parse_params, run_bench, synthetic_observations
+from dysta_ros.evaluation.bench import run_bench, synthetic_observations
 from dysta_ros.evaluation.entropy import entropy_profile, propose_schedule
 from dysta_ros.policy.runtime import build_model
-from dysta_ros.tokens import available_strategies
+from dysta_ros.tokens import available_strategies, parse_param_overrides
 
 SCHEMA = {
     "strategy",
@@ -90,12 +90,15 @@ def test_bench_cli_rejects_unknown_strategy(capsys):
     assert "warp" in capsys.readouterr().err
 
 
-def test_parse_params_names_the_problem():
-    assert parse_params(["dysta.local_layers=[0, 1]"], ["dysta"]) == {"dysta": {"local_layers": [0, 1]}}
+def test_param_overrides_name_the_problem():
+    parsed = parse_param_overrides(["dysta.local_layers=[0, 1]", "full@2.history=2"], ["dysta", "full@2"])
+    assert parsed == {"dysta": {"local_layers": [0, 1]}, "full@2": {"history": 2}}
     with pytest.raises(ConfigError, match="STRATEGY.KEY=VALUE"):
-        parse_params(["dysta_delta=1"], ["dysta"])
-    with pytest.raises(ConfigError, match="not benchmarked"):
-        parse_params(["gotohunt.sigma=2"], ["dysta"])
+        parse_param_overrides(["dysta_delta=1"], ["dysta"])
+    with pytest.raises(ConfigError, match="not one of those run"):
+        parse_param_overrides(["gotohunt.sigma=2"], ["dysta"])
+    with pytest.raises(ConfigError, match="not YAML"):
+        parse_param_overrides(["dysta.local_layers=[0, 1"], ["dysta"])
 
 
 def test_entropy_profile_sees_spiky_layers_and_schedules_them_as_all():

@@ -98,9 +98,15 @@ def test_config_errors_name_the_field_and_the_choices(bag):
 def test_cli_json_and_a_damaged_bag(bag, tmp_path):
     command = [sys.executable, "-m", "dysta_ros.cli", "eval", str(bag), "--strategies", "gotohunt",
                "--max-steps", "2", "--report", str(tmp_path / "r"), "--json"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command + ["--threads", "1", "--param", "gotohunt.num_anchors=1"],
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert set(json.loads(result.stdout)) == {"full", "gotohunt"}
+    summary = json.loads(result.stdout)
+    assert set(summary) == {"full", "gotohunt"}
+    assert summary["gotohunt"]["context_tokens_mean"] < summary["full"]["context_tokens_mean"]  # 1 anchor
+    refused = subprocess.run(command + ["--param", "gotohunt.sigma=0"], capture_output=True, text=True,
+                             timeout=300)
+    assert refused.returncode == 1 and "sigma" in refused.stderr and "Traceback" not in refused.stderr
 
     damaged = tmp_path / "damaged"
     write_episode_bag(damaged, BagSpec(episodes=1, seconds=0.3))

@@ -111,8 +111,9 @@ def test_messages_cross_process_boundary_field_by_field(ros_node):
     assert (stats.static_l1_tokens, stats.static_l2_tokens, stats.dynamic_tokens) == (133, 107, 16)
     assert (stats.history_frames, stats.frames_attended) == (32, 4)
     assert (stats.recached_l1, stats.recached_l2) == (False, True)
-    assert stats.backbone_ms == pytest.approx(80.0)
-    assert stats.total_ms == pytest.approx(132.0)
+    stages = (stats.preprocess_ms, stats.vision_ms, stats.gate_ms, stats.backbone_ms, stats.action_head_ms,
+              stats.total_ms)
+    assert stages == pytest.approx((1.5, 20.0, 0.5, 80.0, 30.0, 132.0))
     assert stats.flops_ratio == pytest.approx(0.25)
 
     image = received["image"]

@@ -16,14 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from tqdm import tqdm
 
 from dysta_ros.errors import ConfigError, DystaError
 from dysta_ros.evaluation.scenes import structured_frames
 from dysta_ros.policy.config import PRESETS
-from dysta_ros.policy.runtime import build_model, build_runtime
-from dysta_ros.tokens import available_strategies
+from dysta_ros.policy.runtime import build_model, build_runtime, set_threads
+from dysta_ros.tokens import available_strategies, parse_param_overrides
 from dysta_ros.types import STAGES, Observation
 
 BASELINE = "full"
@@ -33,22 +32,6 @@ INSTRUCTION = "push the red block to the left"
 def parse_list(text: str, cast=str) -> list:
     """Split "a,b,c" into a typed list; empty items are dropped."""
     return [cast(item.strip()) for item in text.split(",") if item.strip()]
-
-
-def parse_params(items: list[str], strategies: list[str]) -> dict[str, dict]:
-    """Turn repeated `--param strategy.key=value` (YAML values) into {strategy: {key: value}}."""
-    params: dict[str, dict] = {name: {} for name in strategies}
-    for item in items:
-        name, sep, rest = item.partition(".")
-        key, eq, value = rest.partition("=")
-        if not sep or not eq or not key:
-            raise ConfigError(f"--param {item!r}: expected STRATEGY.KEY=VALUE, e.g. dysta.delta_l1=0.1")
-        if name not in params:
-            raise ConfigError(
-                f"--param {item!r}: strategy {name!r} is not benchmarked ({', '.join(strategies)})"
-            )
-        params[name][key] = yaml.safe_load(value)
-    return params
 
 
 def synthetic_observations(count: int, camera_names: list[str], state_dim: int, seed: int = 0):
@@ -277,9 +260,8 @@ def run(args: argparse.Namespace) -> int:
             )
         if not histories or min(histories) < 1 or args.steps < 1 or args.warmup < 0:
             raise ConfigError("--history needs values >= 1, --steps >= 1, --warmup >= 0")
-        params = parse_params(args.param, strategies)
-        if args.threads:
-            torch.set_num_threads(args.threads)
+        params = parse_param_overrides(args.param, strategies)
+        set_threads(args.threads)
         model, _ = build_model(args.checkpoint or args.preset, args.device, args.dtype, args.seed)
         cfg = model.cfg
         count = args.warmup + args.steps

@@ -22,8 +22,8 @@ from tqdm import tqdm
 from dysta_ros.bags import TopicMap, load_episodes
 from dysta_ros.bags.episodes import Episode
 from dysta_ros.errors import BagError, CheckpointError, ConfigError, InferenceError, InputError
-from dysta_ros.policy.runtime import PolicyRuntime, build_model
-from dysta_ros.tokens import available_strategies
+from dysta_ros.policy.runtime import PolicyRuntime, build_model, set_threads
+from dysta_ros.tokens import available_strategies, parse_param_overrides
 from dysta_ros.types import STAGES, StepStats
 
 BASELINE = "full"
@@ -44,6 +44,8 @@ class EvalConfig:
     dtype: str = "float32"
     seed: int = 0
     report: str = "eval_report"
+    params: dict[str, dict] = field(default_factory=dict)  # strategy -> overrides of its YAML
+    threads: int = 0  # torch CPU threads; 0: torch's default
 
     def __post_init__(self):
         if not self.bags:
@@ -92,8 +94,10 @@ def _check_compatible(runtime: PolicyRuntime, topic_map: TopicMap, episode: Epis
 
 def run_open_loop(config: EvalConfig, progress: bool = True) -> dict[str, list[StepRecord]]:
     """Step every strategy through every episode; return each strategy's step records."""
+    set_threads(config.threads)
     model, tokenizer = build_model(config.model, config.device, config.dtype, config.seed)
-    runtimes = {name: PolicyRuntime(model, strategy=name, seed=config.seed, tokenizer=tokenizer)
+    runtimes = {name: PolicyRuntime(model, strategy=name, strategy_params=config.params.get(name),
+                                    seed=config.seed, tokenizer=tokenizer)
                 for name in config.strategies}
     spec = runtimes[BASELINE].spec
     rate_hz = config.rate_hz or 1.0 / spec.dt
@@ -265,6 +269,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (0: torch's default); fewer than the free cores, or "
+                             "speedups measure contention")
+    parser.add_argument("--param", action="append", default=[], metavar="STRATEGY.KEY=VALUE",
+                        help="strategy parameter over its YAML, repeatable, e.g. --param full.history=8")
     parser.add_argument("--report", default="eval_report", help="report directory")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
@@ -275,7 +284,8 @@ def run(args: argparse.Namespace) -> int:
         config = EvalConfig(bags=args.bags, strategies=[s for s in args.strategies.split(",") if s],
                             model=args.model, topic_map=args.topic_map, rate_hz=args.rate,
                             first_k=args.first_k, max_steps=args.max_steps, device=args.device,
-                            dtype=args.dtype, seed=args.seed, report=args.report)
+                            dtype=args.dtype, seed=args.seed, report=args.report, threads=args.threads,
+                            params=parse_param_overrides(args.param, [BASELINE, *args.strategies.split(",")]))
         results = evaluate(config, progress=not args.json)
     except (BagError, ConfigError, CheckpointError) as exc:
         print(f"dysta-ros eval: {exc}", file=sys.stderr)

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from dysta_ros.errors import ConfigError
 from dysta_ros.evaluation.closed_loop import Episode, run_episode
-from dysta_ros.tokens import available_strategies
+from dysta_ros.tokens import available_strategies, parse_param_overrides
 
 HELD_OUT_SEED_START = 100_000  # training uses seeds from 0; evaluation never overlaps them
 
@@ -82,21 +82,6 @@ def parse_spec(spec: str) -> tuple[str, int | None]:
     return name, int(frames)
 
 
-def strategy_params(strategies: list[str], overrides: list[str]) -> dict[str, dict]:
-    """Each strategy's parameters from `--param` overrides (DySta's `gate: auto` picks the learned gate)."""
-    params = {s: {} for s in strategies}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        strategy, dot, name = key.partition(".")
-        if not sep or not dot or strategy not in params:
-            raise ConfigError(f"--param {item!r}: expected STRATEGY.KEY=VALUE with STRATEGY in {strategies}")
-        try:
-            params[strategy][name] = json.loads(value)
-        except json.JSONDecodeError:
-            params[strategy][name] = value
-    return params
-
-
 def evaluate(
     model: str,
     task: str = "reach",
@@ -109,9 +94,7 @@ def evaluate(
     threads: int = 1,
 ) -> dict:
     """Run every strategy on seeds seed_start .. + episodes - 1; return the results dict."""
-    import torch
-
-    from dysta_ros.policy.runtime import PolicyRuntime, build_model
+    from dysta_ros.policy.runtime import PolicyRuntime, build_model, set_threads
     from dysta_ros.policy.checkpoint import read_config
     from dysta_ros.sim.env import SimEnv
 
@@ -119,13 +102,13 @@ def evaluate(
     specs = {spec: parse_spec(spec) for spec in strategies}
     if episodes < 1:
         raise ConfigError(f"episodes: must be >= 1, got {episodes}")
-    torch.set_num_threads(threads)
+    set_threads(threads)
     trained = {}
     if Path(model).is_dir():
         trained = read_config(model)[1].get("training", {})
     execute_steps = int(execute_steps or trained.get("frame_stride", 4))
     vla, tokenizer = build_model(model)
-    params = strategy_params(sorted({name for name, _ in specs.values()}), param_overrides or [])
+    params = parse_param_overrides(param_overrides or [], sorted({name for name, _ in specs.values()}))
     runtimes = {spec: PolicyRuntime(vla, strategy=name, strategy_params=params[name],
                                     history=spec_history or history, tokenizer=tokenizer)
                 for spec, (name, spec_history) in specs.items()}

@@ -252,6 +252,18 @@ def build_model(
     return vla, tokenizer
 
 
+def set_threads(threads: int) -> None:
+    """Set torch's CPU threads for the process (0: leave torch's default, one per core).
+
+    More threads than the cores left free by the rest of the robot (sim, rendering, drivers, a
+    second process) makes every step many times slower, and speedups measured then are noise.
+    """
+    if threads < 0:
+        raise ConfigError(f"threads must be >= 0 (0 = torch's default), got {threads}")
+    if threads:
+        torch.set_num_threads(threads)
+
+
 def build_runtime(
     model: str | VLAModel = "tiny",
     strategy: str = "full",
@@ -270,10 +282,7 @@ def build_runtime(
     """
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} requested but CUDA is not available; use 'cpu'")
-    if threads < 0:
-        raise ConfigError(f"threads must be >= 0 (0 = torch's default), got {threads}")
-    if threads:
-        torch.set_num_threads(threads)
+    set_threads(threads)
     vla, tokenizer = build_model(model, device, dtype, seed, overrides)
     return PolicyRuntime(
         vla,

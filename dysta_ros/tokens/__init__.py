@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import yaml
+
 from dysta_ros.errors import ConfigError
 from dysta_ros.robot import config_dirs, load_yaml
 from dysta_ros.tokens.base import Strategy
@@ -41,3 +43,21 @@ def build_strategy(name: str, params: dict | None, model_config) -> Strategy:
     """Build strategy `name`: its YAML defaults, overridden by flat `params`."""
     cls = strategy_class(name)
     return cls(cls.Params.from_dict({**strategy_defaults(name), **(params or {})}, name), model_config)
+
+
+def parse_param_overrides(items: list[str], strategies: list[str]) -> dict[str, dict]:
+    """Turn repeated `--param STRATEGY.KEY=VALUE` (YAML values) into {strategy: {key: value}}."""
+    params: dict[str, dict] = {name: {} for name in strategies}
+    for item in items:
+        name, sep, rest = item.partition(".")
+        key, eq, value = rest.partition("=")
+        if not sep or not eq or not key:
+            raise ConfigError(f"--param {item!r}: expected STRATEGY.KEY=VALUE, e.g. dysta.delta_l1=0.1")
+        if name not in params:
+            raise ConfigError(f"--param {item!r}: strategy {name!r} is not one of those run "
+                              f"({', '.join(strategies)})")
+        try:
+            params[name][key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--param {item!r}: the value is not YAML: {exc}") from exc
+    return params

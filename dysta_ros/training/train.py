@@ -24,12 +24,12 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from dysta_ros.errors import CheckpointError, ConfigError, DystaError
-from dysta_ros.evaluation.success import strategy_params
 from dysta_ros.policy.checkpoint import load_checkpoint, save_checkpoint
 from dysta_ros.policy.config import apply_overrides, preset_config
 from dysta_ros.policy.model import VLAModel
 from dysta_ros.policy.tokenizer import ByteTokenizer
 from dysta_ros.sim.tasks import TASKS
+from dysta_ros.tokens import parse_param_overrides
 from dysta_ros.training.data import Demo, bag_demos, collect_sim_demos, normalisation_stats
 from dysta_ros.tokens.dysta import DystaParams, layout_params
 from dysta_ros.training.objectives import WindowSampler, training_losses
@@ -306,4 +306,4 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         batch=args.batch, history=args.history, frame_stride=args.frame_stride,
         max_cache_age=args.max_cache_age, gate_lambda=args.gate_lambda, lr=args.lr, warmup=args.warmup,
         weight_decay=args.weight_decay, seed=args.seed, save_every=args.save_every, threads=args.threads,
-        dysta=strategy_params(["dysta"], args.param)["dysta"])
+        dysta=parse_param_overrides(args.param, ["dysta"])["dysta"])
