@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from dysta_ros.errors import DystaError
+
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("dysta_ros.evaluation.demo", "closed loop in MuJoCo over real ROS topics, with a report"),
@@ -58,7 +60,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if chosen is None else 2
     # args stays plain data (reports write vars(args) as JSON): the module is looked up, not stored
-    return int(importlib.import_module(SUBCOMMANDS[args.command][0]).run(args) or 0)
+    module = importlib.import_module(SUBCOMMANDS[args.command][0])
+    try:
+        return int(module.run(args) or 0)
+    except DystaError as exc:  # what a subcommand did not catch itself: one line, no traceback
+        print(f"dysta-ros {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -23,3 +23,7 @@ class BagError(DystaError, ValueError):
 
 class InferenceError(DystaError, RuntimeError):
     """The model failed during a step (out of memory, device error); the step is dropped."""
+
+
+class RenderError(DystaError, RuntimeError):
+    """The simulator cannot render offscreen (no EGL/OSMesa); the message says what to install."""

@@ -8,13 +8,14 @@ is exposed separately, for the scripted expert and for success checks.
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import mujoco
 import numpy as np
 
-from dysta_ros.errors import ConfigError, InputError
+from dysta_ros.errors import ConfigError, InputError, RenderError
 from dysta_ros.robot import load_robot_config
 from dysta_ros.sim.scene import CUBE_HALF, N_CUBES, ROBOT, build_mjcf, check_arm
 from dysta_ros.sim.tasks import TOUCH_TOLERANCE, Placement, Task, box_distance, get_task
@@ -166,7 +167,15 @@ class SimEnv:
 
     def _render(self, camera: str) -> np.ndarray:
         if self._renderer is None:  # created on first use: code that never renders needs no GL
-            self._renderer = mujoco.Renderer(self.model, self.config.image_height, self.config.image_width)
+            try:
+                size = self.config.image_height, self.config.image_width
+                self._renderer = mujoco.Renderer(self.model, *size)
+            except (mujoco.FatalError, RuntimeError, ImportError) as exc:  # what GL setup raises
+                raise RenderError(
+                    f"MuJoCo cannot render offscreen with MUJOCO_GL={os.environ.get('MUJOCO_GL')!r}: {exc}. "
+                    "A machine without a display needs EGL (apt: libegl1 libegl-mesa0 libgl1-mesa-dri) "
+                    "or OSMesa (apt: libosmesa6, then MUJOCO_GL=osmesa); `make setup` installs both"
+                ) from exc
         self._renderer.update_scene(self.data, camera=camera)
         return self._renderer.render().copy()
 
