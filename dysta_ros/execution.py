@@ -76,14 +76,47 @@ class TimedChunk:
     def covers(self, t: float) -> bool:
         return self.start <= t <= self.end
 
-    def sample(self, t: float) -> np.ndarray:
+    def sample(self, t: float, action_space: str = "joint_position") -> np.ndarray:
         """Return the action for time `t` (within the chunk), interpolated linearly."""
         position = (t - self.start) / self.dt
         k = min(int(math.floor(position)), len(self.actions) - 1)
         if k >= len(self.actions) - 1:
-            return self.actions[-1].copy()
+            return weighted_mean(self.actions[-1:], np.ones(1), action_space)
         frac = position - k
-        return (1.0 - frac) * self.actions[k] + frac * self.actions[k + 1]  # (D,)
+        return weighted_mean(self.actions[k:k + 2], np.array([1.0 - frac, frac]), action_space)  # (D,)
+
+
+def weighted_mean(actions: np.ndarray, weights: np.ndarray, action_space: str) -> np.ndarray:
+    """Return the weighted mean (D,) of actions (N, D), pose orientations in one representation.
+
+    q and -q are one rotation, as are rpy angles 2*pi apart; averaged as they come they cancel
+    (a quaternion shrinks towards zero, yaw 3.1 and -3.1 give 0: half a turn away). So each
+    orientation is first aligned to the most weighted one, and a mean quaternion is normalised
+    again (normalised linear interpolation), an angle wrapped back into [-pi, pi).
+    """
+    actions = np.array(actions, dtype=np.float64)  # (N, D), a copy: aligned in place below
+    dim = actions.shape[1]
+    pose = action_space == "ee_pose" and dim in EE_DIMS["ee_pose"]
+    if pose:
+        reference = actions[int(np.argmax(weights)), 3:].copy()  # (R,)
+        with np.errstate(invalid="ignore"):  # a non-finite value stays so; tick() holds on it
+            if dim == 7:
+                actions[actions[:, 3:] @ reference < 0, 3:] *= -1.0
+            else:
+                actions[:, 3:] = reference + wrap_angle(actions[:, 3:] - reference)
+    mean = weights @ actions / weights.sum()  # (D,)
+    if pose and dim == 7:
+        # Aligned, every quaternion has a non-negative dot with the reference, whose weight is
+        # the largest, so the mean is at least that far from zero.
+        mean[3:] /= np.linalg.norm(mean[3:])
+    elif pose:
+        mean[3:] = wrap_angle(mean[3:])
+    return mean
+
+
+def wrap_angle(angle: np.ndarray) -> np.ndarray:
+    """Return angles (radians) wrapped into [-pi, pi)."""
+    return (angle + math.pi) % (2.0 * math.pi) - math.pi
 
 
 def prepare_actions(chunk: ActionChunk, names: tuple[str, ...], action_space: str) -> np.ndarray:
@@ -117,11 +150,13 @@ def prepare_actions(chunk: ActionChunk, names: tuple[str, ...], action_space: st
 class ChunkBlender:
     """The plan the executor follows: recent chunks on one timeline, blended where they overlap."""
 
-    def __init__(self, blending: str = "weighted_average", ensemble_decay: float = 0.01):
+    def __init__(self, blending: str = "weighted_average", ensemble_decay: float = 0.01,
+                 action_space: str = "joint_position"):
         if blending not in BLENDINGS:
             raise ConfigError(f"blending {blending!r} is not one of {', '.join(BLENDINGS)}")
         self.blending = blending
         self.ensemble_decay = ensemble_decay
+        self.action_space = action_space  # how actions combine: see weighted_mean
         self.chunks: list[TimedChunk] = []
 
     def clear(self):
@@ -141,19 +176,21 @@ class ChunkBlender:
             return None
         newest = covering[-1]
         if self.blending == "latest" or len(covering) == 1:
-            return newest.sample(t)
+            return newest.sample(t, self.action_space)
         if self.blending == "weighted_average":
             # Cross-fade from the previous plan to the new one across their remaining overlap,
             # so a new chunk never makes the target jump.
-            previous = covering[-2]
+            covering = covering[-2:]
+            previous = covering[0]
             begin = max(newest.start, newest.received)
             span = previous.end - begin
             weight = 1.0 if span <= 0 else float(np.clip((t - begin) / span, 0.0, 1.0))
-            return (1.0 - weight) * previous.sample(t) + weight * newest.sample(t)
-        # temporal_ensemble (ACT): every chunk that covers t votes; older chunks weigh more.
-        weights = np.exp(-self.ensemble_decay * np.arange(len(covering)))  # (N,)
-        samples = np.stack([c.sample(t) for c in covering])  # (N, D)
-        return weights @ samples / weights.sum()
+            weights = np.array([1.0 - weight, weight])  # (2,)
+        else:
+            # temporal_ensemble (ACT): every chunk that covers t votes; older chunks weigh more.
+            weights = np.exp(-self.ensemble_decay * np.arange(len(covering)))  # (N,)
+        samples = np.stack([c.sample(t, self.action_space) for c in covering])  # (N, D)
+        return weighted_mean(samples, weights, self.action_space)
 
 
 def clip_to_limits(target: np.ndarray, reference: np.ndarray, period: float,
@@ -163,6 +200,25 @@ def clip_to_limits(target: np.ndarray, reference: np.ndarray, period: float,
     command = np.clip(target, reference - step, reference + step)
     command = np.clip(command, robot.lower, robot.upper)  # position limits win over velocity
     return command, bool(np.any(np.abs(command - target) > 1e-12))
+
+
+def limit_trajectory(chunk: ActionChunk, start: np.ndarray,
+                     robot: RobotConfig) -> tuple[np.ndarray, int]:
+    """Return a joint chunk's actions (H, D), in `robot.joints` order, held to the joint limits.
+
+    Each point is clipped as chunk_executor clips a command (`clip_to_limits`): one dt of
+    velocity from the point before (the first from `start`, the measured positions), then
+    the position limits. Return the points and how many were changed; raise InputError for a
+    chunk `prepare_actions` refuses (non-finite values, unknown joints, ...).
+    """
+    actions = prepare_actions(chunk, robot.joints, "joint_position")  # (H, D)
+    limited = np.empty_like(actions)  # (H, D)
+    reference, clamped = np.asarray(start, dtype=np.float64), 0
+    for k, target in enumerate(actions):
+        limited[k], changed = clip_to_limits(target, reference, chunk.dt, robot)
+        clamped += changed
+        reference = limited[k]
+    return limited, clamped
 
 
 def clip_to_workspace(target: np.ndarray, action_space: str,
@@ -254,7 +310,7 @@ class ChunkExecutor:
             raise ConfigError(f"command_output {self.output!r} has no topic in robot {robot.name!r}'s "
                               f"command_topics ({', '.join(robot.command_topics)})")
         self.action_space = OUTPUT_ACTION_SPACE[self.output]
-        self.blender = ChunkBlender(config.blending, config.ensemble_decay)
+        self.blender = ChunkBlender(config.blending, config.ensemble_decay, self.action_space)
         self.estop = EStopLatch()
         self.deadman = Deadman(config.max_chunk_age_s)
         self.joint_positions: np.ndarray | None = None

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from dysta_ros.errors import ConfigError, InputError
 from dysta_ros.execution import (
     ChunkBlender, ChunkExecutor, ExecutorConfig, TimedChunk, clip_to_limits, clip_to_workspace,
-    describe_excess, prepare_actions,
+    describe_excess, limit_trajectory, prepare_actions,
 )
 from dysta_ros.robot import RobotConfig, Workspace, load_robot_config
 from dysta_ros.types import ActionChunk
@@ -387,3 +387,100 @@ def test_a_zero_quaternion_is_refused():
         executor.on_chunk(ee_chunk([0.3, 0.0, 0.2, 0.0, 0.0, 0.0, 0.0]), now=5.0)
     executor.on_chunk(ee_chunk([0.3, 0.0, 0.2, 0.0, 0.0, 0.0, 1.0]), now=5.0)
     assert executor.tick(now=5.0).command is not None
+
+
+# Orientations in blends: q and -q are one rotation ---------------------------------------
+
+Q = np.array([0.2, -0.4, 0.1, 0.888819], dtype=np.float64) / np.linalg.norm([0.2, -0.4, 0.1, 0.888819])
+
+
+def pose_chunk(start, quaternion, horizon=11, received=None):
+    actions = np.tile(np.concatenate([[0.3, 0.0, 0.2], quaternion]), (horizon, 1))  # (H, 7)
+    return TimedChunk(start, 0.1, actions, received=start if received is None else received)
+
+
+def same_rotation(a, b):
+    return abs(float(np.dot(a, b))) == pytest.approx(1.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("blending", ["weighted_average", "temporal_ensemble"])
+def test_blending_a_quaternion_with_its_negative_keeps_the_rotation(blending):
+    blender = ChunkBlender(blending, ensemble_decay=0.01, action_space="ee_pose")
+    blender.add(pose_chunk(0.0, Q), now=0.0)  # covers 0..1
+    blender.add(pose_chunk(0.5, -Q), now=0.5)  # the same rotation, written as -q
+    for t in (0.6, 0.75, 0.9):  # both chunks cover these: a plain average would cancel to ~0
+        target = blender.target(t)
+        assert np.linalg.norm(target[3:]) == pytest.approx(1.0, abs=1e-9)
+        assert same_rotation(target[3:], Q)
+        np.testing.assert_allclose(target[:3], [0.3, 0.0, 0.2])
+
+
+def test_interpolating_within_a_chunk_across_a_sign_flip_keeps_the_rotation():
+    actions = np.array([np.concatenate([[0.0, 0.0, 0.0], Q * (-1) ** k]) for k in range(4)])  # (4, 7)
+    chunk = TimedChunk(0.0, 0.1, actions, received=0.0)
+    sample = chunk.sample(0.05, "ee_pose")  # half-way between q and -q
+    assert np.linalg.norm(sample[3:]) == pytest.approx(1.0) and same_rotation(sample[3:], Q)
+    assert np.linalg.norm(chunk.sample(0.05)[3:]) < 1e-9  # as plain numbers they cancel: the bug
+
+
+def test_blending_yaw_across_pi_stays_near_pi():
+    blender = ChunkBlender("weighted_average", action_space="ee_pose")
+    rpy_chunk = lambda start, yaw: TimedChunk(start, 0.1, np.tile([0.3, 0.0, 0.2, 0.0, 0.0, yaw], (11, 1)),
+                                              received=start)  # noqa: E731
+    blender.add(rpy_chunk(0.0, 3.1), now=0.0)
+    blender.add(rpy_chunk(0.5, -3.1), now=0.5)
+    yaw = blender.target(0.75)[5]  # half-way: pi (or -pi, the same), never 0 (half a turn away)
+    assert abs(yaw) == pytest.approx(np.pi, abs=1e-9)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.lists(st.floats(-1.0, 1.0), min_size=4, max_size=4), min_size=2, max_size=5),
+       st.lists(st.booleans(), min_size=5, max_size=5), st.floats(0.0, 2.0))
+def test_a_blend_does_not_depend_on_the_quaternions_signs(quaternions, flips, decay):
+    quaternions = [np.array(q) for q in quaternions if np.linalg.norm(q) > 0.1]
+    if not quaternions:
+        return
+    poses = np.array([np.concatenate([[0.0, 0.0, 0.0], q]) for q in quaternions])  # (N, 7)
+    flipped = poses.copy()
+    for i, flip in enumerate(flips[:len(poses)]):
+        flipped[i, 3:] *= -1.0 if flip else 1.0
+    weights = np.exp(-decay * np.arange(len(poses)))
+    from dysta_ros.execution import weighted_mean
+
+    a, b = weighted_mean(poses, weights, "ee_pose"), weighted_mean(flipped, weights, "ee_pose")
+    assert np.linalg.norm(a[3:]) == pytest.approx(1.0) and same_rotation(a[3:], b[3:])
+
+
+def test_executor_sends_a_unit_quaternion_when_chunks_disagree_in_sign():
+    executor = ee_executor("ee_pose")
+    executor.blender.blending = "temporal_ensemble"
+    executor.on_chunk(ee_chunk([0.3, 0.0, 0.2, *Q]), now=5.0)
+    executor.on_chunk(ee_chunk([0.3, 0.0, 0.2, *(-Q)], stamp=5.0), now=5.0)
+    command = executor.tick(now=5.0).command
+    assert np.linalg.norm(command[3:]) == pytest.approx(1.0) and same_rotation(command[3:], Q)
+
+
+# publish_trajectory's chunks: the executor's limits on every point -------------------------
+
+
+def test_trajectory_points_keep_to_the_limits_from_the_measured_state(robot):
+    start = robot.lower + 0.1  # the arm near its lower limits; the chunk asks for far away
+    chunk = ramp_chunk(0.0, horizon=50, dt=0.1, offset=100.0, names=list(reversed(JOINTS)))
+    points, clamped = limit_trajectory(chunk, start, robot)
+    assert points.shape == (50, 6) and clamped == 50
+    steps = np.diff(np.vstack([start, points]), axis=0)  # (50, 6): from the state, then point to point
+    assert np.all(np.abs(steps) <= robot.max_velocity * 0.1 + 1e-9)
+    assert np.all(points >= robot.lower) and np.all(points <= robot.upper)
+    np.testing.assert_allclose(points[-1], robot.upper)  # it gets there, at the velocity limit
+    # A chunk inside the limits goes out as it came.
+    gentle = ramp_chunk(0.0, horizon=5, dt=0.1, offset=0.0, slope=0.05)
+    points, clamped = limit_trajectory(gentle, np.zeros(6), robot)
+    assert clamped == 0
+    np.testing.assert_allclose(points, gentle.actions)
+
+
+def test_a_non_finite_trajectory_is_refused(robot):
+    chunk = ramp_chunk(0.0, horizon=5)
+    chunk.actions[2, 3] = np.nan
+    with pytest.raises(InputError, match="non-finite"):
+        limit_trajectory(chunk, np.zeros(6), robot)
