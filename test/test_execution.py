@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from dysta_ros.errors import ConfigError, InputError
 from dysta_ros.execution import (
     ChunkBlender, ChunkExecutor, ExecutorConfig, TimedChunk, clip_to_limits, clip_to_workspace,
-    describe_excess, limit_trajectory, prepare_actions,
+    describe_excess, limit_trajectory, prepare_actions, weighted_mean,
 )
 from dysta_ros.robot import RobotConfig, Workspace, load_robot_config
 from dysta_ros.types import ActionChunk
@@ -425,8 +425,10 @@ def test_interpolating_within_a_chunk_across_a_sign_flip_keeps_the_rotation():
 
 def test_blending_yaw_across_pi_stays_near_pi():
     blender = ChunkBlender("weighted_average", action_space="ee_pose")
-    rpy_chunk = lambda start, yaw: TimedChunk(start, 0.1, np.tile([0.3, 0.0, 0.2, 0.0, 0.0, yaw], (11, 1)),
-                                              received=start)  # noqa: E731
+
+    def rpy_chunk(start, yaw):
+        return TimedChunk(start, 0.1, np.tile([0.3, 0.0, 0.2, 0.0, 0.0, yaw], (11, 1)), received=start)
+
     blender.add(rpy_chunk(0.0, 3.1), now=0.0)
     blender.add(rpy_chunk(0.5, -3.1), now=0.5)
     yaw = blender.target(0.75)[5]  # half-way: pi (or -pi, the same), never 0 (half a turn away)
@@ -445,8 +447,6 @@ def test_a_blend_does_not_depend_on_the_quaternions_signs(quaternions, flips, de
     for i, flip in enumerate(flips[:len(poses)]):
         flipped[i, 3:] *= -1.0 if flip else 1.0
     weights = np.exp(-decay * np.arange(len(poses)))
-    from dysta_ros.execution import weighted_mean
-
     a, b = weighted_mean(poses, weights, "ee_pose"), weighted_mean(flipped, weights, "ee_pose")
     assert np.linalg.norm(a[3:]) == pytest.approx(1.0) and same_rotation(a[3:], b[3:])
 

@@ -10,7 +10,6 @@ import dataclasses
 import sys
 
 import numpy as np
-import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped, TwistStamped
@@ -26,7 +25,7 @@ from dysta_ros.msg import ActionChunk
 from dysta_ros.nodes import conversions as conv
 from dysta_ros.nodes import params as P
 from dysta_ros.nodes.diagnostics import ERROR, OK, WARN, StatusBoard, to_message
-from dysta_ros.nodes.spin import spin_nodes
+from dysta_ros.nodes.spin import run_node
 from dysta_ros.robot import COMMAND_OUTPUTS, load_robot_config
 
 PARAMS = [
@@ -57,21 +56,30 @@ class ChunkExecutorNode(Node):
 
     def __init__(self, **kwargs):
         super().__init__("chunk_executor", **kwargs)
-        P.declare(self, PARAMS)
+        try:
+            self.start()
+        except ConfigError:
+            # A plain node has no unconfigured state to wait in, as policy_node has: the
+            # parameters that shape its timer, output and limits are read-only, so a refused
+            # configuration could not be fixed while it runs, and an executor that stayed up
+            # unable to command would look alive to launch and `ros2 node list`. It refuses to
+            # start instead (main: one line, exit 2), having published nothing: nothing moves.
+            self.destroy_node()
+            raise
+
+    def start(self):
+        """Declare and check the parameters, then create the core, topics and timers."""
+        refused = P.declare(self, PARAMS)
+        if refused:
+            raise ConfigError("; ".join(refused.values()))
         values = P.read(self, PARAMS)
+        self.robot = load_robot_config(values["robot"])
+        self.core = ChunkExecutor(self.config_from(values), self.robot)
         self.board = StatusBoard(self.get_name(), values["robot"],
                                  ["commands", "chunks", "joint_states", "workspace"])
         self.holding = "starting"  # why it holds; None while commanding
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(values["diagnostic_period_s"], self.publish_diagnostics)
-        try:
-            self.robot = load_robot_config(values["robot"])
-            self.core = ChunkExecutor(self.config_from(values), self.robot)
-        except ConfigError as exc:
-            # Stay up and say why: a misconfigured executor commands nothing.
-            self.get_logger().error(str(exc))
-            self.board.set("commands", ERROR, f"configuration error: {exc}")
-            return
         self.add_on_set_parameters_callback(
             P.validator(PARAMS, self.get_logger().warning, apply=self.apply_parameters))
         self.output = self.core.output
@@ -204,14 +212,12 @@ class ChunkExecutorNode(Node):
         self.clamps_reported = self.core.counts["clipped"]
 
     def publish_diagnostics(self):
-        if hasattr(self, "core"):  # absent when the configuration was refused
-            self.report_workspace()
+        self.report_workspace()
         self.diagnostics_pub.publish(to_message(self.board, self.get_clock().now().to_msg()))
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
-    return spin_nodes([ChunkExecutorNode()], SingleThreadedExecutor())
+    return run_node("chunk_executor", ChunkExecutorNode, SingleThreadedExecutor, args)
 
 
 if __name__ == "__main__":

@@ -1,19 +1,20 @@
 """Declaring ROS parameters with descriptors, and refusing bad values with what is allowed.
 
 Each node lists its parameters once as `Param`s; `declare` gives them descriptors (ranges,
-read-only, the allowed choices in the description), `refusal` explains why a new value is not
-acceptable, and `read` returns the current values as a plain dict for the node's config dataclass.
+read-only, the allowed choices in the description) and returns the start-up values it refused,
+`refusal` explains why a value is not acceptable (at start-up, live, or on `dysta-ros run`'s
+command line), `unknown_name` refuses a name no node declares, and `read` returns the current
+values as a plain dict for the node's config dataclass.
 """
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rcl_interfaces.msg import (
-    FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, SetParametersResult,
-)
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.parameter import Parameter
 
@@ -35,13 +36,24 @@ class Param:
             return None
         return list(self.choices() if callable(self.choices) else self.choices)
 
+    def coerce(self, value):
+        """Return `value` as this parameter's type where that loses nothing (YAML writes 10 for 10.0)."""
+        if isinstance(self.default, float) and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(self.default, list) and not isinstance(value, (str, bytes, list)):
+            try:
+                return list(value)  # rclpy hands number arrays over as array.array
+            except TypeError:
+                return value
+        return value
+
     def refusal(self, value) -> str | None:
         """Return why `value` is not acceptable, or None if it is."""
         expected = type(self.default)
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+        value = self.coerce(value)
         if expected is list:
-            item = type(self.default[0]) if self.default else str
+            items = self.default or value  # an empty default takes any one element type
+            item = type(items[0]) if isinstance(items, (list, tuple)) and items else str
             if not isinstance(value, (list, tuple)) or not all(isinstance(v, item) for v in value):
                 return f"{self.name} must be a list of {item.__name__} values, got {value!r}"
         elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
@@ -67,16 +79,50 @@ class Param:
         return descriptor
 
 
-def declare(node, params: Sequence[Param]) -> None:
-    """Declare every parameter on `node` (launch/YAML overrides apply)."""
+def declare(node, params: Sequence[Param]) -> dict[str, str]:
+    """Declare every parameter on `node`; return why each refused override was refused, by name.
+
+    Launch/YAML/`-p` overrides apply when `refusal` accepts them. A refused one is not raised
+    (rclpy would end the process with a traceback): the parameter keeps its default and the node
+    decides what the refusal means (policy_node: configure fails; plain nodes: no start).
+    """
+    # rclpy offers no public view of a node's overrides; this dict is where it keeps them.
+    overrides = getattr(node, "_parameter_overrides", {})
+    refused = {}
     for param in params:
+        value = param.default
+        if param.name in overrides:
+            given = param.coerce(overrides[param.name].value)
+            reason = param.refusal(given)
+            if reason is None:
+                value = given
+            else:
+                refused[param.name] = reason
         descriptor = param.descriptor()
-        if isinstance(param.default, list) and not param.default:
-            # An empty list carries no element type; declare it typed instead.
-            descriptor.type = ParameterType.PARAMETER_STRING_ARRAY
-            node.declare_parameter(param.name, Parameter.Type.STRING_ARRAY, descriptor)
+        if isinstance(value, list) and not value:
+            # An empty list carries no element type: the default's, or strings.
+            kind = Parameter.Type.from_parameter_value(param.default) if param.default \
+                else Parameter.Type.STRING_ARRAY
+            descriptor.type = kind.value
+            node.declare_parameter(param.name, kind, descriptor, ignore_override=True)
         else:
-            node.declare_parameter(param.name, param.default, descriptor)
+            node.declare_parameter(param.name, value, descriptor, ignore_override=True)
+    return refused
+
+
+def unknown_name(name: str, params: Sequence[Param], owner: str) -> str | None:
+    """Return why `name` is refused when no parameter in `params` has it (closest names first)."""
+    known = [p.name for p in params]
+    if name in known:
+        return None
+    def likeness(other: str) -> float:
+        return difflib.SequenceMatcher(None, name, other).ratio()
+
+    # get_close_matches' picks, ties in alphabetical order (it breaks them by reverse order)
+    close = sorted(difflib.get_close_matches(name, known, n=3, cutoff=0.6), key=lambda k: (-likeness(k), k))
+    hint = f" (did you mean {' or '.join(repr(k) for k in close)}?)" if close else ""
+    ordered = close + sorted(set(known) - set(close))
+    return f"{owner} has no parameter {name!r}{hint}; known: {', '.join(ordered)}"
 
 
 def read(node, params: Sequence[Param]) -> dict[str, Any]:

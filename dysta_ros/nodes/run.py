@@ -68,15 +68,34 @@ def node_values(args) -> dict[str, dict]:
     return values
 
 
-def to_parameters(values: dict, declared) -> list:
-    """Return rclpy Parameters, numbers coerced to the declared type (YAML writes 10 for 10.0)."""
+def declared_params() -> dict[str, list]:
+    """Return the parameters each node declares, by node."""
+    from dysta_ros.nodes import chunk_executor, policy_node
+
+    return {"policy_node": policy_node.PARAMS + policy_node.strategy_params_from_yaml(),
+            "chunk_executor": list(chunk_executor.PARAMS)}
+
+
+def to_parameters(values: dict, declared, node: str = "the node") -> list:
+    """Return rclpy Parameters; raise ConfigError on an unknown name or a refused value.
+
+    Checked here, before any node starts, because a node ignores an override it does not
+    declare: a typo (`dysta.delta_l` for `dysta.delta_l1`) would run with the default unnoticed.
+    """
     from rclpy.parameter import Parameter
 
-    defaults = {p.name: p.default for p in declared}
+    from dysta_ros.nodes.params import unknown_name
+
+    by_name = {p.name: p for p in declared}
     parameters = []
     for name, value in values.items():
-        if isinstance(defaults.get(name), float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+        reason = unknown_name(name, declared, node)
+        if reason is None:
+            value = by_name[name].coerce(value)  # YAML writes 10 for 10.0
+            reason = by_name[name].refusal(value)
+            reason = reason and f"{node}: {reason}"
+        if reason is not None:
+            raise ConfigError(reason)
         parameters.append(Parameter(name, value=value))
     return parameters
 
@@ -90,18 +109,23 @@ def run(args) -> int:
 
     try:
         values = node_values(args)
+        declared = declared_params()
+        overrides = {node: to_parameters(values[node], declared[node], node) for node in NODES}
     except ConfigError as exc:
         print(f"dysta-ros run: {exc}", file=sys.stderr)
         return 2
     rclpy.init()
-    policy = policy_node.PolicyNode(parameter_overrides=to_parameters(
-        values["policy_node"], policy_node.PARAMS + policy_node.strategy_params_from_yaml()))
-    executor_node = chunk_executor.ChunkExecutorNode(
-        parameter_overrides=to_parameters(values["chunk_executor"], chunk_executor.PARAMS))
+    policy = policy_node.PolicyNode(parameter_overrides=overrides["policy_node"])
+    try:
+        executor_node = chunk_executor.ChunkExecutorNode(parameter_overrides=overrides["chunk_executor"])
+    except ConfigError as exc:
+        print(f"dysta-ros run: chunk_executor: {exc}", file=sys.stderr)
+        policy.destroy_node()
+        rclpy.try_shutdown()
+        return 2
     if (policy.trigger_configure() != TransitionCallbackReturn.SUCCESS
             or policy.trigger_activate() != TransitionCallbackReturn.SUCCESS):
-        print("dysta-ros run: policy_node failed to configure or activate (see the log above)",
-              file=sys.stderr)
+        # policy_node logged the reason as one line; a non-zero exit says it did not run.
         for node in (policy, executor_node):
             node.destroy_node()
         rclpy.try_shutdown()

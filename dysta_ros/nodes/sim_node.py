@@ -11,6 +11,7 @@ scripted expert's chunks on /dysta/action_chunk, exactly as policy_node would.
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 import rclpy
@@ -30,7 +31,7 @@ from dysta_ros.nodes.conversions import (
 )
 from dysta_ros.nodes.diagnostics import ERROR, OK, WARN, StatusBoard, to_message
 from dysta_ros.nodes.image_conversion import rgb_to_image
-from dysta_ros.nodes.spin import spin_nodes
+from dysta_ros.nodes.spin import run_node
 from dysta_ros.sim.controller import TrajectoryFollower
 from dysta_ros.sim.env import CAMERAS, SimConfig, SimEnv
 from dysta_ros.sim.expert import ExpertConfig, ScriptedExpert
@@ -71,7 +72,20 @@ class SimNode(Node):
     def __init__(self, **overrides):
         super().__init__("sim_node", parameter_overrides=[
             rclpy.parameter.Parameter(k, value=v) for k, v in overrides.items()])
-        params.declare(self, PARAMS)
+        try:
+            self._start()
+        except ConfigError:
+            # Refused like chunk_executor's (see there why a plain node does not start): one
+            # line, exit 2 from main, nothing published.
+            if getattr(self, "env", None) is not None:
+                self.env.close()
+            self.destroy_node()
+            raise
+
+    def _start(self) -> None:
+        refused = params.declare(self, PARAMS)
+        if refused:
+            raise ConfigError("; ".join(refused.values()))
         p = params.read(self, PARAMS)
         self.add_on_set_parameters_callback(params.validator(PARAMS, self.get_logger().warning))
         self.env = SimEnv(SimConfig(image_width=p["image_width"], image_height=p["image_height"],
@@ -260,9 +274,8 @@ class SimNode(Node):
 
 def main(args=None) -> int:
     """Run sim_node (`ros2 run dysta_ros sim_node --ros-args -p task:=memory`)."""
-    rclpy.init(args=args)
-    return spin_nodes([SimNode()])
+    return run_node("sim_node", SimNode, args=args)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

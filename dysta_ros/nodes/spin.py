@@ -1,4 +1,4 @@
-"""Spin nodes until Ctrl-C or shutdown, then tear them down cleanly: the one `main()` template."""
+"""Start nodes and spin them until Ctrl-C or shutdown, then tear them down: the one `main()` template."""
 
 from __future__ import annotations
 
@@ -6,6 +6,31 @@ import time
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+
+from dysta_ros.errors import ConfigError
+
+REFUSED_EXIT_CODE = 2  # a configuration refused at start-up (as argparse exits on a bad argument)
+
+
+def refuse_to_start(name: str, exc: ConfigError) -> int:
+    """Log why `name` does not start, as one line, and return the exit code that says so."""
+    rclpy.logging.get_logger(name).fatal(f"not started: {exc}")
+    return REFUSED_EXIT_CODE
+
+
+def run_node(name: str, make_node, executor_class=MultiThreadedExecutor, args=None) -> int:
+    """Start the node `make_node()` makes and spin it; a refused configuration exits 2, no traceback."""
+    rclpy.init(args=args)
+    try:
+        node = make_node()
+    except ConfigError as exc:
+        code = refuse_to_start(name, exc)
+        rclpy.try_shutdown()
+        return code
+    except KeyboardInterrupt:  # Ctrl-C while it was still starting
+        rclpy.try_shutdown()
+        return 130
+    return spin_nodes([node], executor_class())
 
 
 def spin_nodes(nodes, executor=None, until: float | None = None) -> int:

@@ -1,0 +1,71 @@
+"""Bad configuration at start-up: plain nodes and `dysta-ros run` refuse with one line and exit 2.
+
+The entry points run as `ros2 run` runs them (their `main()`, in a process of their own), so the
+exit code and what reaches the terminal are what a user sees. policy_node, a lifecycle node,
+stays up instead: test_nodes_policy.py.
+"""
+
+import subprocess
+import sys
+
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+from rclpy.parameter import Parameter  # noqa: E402
+
+from dysta_ros.cli import main  # noqa: E402
+from dysta_ros.errors import ConfigError  # noqa: E402
+
+
+def start(*argv):
+    return subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("argv, reason", [
+    (["dysta_ros.nodes.chunk_executor", "--ros-args", "-p", "control_rate_hz:=0.0"],
+     "[chunk_executor]: not started: control_rate_hz must be in [0.1, 1000.0], got 0.0"),
+    (["dysta_ros.nodes.sim_node", "--ros-args", "-p", "task:=bogus"],
+     "[sim_node]: not started: task 'bogus' is not allowed; choose one of: reach, memory"),
+    (["dysta_ros.cli", "run", "--duration", "1", "--param", "policy_node:inference_rate_hz=0"],
+     "dysta-ros run: policy_node: inference_rate_hz must be in [0.1, 1000.0], got 0.0"),
+], ids=["chunk_executor", "sim_node", "dysta-ros run"])
+def test_a_refused_value_at_start_up_is_one_line_and_exit_code_2(argv, reason):
+    result = start(*argv)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and reason in lines[0], lines
+
+
+@pytest.mark.parametrize("param, says", [
+    ("policy_node:dysta.delta_l=0.1", "policy_node has no parameter 'dysta.delta_l' (did you mean "
+                                      "'dysta.delta_l1' or 'dysta.delta_l2'"),
+    ("policy_node:foo=1", "policy_node has no parameter 'foo'; known: autostart, camera_topics"),
+    ("chunk_executor:blend=latest", "chunk_executor has no parameter 'blend' (did you mean 'blending'?); "
+                                    "known: blending, command_output"),
+    ("policy_node:strategy=fastest", "strategy 'fastest' is not allowed; choose one of: full, dysta"),
+])
+def test_run_refuses_unknown_names_and_bad_values_before_any_node_starts(param, says, capsys):
+    assert main(["run", "--duration", "1", "--param", param]) == 2
+    err = capsys.readouterr().err
+    assert says in err and len(err.strip().splitlines()) == 1, err
+    assert not rclpy.ok()  # refused before ROS (and so any node) started
+
+
+@pytest.fixture
+def ros():
+    rclpy.init()
+    yield
+    rclpy.shutdown()
+
+
+def test_a_refused_executor_is_not_built_at_all(ros):
+    from dysta_ros.nodes.chunk_executor import ChunkExecutorNode
+
+    with pytest.raises(ConfigError, match="blending 'avg' is not allowed; choose one of: latest"):
+        ChunkExecutorNode(parameter_overrides=[Parameter("blending", value="avg")])
+    # Integers for float parameters (as `-p control_rate_hz:=20` gives) are taken as floats.
+    node = ChunkExecutorNode(parameter_overrides=[Parameter("control_rate_hz", value=20)])
+    try:
+        assert node.core.config.control_rate_hz == 20.0
+    finally:
+        node.destroy_node()
