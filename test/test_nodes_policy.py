@@ -23,9 +23,11 @@ from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image, JointState  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
+from dysta_ros.execution import limit_trajectory  # noqa: E402
 from dysta_ros.msg import ActionChunk, TokenStats  # noqa: E402
 from dysta_ros.nodes import conversions as conv  # noqa: E402
 from dysta_ros.nodes.image_conversion import rgb_to_image  # noqa: E402
+from dysta_ros.robot import load_robot_config  # noqa: E402
 from ros_helpers import spin_until  # noqa: E402
 
 JOINTS = [f"joint{i}" for i in range(1, 7)]
@@ -47,6 +49,7 @@ class Probe:
         self.node.create_subscription(JointTrajectory, "/joint_trajectory_controller/joint_trajectory",
                                       self.commands.append, 10)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 50)
+        self.positions = [0.1 * i for i in range(6)]  # of the joints in reversed order, as sent
 
     def now_msg(self):
         return self.node.get_clock().now().to_msg()
@@ -57,7 +60,7 @@ class Probe:
         stamp = (now - rclpy.duration.Duration(seconds=age_s)).to_msg()
         msg.header.stamp = stamp
         self.camera_pub.publish(msg)
-        state = JointState(name=list(reversed(JOINTS)), position=[0.1 * i for i in range(6)])
+        state = JointState(name=list(reversed(JOINTS)), position=list(self.positions))
         state.header.stamp = now.to_msg()
         self.state_pub.publish(state)
         return conv.to_seconds(stamp)
@@ -86,6 +89,17 @@ class Probe:
         assert spin_until(self.spin, tick, timeout_s=timeout_s), (self.status("inputs"),
                                                                   self.status("inference"))
         return sent
+
+    def state(self):
+        """Return the joint state it sends, in the robot's joint order."""
+        return np.array(self.positions[::-1])
+
+    def call(self, srv_type, name, request):
+        client = self.node.create_client(srv_type, name)
+        assert client.wait_for_service(timeout_sec=30.0), name
+        future = client.call_async(request)
+        assert spin_until(self.spin, future.done, timeout_s=60.0), name
+        return future.result()
 
     def close(self):
         self.spin.shutdown()
@@ -209,13 +223,14 @@ def test_compressed_camera_with_autostart_survives_a_corrupt_jpeg(ros):
         assert spin_until(probe.spin, future.done)
         assert future.result().current_state.label == "active"
         probe.publishing_until(good, lambda: len(probe.chunks) >= 1 and probe.commands)
-        # publish_trajectory: the chunk as a JointTrajectory, stamped with the observation
+        # publish_trajectory: the chunk as a JointTrajectory, stamped with the observation, held
+        # to the joint limits from the measured state (test_trajectory_... below forces clamps)
         trajectory = probe.commands[0]
         chunk = next(c for c in probe.chunks if c.header.stamp == trajectory.header.stamp)
         assert trajectory.joint_names == JOINTS
         assert len(trajectory.points) == chunk.horizon
-        np.testing.assert_allclose(trajectory.points[1].positions, chunk.actions[chunk.dim:2 * chunk.dim],
-                                   rtol=1e-6)
+        expected, _ = limit_trajectory(conv.msg_to_chunk(chunk), probe.state(), load_robot_config("sim_arm"))
+        np.testing.assert_allclose(trajectory.points[1].positions, expected[1], rtol=1e-12)
         bad = probe.publishing_until(corrupt, lambda: (s := probe.status("inputs")) is not None
                                      and s[0] == 2 and "truncated JPEG" in s[1])
         assert not chunk_stamps(probe) & set(bad)
@@ -238,6 +253,123 @@ def test_compressed_camera_with_autostart_survives_a_corrupt_jpeg(ros):
         assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
         count = len(probe.chunks)
         probe.publishing_until(good, lambda: len(probe.chunks) > count)
+    finally:
+        node.close()
+        probe.spin.remove_node(node)
+        node.destroy_node()
+        probe.close()
+
+
+def test_a_value_refused_at_start_up_fails_configure_until_it_is_set(ros):
+    """As `ros2 run dysta_ros policy_node --ros-args -p inference_rate_hz:=0.0` with autostart."""
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+    from rcl_interfaces.srv import SetParameters
+
+    probe = Probe()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dysta_ros.nodes.policy_node", "--ros-args", "-p", "inference_rate_hz:=0.0",
+         "-p", "autostart:=true", "-p", "diagnostic_period_s:=0.1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    refusal = "inference_rate_hz must be in [0.1, 1000.0], got 0.0"
+    configure = ChangeState.Request(transition=Transition(id=Transition.TRANSITION_CONFIGURE))
+
+    def state():
+        return probe.call(GetState, "/policy_node/get_state", GetState.Request()).current_state.label
+
+    try:
+        # autostart's configure failed: the node is up, unconfigured, ERROR naming the value.
+        assert spin_until(probe.spin, lambda: "configure failed" in (probe.status("lifecycle") or (0, ""))[1],
+                          timeout_s=60.0)
+        level, message = probe.status("lifecycle")
+        assert level == 2 and refusal in message and "set a valid value, then configure again" in message
+        assert state() == "unconfigured"
+        assert not probe.call(ChangeState, "/policy_node/change_state", configure).success
+        # `ros2 param set /policy_node inference_rate_hz 5.0`, then configure: it goes ahead.
+        fixed = Parameter("inference_rate_hz", value=5.0).to_parameter_msg()
+        result = probe.call(SetParameters, "/policy_node/set_parameters",
+                            SetParameters.Request(parameters=[fixed]))
+        assert result.results[0].successful
+        assert probe.call(ChangeState, "/policy_node/change_state", configure).success
+        assert state() == "inactive"
+        assert not probe.chunks and process.poll() is None
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+        probe.close()
+    assert process.returncode == 0, err[-3000:]
+    assert "Traceback" not in out + err, err[-3000:]
+    # Each failed configure (autostart's, then the one asked for) is one line of log.
+    lines = [line for line in (out + err).splitlines() if refusal in line]
+    assert len(lines) == 2 and all("[ERROR]" in line and "configure failed" in line for line in lines), lines
+
+
+def test_trajectories_keep_to_the_joint_limits_and_stop_on_estop(ros):
+    from std_msgs.msg import Bool
+    from std_srvs.srv import Trigger
+
+    from dysta_ros.nodes.policy_node import PolicyNode
+
+    robot = load_robot_config("sim_arm")
+    node = PolicyNode(parameter_overrides=[
+        Parameter("autostart", value=True), Parameter("strategy", value="full"),
+        Parameter("diagnostic_period_s", value=0.1), Parameter("max_image_age_s", value=2.0),
+        Parameter("inference_rate_hz", value=50.0), Parameter("publish_trajectory", value=True)])
+    probe = Probe()
+    probe.positions = list((robot.lower + 0.05)[::-1])  # the arm at its lower limits: far from any plan
+    probe.spin.add_node(node)
+    estop = probe.node.create_publisher(Bool, "/dysta/estop", conv.ESTOP_QOS)
+
+    def moving():
+        return [c for c in probe.commands if c.points]
+
+    try:
+        probe.publishing_until(good_frame, lambda: len(moving()) >= 2)
+        clamped = 0
+        for trajectory in moving():
+            chunk = next(c for c in probe.chunks if c.header.stamp == trajectory.header.stamp)
+            expected, count = limit_trajectory(conv.msg_to_chunk(chunk), probe.state(), robot)
+            points = np.array([p.positions for p in trajectory.points])  # (H, 6)
+            np.testing.assert_allclose(points, expected, rtol=0, atol=1e-12)
+            steps = np.diff(np.vstack([probe.state(), points]), axis=0)
+            assert np.all(np.abs(steps) <= robot.max_velocity * chunk.dt + 1e-9)
+            assert np.all(points >= robot.lower) and np.all(points <= robot.upper)
+            clamped += count
+        assert clamped > 0  # the test is only worth it if the limits bit
+        assert spin_until(probe.spin, lambda: "points to the joint limits" in probe.status("trajectory")[1])
+        assert probe.status("trajectory")[0] == 1
+
+        # E-stop: the controller is told to stop (an empty trajectory) and nothing moves after it,
+        # while chunks keep coming; only /policy_node/clear_estop releases it.
+        assert spin_until(probe.spin, lambda: estop.get_subscription_count() > 0)
+        sent = len(probe.commands)
+        estop.publish(Bool(data=True))
+        assert spin_until(probe.spin, lambda: any(not c.points for c in probe.commands[sent:]))
+        # one publisher, reliable: a trajectory sent before the stop arrives before it
+        stop = next(i for i in range(sent, len(probe.commands)) if not probe.commands[i].points)
+        stopped, chunks = len(probe.commands), len(probe.chunks)
+        probe.publishing_until(good_frame, lambda: len(probe.chunks) >= chunks + 3)
+        assert all(not c.points for c in probe.commands[stop:])
+        level, message = probe.status("trajectory")
+        assert level == 2 and "e-stop engaged" in message and "/policy_node/clear_estop" in message
+        estop.publish(Bool(data=False))  # not a release
+        probe.publishing_until(good_frame, lambda: len(probe.chunks) >= chunks + 5)
+        assert all(not c.points for c in probe.commands[stop:])
+        assert probe.call(Trigger, "/policy_node/clear_estop", Trigger.Request()).message == "e-stop released"
+        probe.publishing_until(good_frame, lambda: any(c.points for c in probe.commands[stopped:]))
+
+        # Non-finite actions (here: corrupt de-normalisation statistics) send nothing.
+        errors = node.errors
+        node.runtime.action_std[0] = float("nan")
+        probe.publishing_until(good_frame, lambda: node.errors >= errors + 1)
+        sent = node.trajectory_counts["sent"]
+        probe.publishing_until(good_frame, lambda: node.errors >= errors + 4)
+        assert node.trajectory_counts["sent"] == sent
+        # Deactivating stops the controller too: it would otherwise play the last chunk out.
+        count = len(probe.commands)
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        assert spin_until(probe.spin, lambda: any(not c.points for c in probe.commands[count:]))
     finally:
         node.close()
         probe.spin.remove_node(node)

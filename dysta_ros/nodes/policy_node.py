@@ -15,24 +15,25 @@ import threading
 import time
 
 import numpy as np
-import rclpy
 from rclpy.executors import SingleThreadedExecutor
 import yaml
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
 from sensor_msgs.msg import CompressedImage, Image, JointState
-from std_msgs.msg import String
+from std_msgs.msg import Bool, String
+from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from dysta_ros.errors import ConfigError, DystaError, InferenceError, InputError
+from dysta_ros.execution import EStopLatch, limit_trajectory
 from dysta_ros.msg import ActionChunk, TokenStats
 from dysta_ros.nodes import conversions as conv
 from dysta_ros.nodes import params as P
 from dysta_ros.nodes.diagnostics import ERROR, OK, WARN, StatusBoard, to_message
 from dysta_ros.nodes.image_conversion import image_to_rgb
 from dysta_ros.nodes.inputs import LatestInputs
-from dysta_ros.nodes.spin import spin_nodes
+from dysta_ros.nodes.spin import run_node
 from dysta_ros.robot import config_path, load_robot_config, load_yaml
 from dysta_ros.tokens import available_strategies, strategy_class
 from dysta_ros.types import Observation
@@ -60,8 +61,8 @@ PARAMS = [
     P.Param("max_image_age_s", 0.5, "hold when a camera's latest frame is older", low=0.001, high=60.0),
     P.Param("max_state_age_s", 0.5, "hold when the latest joint state is older", low=0.001, high=60.0),
     P.Param("instruction", "", "instruction until /dysta/instruction sets one"),
-    P.Param("publish_trajectory", False, "also publish each chunk as a JointTrajectory to the robot's "
-            "joint_trajectory topic", read_only=True),
+    P.Param("publish_trajectory", False, "also publish each joint chunk, held to the joint limits, as a "
+            "JointTrajectory to the robot's joint_trajectory topic (honours /dysta/estop)", read_only=True),
     P.Param("autostart", False, "configure and activate at startup (no lifecycle manager needed)",
             read_only=True),
     P.Param("diagnostic_period_s", 1.0, "seconds between /diagnostics messages", read_only=True,
@@ -101,13 +102,19 @@ class PolicyNode(LifecycleNode):
         super().__init__("policy_node", **kwargs)
         self.strategy_params = strategy_params_from_yaml()
         self.params = PARAMS + self.strategy_params
-        P.declare(self, self.params)
+        # A value refused at start-up leaves its default in place and fails configure until a
+        # valid one is set: the node stays up, unconfigured, and says why (never exits on it).
+        self.refused_at_start = P.declare(self, self.params)
         self.add_on_set_parameters_callback(
             P.validator(self.params, self.get_logger().warning, apply=self.apply_parameters))
         self.values = P.read(self, self.params)
+        entries = ["lifecycle", "inputs", "inference", "instruction"]
         self.board = StatusBoard(self.get_name(), self.values["device"],
-                                 ["lifecycle", "inputs", "inference", "instruction"])
-        self.board.set("lifecycle", WARN, "unconfigured", strategy=self.values["strategy"])
+                                 entries + ["trajectory"] * self.values["publish_trajectory"])
+        if self.refused_at_start:
+            self.board.set("lifecycle", ERROR, f"unconfigured: {self.start_refusals()}")
+        else:
+            self.board.set("lifecycle", WARN, "unconfigured", strategy=self.values["strategy"])
         # Its own entry: a refused instruction stays visible after the next step reports inputs.
         self.board.set("instruction", OK, "from the instruction parameter",
                        characters=len(self.values["instruction"]))
@@ -118,6 +125,9 @@ class PolicyNode(LifecycleNode):
         self.stop = threading.Event()
         self.rebuild = False
         self.ros_entities = []
+        self.trajectory_pub = None
+        if self.values["publish_trajectory"]:
+            self.listen_for_estop()
         if self.values["autostart"]:
             self.autostart_timer = self.create_timer(0.0, self.autostart)
 
@@ -137,8 +147,22 @@ class PolicyNode(LifecycleNode):
         for strategy in sorted(touched):
             strategy_class(strategy).Params.from_dict(self.strategy_values(values, strategy), strategy)
         self.values = values
+        fixed = [name for name in changes if self.refused_at_start.pop(name, None) is not None]
+        if fixed:  # valid values now: configure may go ahead once none is refused
+            self.board.set("lifecycle", ERROR if self.refused_at_start else WARN,
+                           f"unconfigured: {self.start_refusals()}" if self.refused_at_start
+                           else "unconfigured")
         if any(k == "strategy" or "." in k for k in changes):
             self.rebuild = True
+
+    def start_refusals(self) -> str:
+        """Say which start-up values were refused, why, and how to get past it."""
+        read_only = {p.name for p in self.params if p.read_only}
+        return "; ".join(
+            f"{reason} (refused at start-up; " + ("read-only: restart the node with a valid value)"
+                                                   if name in read_only else
+                                                   "set a valid value, then configure again)")
+            for name, reason in self.refused_at_start.items())
 
     # Lifecycle --------------------------------------------------------------------------
 
@@ -153,6 +177,8 @@ class PolicyNode(LifecycleNode):
 
         v = self.values = P.read(self, self.params)
         try:
+            if self.refused_at_start:
+                raise ConfigError(self.start_refusals())
             self.robot = load_robot_config(v["robot"])
             joints = len(self.robot.joints)
             overrides = None
@@ -179,10 +205,13 @@ class PolicyNode(LifecycleNode):
         publish = self.create_lifecycle_publisher
         self.chunk_pub = publish(ActionChunk, "/dysta/action_chunk", conv.RELIABLE_QOS)
         self.stats_pub = publish(TokenStats, "/dysta/token_stats", conv.RELIABLE_QOS)
-        self.trajectory_pub = None
         if v["publish_trajectory"]:
             self.trajectory_pub = self.create_lifecycle_publisher(
                 JointTrajectory, self.robot.command_topics["joint_trajectory"], conv.RELIABLE_QOS)
+            self.trajectory_counts = {"sent": 0, "clamped_points": 0, "held": 0}
+            self.clamp_unreported = False  # a clamp stays WARN until a report has carried it
+            self.board.set("trajectory", OK if not self.estop.engaged else ERROR,
+                           self.estop_message() or "no trajectory yet")
         spec = self.runtime.spec
         cameras = dict(zip(spec.camera_names, self.topics))
         self.get_logger().info(f"configured: {v['model']} ({spec.preset}) on {v['device']}/{v['dtype']}, "
@@ -228,6 +257,7 @@ class PolicyNode(LifecycleNode):
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
         self.stop_inference()
+        self.stop_controller()  # the controller would otherwise play the last chunk to its end
         self.board.set("lifecycle", WARN, "inactive (deactivated)")
         return super().on_deactivate(state)
 
@@ -267,6 +297,78 @@ class PolicyNode(LifecycleNode):
     def close(self):
         """Stop the inference thread (on shutdown or Ctrl-C)."""
         self.stop_inference()
+
+    # The trajectory path (publish_trajectory): limits and e-stop ------------------------------
+
+    def listen_for_estop(self):
+        """Latch /dysta/estop for the trajectory path; ~/clear_estop releases it.
+
+        Its own release service: /dysta/clear_estop belongs to chunk_executor, and two servers
+        of one service would each answer a call (or not) depending on the middleware.
+        """
+        self.estop = EStopLatch()
+        self.estop_lock = threading.Lock()  # no trajectory goes out between a trip and its stop
+        self.create_subscription(Bool, "/dysta/estop", self.on_estop, conv.ESTOP_QOS)
+        self.create_service(Trigger, "~/clear_estop", self.on_clear_estop)
+        self.board.set("trajectory", WARN, "no trajectory: unconfigured")
+
+    def estop_message(self) -> str:
+        if not self.estop.engaged:
+            return ""
+        return (f"holding: e-stop engaged ({self.estop.reason}); call "
+                f"{self.get_fully_qualified_name()}/clear_estop to release")
+
+    def on_estop(self, msg):
+        if not msg.data:
+            self.get_logger().warning("/dysta/estop false is ignored; only ~/clear_estop releases")
+            return
+        with self.estop_lock:
+            self.estop.trip("/dysta/estop")
+            self.stop_controller()
+        self.board.set("trajectory", ERROR, self.estop_message(), **getattr(self, "trajectory_counts", {}))
+        self.get_logger().error(self.estop_message())
+
+    def on_clear_estop(self, request, response):
+        with self.estop_lock:
+            was_engaged = self.estop.clear()
+        response.success = True
+        response.message = "e-stop released" if was_engaged else "e-stop was not engaged"
+        self.board.set("trajectory", OK, response.message + "; trajectories resume with the next chunk",
+                       **getattr(self, "trajectory_counts", {}))
+        self.get_logger().warning(response.message)
+        return response
+
+    def stop_controller(self):
+        """Make the trajectory controller stop where it is (an empty trajectory), if it is ours."""
+        if self.trajectory_pub is not None and self.trajectory_pub.is_activated:
+            self.trajectory_pub.publish(conv.trajectory_msg(self.robot.joints, np.zeros((0, 0)), []))
+
+    def send_trajectory(self, chunk, state: np.ndarray):
+        """Send a joint chunk to the trajectory controller within the joint limits, or hold."""
+        counts = self.trajectory_counts
+        try:
+            actions, clamped = limit_trajectory(chunk, state, self.robot)
+        except InputError as exc:
+            counts["held"] += 1
+            self.board.set("trajectory", ERROR, f"holding: {exc}", **counts)
+            return
+        with self.estop_lock:
+            if self.estop.engaged:
+                counts["held"] += 1
+                self.board.set("trajectory", ERROR, self.estop_message(), **counts)
+                return
+            times = [k * chunk.dt for k in range(len(actions))]
+            self.trajectory_pub.publish(conv.trajectory_msg(self.robot.joints, actions, times, chunk.stamp))
+        counts["sent"] += 1
+        counts["clamped_points"] += clamped
+        if clamped:
+            self.board.set("trajectory", WARN, f"clamped {clamped} of {len(actions)} points to the "
+                           f"joint limits", **counts)
+            self.clamp_unreported = True
+        elif not self.clamp_unreported:
+            self.board.set("trajectory", OK, "sent within the joint limits", **counts)
+        else:
+            self.board.update("trajectory", **counts)
 
     # Callbacks: store only ----------------------------------------------------------------
 
@@ -354,8 +456,7 @@ class PolicyNode(LifecycleNode):
         self.chunk_pub.publish(conv.chunk_to_msg(chunk, self.robot.base_frame))
         self.stats_pub.publish(conv.stats_to_msg(stats, chunk.stamp))
         if self.trajectory_pub is not None and chunk.action_space == "joint_position":
-            times = [k * chunk.dt for k in range(chunk.horizon)]
-            self.trajectory_pub.publish(conv.trajectory_msg(chunk.names, chunk.actions, times, chunk.stamp))
+            self.send_trajectory(chunk, state)
         self.report_step(snapshot, stats, start, end)
         return True
 
@@ -393,13 +494,13 @@ class PolicyNode(LifecycleNode):
             # Frames keep coming while the node holds or steps slower than they arrive.
             self.board.update("inputs", **inputs.frame_report())
         self.diagnostics_pub.publish(to_message(self.board, self.get_clock().now().to_msg()))
+        self.clamp_unreported = False
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
     # Callbacks only store messages (inference has its own thread): one executor thread is
     # enough, and rclpy's single-threaded executor dispatches with less overhead.
-    return spin_nodes([PolicyNode()], SingleThreadedExecutor())
+    return run_node("policy_node", PolicyNode, SingleThreadedExecutor, args)
 
 
 if __name__ == "__main__":
