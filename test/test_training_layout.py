@@ -165,7 +165,7 @@ def test_train_command_takes_the_layout_and_names_what_it_refuses():
         parse("--param", "dysta.delta_l1=0.1")
     with pytest.raises(ConfigError, match="l1_fraction must be in"):
         parse("--param", "dysta.l1_fraction=2")
-    with pytest.raises(ConfigError, match="STRATEGY.KEY=VALUE"):
+    with pytest.raises(ConfigError, match="strategy 'full'"):
         parse("--param", "full.cache_language=true")
 
 
