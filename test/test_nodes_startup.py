@@ -1,10 +1,12 @@
-"""Bad configuration at start-up: plain nodes and `dysta-ros run` refuse with one line and exit 2.
+"""Bad configuration at start-up: plain nodes and `dysta-ros run` refuse with one line and exit 2;
+`dysta-ros run` refuses unknown names, a node given one logs it.
 
 The entry points run as `ros2 run` runs them (their `main()`, in a process of their own), so the
 exit code and what reaches the terminal are what a user sees. policy_node, a lifecycle node,
 stays up instead: test_nodes_policy.py.
 """
 
+import signal
 import subprocess
 import sys
 
@@ -34,6 +36,23 @@ def test_a_refused_value_at_start_up_is_one_line_and_exit_code_2(argv, reason):
     assert result.returncode == 2, result.stderr[-3000:]
     lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
     assert len(lines) == 1 and reason in lines[0], lines
+
+
+def test_an_unknown_name_given_to_a_node_is_logged_with_the_closest_known_one():
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dysta_ros.nodes.chunk_executor", "--ros-args", "-p", "blend:=latest"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        for line in process.stderr:  # up to the line that says it started
+            lines.append(line)
+            if "blending weighted_average" in line:
+                break
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=30)
+    assert any("[WARN]" in line and "ignored: chunk_executor has no parameter 'blend' (did you mean "
+               "'blending'?)" in line for line in lines), lines
 
 
 @pytest.mark.parametrize("param, says", [

@@ -84,7 +84,8 @@ def declare(node, params: Sequence[Param]) -> dict[str, str]:
 
     Launch/YAML/`-p` overrides apply when `refusal` accepts them. A refused one is not raised
     (rclpy would end the process with a traceback): the parameter keeps its default and the node
-    decides what the refusal means (policy_node: configure fails; plain nodes: no start).
+    decides what the refusal means (policy_node: configure fails; plain nodes: no start). An
+    override of a name the node does not declare is logged, with the closest known names.
     """
     # rclpy offers no public view of a node's overrides; this dict is where it keeps them.
     overrides = getattr(node, "_parameter_overrides", {})
@@ -107,6 +108,10 @@ def declare(node, params: Sequence[Param]) -> dict[str, str]:
             node.declare_parameter(param.name, kind, descriptor, ignore_override=True)
         else:
             node.declare_parameter(param.name, value, descriptor, ignore_override=True)
+    for name in overrides:
+        # Warned, not refused: a parameters file's `/**` section reaches every node, needed or not.
+        if not node.has_parameter(name):
+            node.get_logger().warning(f"ignored: {unknown_name(name, params, node.get_name())}")
     return refused
 
 
