@@ -208,8 +208,6 @@ class PolicyNode(LifecycleNode):
         if v["publish_trajectory"]:
             self.trajectory_pub = self.create_lifecycle_publisher(
                 JointTrajectory, self.robot.command_topics["joint_trajectory"], conv.RELIABLE_QOS)
-            self.trajectory_counts = {"sent": 0, "clamped_points": 0, "held": 0}
-            self.clamp_unreported = False  # a clamp stays WARN until a report has carried it
             self.board.set("trajectory", OK if not self.estop.engaged else ERROR,
                            self.estop_message() or "no trajectory yet")
         spec = self.runtime.spec
@@ -308,6 +306,8 @@ class PolicyNode(LifecycleNode):
         """
         self.estop = EStopLatch()
         self.estop_lock = threading.Lock()  # no trajectory goes out between a trip and its stop
+        self.trajectory_counts = {"sent": 0, "clamped_points": 0, "held": 0}
+        self.clamp_unreported = False  # a clamp stays WARN until a report has carried it
         self.create_subscription(Bool, "/dysta/estop", self.on_estop, conv.ESTOP_QOS)
         self.create_service(Trigger, "~/clear_estop", self.on_clear_estop)
         self.board.set("trajectory", WARN, "no trajectory: unconfigured")
@@ -325,7 +325,7 @@ class PolicyNode(LifecycleNode):
         with self.estop_lock:
             self.estop.trip("/dysta/estop")
             self.stop_controller()
-        self.board.set("trajectory", ERROR, self.estop_message(), **getattr(self, "trajectory_counts", {}))
+        self.board.set("trajectory", ERROR, self.estop_message(), **self.trajectory_counts)
         self.get_logger().error(self.estop_message())
 
     def on_clear_estop(self, request, response):
@@ -334,7 +334,7 @@ class PolicyNode(LifecycleNode):
         response.success = True
         response.message = "e-stop released" if was_engaged else "e-stop was not engaged"
         self.board.set("trajectory", OK, response.message + "; trajectories resume with the next chunk",
-                       **getattr(self, "trajectory_counts", {}))
+                       **self.trajectory_counts)
         self.get_logger().warning(response.message)
         return response
 
