@@ -248,11 +248,12 @@ def plan_attention(
             keys_used, values_used, order_used = keys, values, key_order
         mask, pairs, is_causal = plan.causal_mask(mode, order_used, query_order)
         out = _attend(query, keys_used, values_used, mask, scaling, is_causal)
-        if plan.entropy_heads > 0 or (plan.relevance_layer == layer and plan.relevance_queries is not None):
+        rank_relevance = plan.relevance_layer == layer and plan.relevance_queries is not None
+        if plan.entropy_heads > 0 or rank_relevance:
             visible = plan.visible(mode, order_used, query_order)
         if plan.entropy_heads > 0:
             _record_entropy(plan, layer, query, keys_used, visible, scaling)
-        if plan.relevance_layer == layer and plan.relevance_queries is not None:
+        if rank_relevance:
             rows = plan.local_rows(layer, plan.relevance_queries)
             groups = query.shape[1] // keys_used.shape[1]
             q = query[0][:, rows]  # (H, R, D)
