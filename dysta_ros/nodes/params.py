@@ -57,7 +57,7 @@ class Param:
             if not isinstance(value, (list, tuple)) or not all(isinstance(v, item) for v in value):
                 return f"{self.name} must be a list of {item.__name__} values, got {value!r}"
         elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            return f"{self.name} must be a {expected.__name__}, got {value!r}"
+            return f"{self.name} must be of type {expected.__name__}, got {value!r}"
         if self.low is not None and not (self.low <= value <= self.high):
             return f"{self.name} must be in [{self.low}, {self.high}], got {value}"
         allowed = self.allowed()
