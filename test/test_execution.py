@@ -484,3 +484,17 @@ def test_a_non_finite_trajectory_is_refused(robot):
     chunk.actions[2, 3] = np.nan
     with pytest.raises(InputError, match="non-finite"):
         limit_trajectory(chunk, np.zeros(6), robot)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.floats(-1e6, 1e6), min_size=6, max_size=6), min_size=1, max_size=12),
+       st.lists(st.floats(-3.0, 3.0), min_size=6, max_size=6), st.floats(0.001, 1.0))
+def test_any_finite_trajectory_keeps_to_the_limits(rows, start, dt):
+    robot = load_robot_config("sim_arm")
+    start = np.clip(np.array(start), robot.lower, robot.upper)
+    chunk = ActionChunk(stamp=0.0, actions=np.array(rows), dt=dt, names=list(JOINTS))
+    points, clamped = limit_trajectory(chunk, start, robot)
+    steps = np.diff(np.vstack([start, points]), axis=0)
+    assert np.all(np.abs(steps) <= robot.max_velocity * dt + 1e-9)
+    assert np.all(points >= robot.lower) and np.all(points <= robot.upper)
+    assert clamped == int(np.sum(np.any(np.abs(points - np.array(rows)) > 1e-12, axis=1)))
