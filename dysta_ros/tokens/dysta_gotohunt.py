@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from dysta_ros.policy.attention import AttentionPlan
 from dysta_ros.tokens.base import PrefixResult, StepContext
 from dysta_ros.tokens.dysta import DystaParams, DystaStrategy
-from dysta_ros.tokens.gotohunt import GotohuntParams, key_layout, layer_schedule, on_stride, select_anchors
+from dysta_ros.tokens.gotohunt import GotohuntParams, LayerScheduled, key_layout, on_stride, select_anchors
 
 
 @dataclass
@@ -47,16 +47,13 @@ class _ScheduledContext:
         return self.plain.run(embeds, positions, plan)
 
 
-class DystaGotohuntStrategy(DystaStrategy):
+class DystaGotohuntStrategy(DystaStrategy, LayerScheduled):
     name = "dysta_gotohunt"
     Params = DystaGotohuntParams
 
-    def __init__(self, params: DystaGotohuntParams, model_config):
-        super().__init__(params, model_config)
-        self.schedule = layer_schedule(
-            model_config.backbone.layers, params.local_layers, params.strided_layers
-        )
-        self.anchors: list[int] = []
+    def reset(self) -> None:
+        super().reset()
+        self.anchors: list[int] = []  # the last step's anchor slots
 
     def frames_for_dynamic(self, ctx: StepContext) -> list[int]:
         """Only the anchor frames' dynamic tokens enter the context."""

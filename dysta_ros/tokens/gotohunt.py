@@ -56,6 +56,14 @@ class GotohuntParams(AnchorParams):
         if both:
             raise ConfigError(f"layers {both} are in both local_layers and strided_layers")
 
+    def layer_modes(self, layers: int) -> list[str]:
+        """Per-layer modes for a backbone of `layers` layers, whose indices must all exist."""
+        local, strided = self.local_layers, self.strided_layers
+        bad = sorted(i for i in [*local, *strided] if not 0 <= i < layers)
+        if bad:
+            raise ConfigError(f"layer indices {bad} are outside the backbone's 0..{layers - 1}")
+        return ["local" if i in local else "strided" if i in strided else "all" for i in range(layers)]
+
 
 def frame_descriptors(features: torch.Tensor) -> torch.Tensor:
     """One global descriptor per frame: features (T, N, C) -> L2-normalised means (T, C)."""
@@ -79,14 +87,6 @@ def farthest_point_sampling(descriptors: torch.Tensor, count: int, keep_last: bo
     if keep_last and frames - 1 not in chosen:  # count == 1: the current frame is the anchor
         chosen = [frames - 1]
     return sorted(chosen)
-
-
-def layer_schedule(layers: int, local: list[int], strided: list[int]) -> list[str]:
-    """Per-layer mode list; layer indices must exist in the backbone."""
-    bad = sorted(i for i in [*local, *strided] if not 0 <= i < layers)
-    if bad:
-        raise ConfigError(f"layer indices {bad} are outside the backbone's 0..{layers - 1}")
-    return ["local" if i in local else "strided" if i in strided else "all" for i in range(layers)]
 
 
 def on_stride(grid: int, cameras: int, sigma: int, device=None) -> torch.Tensor:
@@ -126,15 +126,17 @@ def select_anchors(ctx: StepContext, params: AnchorParams) -> list[int]:
     return farthest_point_sampling(descriptors, params.anchor_count(ctx.history))
 
 
-class GotohuntStrategy(Strategy):
-    name = "gotohunt"
-    Params = GotohuntParams
+class LayerScheduled(Strategy):
+    """A strategy whose backbone layers follow GoToHunt's schedule (checked against the backbone)."""
 
     def __init__(self, params: GotohuntParams, model_config):
         super().__init__(params, model_config)
-        self.schedule = layer_schedule(
-            model_config.backbone.layers, params.local_layers, params.strided_layers
-        )
+        self.schedule = params.layer_modes(model_config.backbone.layers)
+
+
+class GotohuntStrategy(LayerScheduled):
+    name = "gotohunt"
+    Params = GotohuntParams
 
     def build_prefix(self, ctx: StepContext) -> PrefixResult:
         anchors = select_anchors(ctx, self.params)
