@@ -1,7 +1,8 @@
 """DySta's learned parts: the disentangler, the MLP-Mixer recache gate, and their losses.
 
 The modules live inside the policy (saved in its checkpoint); the `dysta` strategy uses them
-when its `gate` parameter picks them (`learned`, or `auto` on a checkpoint that trained them). Training (training/) imports the losses from here.
+when its `gate` parameter picks them (`learned`, or `auto` on a checkpoint that trained them).
+Training (training/) imports the losses from here.
 """
 
 from __future__ import annotations
