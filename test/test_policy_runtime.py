@@ -93,6 +93,14 @@ def test_unknown_strategy_parameter_names_allowed_ones():
         build_runtime("tiny", "dysta", {"l1_fractoin": 0.5})
 
 
+@pytest.mark.parametrize("history", [100_000_000, -1, 2.5, True])
+def test_a_history_no_window_can_hold_is_refused_before_any_step(history):
+    with pytest.raises(ConfigError, match="history must be an integer in"):
+        build_runtime("tiny", "full", {"history": history})
+    with pytest.raises(ConfigError, match="history must be an integer in"):
+        build_runtime("tiny", "dysta", history=history)
+
+
 def test_overrides_change_the_spec():
     rt = build_runtime("tiny", "full", overrides={"state_dim": 7, "camera_names": ["main", "wrist"]})
     assert rt.spec.state_dim == 7 and rt.spec.camera_names == ["main", "wrist"]

@@ -25,7 +25,7 @@ from dysta_ros.policy.model import VLAModel
 from dysta_ros.policy.preprocess import prepare_observation
 from dysta_ros.policy.tokenizer import load_tokenizer
 from dysta_ros.tokens import build_strategy
-from dysta_ros.tokens.base import Frame, StepContext
+from dysta_ros.tokens.base import Frame, StepContext, check_history
 from dysta_ros.tokens.flops import full_flops
 from dysta_ros.types import STAGES, ActionChunk, Observation, StepStats
 
@@ -88,9 +88,7 @@ class PolicyRuntime:
         cfg = model.cfg
         self.model = model.eval()
         self.strategy = build_strategy(strategy, strategy_params, cfg)
-        self.history = int(history or self.strategy.params.history or cfg.history)
-        if self.history < 1:
-            raise ConfigError(f"history must be >= 1, got {self.history}")
+        self.history = check_history(history or self.strategy.params.history or cfg.history)
         self.seed = int(seed)
         self.tokenizer = tokenizer or load_tokenizer(None)
         self.spec = RuntimeSpec(

@@ -19,6 +19,20 @@ from dysta_ros.policy.attention import AttentionPlan
 from dysta_ros.tokens.flops import backbone_flops
 
 
+# Frames a window may hold: far past what any policy here uses (GoToHunt's paper goes to 500),
+# but a typo such as 100000000 is refused instead of allocating a context of billions of tokens.
+MAX_HISTORY = 1024
+
+
+def check_history(history, allow_default: bool = False) -> int:
+    """Return `history` as an int in [1, MAX_HISTORY] (0 too with allow_default); else ConfigError."""
+    low = 0 if allow_default else 1
+    if isinstance(history, bool) or not isinstance(history, int) or not low <= history <= MAX_HISTORY:
+        default = " (0 = the model's default)" if allow_default else ""
+        raise ConfigError(f"history must be an integer in [{low}, {MAX_HISTORY}]{default}, got {history!r}")
+    return history
+
+
 @dataclass
 class StrategyParams:
     """Parameters every strategy accepts."""
@@ -26,8 +40,7 @@ class StrategyParams:
     history: int = 0  # frames T in the window; 0 = the model's default
 
     def __post_init__(self):
-        if int(self.history) < 0:
-            raise ConfigError(f"history must be >= 0 (0 = the model's default), got {self.history}")
+        check_history(self.history, allow_default=True)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None, strategy: str):
