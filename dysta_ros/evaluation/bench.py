@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from dysta_ros.errors import ConfigError, DystaError
 from dysta_ros.evaluation.scenes import structured_frames
+from dysta_ros.plots import pyplot, save_png
 from dysta_ros.policy.config import PRESETS
 from dysta_ros.policy.runtime import build_model, build_runtime, set_threads
 from dysta_ros.tokens import available_strategies, parse_param_overrides
@@ -180,10 +181,7 @@ def format_table(rows: list[dict]) -> str:
 
 def plot(rows: list[dict], path: Path, title: str) -> Path:
     """Stacked per-stage p50 bars per (T, strategy), and p50 step time against T per strategy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (bars, growth) = plt.subplots(1, 2, figsize=(14, 5), gridspec_kw={"width_ratios": [2, 1]})
     labels = [f"T={r['history']}\n{r['strategy']}" for r in rows]
@@ -209,11 +207,7 @@ def plot(rows: list[dict], path: Path, title: str) -> Path:
     growth.set_yscale("log")
     growth.grid(alpha=0.3)
     growth.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=120)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

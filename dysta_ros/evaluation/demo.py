@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from dysta_ros.errors import ConfigError, DystaError
+from dysta_ros.plots import pyplot, save_png
 from dysta_ros.sim.tasks import TASKS
 
 EXPERT = "expert"
@@ -159,10 +160,7 @@ def format_table(rows: list[dict]) -> str:
 
 def plot_steps(episodes: list[EpisodeRecord], path: Path) -> None:
     """Plot step latency, tokens in context and recache events over each episode's time."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(3, 1, figsize=(9, 7), sharex=True)
     names = []
@@ -190,17 +188,12 @@ def plot_steps(episodes: list[EpisodeRecord], path: Path) -> None:
         axes[0].text(0.5, 0.5, "no policy steps (the scripted expert publishes no TokenStats)",
                      ha="center", va="center", transform=axes[0].transAxes)
     fig.suptitle("policy steps from /dysta/token_stats")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_png(fig, path, dpi=110)
 
 
 def camera_strip(episodes: list[EpisodeRecord], path: Path) -> None:
     """Save one row per episode of evenly spaced main-camera frames, labelled with the outcome."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     shown = [e for e in episodes if e.frames]
     if not shown:
@@ -216,9 +209,7 @@ def camera_strip(episodes: list[EpisodeRecord], path: Path) -> None:
         verdict = "success" if episode.success else episode.reason
         row[0].set_ylabel(f"{episode.label}\nseed {episode.seed}\n{verdict}", fontsize=7)
     fig.suptitle("what the main camera saw (left to right: start to end of each episode)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_png(fig, path, dpi=110)
 
 
 def write_report(episodes: list[EpisodeRecord], folder: Path) -> dict[str, Path]:

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from dysta_ros.errors import ConfigError, DystaError
 from dysta_ros.evaluation.bench import sim_observations, synthetic_observations
+from dysta_ros.plots import pyplot, save_png
 from dysta_ros.policy.attention import AttentionPlan
 from dysta_ros.policy.config import PRESETS
 from dysta_ros.policy.preprocess import prepare_observation
@@ -84,10 +85,7 @@ def propose_schedule(entropy: np.ndarray, local_threshold: float, strided_thresh
 
 
 def plot_profile(entropy: np.ndarray, local, strided, path: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     mean, std = entropy.mean(axis=0), entropy.std(axis=0)
     layers = np.arange(len(mean))
@@ -98,11 +96,7 @@ def plot_profile(entropy: np.ndarray, local, strided, path: Path, title: str) ->
     ax.set_ylabel("normalised attention entropy")
     ax.set_ylim(0, 1.05)
     ax.set_title(title + "\ngreen: local, orange: strided, blue: all", fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=120)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,13 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # files only; no display on robots or CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from dysta_ros.types import STAGES  # noqa: E402
+from dysta_ros.plots import pyplot, save_png
+from dysta_ros.types import STAGES
 
 PLOTS = {"latency": "latency.png", "error": "error_over_time.png", "recache": "recache_events.png"}
 
@@ -60,6 +57,7 @@ def _stage_table(summary: dict[str, dict]) -> str:
 def _plot_latency(results: dict, path: Path) -> None:
     names = list(results["series"])
     times = [[t for t in results["series"][n]["step_ms"] if t is not None] for n in names]
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     left.boxplot(times, showfliers=False)
     left.set_xticks(range(1, len(names) + 1), names, rotation=20)
@@ -74,9 +72,7 @@ def _plot_latency(results: dict, path: Path) -> None:
     right.set_title("where the time goes")
     right.tick_params(axis="x", rotation=20)
     right.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_png(fig, path, dpi=100)
 
 
 def _episode_starts(series: dict) -> list[int]:
@@ -85,6 +81,7 @@ def _episode_starts(series: dict) -> list[int]:
 
 
 def _plot_error(results: dict, path: Path) -> None:
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(11, 4))
     for name, s in results["series"].items():
         values = [np.nan if v is None else v for v in s["action_mse"]]
@@ -95,13 +92,12 @@ def _plot_error(results: dict, path: Path) -> None:
     ax.set_ylabel(f"MSE of the first {results['config']['first_k']} actions vs recorded")
     ax.set_title("action error over time")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_png(fig, path, dpi=100)
 
 
 def _plot_recache(results: dict, path: Path) -> None:
     cached = [n for n, s in results["summary"].items() if s["static_cache"]] or list(results["series"])
+    plt = pyplot()
     fig, axes = plt.subplots(len(cached), 1, figsize=(11, 1.8 + 1.4 * len(cached)), squeeze=False)
     for ax, name in zip(axes[:, 0], cached):
         s = results["series"][name]
@@ -117,9 +113,7 @@ def _plot_recache(results: dict, path: Path) -> None:
         ax.legend(fontsize=7, loc="lower right")
     axes[-1, 0].set_xlabel("policy step (dotted: a new episode)")
     axes[0, 0].set_title("static-cache rebuilds along the episodes, and tokens in context")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_png(fig, path, dpi=100)
 
 
 def write_report(directory: Path, results: dict) -> None:

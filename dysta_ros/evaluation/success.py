@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from dysta_ros.errors import ConfigError
 from dysta_ros.evaluation.closed_loop import Episode, run_episode
+from dysta_ros.plots import pyplot, save_png
 from dysta_ros.tokens import available_strategies, parse_param_overrides
 
 HELD_OUT_SEED_START = 100_000  # training uses seeds from 0; evaluation never overlaps them
@@ -167,10 +168,7 @@ def json_safe(value):
 
 def write_report(report: dict, directory: Path, command: str = "") -> None:
     """results.json, success.png and report.md in directory."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "results.json").write_text(json.dumps(json_safe(report), indent=2))
@@ -190,9 +188,7 @@ def write_report(report: dict, directory: Path, command: str = "") -> None:
     right.set_title("step time, same run (speedup vs full)")
     for ax in (left, right):
         ax.tick_params(axis="x", rotation=20)
-    fig.tight_layout()
-    fig.savefig(directory / "success.png", dpi=100)
-    plt.close(fig)
+    save_png(fig, directory / "success.png", dpi=100)
     markdown = [
         f"# Closed-loop success: {report['task']}",
         "",

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dysta_ros.plots import pyplot, save_png
+
 
 def add_load_arguments(parser: argparse.ArgumentParser, cameras: int, seconds: float, strategy: str) -> None:
     """Add the camera load and policy_node flags this command and load_test share."""
@@ -166,10 +168,7 @@ def measure(args) -> dict:
 
 
 def plot(report: dict, path: Path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     ms = report["samples_ms"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -186,9 +185,7 @@ def plot(report: dict, path: Path):
     c = report["config"]
     fig.suptitle(f"{c['cameras']} cameras {c['width']}x{c['height']} at {c['rate']} Hz, "
                  f"{c['model']}/{c['strategy']}, {report['chunks']} chunks")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_png(fig, path, dpi=100)
 
 
 def run(args) -> int:

@@ -24,6 +24,7 @@ import numpy as np
 import yaml
 
 from dysta_ros.nodes.latency import add_load_arguments, camera_publisher, percentiles, start_policy_node
+from dysta_ros.plots import pyplot, save_png
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -147,10 +148,7 @@ def summarise(args, chunks, memory, counts, start_counts, frames_sent, alive) ->
 
 
 def plot(report: dict, path: Path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     series = report["series"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -169,9 +167,7 @@ def plot(report: dict, path: Path):
     fig.suptitle(f"{c['cameras']} cameras {c['width']}x{c['height']} at {c['rate']} Hz, "
                  f"{c['seconds']:.0f} s, {report['chunks']} steps, "
                  f"{dropped}/{received} frames dropped (not queued)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_png(fig, path, dpi=100)
 
 
 def run(args) -> int:

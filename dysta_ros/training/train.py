@@ -24,14 +24,15 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from dysta_ros.errors import CheckpointError, ConfigError, DystaError
+from dysta_ros.plots import pyplot, save_png
 from dysta_ros.policy.checkpoint import load_checkpoint, save_checkpoint
 from dysta_ros.policy.config import apply_overrides, preset_config
 from dysta_ros.policy.model import VLAModel
 from dysta_ros.policy.tokenizer import ByteTokenizer
 from dysta_ros.sim.tasks import TASKS
 from dysta_ros.tokens import parse_param_overrides
-from dysta_ros.training.data import Demo, bag_demos, collect_sim_demos, normalisation_stats
 from dysta_ros.tokens.dysta import DystaParams, layout_params
+from dysta_ros.training.data import Demo, bag_demos, collect_sim_demos, normalisation_stats
 from dysta_ros.training.objectives import WindowSampler, training_losses
 
 STATE_JSON, STATE_TENSORS, LOG_JSON, CURVES_PNG = (
@@ -226,10 +227,7 @@ class Trainer:
 
 def plot_curves(log: list[dict[str, float]], path: Path, smooth: int = 25) -> None:
     """Plot each loss (moving average) against the step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     if not log:
         return
@@ -246,9 +244,7 @@ def plot_curves(log: list[dict[str, float]], path: Path, smooth: int = 25) -> No
         ax.set_xlabel("step")
         ax.set_yscale("log")
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_png(fig, path, dpi=100)
 
 
 def parse_overrides(items: list[str]) -> dict:
