@@ -66,7 +66,8 @@ def test_every_strategy_steps_with_configured_token_counts(model, frames, name):
             assert stats.context_tokens == static + stats.dynamic_tokens + tail
         elif name == "gotohunt":
             assert stats.frames_attended == params.anchor_count(t) == 4
-            assert stats.context_tokens == stats.frames_attended * n + tail
+            assert stats.context_tokens == stats.frames_attended * n + tail  # the keys global layers read
+            assert stats.recomputed_tokens == t * n + tail  # queries stay complete
         else:
             assert stats.context_tokens == t * n + tail
             assert stats.recomputed_tokens <= stats.context_tokens
@@ -77,7 +78,10 @@ def test_every_strategy_steps_with_configured_token_counts(model, frames, name):
     "name, params",
     [
         ("dysta", {"l1_fraction": 0.0, "l2_fraction": 0.0}),
+        # K = T (run's history is 4): every frame is an anchor, every key is read.
         ("gotohunt", {"num_anchors": 4, "sigma": 1, "local_layers": [], "strided_layers": []}),
+        ("gotohunt", {"num_anchors": 4, "sigma": 1, "local_layers": [], "strided_layers": [],
+                      "queries": "anchors"}),
         ("vla_cache", {"similarity_threshold": 2.0}),
         ("dysta_gotohunt", {"l1_fraction": 0.0, "l2_fraction": 0.0, "anchor_fraction": 1.0,
                             "local_layers": [], "strided_layers": []}),

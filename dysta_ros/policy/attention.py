@@ -49,7 +49,10 @@ class AttentionPlan:
     write_index: torch.Tensor | None = None  # (Q,) buffer slots the computed tokens overwrite
     layer_modes: list[str] | None = None  # per layer: "all" | "local" | "strided"; None = all
     strided_keys: torch.Tensor | None = None  # indices into the assembled keys kept by strided layers
-    query_group: torch.Tensor | None = None  # (Q,) frame id of each query, -1 = sees every frame
+    # Indices into the assembled keys that "all" layers read, one set shared by every query
+    # (GoToHunt: the anchor frames' tokens + language/state); None = every key.
+    global_keys: torch.Tensor | None = None
+    query_group: torch.Tensor | None = None  # (Q,) frame id of each query, -1 = reads the global keys
     key_group: torch.Tensor | None = None  # (K,) frame id of each key, -1 = seen by every query
     relevance_layer: int | None = None  # layer whose attention from `relevance_queries` is kept
     relevance_queries: torch.Tensor | None = None  # (R,) query rows (language/state tokens)
@@ -155,7 +158,7 @@ def _attend(query, keys, values, mask, scaling, is_causal: bool = False):
 
 
 def _local_attention(plan: AttentionPlan, query, keys, values, key_order, query_order, groups, scaling):
-    """Frame queries see their own frame's keys (+ shared keys); global queries see all keys."""
+    """Frame queries see their own frame's keys (+ shared keys); the others see the global keys."""
     out = query.new_empty(query.shape)  # (1, H, Q, D)
     pairs = 0
     frame_ids = torch.unique(groups[groups >= 0])
@@ -183,6 +186,9 @@ def _local_attention(plan: AttentionPlan, query, keys, values, key_order, query_
             )
     global_rows = (groups < 0).nonzero().flatten()
     if len(global_rows):
+        if plan.global_keys is not None:
+            idx = plan.global_keys
+            keys, values, key_order = keys[:, :, idx], values[:, :, idx], key_order[idx]
         mask = key_order[None, :] <= query_order[global_rows][:, None]
         pairs += int(mask.sum())
         out[:, :, global_rows] = _attend(query[:, :, global_rows], keys, values, mask, scaling)
@@ -241,8 +247,8 @@ def plan_attention(
         groups = plan.at(layer, plan.query_group)
         out, pairs = _local_attention(plan, query, keys, values, key_order, query_order, groups, scaling)
     else:
-        if mode == "strided":
-            idx = plan.strided_keys
+        idx = plan.strided_keys if mode == "strided" else plan.global_keys
+        if idx is not None:
             keys_used, values_used, order_used = keys[:, :, idx], values[:, :, idx], key_order[idx]
         else:
             keys_used, values_used, order_used = keys, values, key_order

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from dysta_ros.policy.attention import AttentionPlan
 from dysta_ros.tokens.base import PrefixResult, StepContext
 from dysta_ros.tokens.dysta import DystaParams, DystaStrategy
-from dysta_ros.tokens.gotohunt import GotohuntParams, LayerScheduled, key_layout, on_stride, select_anchors
+from dysta_ros.tokens.gotohunt import LayerScheduled, ScheduleParams, key_layout, on_stride, select_anchors
 
 
 @dataclass
-class DystaGotohuntParams(DystaParams, GotohuntParams):
+class DystaGotohuntParams(DystaParams, ScheduleParams):
     """DySta's parameters plus GoToHunt's anchors and layer schedule, each validated as there."""
 
 

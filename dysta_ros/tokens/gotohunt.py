@@ -4,9 +4,14 @@ Inter-frame: a global descriptor per frame (the L2-normalised mean of its vision
 cosine similarity C, distance D = max(C) - C, greedy farthest-point sampling of K anchors that
 starts at the oldest frame; the current frame is always kept. Intra-frame, per layer (a fixed
 schedule, from `dysta-ros profile-entropy`): local layers attend only their own frame
-(block-batched; language/state see everything), strided layers read one gathered K/V set of
-anchor tokens strided by sigma on the patch grid (+ language/state), the rest read all anchor
-tokens. Queries stay complete; K/V are gathered after RoPE.
+(block-batched), strided layers read one gathered K/V set of anchor tokens strided by sigma on
+the patch grid (+ language/state), the rest read all anchor tokens (+ language/state).
+
+Queries stay complete (`queries: all`, the paper): every history frame's tokens, the language
+and the state are computed at every layer, and their per-layer K/V feed the action head; only
+the K/V that global layers read are selected, after RoPE. Attention then costs ~ T*N x K*N,
+linear in T. `queries: anchors` is frame subsampling, cheaper and not the method: only the
+anchor frames enter the backbone at all.
 """
 
 from __future__ import annotations
@@ -41,8 +46,8 @@ class AnchorParams(StrategyParams):
 
 
 @dataclass
-class GotohuntParams(AnchorParams):
-    """Anchors plus the layer schedule."""
+class ScheduleParams(AnchorParams):
+    """Anchors plus the layer schedule (gotohunt's and dysta_gotohunt's)."""
 
     local_layers: list[int] = field(default_factory=lambda: [0])  # per-frame attention
     strided_layers: list[int] = field(default_factory=lambda: [1])  # anchor K/V strided by sigma
@@ -63,6 +68,24 @@ class GotohuntParams(AnchorParams):
         if bad:
             raise ConfigError(f"layer indices {bad} are outside the backbone's 0..{layers - 1}")
         return ["local" if i in local else "strided" if i in strided else "all" for i in range(layers)]
+
+
+QUERIES = ("all", "anchors")
+
+
+@dataclass
+class GotohuntParams(ScheduleParams):
+    """Anchors, the layer schedule, and which frames' tokens are queries."""
+
+    # all: every frame's tokens are queries at every layer, only the K/V global layers read are
+    # the anchors' (the paper); anchors: only the anchor frames enter the backbone at all (frame
+    # subsampling: cheaper, but the other frames never reach the action head).
+    queries: str = "all"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.queries not in QUERIES:
+            raise ConfigError(f"queries {self.queries!r} is not allowed; choose one of: {', '.join(QUERIES)}")
 
 
 def frame_descriptors(features: torch.Tensor) -> torch.Tensor:
@@ -129,7 +152,7 @@ def select_anchors(ctx: StepContext, params: AnchorParams) -> list[int]:
 class LayerScheduled(Strategy):
     """A strategy whose backbone layers follow GoToHunt's schedule (checked against the backbone)."""
 
-    def __init__(self, params: GotohuntParams, model_config):
+    def __init__(self, params: ScheduleParams, model_config):
         super().__init__(params, model_config)
         self.schedule = params.layer_modes(model_config.backbone.layers)
 
@@ -140,25 +163,36 @@ class GotohuntStrategy(LayerScheduled):
 
     def build_prefix(self, ctx: StepContext) -> PrefixResult:
         anchors = select_anchors(ctx, self.params)
-        n, k = ctx.tokens_per_frame, len(anchors)
+        slots = list(range(ctx.history)) if self.params.queries == "all" else anchors
+        n = ctx.tokens_per_frame
         tail, tail_positions = ctx.tail()
         all_patches = ctx.arange(0, n)
-        embeds = torch.cat([ctx.frames[a].tokens for a in anchors] + [tail])  # (K*N + n_tail, W)
-        positions = torch.cat([ctx.slot_positions(a, all_patches) for a in anchors] + [tail_positions])
+        embeds = torch.cat([ctx.frames[s].tokens for s in slots] + [tail])  # (T'*N + n_tail, W)
+        positions = torch.cat([ctx.slot_positions(s, all_patches) for s in slots] + [tail_positions])
         kept = on_stride(ctx.grid, ctx.cameras, self.params.sigma, ctx.device)
-        groups, strided = key_layout([(i, all_patches) for i in range(k)] + [(-1, tail.shape[0])], kept)
+        groups, strided = key_layout([(s, all_patches) for s in slots] + [(-1, tail.shape[0])], kept)
+        # One key set shared by every query at global layers, as the paper's gathered K/V: the
+        # anchors' tokens and language/state. A non-anchor frame's queries do not also read their
+        # own frame there: that would give each frame its own key set (per-frame blocks, not one
+        # gathered K/V) for (T-K)*N*N more pairs; their own frame reaches them through the local
+        # layers and the residual stream. Language/state read this set at local layers too, so
+        # nothing but a frame's own queries ever reads a non-anchor key.
+        is_global = (groups < 0) | torch.isin(groups, torch.tensor(anchors, device=ctx.device))  # (Q,)
+        everything = bool(is_global.all())  # queries: anchors, or K = T
         plan = AttentionPlan(
             query_order=ctx.arange(0, embeds.shape[0]),
             layer_modes=self.schedule,
-            strided_keys=strided,
+            strided_keys=strided if everything else strided[is_global[strided]],
+            global_keys=None if everything else is_global.nonzero().flatten(),
             query_group=groups,
             key_group=groups,
         )
         ctx.run(embeds, positions, plan)
+        global_keys = int(is_global.sum())
         return PrefixResult(
             records=plan.records,
-            context_tokens=embeds.shape[0],
-            dynamic_tokens=k * n,
-            frames_attended=k,
+            context_tokens=global_keys,  # what global attention reads; recomputed: every query
+            dynamic_tokens=len(slots) * n,
+            frames_attended=len(anchors),
             extra={"anchors": anchors},
         )
