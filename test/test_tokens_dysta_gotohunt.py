@@ -174,8 +174,39 @@ def test_cached_static_prefix_is_reused_under_the_schedule(model):
         ({"num_anchors": -1}, "num_anchors"),
         ({"l1_fraction": 1.5}, "l1_fraction"),
         ({"stride": 2}, "allowed: .*sigma"),
+        ({"queries": "frames"}, "queries .* choose one of: all, anchors"),
     ],
 )
 def test_bad_parameter_is_named(model, params, message):
     with pytest.raises(ConfigError, match=message):
         build_runtime(model, "dysta_gotohunt", params, history=2)
+
+
+def test_complete_queries_compute_every_frame_and_read_only_static_and_anchor_keys(model):
+    rt = build_runtime(model, "full", None, history=6)
+    for image in IMAGES:
+        rt.step(obs(image))
+    frames, text, state = list(rt.frames), rt._text_embeds(INSTRUCTION), model.embed_state(torch.zeros(6))
+    params = {**SPLIT, "num_anchors": 3, "queries": "all"}
+    strategy, ctx, base = build(model, "dysta_gotohunt", params, frames, text, state)
+    l1, l2, dynamic = strategy.groups
+    static, nd, tail = len(l1) + len(l2), len(dynamic), text.shape[0] + 1
+    anchors = base.extra["anchors"]
+    assert len(anchors) == 3 and base.frames_attended == 3
+    assert base.records[0][0].shape[2] == static + 6 * nd + tail  # every frame's dynamic records
+    assert base.dynamic_tokens == 6 * nd and base.context_tokens == static + 3 * nd + tail
+    # Moving a non-anchor frame's dynamic tokens moves only its own records (layer 0: local).
+    slot = next(s for s in range(1, 6) if s not in anchors)
+    moved = list(frames)
+    moved[slot] = with_tokens(frames[slot], dynamic, 1.0)
+    _, _, other = build(model, "dysta_gotohunt", params, moved, text, state)
+    changed = changed_rows(layer1_keys(base), layer1_keys(other))
+    own = set(range(static + slot * nd, static + (slot + 1) * nd))
+    assert changed and set(changed) <= own
+    # What the static prefix, the anchors and the tail compute is queries: anchors' computation.
+    _, _, subsampled = build(model, "dysta_gotohunt", {**params, "queries": "anchors"}, frames, text, state)
+    rows = [*range(static)] + [static + s * nd + i for s in anchors for i in range(nd)]
+    rows += range(static + 6 * nd, static + 6 * nd + tail)
+    for layer, (keys, values) in subsampled.records.items():
+        torch.testing.assert_close(base.records[layer][0][:, :, rows], keys, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(base.records[layer][1][:, :, rows], values, atol=1e-5, rtol=1e-5)

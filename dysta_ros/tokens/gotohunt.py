@@ -45,16 +45,25 @@ class AnchorParams(StrategyParams):
         return max(1, min(frames, int(wanted)))
 
 
+QUERIES = ("all", "anchors")
+
+
 @dataclass
-class ScheduleParams(AnchorParams):
-    """Anchors plus the layer schedule (gotohunt's and dysta_gotohunt's)."""
+class GotohuntParams(AnchorParams):
+    """Anchors, the layer schedule, and which frames' tokens are queries."""
 
     local_layers: list[int] = field(default_factory=lambda: [0])  # per-frame attention
     strided_layers: list[int] = field(default_factory=lambda: [1])  # anchor K/V strided by sigma
     sigma: int = 2  # stride in patch rows and columns (2 keeps 1/4, 3 keeps 1/9)
+    # all: every frame's tokens are queries at every layer, only the K/V global layers read are
+    # the anchors' (the paper); anchors: only the anchor frames enter the backbone at all (frame
+    # subsampling: cheaper, but the other frames never reach the action head).
+    queries: str = "all"
 
     def __post_init__(self):
         super().__post_init__()
+        if self.queries not in QUERIES:
+            raise ConfigError(f"queries {self.queries!r} is not allowed; choose one of: {', '.join(QUERIES)}")
         if self.sigma < 1:
             raise ConfigError(f"sigma must be >= 1, got {self.sigma}")
         both = sorted(set(self.local_layers) & set(self.strided_layers))
@@ -68,24 +77,6 @@ class ScheduleParams(AnchorParams):
         if bad:
             raise ConfigError(f"layer indices {bad} are outside the backbone's 0..{layers - 1}")
         return ["local" if i in local else "strided" if i in strided else "all" for i in range(layers)]
-
-
-QUERIES = ("all", "anchors")
-
-
-@dataclass
-class GotohuntParams(ScheduleParams):
-    """Anchors, the layer schedule, and which frames' tokens are queries."""
-
-    # all: every frame's tokens are queries at every layer, only the K/V global layers read are
-    # the anchors' (the paper); anchors: only the anchor frames enter the backbone at all (frame
-    # subsampling: cheaper, but the other frames never reach the action head).
-    queries: str = "all"
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.queries not in QUERIES:
-            raise ConfigError(f"queries {self.queries!r} is not allowed; choose one of: {', '.join(QUERIES)}")
 
 
 def frame_descriptors(features: torch.Tensor) -> torch.Tensor:
@@ -143,6 +134,21 @@ def key_layout(segments: list[tuple[int, torch.Tensor | int]], kept_patches: tor
     return torch.cat(groups), torch.cat(strided)  # (K,), (K_strided,)
 
 
+def anchor_keys(groups: torch.Tensor, strided: torch.Tensor, anchors: list[int]):
+    """Return (strided keys, global keys) restricted to anchor frames and shared keys (None: all keys).
+
+    groups (K,) and strided come from `key_layout` with history slots as frame ids. Global layers
+    read one key set shared by every query, as the paper's gathered K/V: the anchors' tokens and
+    the shared ones. A non-anchor frame's queries do not also read their own frame there: that
+    would give each frame its own key set (per-frame blocks, not one gathered K/V) for (T-K)*N*N
+    more pairs; their own frame reaches them through the local layers and the residual stream.
+    """
+    is_global = (groups < 0) | torch.isin(groups, torch.tensor(anchors, device=groups.device))  # (K,)
+    if bool(is_global.all()):  # only anchor frames are in the context, or K = T
+        return strided, None
+    return strided[is_global[strided]], is_global.nonzero().flatten()
+
+
 def select_anchors(ctx: StepContext, params: AnchorParams) -> list[int]:
     """History slots of the K anchor frames (oldest first)."""
     descriptors = frame_descriptors(torch.stack([frame.features for frame in ctx.frames]))
@@ -152,7 +158,7 @@ def select_anchors(ctx: StepContext, params: AnchorParams) -> list[int]:
 class LayerScheduled(Strategy):
     """A strategy whose backbone layers follow GoToHunt's schedule (checked against the backbone)."""
 
-    def __init__(self, params: ScheduleParams, model_config):
+    def __init__(self, params: GotohuntParams, model_config):
         super().__init__(params, model_config)
         self.schedule = params.layer_modes(model_config.backbone.layers)
 
@@ -171,27 +177,21 @@ class GotohuntStrategy(LayerScheduled):
         positions = torch.cat([ctx.slot_positions(s, all_patches) for s in slots] + [tail_positions])
         kept = on_stride(ctx.grid, ctx.cameras, self.params.sigma, ctx.device)
         groups, strided = key_layout([(s, all_patches) for s in slots] + [(-1, tail.shape[0])], kept)
-        # One key set shared by every query at global layers, as the paper's gathered K/V: the
-        # anchors' tokens and language/state. A non-anchor frame's queries do not also read their
-        # own frame there: that would give each frame its own key set (per-frame blocks, not one
-        # gathered K/V) for (T-K)*N*N more pairs; their own frame reaches them through the local
-        # layers and the residual stream. Language/state read this set at local layers too, so
-        # nothing but a frame's own queries ever reads a non-anchor key.
-        is_global = (groups < 0) | torch.isin(groups, torch.tensor(anchors, device=ctx.device))  # (Q,)
-        everything = bool(is_global.all())  # queries: anchors, or K = T
+        # Language/state read the global keys at local layers too (query group -1), so nothing but
+        # a frame's own queries ever reads a non-anchor key.
+        strided_keys, global_keys = anchor_keys(groups, strided, anchors)
         plan = AttentionPlan(
             query_order=ctx.arange(0, embeds.shape[0]),
             layer_modes=self.schedule,
-            strided_keys=strided if everything else strided[is_global[strided]],
-            global_keys=None if everything else is_global.nonzero().flatten(),
+            strided_keys=strided_keys,
+            global_keys=global_keys,
             query_group=groups,
             key_group=groups,
         )
         ctx.run(embeds, positions, plan)
-        global_keys = int(is_global.sum())
         return PrefixResult(
             records=plan.records,
-            context_tokens=global_keys,  # what global attention reads; recomputed: every query
+            context_tokens=len(anchors) * n + tail.shape[0],  # what global layers read; all are computed
             dynamic_tokens=len(slots) * n,
             frames_attended=len(anchors),
             extra={"anchors": anchors},
