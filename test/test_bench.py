@@ -118,3 +118,17 @@ def test_entropy_profile_sees_spiky_layers_and_schedules_them_as_all():
 def test_propose_schedule_leading_flat_layers_local_then_strided():
     assert propose_schedule(np.array([0.97, 0.95, 0.8, 0.5, 0.92, 0.3]), 0.9, 0.75) == ([0, 1], [2, 4])
     assert propose_schedule(np.array([0.5, 0.95]), 0.9, 0.75) == ([], [1])
+
+
+def test_profile_entropy_prints_a_layer_entropy_line_vla_cache_accepts(tmp_path, capsys):
+    import yaml
+
+    from dysta_ros.tokens import build_strategy
+
+    assert main(["profile-entropy", "--preset", "tiny", "--history", "2", "--samples", "1",
+                 "--plot", str(tmp_path / "entropy.png")]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("layer_entropy:"))
+    profile = yaml.safe_load(line)["layer_entropy"]
+    model, _ = build_model("tiny")
+    assert len(profile) == model.cfg.backbone.layers and all(0.0 <= e <= 1.0 for e in profile)
+    assert build_strategy("vla_cache", {"layer_entropy": profile}, model.cfg).params.layer_entropy == profile

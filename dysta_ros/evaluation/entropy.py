@@ -143,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
     print("# proposed GoToHunt schedule (config/strategies/gotohunt.yaml):")
     print(f"local_layers: {local}")
     print(f"strided_layers: {strided}")
+    print("# this model's profile for VLA-Cache's layer-adaptive reuse (config/strategies/vla_cache.yaml):")
+    print(f"layer_entropy: {[round(float(m), 4) for m in mean]}")
     title = f"{args.checkpoint or args.preset}, T={args.history}, {args.frames} frames"
     print(f"wrote {plot_profile(entropy, local, strided, Path(args.plot), title)}")
     return 0
