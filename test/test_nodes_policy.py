@@ -4,6 +4,7 @@
 process publishes cameras and joint states on the wire and reads what comes back.
 """
 
+import logging
 import os
 import signal
 import subprocess
@@ -375,3 +376,31 @@ def test_trajectories_keep_to_the_joint_limits_and_stop_on_estop(ros):
         probe.spin.remove_node(node)
         node.destroy_node()
         probe.close()
+
+
+def test_a_core_warning_reaches_diagnostics(ros):
+    """The reference checkpoint run with a DySta layout it was not trained on: the core warns."""
+    from pathlib import Path
+
+    from dysta_ros.nodes.policy_node import PolicyNode
+
+    reference = Path(__file__).resolve().parents[1] / "checkpoints" / "reference"
+    node = PolicyNode(parameter_overrides=[
+        Parameter("autostart", value=True), Parameter("model", value=str(reference)),
+        Parameter("strategy", value="dysta"), Parameter("dysta.cache_language", value=True),
+        Parameter("diagnostic_period_s", value=0.1), Parameter("max_image_age_s", value=2.0)])
+    probe = Probe()
+    probe.spin.add_node(node)
+    try:
+        assert spin_until(probe.spin, lambda: probe.status("core") is not None)
+        assert probe.status("core")[0] == 0  # OK until the core says something
+        probe.publishing_until(good_frame, lambda: (probe.status("core") or (0,))[0] == 1)
+        level, message = probe.status("core")
+        assert "cache_language" in message and "trained" in message
+        assert probe.chunks  # a warning, not a hold: the policy keeps stepping
+    finally:
+        probe.spin.remove_node(node)
+        node.close()
+        node.destroy_node()
+        probe.close()
+    assert not any(isinstance(h, type(node.core_log)) for h in logging.getLogger("dysta_ros").handlers)

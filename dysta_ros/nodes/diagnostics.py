@@ -7,6 +7,7 @@ as ERROR "no report yet", so a part that never reports is visible, not silent.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 
@@ -50,6 +51,36 @@ class StatusBoard:
     def snapshot(self) -> dict[str, Entry]:
         with self._lock:
             return {n: Entry(e.level, e.message, dict(e.values)) for n, e in self._entries.items()}
+
+
+class CoreLogBridge(logging.Handler):
+    """Forward the core's Python log records to a node's logger, and warnings to a board entry.
+
+    The core (policy/, tokens/) logs with `logging` and knows nothing of ROS; without this its
+    warnings (a checkpoint run on a layout it was not trained on, a gate with random weights)
+    would reach stderr only, never /rosout or /diagnostics where an operator looks.
+    """
+
+    def __init__(self, node_logger, board: StatusBoard, entry: str, package_logger: str = "dysta_ros"):
+        super().__init__(logging.INFO)
+        self.node_logger, self.board, self.entry = node_logger, board, entry
+        self.board.set(entry, OK, "no warnings from the policy core")
+        self.package_logger = logging.getLogger(package_logger)
+        if self.package_logger.getEffectiveLevel() > logging.INFO:
+            self.package_logger.setLevel(logging.INFO)
+        self.package_logger.addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            self.node_logger.warning(message)
+            self.board.set(self.entry, WARN, message, logger=record.name)
+        else:
+            self.node_logger.info(message)
+
+    def close(self) -> None:
+        self.package_logger.removeHandler(self)
+        super().close()
 
 
 def to_message(board: StatusBoard, stamp):

@@ -30,7 +30,7 @@ from dysta_ros.execution import EStopLatch, limit_trajectory
 from dysta_ros.msg import ActionChunk, TokenStats
 from dysta_ros.nodes import conversions as conv
 from dysta_ros.nodes import params as P
-from dysta_ros.nodes.diagnostics import ERROR, OK, WARN, StatusBoard, to_message
+from dysta_ros.nodes.diagnostics import ERROR, OK, WARN, CoreLogBridge, StatusBoard, to_message
 from dysta_ros.nodes.image_conversion import image_to_rgb
 from dysta_ros.nodes.inputs import LatestInputs
 from dysta_ros.nodes.spin import run_node
@@ -115,6 +115,7 @@ class PolicyNode(LifecycleNode):
             self.board.set("lifecycle", ERROR, f"unconfigured: {self.start_refusals()}")
         else:
             self.board.set("lifecycle", WARN, "unconfigured", strategy=self.values["strategy"])
+        self.core_log = CoreLogBridge(self.get_logger(), self.board, "core")
         # Its own entry: a refused instruction stays visible after the next step reports inputs.
         self.board.set("instruction", OK, "from the instruction parameter",
                        characters=len(self.values["instruction"]))
@@ -295,6 +296,10 @@ class PolicyNode(LifecycleNode):
     def close(self):
         """Stop the inference thread (on shutdown or Ctrl-C)."""
         self.stop_inference()
+
+    def destroy_node(self):
+        self.core_log.close()  # a later policy_node in this process (the demo) installs its own
+        super().destroy_node()
 
     # The trajectory path (publish_trajectory): limits and e-stop ------------------------------
 
