@@ -12,9 +12,10 @@ a query reads, never the keys themselves.
 What local and strided mean for static keys: a static token is the one copy of a patch that
 every frame shares (DySta keeps one because it does not change), so it belongs to every frame.
 Local layers: a frame's dynamic queries read the static keys and their own frame's dynamic
-keys, i.e. their whole frame; language and state read the global keys. Strided layers: static keys
-are strided on the patch grid like each anchor's dynamic keys, so what a frame contributes is
-that frame strided by sigma, as in `gotohunt`; language and state keys are always kept.
+keys, i.e. their whole frame; language and state read the global keys (static, anchors',
+language/state). Strided layers: static keys are strided on the patch grid like each anchor's
+dynamic keys, so what a frame contributes is that frame strided by sigma, as in `gotohunt`;
+language and state keys are always kept.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from dysta_ros.tokens.gotohunt import (
 class DystaGotohuntParams(DystaParams, GotohuntParams):
     """DySta's parameters plus GoToHunt's anchors and layer schedule, each validated as there."""
 
-    # anchors: only the anchor frames' dynamic tokens are queries (what the published figures
+    # anchors: only the anchor frames' dynamic tokens are queries (what the README's figures
     # measured); all: every frame's dynamic tokens are, reading static + anchor keys (the paper's form).
     queries: str = "anchors"
 

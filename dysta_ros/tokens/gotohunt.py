@@ -178,7 +178,8 @@ class GotohuntStrategy(LayerScheduled):
         kept = on_stride(ctx.grid, ctx.cameras, self.params.sigma, ctx.device)
         groups, strided = key_layout([(s, all_patches) for s in slots] + [(-1, tail.shape[0])], kept)
         # Language/state read the global keys at local layers too (query group -1), so nothing but
-        # a frame's own queries ever reads a non-anchor key.
+        # a frame's own queries ever reads a non-anchor key. FPS keeps the oldest frame, whose first
+        # patch is on every stride grid: under "key order <= query order" every query has a key.
         strided_keys, global_keys = anchor_keys(groups, strided, anchors)
         plan = AttentionPlan(
             query_order=ctx.arange(0, embeds.shape[0]),
