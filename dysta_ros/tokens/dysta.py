@@ -258,6 +258,12 @@ class DystaStrategy(Strategy):
                 ", ".join(f"{k}={trained[k]}" for k in differ), ", ".join(f"{k}={ours[k]}" for k in differ))
 
     # --- one step ------------------------------------------------------------------------
+    def dynamic_plan(self, ctx: StepContext, static: int, queries: int) -> AttentionPlan:
+        """Return the plan of the step's own call: `queries` tokens after the `static` cached ones."""
+        cached = self.static_kv is not None
+        return AttentionPlan(query_order=ctx.arange(static, static + queries), prefix=self.static_kv,
+                             prefix_order=ctx.arange(0, static) if cached else None)
+
     def build_prefix(self, ctx: StepContext) -> PrefixResult:
         model, current = ctx.model, ctx.frames[-1]
         gate_start = time.perf_counter()
@@ -295,12 +301,7 @@ class DystaStrategy(Strategy):
         dynamic_tokens = [ctx.frames[k].tokens[dynamic] for k in slots]  # T' x (d, W)
         layout = self.context_layout(ctx)
         embeds, positions = layout.step_tokens(dynamic_tokens, slots, dynamic, ctx.text, ctx.state)  # (Q, W)
-        cached = self.static_kv is not None
-        plan = AttentionPlan(
-            query_order=ctx.arange(static, static + embeds.shape[0]),
-            prefix=self.static_kv,
-            prefix_order=ctx.arange(0, static) if cached else None,
-        )
+        plan = self.dynamic_plan(ctx, static, embeds.shape[0])
         ctx.run(embeds, positions, plan)
         return PrefixResult(
             records=plan.records,

@@ -44,24 +44,6 @@ class DystaGotohuntParams(DystaParams, GotohuntParams):
     queries: str = "anchors"
 
 
-class _ScheduledContext:
-    """The step's context, except that a backbone call's plan first gets the layer schedule.
-
-    DystaStrategy builds the plan of its dynamic call inside build_prefix; this is where the
-    schedule joins it. The static prefix is built on the plain context (see build_static).
-    """
-
-    def __init__(self, ctx: StepContext, schedule):
-        self.plain, self._schedule = ctx, schedule
-
-    def __getattr__(self, name):
-        return getattr(self.plain, name)
-
-    def run(self, embeds, positions, plan: AttentionPlan) -> AttentionPlan:
-        self._schedule(plan, self.plain)
-        return self.plain.run(embeds, positions, plan)
-
-
 class DystaGotohuntStrategy(DystaStrategy, LayerScheduled):
     name = "dysta_gotohunt"
     Params = DystaGotohuntParams
@@ -77,12 +59,18 @@ class DystaGotohuntStrategy(DystaStrategy, LayerScheduled):
         self.slots = list(range(ctx.history)) if self.params.queries == "all" else self.anchors
         return self.slots
 
-    def build_static(self, ctx, frame, levels: str) -> None:
-        """Build the static prefix as `dysta` does, unscheduled: exact and reusable across steps."""
-        super().build_static(getattr(ctx, "plain", ctx), frame, levels)
+    def dynamic_plan(self, ctx: StepContext, static: int, queries: int) -> AttentionPlan:
+        """Return the step call's plan with the layer schedule.
+
+        Only the step's own call is scheduled: the static prefix is built as `dysta` builds it,
+        so its cache stays exact and reusable across steps.
+        """
+        plan = super().dynamic_plan(ctx, static, queries)
+        self.apply_schedule(plan, ctx)
+        return plan
 
     def build_prefix(self, ctx: StepContext) -> PrefixResult:
-        result = super().build_prefix(_ScheduledContext(ctx, self.apply_schedule))
+        result = super().build_prefix(ctx)
         result.extra["anchors"] = self.anchors
         # What global layers read: the static keys, the anchors' dynamic keys, language and state.
         result.context_tokens -= (len(self.slots) - len(self.anchors)) * len(self.groups[2])
