@@ -216,6 +216,7 @@ class DemoSession:
     def close(self) -> None:
         self.hold()
         self.executor.shutdown()
+        self.spinner.join(timeout=10.0)  # no callback may still run when its node is destroyed
         for each in (self.policy, self.executor_node, self.sim, self.node):
             if each is not None:
                 getattr(each, "close", lambda: None)()
