@@ -123,8 +123,15 @@ def measure(args) -> dict:
 
     node_cost = {}  # policy_node's own report: last frame's arrival -> step start, last 200 steps
 
+    frames = {}  # policy_node's per-camera counts: received, missed (lost before its callback), ...
+
     def on_diagnostics(msg):
         for status in msg.status:
+            if status.name == "policy_node: inputs":
+                for kv in status.values:
+                    topic, _, count = kv.key.rpartition(".")
+                    if topic in topics and count in ("received", "missed", "dropped"):
+                        frames.setdefault(topic, {})[count] = int(kv.value)
             if status.name == "policy_node: inference":
                 values = {kv.key: kv.value for kv in status.values}
                 if "arrival_to_step_ms_p50" in values:
@@ -133,7 +140,8 @@ def measure(args) -> dict:
 
     node.create_subscription(ActionChunk, "/dysta/action_chunk", on_chunk, conv.RELIABLE_QOS)
     node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
-    node.create_timer(1.0 / args.rate, publish)
+    published = {"sets": 0}
+    node.create_timer(1.0 / args.rate, lambda: published.update(sets=publish()))
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     process = start_policy_node(args, topics)
@@ -164,7 +172,8 @@ def measure(args) -> dict:
     ms["ros"] = [o - w for o, w in zip(ms["overhead"], ms["model_busy_wait"])]
     return {"config": vars(args), "chunks": len(samples), "load_average": os.getloadavg(),
             "cpu_count": os.cpu_count(), "ms": {k: percentiles(v) for k, v in ms.items()},
-            "node_arrival_to_step_ms": node_cost, "samples_ms": ms}
+            "node_arrival_to_step_ms": node_cost, "frames": frames, "frame_sets_published": published["sets"],
+            "samples_ms": ms}
 
 
 def plot(report: dict, path: Path):
@@ -198,6 +207,7 @@ def run(args) -> int:
     plot(report, out / "latency.png")
     summary = {k: {q: round(v, 2) for q, v in report["ms"][k].items()} for k in report["ms"]}
     print(json.dumps({"chunks": report["chunks"], "ms": summary, "load_average": report["load_average"],
+                      "frames": report["frames"], "frame_sets_published": report["frame_sets_published"],
                       "node_arrival_to_step_ms": report["node_arrival_to_step_ms"]}, indent=1))
     print(f"wrote {out / 'latency.json'} and {out / 'latency.png'}")
     return 0

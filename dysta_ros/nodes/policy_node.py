@@ -10,6 +10,7 @@ a plain launch file (or `dysta-ros run`) needs no lifecycle manager.
 from __future__ import annotations
 
 import collections
+import gc
 import sys
 import threading
 import time
@@ -199,6 +200,9 @@ class PolicyNode(LifecycleNode):
             self.get_logger().error(f"configure failed: {exc}")
             self.board.set("lifecycle", ERROR, f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
+        # The model and its library state live for the node's life: move them out of the
+        # collector's view, so a full collection in the control loop no longer walks them.
+        gc.freeze()
         self.topics = list(topics)
         self.inputs = LatestInputs(self.topics, self.robot.state_topic, v["instruction"])
         self.rebuild = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 
 import rclpy
@@ -38,6 +39,10 @@ def spin_nodes(nodes, executor=None, until: float | None = None) -> int:
     executor = executor or MultiThreadedExecutor()
     for node in nodes:
         executor.add_node(node)
+    # What start-up built lives as long as the process: keep it out of the collector's full
+    # passes, which otherwise pause a control loop for tens of ms (policy_node does the same
+    # after loading its model).
+    gc.freeze()
     try:
         while rclpy.ok() and (until is None or time.monotonic() < until):
             executor.spin_once(timeout_sec=0.1)
