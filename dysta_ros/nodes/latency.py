@@ -197,19 +197,24 @@ def plot(report: dict, path: Path):
     save_png(fig, path, dpi=100)
 
 
+def write_report(report: dict, out, name: str, plot_report) -> None:
+    """Write `<name>.json` and the `plot_report` PNG `<name>.png` into `out`, and say so."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(report, indent=1))
+    plot_report(report, out / f"{name}.png")
+    print(f"wrote {out / f'{name}.json'} and {out / f'{name}.png'}")
+
+
 def run(args) -> int:
-    """Measure, write the report, print the summary (`dysta-ros latency` if registered)."""
+    """Measure, write the report, print the summary."""
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     report = measure(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "latency.json").write_text(json.dumps(report, indent=1))
-    plot(report, out / "latency.png")
+    write_report(report, args.out, "latency", plot)
     summary = {k: {q: round(v, 2) for q, v in report["ms"][k].items()} for k in report["ms"]}
     print(json.dumps({"chunks": report["chunks"], "ms": summary, "load_average": report["load_average"],
                       "frames": report["frames"], "frame_sets_published": report["frame_sets_published"],
                       "node_arrival_to_step_ms": report["node_arrival_to_step_ms"]}, indent=1))
-    print(f"wrote {out / 'latency.json'} and {out / 'latency.png'}")
     return 0
 
 

@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from dysta_ros.nodes.latency import add_load_arguments, camera_publisher, percentiles, start_policy_node
+from dysta_ros.nodes.latency import (
+    add_load_arguments, camera_publisher, percentiles, start_policy_node, write_report,
+)
 from dysta_ros.plots import pyplot, save_png
 
 
@@ -174,12 +176,8 @@ def run(args) -> int:
     """Measure, write the report, print the figures."""
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     report = measure(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "load.json").write_text(json.dumps(report, indent=1))
-    plot(report, out / "load.png")
     print(json.dumps({k: v for k, v in report.items() if k not in ("series", "config")}, indent=1))
-    print(f"wrote {out / 'load.json'} and {out / 'load.png'}")
+    write_report(report, args.out, "load", plot)
     return 0 if report["alive"] else 1
 
 
