@@ -7,3 +7,11 @@ import random
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ["ROS_DOMAIN_ID"] = str(random.SystemRandom().randint(1, 101))
 os.environ.setdefault("MUJOCO_GL", "egl")
+
+from hypothesis import settings  # noqa: E402
+
+# Property tests draw the same examples every run, so a red CI run is reproducible and a green
+# one stays green; `HYPOTHESIS_PROFILE=explore make test` draws new ones to hunt for bugs.
+settings.register_profile("repeatable", derandomize=True, database=None)
+settings.register_profile("explore")
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
