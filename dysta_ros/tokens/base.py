@@ -77,9 +77,16 @@ class StepContext:
     state: torch.Tensor  # (1, W)
     grid: int  # patches per side of one camera image
     cameras: int
-    computed_tokens: int = 0  # tokens the backbone computed this step, over all calls (mean over layers)
     layer_tokens: int = 0  # tokens computed summed over layers and calls
     attended_pairs: int = 0  # (query, key) pairs over all layers and calls
+
+    @property
+    def computed_tokens(self) -> int:
+        """Tokens the backbone computed this step over all calls, as a mean over layers.
+
+        A plan may drop queries at depth (layer_queries), so this is not one layer's count.
+        """
+        return round(self.layer_tokens / self.model.cfg.backbone.layers)
 
     @property
     def tokens_per_frame(self) -> int:
@@ -107,10 +114,6 @@ class StepContext:
         positions = torch.arange(self.frames_length, self.full_length, device=self.device)
         return embeds, positions
 
-    def text_positions(self) -> torch.Tensor:
-        """Full-layout positions of the language tokens (n_text,)."""
-        return torch.arange(self.frames_length, self.full_length - 1, device=self.device)
-
     def slot_positions(self, slot: int, patches: torch.Tensor) -> torch.Tensor:
         """Full-layout positions of patches (n,) of the frame in history slot `slot`."""
         return slot * self.tokens_per_frame + patches
@@ -122,8 +125,6 @@ class StepContext:
         """Run the backbone on embeds (Q, W) at positions (Q,) under plan; count its work."""
         self.model.run_backbone(embeds, positions, plan)
         self.layer_tokens += plan.layer_tokens
-        # A plan may drop queries at depth (layer_queries): count what was computed on average.
-        self.computed_tokens = round(self.layer_tokens / self.model.cfg.backbone.layers)
         self.attended_pairs += plan.attended_pairs
         return plan
 
