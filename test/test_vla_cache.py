@@ -9,11 +9,11 @@ from hypothesis import strategies as st
 from dysta_ros.errors import ConfigError
 from dysta_ros.evaluation.entropy import entropy_profile
 from dysta_ros.evaluation.scenes import structured_frames
-from dysta_ros.policy.attention import AttentionPlan
+from dysta_ros.policy.attention import PROFILE_HEADS, PROFILE_QUERIES, AttentionPlan
 from dysta_ros.policy.runtime import build_model, build_runtime
 from dysta_ros.tokens import build_strategy
 from dysta_ros.tokens.flops import full_flops, linear_flops_per_token
-from dysta_ros.tokens.vla_cache import ENTROPY_HEADS, ENTROPY_QUERIES, layer_reuse_ratios
+from dysta_ros.tokens.vla_cache import layer_reuse_ratios
 from dysta_ros.types import Observation
 
 TOL = 1e-4  # float32 reordering of the same sums; actions are O(1)
@@ -132,7 +132,7 @@ def test_uniform_switch_reuses_every_reusable_token_at_every_layer(model, frames
 @torch.inference_mode()
 def test_measured_schedule_follows_the_entropy_profile_tool(model, frames):
     rt, _ = run(model, "vla_cache", None, [frames[0]])
-    profiled = entropy_profile(model, [obs(frames[0])] * HISTORY, HISTORY, ENTROPY_HEADS, ENTROPY_QUERIES)
+    profiled = entropy_profile(model, [obs(frames[0])] * HISTORY, HISTORY, PROFILE_HEADS, PROFILE_QUERIES)
     np.testing.assert_allclose(rt.strategy.entropy, profiled[0], atol=1e-5)
     assert rt.strategy.ratios == layer_reuse_ratios(rt.strategy.entropy, 0.55)
 

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from dysta_ros.errors import ConfigError, DystaError
 from dysta_ros.evaluation.bench import sim_observations, synthetic_observations
 from dysta_ros.plots import pyplot, save_png
-from dysta_ros.policy.attention import AttentionPlan
+from dysta_ros.policy.attention import PROFILE_HEADS, PROFILE_QUERIES, AttentionPlan
 from dysta_ros.policy.config import PRESETS
 from dysta_ros.policy.preprocess import prepare_observation
 from dysta_ros.policy.runtime import build_model
@@ -106,8 +106,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--history", type=int, default=4, help="frames T in each profiled window")
     parser.add_argument("--samples", type=int, default=4, help="windows profiled")
-    parser.add_argument("--heads", type=int, default=4, help="sampled heads per layer")
-    parser.add_argument("--queries", type=int, default=32, help="sampled queries per layer")
+    parser.add_argument("--heads", type=int, default=PROFILE_HEADS, help="sampled heads per layer")
+    parser.add_argument("--queries", type=int, default=PROFILE_QUERIES, help="sampled queries per layer")
     parser.add_argument("--local-threshold", type=float, default=0.9)
     parser.add_argument("--strided-threshold", type=float, default=0.75)
     parser.add_argument("--frames", default="synthetic", choices=["synthetic", "sim"])

@@ -22,13 +22,12 @@ import torch
 import torch.nn.functional as F
 
 from dysta_ros.errors import ConfigError
-from dysta_ros.policy.attention import AttentionPlan
+from dysta_ros.policy.attention import PROFILE_HEADS, PROFILE_QUERIES, AttentionPlan
 from dysta_ros.tokens.base import PrefixResult, StepContext, Strategy, StrategyParams
 from dysta_ros.tokens.full import full_layout
 
 # Entropy spans below this are sampling noise, not a layer profile: every layer reuses alike.
 FLAT_ENTROPY_SPAN = 1e-3
-ENTROPY_HEADS, ENTROPY_QUERIES = 4, 32  # as `dysta-ros profile-entropy` samples
 
 
 def layer_reuse_ratios(entropy: list[float], growth_factor: float) -> list[float]:
@@ -161,8 +160,8 @@ class VlaCacheStrategy(Strategy):
             query_order=recompute,
             relevance_layer=self.relevance_layer,
             relevance_queries=ctx.arange(len(recompute) - tail, len(recompute)),
-            entropy_heads=ENTROPY_HEADS if measure else 0,
-            entropy_queries=ENTROPY_QUERIES,
+            entropy_heads=PROFILE_HEADS if measure else 0,
+            entropy_queries=PROFILE_QUERIES,
             layer_queries=layer_queries,
             **reuse,
         )
