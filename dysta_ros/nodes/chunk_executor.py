@@ -69,9 +69,7 @@ class ChunkExecutorNode(Node):
 
     def start(self):
         """Declare and check the parameters, then create the core, topics and timers."""
-        refused = P.declare(self, PARAMS)
-        if refused:
-            raise ConfigError("; ".join(refused.values()))
+        P.declare_or_refuse(self, PARAMS)
         values = P.read(self, PARAMS)
         self.robot = load_robot_config(values["robot"])
         self.core = ChunkExecutor(self.config_from(values), self.robot)

@@ -18,6 +18,8 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.parameter import Parameter
 
+from dysta_ros.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Param:
@@ -113,6 +115,17 @@ def declare(node, params: Sequence[Param]) -> dict[str, str]:
         if not node.has_parameter(name):
             node.get_logger().warning(f"ignored: {unknown_name(name, params, node.get_name())}")
     return refused
+
+
+def declare_or_refuse(node, params: Sequence[Param]) -> None:
+    """Declare `params` on a plain node; raise ConfigError naming every refused start-up value.
+
+    A plain node does not start on a refused value (see chunk_executor); policy_node instead
+    keeps `declare`'s refusals and fails configure until they are fixed.
+    """
+    refused = declare(node, params)
+    if refused:
+        raise ConfigError("; ".join(refused.values()))
 
 
 def unknown_name(name: str, params: Sequence[Param], owner: str) -> str | None:

@@ -83,9 +83,7 @@ class SimNode(Node):
             raise
 
     def _start(self) -> None:
-        refused = params.declare(self, PARAMS)
-        if refused:
-            raise ConfigError("; ".join(refused.values()))
+        params.declare_or_refuse(self, PARAMS)
         p = params.read(self, PARAMS)
         self.add_on_set_parameters_callback(params.validator(PARAMS, self.get_logger().warning))
         self.env = SimEnv(SimConfig(image_width=p["image_width"], image_height=p["image_height"],
