@@ -426,11 +426,11 @@ class PolicyNode(LifecycleNode):
         """Step on the latest inputs if they are fresh and new; return whether it stepped."""
         v = self.values
         snapshot = self.inputs.take(self.now(), v["max_image_age_s"], v["max_state_age_s"])
+        if not snapshot.stale and not snapshot.new_frames:
+            return False  # the common wake-up (one camera of a set arrived): nothing to report
         counts = self.inputs.frame_report()
         if snapshot.stale:
             self.board.set("inputs", WARN, "holding, stale input: " + ", ".join(snapshot.stale), **counts)
-            return False
-        if not snapshot.new_frames:
             return False
         images = {}
         for name, topic in zip(self.runtime.spec.camera_names, self.topics):
