@@ -22,7 +22,9 @@ def load_cases(directory: Path) -> tuple[dict, dict[str, np.ndarray]]:
     meta_path, tensors_path = directory / "cases.json", directory / "cases.safetensors"
     for path in (meta_path, tensors_path):
         if not path.is_file():
-            raise CheckpointError(f"{path}: missing (a parity dir holds checkpoint/, vlm/, cases.json, cases.safetensors)")
+            raise CheckpointError(
+                f"{path}: missing (a parity dir holds checkpoint/, vlm/, cases.json, cases.safetensors)"
+            )
     try:
         meta = json.loads(meta_path.read_text())
         tensors = load_file(str(tensors_path))
@@ -47,8 +49,9 @@ def run_cases(directory, policy=None) -> dict:
         i = case["index"]
         get = arrays.get
         images = {n: get(f"case{i}.image.{n}") for n in policy.spec.camera_names}
-        raw, info = policy.predict(images, get(f"case{i}.state"), case["task"],
-                                   noise=torch.from_numpy(get(f"case{i}.noise")))
+        raw, info = policy.predict(
+            images, get(f"case{i}.state"), case["task"], noise=torch.from_numpy(get(f"case{i}.noise"))
+        )
         if bf16:  # LeRobot's own bf16 run is noisy to ~3e-3: compare with its float64 re-run
             ref_norm = get(f"case{i}.actions_normalized_float64")[0]
             ref_raw = policy.files.action_normalizer.inverse(torch.from_numpy(ref_norm)).numpy()
@@ -57,21 +60,32 @@ def run_cases(directory, policy=None) -> dict:
         std = action_std.numpy() if action_std is not None else np.ones(raw.shape[1])
         err_norm = float(np.abs(info["actions_normalized"].astype(np.float64) - ref_norm).max())
         err_raw = np.abs(raw.astype(np.float64) - ref_raw)
-        results.append({"index": i, "task": case["task"], "max_error_normalized": err_norm,
-                        "max_error_raw": float(err_raw.max()),
-                        "max_error_raw_over_std": float((err_raw / std).max()),
-                        "reference": "actions_normalized_float64" if bf16 else "actions_normalized"})
-    return {"cases": results,
-            "max_error_normalized": max((r["max_error_normalized"] for r in results), default=0.0),
-            "max_error_raw": max((r["max_error_raw"] for r in results), default=0.0),
-            "max_error_raw_over_std": max((r["max_error_raw_over_std"] for r in results), default=0.0),
-            "tolerance": TOLERANCE}
+        results.append(
+            {
+                "index": i,
+                "task": case["task"],
+                "max_error_normalized": err_norm,
+                "max_error_raw": float(err_raw.max()),
+                "max_error_raw_over_std": float((err_raw / std).max()),
+                "reference": "actions_normalized_float64" if bf16 else "actions_normalized",
+            }
+        )
+    return {
+        "cases": results,
+        "max_error_normalized": max((r["max_error_normalized"] for r in results), default=0.0),
+        "max_error_raw": max((r["max_error_raw"] for r in results), default=0.0),
+        "max_error_raw_over_std": max((r["max_error_raw_over_std"] for r in results), default=0.0),
+        "tolerance": TOLERANCE,
+    }
 
 
 def passed(report: dict) -> bool:
     """Say whether every case is within tolerance (normalized, and raw in units of the action std)."""
-    return bool(report["cases"]) and report["max_error_normalized"] <= report["tolerance"] \
+    return (
+        bool(report["cases"])
+        and report["max_error_normalized"] <= report["tolerance"]
         and report["max_error_raw_over_std"] <= report["tolerance"]
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,9 +99,13 @@ def run(args) -> int:
         print(json.dumps(report, indent=2))
     else:
         for r in report["cases"]:
-            print(f"case {r['index']}: max error normalized {r['max_error_normalized']:.3g}, "
-                  f"raw {r['max_error_raw']:.3g} ({r['max_error_raw_over_std']:.3g} x std) vs {r['reference']}")
+            print(
+                f"case {r['index']}: max error normalized {r['max_error_normalized']:.3g}, "
+                f"raw {r['max_error_raw']:.3g} ({r['max_error_raw_over_std']:.3g} x std) vs {r['reference']}"
+            )
         verdict = "PASS" if passed(report) else "FAIL"
-        print(f"{verdict}: max normalized {report['max_error_normalized']:.3g}, raw/std "
-              f"{report['max_error_raw_over_std']:.3g}, tolerance {report['tolerance']:g}")
+        print(
+            f"{verdict}: max normalized {report['max_error_normalized']:.3g}, raw/std "
+            f"{report['max_error_raw_over_std']:.3g}, tolerance {report['tolerance']:g}"
+        )
     return 0 if passed(report) else 1

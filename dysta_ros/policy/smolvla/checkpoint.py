@@ -36,18 +36,26 @@ def _refuse_pickles(directory: Path, wanted: str) -> None:
     """Raise when a pickle stands where a safetensors file is expected."""
     pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
-        raise CheckpointError(f"{directory / pickles[0]}: pickle file where {wanted} is expected; "
-                              f"refused (never unpickled): convert it to safetensors")
+        raise CheckpointError(
+            f"{directory / pickles[0]}: pickle file where {wanted} is expected; "
+            f"refused (never unpickled): convert it to safetensors"
+        )
 
 
 def hf_cache_dirs(model_name: str) -> list[Path]:
     """Return the local HF cache snapshot dirs of a hub id, newest first (offline: no network)."""
-    hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache/huggingface")) / "hub")
+    hub = Path(
+        os.environ.get("HF_HUB_CACHE")
+        or Path(os.environ.get("HF_HOME", Path.home() / ".cache/huggingface")) / "hub"
+    )
     snapshots = hub / f"models--{model_name.replace('/', '--')}" / "snapshots"
     if not snapshots.is_dir():
         return []
-    return sorted((p for p in snapshots.iterdir() if (p / CONFIG_FILE).is_file()),
-                  key=lambda p: p.stat().st_mtime, reverse=True)
+    return sorted(
+        (p for p in snapshots.iterdir() if (p / CONFIG_FILE).is_file()),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
 
 
 def resolve_vlm_dir(checkpoint_dir: Path, model_name: str, vlm_dir=None) -> Path:
@@ -55,7 +63,9 @@ def resolve_vlm_dir(checkpoint_dir: Path, model_name: str, vlm_dir=None) -> Path
     if vlm_dir is not None:
         path = Path(vlm_dir)
         if not (path / CONFIG_FILE).is_file():
-            raise CheckpointError(f"{path / CONFIG_FILE}: missing (the backbone dir holds config.json + tokenizer.json)")
+            raise CheckpointError(
+                f"{path / CONFIG_FILE}: missing (the backbone dir holds config.json + tokenizer.json)"
+            )
         return path
     looked = []
     if model_name:
@@ -68,9 +78,11 @@ def resolve_vlm_dir(checkpoint_dir: Path, model_name: str, vlm_dir=None) -> Path
             return cached[0]
         looked.append(f"HF cache models--{model_name.replace('/', '--')}/snapshots/*")
     raise CheckpointError(
-        f"{checkpoint_dir / CONFIG_FILE}: backbone {model_name!r} not found (looked in: {', '.join(looked)}); "
-        f"pass its directory (vlm=DIR / --vlm DIR), or fetch it once with "
-        f"`huggingface-cli download {model_name or 'ORG/NAME'} config.json tokenizer.json tokenizer_config.json`")
+        f"{checkpoint_dir / CONFIG_FILE}: backbone {model_name!r} not found "
+        f"(looked in: {', '.join(looked)}); pass its directory (vlm=DIR / --vlm DIR), or fetch it "
+        f"once with `huggingface-cli download {model_name or 'ORG/NAME'} config.json "
+        f"tokenizer.json tokenizer_config.json`"
+    )
 
 
 def load_tokenizer(vlm_dir: Path):
@@ -79,7 +91,9 @@ def load_tokenizer(vlm_dir: Path):
 
     path = vlm_dir / "tokenizer.json"
     if not path.is_file():
-        raise CheckpointError(f"{path}: missing (the backbone's tokenizer; no other tokenizer is substituted)")
+        raise CheckpointError(
+            f"{path}: missing (the backbone's tokenizer; no other tokenizer is substituted)"
+        )
     try:
         return Tokenizer.from_file(str(path))
     except Exception as exc:  # tokenizers raises a bare Exception on malformed files
@@ -129,8 +143,9 @@ class Normalizer:
 NEEDED_STATS = {"MEAN_STD": ("mean", "std"), "MIN_MAX": ("min", "max"), "IDENTITY": ()}
 
 
-def load_normalizer(checkpoint_dir: Path, processor_file: str, step_name: str, feature: str,
-                    cfg: SmolVLAConfig) -> Normalizer:
+def load_normalizer(
+    checkpoint_dir: Path, processor_file: str, step_name: str, feature: str, cfg: SmolVLAConfig
+) -> Normalizer:
     """Return the normalizer of one feature from a processor JSON and the stats file it names."""
     path = checkpoint_dir / processor_file
     data = read_json(path)
@@ -148,7 +163,9 @@ def load_normalizer(checkpoint_dir: Path, processor_file: str, step_name: str, f
     if not isinstance(state_file, str):
         raise CheckpointError(f"{path}: step {step_name!r} has no 'state_file'")
     if Path(state_file).name != state_file:
-        raise CheckpointError(f"{path}: state_file {state_file!r} must be a file name in the checkpoint dir")
+        raise CheckpointError(
+            f"{path}: state_file {state_file!r} must be a file name in the checkpoint dir"
+        )
     stats_path = checkpoint_dir / state_file
     tensors = _read_safetensors(stats_path)
     stats = {}
@@ -163,7 +180,9 @@ def load_normalizer(checkpoint_dir: Path, processor_file: str, step_name: str, f
             raise CheckpointError(f"{stats_path}: key {key!r} holds non-finite values (NaN/inf)")
         dim = cfg.state_dim if feature == STATE_KEY else cfg.action_dim
         if value.numel() != dim:
-            raise CheckpointError(f"{stats_path}: key {key!r} has shape {tuple(value.shape)}, expected ({dim},)")
+            raise CheckpointError(
+                f"{stats_path}: key {key!r} has shape {tuple(value.shape)}, expected ({dim},)"
+            )
         stats[stat] = value.reshape(dim)
     return Normalizer(mode, stats, eps)
 
@@ -195,8 +214,10 @@ def read_checkpoint(checkpoint_dir, vlm_dir=None) -> CheckpointFiles:
     vlm_path = backbone_dir / CONFIG_FILE
     vlm = parse_vlm_config(read_json(vlm_path), vlm_path)
     if cfg.num_vlm_layers > vlm.text.num_hidden_layers:
-        raise CheckpointError(f"{cfg_path}: num_vlm_layers {cfg.num_vlm_layers} > the backbone's "
-                              f"{vlm.text.num_hidden_layers} layers ({vlm_path})")
+        raise CheckpointError(
+            f"{cfg_path}: num_vlm_layers {cfg.num_vlm_layers} > the backbone's "
+            f"{vlm.text.num_hidden_layers} layers ({vlm_path})"
+        )
     weights = _read_safetensors(directory / WEIGHTS_FILE)
     layout = Counter(str(t.dtype).removeprefix("torch.") for t in weights.values())
     count = sum(t.numel() for t in weights.values())
@@ -204,24 +225,49 @@ def read_checkpoint(checkpoint_dir, vlm_dir=None) -> CheckpointFiles:
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise CheckpointError(f"{directory / WEIGHTS_FILE}: key {name!r} holds non-finite values")
     return CheckpointFiles(
-        directory=directory, vlm_dir=backbone_dir, cfg=cfg, vlm=vlm, weights=weights,
-        dtype_layout=dict(layout), parameter_count=count,
-        state_normalizer=load_normalizer(directory, PREPROCESSOR_FILE, "normalizer_processor", STATE_KEY, cfg),
-        action_normalizer=load_normalizer(directory, POSTPROCESSOR_FILE, "unnormalizer_processor", ACTION_KEY, cfg),
-        tokenizer=load_tokenizer(backbone_dir))
+        directory=directory,
+        vlm_dir=backbone_dir,
+        cfg=cfg,
+        vlm=vlm,
+        weights=weights,
+        dtype_layout=dict(layout),
+        parameter_count=count,
+        state_normalizer=load_normalizer(
+            directory, PREPROCESSOR_FILE, "normalizer_processor", STATE_KEY, cfg
+        ),
+        action_normalizer=load_normalizer(
+            directory, POSTPROCESSOR_FILE, "unnormalizer_processor", ACTION_KEY, cfg
+        ),
+        tokenizer=load_tokenizer(backbone_dir),
+    )
 
 
 def unused_weight_names(cfg: SmolVLAConfig) -> set[str]:
     """Return the saved tensors LeRobot never lets affect actions (so the model has no place for them)."""
     last = f"{WEIGHT_PREFIX}vlm_with_expert.vlm.model.text_model.layers.{cfg.num_vlm_layers - 1}."
-    return {f"{WEIGHT_PREFIX}vlm_with_expert.vlm.lm_head.weight",
-            f"{WEIGHT_PREFIX}vlm_with_expert.vlm.model.text_model.norm.weight",
-            *(last + p for p in ("self_attn.q_proj.weight", "self_attn.o_proj.weight", "mlp.gate_proj.weight",
-                                 "mlp.up_proj.weight", "mlp.down_proj.weight", "post_attention_layernorm.weight"))}
+    return {
+        f"{WEIGHT_PREFIX}vlm_with_expert.vlm.lm_head.weight",
+        f"{WEIGHT_PREFIX}vlm_with_expert.vlm.model.text_model.norm.weight",
+        *(
+            last + p
+            for p in (
+                "self_attn.q_proj.weight",
+                "self_attn.o_proj.weight",
+                "mlp.gate_proj.weight",
+                "mlp.up_proj.weight",
+                "mlp.down_proj.weight",
+                "post_attention_layernorm.weight",
+            )
+        ),
+    }
 
 
-def map_weights(expected: dict[str, tuple[int, ...]], shapes: dict[str, tuple[int, ...]],
-                cfg: SmolVLAConfig, source: str) -> tuple[dict[str, str], set[str]]:
+def map_weights(
+    expected: dict[str, tuple[int, ...]],
+    shapes: dict[str, tuple[int, ...]],
+    cfg: SmolVLAConfig,
+    source: str,
+) -> tuple[dict[str, str], set[str]]:
     """Map module names to file keys with shape checks; return (mapping, ignored file keys).
 
     Raise CheckpointError naming the file and key on a missing, unexpected or misshaped tensor.
@@ -233,11 +279,14 @@ def map_weights(expected: dict[str, tuple[int, ...]], shapes: dict[str, tuple[in
         if key not in shapes:
             raise CheckpointError(f"{source}: missing key {key!r} (expected shape {tuple(shape)})")
         if tuple(shapes[key]) != tuple(shape):
-            raise CheckpointError(f"{source}: key {key!r} has shape {tuple(shapes[key])}, expected {tuple(shape)}")
+            raise CheckpointError(
+                f"{source}: key {key!r} has shape {tuple(shapes[key])}, expected {tuple(shape)}"
+            )
         mapping[name] = key
     ignored = set(shapes) - set(mapping.values())
     unknown = sorted(ignored - unused)
     if unknown:
-        raise CheckpointError(f"{source}: unknown key {unknown[0]!r} ({len(unknown)} unexpected tensors) "
-                              f"for this config")
+        raise CheckpointError(
+            f"{source}: unknown key {unknown[0]!r} ({len(unknown)} unexpected tensors) for this config"
+        )
     return mapping, ignored

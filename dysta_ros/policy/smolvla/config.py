@@ -35,7 +35,9 @@ def _get(data: dict, key: str, kind, path: Path):
         raise CheckpointError(f"{path}: missing key {key!r}")
     value = data[key]
     if kind is int and isinstance(value, bool) or not isinstance(value, kind):
-        raise CheckpointError(f"{path}: key {key!r} must be {getattr(kind, '__name__', kind)}, got {value!r}")
+        raise CheckpointError(
+            f"{path}: key {key!r} must be {getattr(kind, '__name__', kind)}, got {value!r}"
+        )
     return value
 
 
@@ -99,25 +101,41 @@ def parse_vlm_config(data: dict, path: Path) -> VLMConfig:
     vision_raw = _get(data, "vision_config", dict, path)
     text_raw = _get(data, "text_config", dict, path)
     vision = VisionConfig(
-        **{k: _positive(vision_raw, k, path) for k in (
-            "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-            "image_size", "patch_size")},
-        layer_norm_eps=float(vision_raw.get("layer_norm_eps", 1e-6)), raw=vision_raw)
+        **{
+            k: _positive(vision_raw, k, path)
+            for k in (
+                "hidden_size",
+                "intermediate_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "image_size",
+                "patch_size",
+            )
+        },
+        layer_norm_eps=float(vision_raw.get("layer_norm_eps", 1e-6)),
+        raw=vision_raw,
+    )
     heads = _positive(text_raw, "num_attention_heads", path)
     hidden = _positive(text_raw, "hidden_size", path)
     head_dim = text_raw.get("head_dim") or hidden // heads
     text = TextConfig(
-        hidden_size=hidden, intermediate_size=_positive(text_raw, "intermediate_size", path),
+        hidden_size=hidden,
+        intermediate_size=_positive(text_raw, "intermediate_size", path),
         num_hidden_layers=_positive(text_raw, "num_hidden_layers", path),
         num_attention_heads=heads,
         num_key_value_heads=int(text_raw.get("num_key_value_heads", heads)),
-        head_dim=int(head_dim), vocab_size=_positive(text_raw, "vocab_size", path),
+        head_dim=int(head_dim),
+        vocab_size=_positive(text_raw, "vocab_size", path),
         rms_norm_eps=float(text_raw.get("rms_norm_eps", 1e-6)),
         # the text config's pad id, not the top-level _pad_token_id (which is something else)
-        pad_token_id=_get(text_raw, "pad_token_id", int, path), raw=text_raw)
+        pad_token_id=_get(text_raw, "pad_token_id", int, path),
+        raw=text_raw,
+    )
     if heads % text.num_key_value_heads:
-        raise CheckpointError(f"{path}: text_config num_attention_heads {heads} is not a multiple of "
-                              f"num_key_value_heads {text.num_key_value_heads}")
+        raise CheckpointError(
+            f"{path}: text_config num_attention_heads {heads} is not a multiple of "
+            f"num_key_value_heads {text.num_key_value_heads}"
+        )
     scale = _positive(data, "scale_factor", path)
     side = vision.image_size // vision.patch_size
     if side % scale:
@@ -156,7 +174,7 @@ class SmolVLAConfig:
 
     @property
     def camera_names(self) -> tuple[str, ...]:
-        return tuple(k[len(CAMERA_PREFIX):] for k in self.camera_keys)
+        return tuple(k[len(CAMERA_PREFIX) :] for k in self.camera_keys)
 
     def normalization_of(self, feature: str) -> str:
         """Return the normalization mode of a feature key (by its LeRobot feature type)."""
@@ -192,7 +210,9 @@ def parse_smolvla_config(data: dict, path: Path) -> SmolVLAConfig:
         types[key] = feature["type"]
         if feature["type"] == "VISUAL":
             if not key.startswith(CAMERA_PREFIX):
-                raise CheckpointError(f"{path}: camera feature {key!r} does not start with {CAMERA_PREFIX!r}")
+                raise CheckpointError(
+                    f"{path}: camera feature {key!r} does not start with {CAMERA_PREFIX!r}"
+                )
             cameras.append(key)
             shapes.append(tuple(feature["shape"]))
     if not cameras:
@@ -207,19 +227,25 @@ def parse_smolvla_config(data: dict, path: Path) -> SmolVLAConfig:
     mapping = _get(data, "normalization_mapping", dict, path)
     for feature_type, mode in mapping.items():
         if mode not in NORMALIZATION_MODES:
-            raise CheckpointError(f"{path}: normalization_mapping[{feature_type!r}] = {mode!r}; "
-                                  f"supported: {', '.join(NORMALIZATION_MODES)}")
+            raise CheckpointError(
+                f"{path}: normalization_mapping[{feature_type!r}] = {mode!r}; "
+                f"supported: {', '.join(NORMALIZATION_MODES)}"
+            )
     resize = _get(data, "resize_imgs_with_padding", list, path)
     if len(resize) != 2 or not all(isinstance(v, int) and v > 0 for v in resize):
         raise CheckpointError(f"{path}: resize_imgs_with_padding must be [width, height], got {resize!r}")
     pad_to = _get(data, "pad_language_to", str, path)
     if pad_to not in PAD_LANGUAGE_MODES:
-        raise CheckpointError(f"{path}: pad_language_to {pad_to!r}; supported: {', '.join(PAD_LANGUAGE_MODES)}")
+        raise CheckpointError(
+            f"{path}: pad_language_to {pad_to!r}; supported: {', '.join(PAD_LANGUAGE_MODES)}"
+        )
     num_vlm_layers = _positive(data, "num_vlm_layers", path)
     num_expert_layers = data.get("num_expert_layers", 0)
     if num_expert_layers not in (0, -1, num_vlm_layers):
-        raise CheckpointError(f"{path}: num_expert_layers {num_expert_layers} != num_vlm_layers "
-                              f"{num_vlm_layers} is not supported yet")
+        raise CheckpointError(
+            f"{path}: num_expert_layers {num_expert_layers} != num_vlm_layers "
+            f"{num_vlm_layers} is not supported yet"
+        )
     if data.get("empty_cameras", 0):
         raise CheckpointError(f"{path}: empty_cameras {data['empty_cameras']} is not supported yet")
     if data.get("adapt_to_pi_aloha") or data.get("add_image_special_tokens"):
@@ -228,26 +254,36 @@ def parse_smolvla_config(data: dict, path: Path) -> SmolVLAConfig:
     max_state_dim = _positive(data, "max_state_dim", path)
     max_action_dim = _positive(data, "max_action_dim", path)
     if state_dim > max_state_dim or action_dim > max_action_dim:
-        raise CheckpointError(f"{path}: state/action dims {state_dim}/{action_dim} exceed "
-                              f"max_state_dim/max_action_dim {max_state_dim}/{max_action_dim}")
+        raise CheckpointError(
+            f"{path}: state/action dims {state_dim}/{action_dim} exceed "
+            f"max_state_dim/max_action_dim {max_state_dim}/{max_action_dim}"
+        )
     return SmolVLAConfig(
-        camera_keys=tuple(cameras), camera_shapes=tuple(shapes), state_dim=state_dim,
-        action_dim=action_dim, state_names=_feature_names(inputs[STATE_KEY]),
+        camera_keys=tuple(cameras),
+        camera_shapes=tuple(shapes),
+        state_dim=state_dim,
+        action_dim=action_dim,
+        state_names=_feature_names(inputs[STATE_KEY]),
         action_names=_feature_names(outputs[ACTION_KEY]),
         chunk_size=_positive(data, "chunk_size", path),
         n_action_steps=_positive(data, "n_action_steps", path),
         num_steps=_positive(data, "num_steps", path),
-        max_state_dim=max_state_dim, max_action_dim=max_action_dim,
+        max_state_dim=max_state_dim,
+        max_action_dim=max_action_dim,
         resize=(resize[0], resize[1]),
         tokenizer_max_length=_positive(data, "tokenizer_max_length", path),
-        pad_language_to=pad_to, num_vlm_layers=num_vlm_layers,
+        pad_language_to=pad_to,
+        num_vlm_layers=num_vlm_layers,
         self_attn_every_n_layers=_get(data, "self_attn_every_n_layers", int, path),
         expert_width_multiplier=float(_get(data, "expert_width_multiplier", (int, float), path)),
         attention_mode=attention_mode,
         min_period=float(_get(data, "min_period", (int, float), path)),
         max_period=float(_get(data, "max_period", (int, float), path)),
-        normalization_mapping=dict(mapping), feature_types=types,
-        vlm_model_name=str(data.get("vlm_model_name", "")), raw=data)
+        normalization_mapping=dict(mapping),
+        feature_types=types,
+        vlm_model_name=str(data.get("vlm_model_name", "")),
+        raw=data,
+    )
 
 
 def expert_intermediate_size(hidden: int, multiplier: int = 4, multiple_of: int = 256) -> int:

@@ -140,29 +140,42 @@ class VLMWithExpert(nn.Module):
         self.lm_expert = Expert(expert, cfg)
 
 
-def transformers_configs(cfg: SmolVLAConfig, vlm: VLMConfig) -> tuple[SmolVLMConfig, LlamaConfig, LlamaConfig]:
+def transformers_configs(
+    cfg: SmolVLAConfig, vlm: VLMConfig
+) -> tuple[SmolVLMConfig, LlamaConfig, LlamaConfig]:
     """Return the transformers configs of the backbone, its text model and the expert."""
     vision_raw = {k: v for k, v in vlm.vision.raw.items() if k != "model_type"}
     vision = SmolVLMVisionConfig(**vision_raw)
     vision._attn_implementation = "sdpa"
     text_kwargs = dict(
-        hidden_size=vlm.text.hidden_size, intermediate_size=vlm.text.intermediate_size,
-        num_hidden_layers=cfg.num_vlm_layers, num_attention_heads=vlm.text.num_attention_heads,
-        num_key_value_heads=vlm.text.num_key_value_heads, head_dim=vlm.text.head_dim,
-        vocab_size=vlm.text.vocab_size, rms_norm_eps=vlm.text.rms_norm_eps,
-        hidden_act=vlm.text.raw.get("hidden_act", "silu"), attention_bias=False, mlp_bias=False,
-        pad_token_id=vlm.text.pad_token_id)
+        hidden_size=vlm.text.hidden_size,
+        intermediate_size=vlm.text.intermediate_size,
+        num_hidden_layers=cfg.num_vlm_layers,
+        num_attention_heads=vlm.text.num_attention_heads,
+        num_key_value_heads=vlm.text.num_key_value_heads,
+        head_dim=vlm.text.head_dim,
+        vocab_size=vlm.text.vocab_size,
+        rms_norm_eps=vlm.text.rms_norm_eps,
+        hidden_act=vlm.text.raw.get("hidden_act", "silu"),
+        attention_bias=False,
+        mlp_bias=False,
+        pad_token_id=vlm.text.pad_token_id,
+    )
     text = LlamaConfig(**text_kwargs)
     width = int(vlm.text.hidden_size * cfg.expert_width_multiplier)
-    expert = LlamaConfig(**{**text_kwargs, "hidden_size": width,
-                            "intermediate_size": expert_intermediate_size(width)})
-    backbone = SmolVLMConfig(vision_config=vision.to_dict(), text_config=text.to_dict(),
-                             scale_factor=vlm.scale_factor)
+    expert = LlamaConfig(
+        **{**text_kwargs, "hidden_size": width, "intermediate_size": expert_intermediate_size(width)}
+    )
+    backbone = SmolVLMConfig(
+        vision_config=vision.to_dict(), text_config=text.to_dict(), scale_factor=vlm.scale_factor
+    )
     backbone.vision_config._attn_implementation = "sdpa"
     return backbone, text, expert
 
 
-def sinusoidal_time_embedding(t: torch.Tensor, width: int, min_period: float, max_period: float) -> torch.Tensor:
+def sinusoidal_time_embedding(
+    t: torch.Tensor, width: int, min_period: float, max_period: float
+) -> torch.Tensor:
     """Return [sin | cos] of 2 pi t / period (B, width), computed in float64 as LeRobot does."""
     fraction = torch.linspace(0.0, 1.0, width // 2, dtype=torch.float64, device=t.device)
     period = min_period * (max_period / min_period) ** fraction  # (W/2,)
@@ -190,12 +203,19 @@ class SmolVLAModel(nn.Module):
     def encode_image(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (vision last hidden (B, N, Wv), image tokens (B, N/s^2, W)) of (B, 3, h, w) pixels."""
         inner = self.vlm_with_expert.vlm.model
-        hidden = inner.vision_model(pixel_values=pixels.to(inner.vision_model.embeddings.patch_embedding.weight.dtype),
-                                    patch_attention_mask=None).last_hidden_state
+        hidden = inner.vision_model(
+            pixel_values=pixels.to(inner.vision_model.embeddings.patch_embedding.weight.dtype),
+            patch_attention_mask=None,
+        ).last_hidden_state
         return hidden, inner.connector(hidden)
 
-    def embed_prefix(self, image_tokens: list[torch.Tensor], lang_tokens: torch.Tensor,
-                     lang_mask: torch.Tensor, state: torch.Tensor):
+    def embed_prefix(
+        self,
+        image_tokens: list[torch.Tensor],
+        lang_tokens: torch.Tensor,
+        lang_mask: torch.Tensor,
+        state: torch.Tensor,
+    ):
         """Return prefix embeddings (B, P, W), pad mask (B, P), block flags (B, P).
 
         Layout [each camera's tokens | language | state]; images and language form one
@@ -273,14 +293,21 @@ class SmolVLAModel(nn.Module):
         fused = self.action_time_mlp_in(torch.cat([action_emb, time_emb], dim=2))
         return self.action_time_mlp_out(F.silu(fused))
 
-    def velocity(self, context, prefix_pad_mask: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def velocity(
+        self, context, prefix_pad_mask: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+    ) -> torch.Tensor:
         """Return the flow velocity (B, C, A) at x_t, t given the chunk's expert context."""
         hidden = self.embed_suffix(x_t, t)  # (B, C, We)
         batch, chunk = hidden.shape[:2]
         prefix_len = prefix_pad_mask.shape[1]
         causal = torch.ones(chunk, chunk, dtype=torch.bool, device=hidden.device).tril()
-        self_allowed = torch.cat([prefix_pad_mask[:, None, :].expand(batch, chunk, prefix_len),
-                                  causal[None].expand(batch, chunk, chunk)], dim=2)  # (B, C, P+C)
+        self_allowed = torch.cat(
+            [
+                prefix_pad_mask[:, None, :].expand(batch, chunk, prefix_len),
+                causal[None].expand(batch, chunk, chunk),
+            ],
+            dim=2,
+        )  # (B, C, P+C)
         cross_allowed = prefix_pad_mask[:, None, :].expand(batch, chunk, prefix_len)  # (B, C, P)
         offset = prefix_pad_mask.long().sum(dim=1, keepdim=True)  # (B, 1)
         steps = torch.arange(chunk, device=hidden.device)[None]  # (1, C)
@@ -300,7 +327,9 @@ class SmolVLAModel(nn.Module):
         hidden = self.vlm_with_expert.lm_expert.norm(hidden)
         return self.action_out_proj(hidden.to(self.action_out_proj.weight.dtype))  # (B, C, A)
 
-    def denoise(self, context, prefix_pad_mask: torch.Tensor, noise: torch.Tensor, record=None) -> torch.Tensor:
+    def denoise(
+        self, context, prefix_pad_mask: torch.Tensor, noise: torch.Tensor, record=None
+    ) -> torch.Tensor:
         """Integrate the flow from t = 1 (noise) to 0 with Euler; return x_0 (B, C, A)."""
         steps = self.cfg.num_steps
         dt = -1.0 / steps

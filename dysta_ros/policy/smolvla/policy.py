@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from dysta_ros.errors import CheckpointError, InputError
 from dysta_ros.policy.smolvla.checkpoint import CheckpointFiles, map_weights, read_checkpoint
-from dysta_ros.policy.smolvla.config import ACTION_KEY, STATE_KEY, SmolVLAConfig
+from dysta_ros.policy.smolvla.config import ACTION_KEY, STATE_KEY
 from dysta_ros.policy.smolvla.model import SmolVLAModel
 
 
@@ -75,14 +75,26 @@ class SmolVLAPolicy:
         self.dtype = next(model.parameters()).dtype
         cfg = files.cfg
         self.spec = SmolVLASpec(
-            camera_keys=cfg.camera_keys, camera_names=cfg.camera_names, resize=cfg.resize,
-            state_dim=cfg.state_dim, action_dim=cfg.action_dim, state_names=list(cfg.state_names),
-            action_names=list(cfg.action_names), chunk_size=cfg.chunk_size,
-            n_action_steps=cfg.n_action_steps, num_steps=cfg.num_steps,
-            max_state_dim=cfg.max_state_dim, max_action_dim=cfg.max_action_dim,
-            normalization={**{k: cfg.normalization_of(k) for k in cfg.camera_keys},
-                           STATE_KEY: files.state_normalizer.mode, ACTION_KEY: files.action_normalizer.mode},
-            dtype_layout=files.dtype_layout, parameter_count=files.parameter_count)
+            camera_keys=cfg.camera_keys,
+            camera_names=cfg.camera_names,
+            resize=cfg.resize,
+            state_dim=cfg.state_dim,
+            action_dim=cfg.action_dim,
+            state_names=list(cfg.state_names),
+            action_names=list(cfg.action_names),
+            chunk_size=cfg.chunk_size,
+            n_action_steps=cfg.n_action_steps,
+            num_steps=cfg.num_steps,
+            max_state_dim=cfg.max_state_dim,
+            max_action_dim=cfg.max_action_dim,
+            normalization={
+                **{k: cfg.normalization_of(k) for k in cfg.camera_keys},
+                STATE_KEY: files.state_normalizer.mode,
+                ACTION_KEY: files.action_normalizer.mode,
+            },
+            dtype_layout=files.dtype_layout,
+            parameter_count=files.parameter_count,
+        )
 
     # -- stages ------------------------------------------------------------------------------
     def tokenize(self, task: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,21 +110,25 @@ class SmolVLAPolicy:
         length = max_length if self.cfg.pad_language_to == "max_length" else len(ids)
         pad = self.files.vlm.text.pad_token_id
         tokens = torch.full((1, length), pad, dtype=torch.long)
-        tokens[0, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        tokens[0, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         mask = torch.zeros((1, length), dtype=torch.bool)
-        mask[0, :len(ids)] = True
+        mask[0, : len(ids)] = True
         return tokens.to(self.device), mask.to(self.device)
 
     def prepare_inputs(self, images: dict, state, task: str) -> dict:
         """Return pixels per camera (model order), language tokens and the padded normalized state."""
         missing = [n for n in self.spec.camera_names if n not in images]
         if missing:
-            raise InputError(f"images: missing camera(s) {missing}; the checkpoint needs {list(self.spec.camera_names)}")
+            raise InputError(
+                f"images: missing camera(s) {missing}; the checkpoint needs {list(self.spec.camera_names)}"
+            )
         pixels = []
         for name in self.spec.camera_names:
             frame = np.asarray(images[name])
             if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-                raise InputError(f"images[{name!r}]: expected HxWx3 uint8 RGB, got {frame.dtype} {frame.shape}")
+                raise InputError(
+                    f"images[{name!r}]: expected HxWx3 uint8 RGB, got {frame.dtype} {frame.shape}"
+                )
             image = torch.from_numpy(np.ascontiguousarray(frame)).to(self.device).permute(2, 0, 1)[None]
             image = resize_with_pad(image.float() / 255.0, *self.cfg.resize)
             pixels.append((image * 2.0 - 1.0).to(self.dtype))  # SigLIP range; padding becomes -1
@@ -121,10 +137,15 @@ class SmolVLAPolicy:
             raise InputError(f"state: expected {self.cfg.state_dim} finite values, got {state.tolist()}")
         normalized = self.files.state_normalizer.forward(torch.from_numpy(state)).to(self.device)
         padded = torch.zeros(1, self.cfg.max_state_dim, dtype=torch.float32, device=self.device)
-        padded[0, :self.cfg.state_dim] = normalized
+        padded[0, : self.cfg.state_dim] = normalized
         tokens, mask = self.tokenize(task)
-        return {"pixels": pixels, "lang_tokens": tokens, "lang_mask": mask,
-                "state_normalized": normalized[None], "state_padded": padded}
+        return {
+            "pixels": pixels,
+            "lang_tokens": tokens,
+            "lang_mask": mask,
+            "state_normalized": normalized[None],
+            "state_padded": padded,
+        }
 
     def encode_images(self, pixels: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Return (vision last hidden, image tokens before scaling) per camera."""
@@ -133,8 +154,9 @@ class SmolVLAPolicy:
 
     def embed_prefix(self, image_tokens, inputs: dict):
         """Return prefix (embeddings, pad mask, block flags)."""
-        return self.model.embed_prefix(image_tokens, inputs["lang_tokens"], inputs["lang_mask"],
-                                       inputs["state_padded"])
+        return self.model.embed_prefix(
+            image_tokens, inputs["lang_tokens"], inputs["lang_mask"], inputs["state_padded"]
+        )
 
     def prefix_forward(self, embs, pad_mask, block_flags):
         """Return per-layer prefix (key, value) and the expert's per-chunk context from them."""
@@ -159,7 +181,7 @@ class SmolVLAPolicy:
 
     def postprocess(self, x0: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Return (raw actions, normalized actions), each (chunk, action_dim) float32."""
-        normalized = x0[0, :, :self.cfg.action_dim].float().cpu()
+        normalized = x0[0, :, : self.cfg.action_dim].float().cpu()
         raw = self.files.action_normalizer.inverse(normalized)
         return raw.numpy().astype(np.float32), normalized.numpy().astype(np.float32)
 
@@ -186,24 +208,37 @@ class SmolVLAPolicy:
         raw, normalized = self.postprocess(x0)
         info = {"actions_normalized": normalized, **{f"{k}_ms": v * 1e3 for k, v in timings.items()}}
         if return_intermediates:
-            inter = {"lang_tokens": inputs["lang_tokens"], "lang_mask": inputs["lang_mask"],
-                     "state_normalized": inputs["state_normalized"], "prefix_embs": embs,
-                     "prefix_pad_mask": pad_mask, "prefix_att_mask": flags,
-                     "prefix_position_ids": torch.cumsum(pad_mask.long(), dim=1) - 1,
-                     "prefix_att_2d": self.model.attention_2d(pad_mask, flags),
-                     "suffix_embs.step0": self.model.embed_suffix(
-                         noise.to(self.dtype), torch.ones(1, device=self.device)),
-                     "v_t": torch.stack(record["v_t"]), "timesteps": torch.stack(record["timesteps"]),
-                     "x0_padded": x0}
+            inter = {
+                "lang_tokens": inputs["lang_tokens"],
+                "lang_mask": inputs["lang_mask"],
+                "state_normalized": inputs["state_normalized"],
+                "prefix_embs": embs,
+                "prefix_pad_mask": pad_mask,
+                "prefix_att_mask": flags,
+                "prefix_position_ids": torch.cumsum(pad_mask.long(), dim=1) - 1,
+                "prefix_att_2d": self.model.attention_2d(pad_mask, flags),
+                "suffix_embs.step0": self.model.embed_suffix(
+                    noise.to(self.dtype), torch.ones(1, device=self.device)
+                ),
+                "v_t": torch.stack(record["v_t"]),
+                "timesteps": torch.stack(record["timesteps"]),
+                "x0_padded": x0,
+            }
             for i, (p, h, t) in enumerate(zip(inputs["pixels"], vision_hidden, image_tokens)):
-                inter[f"pixel_values.cam{i}"], inter[f"vision_last_hidden.cam{i}"], inter[f"img_emb.cam{i}"] = p, h, t
+                (
+                    inter[f"pixel_values.cam{i}"],
+                    inter[f"vision_last_hidden.cam{i}"],
+                    inter[f"img_emb.cam{i}"],
+                ) = p, h, t
             for layer, (k, v) in enumerate(prefix_kv):
                 inter[f"kv.layer{layer}.key"], inter[f"kv.layer{layer}.value"] = k, v
             info["intermediates"] = {k: v.detach().cpu() for k, v in inter.items()}
         return raw, info
 
 
-def load_smolvla(checkpoint_dir, vlm_dir=None, device="cpu", dtype: torch.dtype | None = None) -> SmolVLAPolicy:
+def load_smolvla(
+    checkpoint_dir, vlm_dir=None, device="cpu", dtype: torch.dtype | None = None
+) -> SmolVLAPolicy:
     """Load a LeRobot SmolVLA checkpoint dir (config.json, model.safetensors, policy_*processor*)."""
     files = read_checkpoint(Path(checkpoint_dir), vlm_dir)
     return SmolVLAPolicy(files, build_model(files, device, dtype), device)
