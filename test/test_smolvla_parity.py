@@ -25,8 +25,13 @@ def tiny_cases():
 
 def _predict(policy, meta, arrays, index, **kwargs):
     images = {n: arrays[f"case{index}.image.{n}"] for n in policy.spec.camera_names}
-    return policy.predict(images, arrays[f"case{index}.state"], meta["cases"][index]["task"],
-                          noise=torch.from_numpy(arrays[f"case{index}.noise"]), **kwargs)
+    return policy.predict(
+        images,
+        arrays[f"case{index}.state"],
+        meta["cases"][index]["task"],
+        noise=torch.from_numpy(arrays[f"case{index}.noise"]),
+        **kwargs,
+    )
 
 
 @pytest.mark.parametrize("index", range(4))
@@ -57,17 +62,22 @@ def test_timesteps_are_exact_and_noise_padding_matters(tiny, tiny_cases):
     _, info = _predict(tiny, meta, arrays, 0, return_intermediates=True)
     assert np.array_equal(info["intermediates"]["timesteps"].numpy(), arrays["case0.timesteps"])
     noise = arrays["case0.noise"].copy()
-    noise[..., tiny.spec.action_dim:] = 0.0  # the padded noise dims take part
+    noise[..., tiny.spec.action_dim :] = 0.0  # the padded noise dims take part
     images = {n: arrays[f"case0.image.{n}"] for n in tiny.spec.camera_names}
-    _, other = tiny.predict(images, arrays["case0.state"], meta["cases"][0]["task"], noise=torch.from_numpy(noise[0]))
+    _, other = tiny.predict(
+        images, arrays["case0.state"], meta["cases"][0]["task"], noise=torch.from_numpy(noise[0])
+    )
     assert np.abs(other["actions_normalized"] - info["actions_normalized"]).max() > 1e-2
 
 
 def test_cross_attention_context_is_per_chunk(tiny, tiny_cases):
     # the re-projected prefix K/V, computed once, give what a per-step re-projection would
     meta, arrays = tiny_cases
-    inputs = tiny.prepare_inputs({n: arrays[f"case1.image.{n}"] for n in tiny.spec.camera_names},
-                                 arrays["case1.state"], meta["cases"][1]["task"])
+    inputs = tiny.prepare_inputs(
+        {n: arrays[f"case1.image.{n}"] for n in tiny.spec.camera_names},
+        arrays["case1.state"],
+        meta["cases"][1]["task"],
+    )
     with torch.inference_mode():
         _, tokens = tiny.encode_images(inputs["pixels"])
         embs, pad, flags = tiny.embed_prefix(tokens, inputs)
@@ -98,3 +108,18 @@ def test_spec(tiny):
     assert spec.normalization["observation.images.front"] == "IDENTITY"
     assert spec.parameter_count == 428_976 and spec.dtype_layout == {"float32": 106}
     assert spec.state_names == [] and not spec.history_frames
+
+
+def test_other_configuration_matches_lerobot():
+    # 3 cameras, state 7 (MIN_MAX) / action 5, max dims 16/8, GQA 6/2, 4 of 5 layers kept,
+    # self-attention every 3rd expert layer, "longest" language padding, a BOS-adding tokenizer
+    other = DATA / "smolvla_other"
+    policy = load_smolvla(other / "checkpoint", other / "vlm")
+    assert policy.spec.camera_names == ("top", "left", "right")
+    assert policy.spec.normalization["observation.state"] == "MIN_MAX"
+    meta, arrays = load_cases(other)
+    for index in range(len(meta["cases"])):
+        _, info = _predict(policy, meta, arrays, index, return_intermediates=True)
+        assert info["intermediates"]["lang_tokens"].shape == arrays[f"case{index}.lang_tokens"].shape
+        assert np.abs(info["actions_normalized"] - arrays[f"case{index}.actions_normalized"][0]).max() <= 1e-5
+    assert passed(run_cases(other, policy))
