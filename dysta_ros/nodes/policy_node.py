@@ -43,6 +43,8 @@ MAX_INSTRUCTION_CHARS = 4096
 EE_AXES = {6: ["x", "y", "z", "roll", "pitch", "yaw"], 7: ["x", "y", "z", "qx", "qy", "qz", "qw"]}
 PARAMS = [
     P.Param("model", "tiny", "model preset name or checkpoint directory", read_only=True),
+    P.Param("vlm", "", "a SmolVLA checkpoint's backbone config + tokenizer directory (\"\": the "
+            "offline Hugging Face cache)", read_only=True),
     P.Param("device", "cpu", "torch device: cpu, cuda, cuda:1, ...", read_only=True),
     P.Param("dtype", "float32", "model dtype", read_only=True, choices=("float32", "bfloat16", "float16")),
     P.Param("cpu_threads", 0, "torch CPU threads (0: torch's default); keep it at the cores that are "
@@ -189,7 +191,8 @@ class PolicyNode(LifecycleNode):
                              **preset_overrides(v["preset_overrides"])}
             self.runtime = build_runtime(
                 v["model"], v["strategy"], self.strategy_values(v, v["strategy"]), device=v["device"],
-                dtype=v["dtype"], seed=v["seed"], overrides=overrides, threads=v["cpu_threads"])
+                dtype=v["dtype"], seed=v["seed"], overrides=overrides, threads=v["cpu_threads"],
+                vlm=v["vlm"] or None)
             self.check_model_fits_robot()
             topics = v["camera_topics"] or self.robot.camera_topics(self.runtime.spec.camera_names)
             if len(topics) != len(self.runtime.spec.camera_names):
