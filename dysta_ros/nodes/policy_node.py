@@ -227,6 +227,8 @@ class PolicyNode(LifecycleNode):
 
     def check_model_fits_robot(self):
         spec = self.runtime.spec
+        self.robot.check_features([] if self.values["camera_topics"] else spec.camera_names,
+                                  spec.state_names, spec.action_names)
         if spec.state_dim != len(self.robot.joints):
             raise ConfigError(f"model state_dim {spec.state_dim} != robot {self.robot.name!r}'s "
                               f"{len(self.robot.joints)} joints")
@@ -454,7 +456,8 @@ class PolicyNode(LifecycleNode):
         if snapshot.instruction != self.episode_instruction:
             self.runtime.reset()  # a new instruction starts a new episode
             self.episode_instruction = snapshot.instruction
-        observation = Observation(snapshot.stamp, images, state.astype(np.float32), snapshot.instruction)
+        model_state = self.robot.state_to_model(state).astype(np.float32)  # e.g. rad -> LeRobot degrees
+        observation = Observation(snapshot.stamp, images, model_state, snapshot.instruction)
         start = self.now()
         try:
             chunk, stats = self.runtime.step(observation)
@@ -464,6 +467,8 @@ class PolicyNode(LifecycleNode):
             self.get_logger().error(f"step refused: {exc}", throttle_duration_sec=1.0)
             return True
         end = self.now()
+        if chunk.action_space == "joint_position":
+            chunk.actions = self.robot.actions_to_ros(chunk.actions)  # the checkpoint's units -> rad
         chunk.names, chunk.inference_start, chunk.inference_end = self.action_names, start, end
         self.chunk_pub.publish(conv.chunk_to_msg(chunk, self.robot.base_frame))
         self.stats_pub.publish(conv.stats_to_msg(stats, chunk.stamp))

@@ -112,6 +112,8 @@ class SmolVLARuntime:
             strategy=strategy,
             history=1,
             tokens_per_frame=0,  # SmolVLA's image tokens are not per-frame-reusable; unused
+            state_names=list(getattr(spec, "state_names", None) or []),
+            action_names=list(getattr(spec, "action_names", None) or []),
         )
         self.reset()
 

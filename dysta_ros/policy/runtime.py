@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +49,9 @@ class RuntimeSpec:
     strategy: str
     history: int
     tokens_per_frame: int
+    # The checkpoint's names for the state/action dimensions, where it carries them.
+    state_names: list[str] = field(default_factory=list)
+    action_names: list[str] = field(default_factory=list)
 
 
 class StageTimer:
