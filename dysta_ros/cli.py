@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "latency": ("dysta_ros.nodes.latency", "ROS-layer camera-to-chunk latency beyond model time"),
     "load": ("dysta_ros.nodes.load_test", "hold policy_node under camera load: memory, frame age, drops"),
     "train": ("dysta_ros.training.train", "behaviour cloning with DySta's learned parts"),
+    "info": ("dysta_ros.info", "what a checkpoint directory holds: family, cameras, dims, dtypes"),
     "closed-loop": ("dysta_ros.evaluation.success", "success rate per strategy on held-out sim seeds"),
 }
 
