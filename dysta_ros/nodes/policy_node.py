@@ -150,6 +150,9 @@ class PolicyNode(LifecycleNode):
                                           if k.split(".", 1)[0] in available_strategies()}
         for strategy in sorted(touched):
             strategy_class(strategy).Params.from_dict(self.strategy_values(values, strategy), strategy)
+        family = getattr(self.runtime, "family", None)  # e.g. SmolVLA refuses history strategies
+        if family is not None and "strategy" in changes:
+            family.check_strategy(changes["strategy"])
         self.values = values
         fixed = [name for name in changes if self.refused_at_start.pop(name, None) is not None]
         if fixed:  # valid values now: configure may go ahead once none is refused
