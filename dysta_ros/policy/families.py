@@ -80,7 +80,7 @@ def family_of(directory) -> str:
                           f"or key 'type' (a LeRobot checkpoint: {lerobot})")
 
 
-def load_smolvla_policy(directory, vlm=None, device: str = "cpu", dtype: str | None = None):
+def load_smolvla_policy(directory, vlm=None, device: str = "cpu", dtype=None):
     """Load a LeRobot SmolVLA checkpoint directory (torch and transformers imported here)."""
     from dysta_ros.policy.smolvla import load_smolvla
 

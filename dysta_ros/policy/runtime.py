@@ -256,7 +256,7 @@ def build_model(
             "overrides apply to presets only; a checkpoint's config is what it was trained with"
         )
     if family_of(path) == "smolvla":
-        return load_smolvla_policy(path, vlm=vlm or None, device=device, dtype=dtype), None
+        return load_smolvla_policy(path, vlm=vlm or None, device=device, dtype=torch_dtype), None
     if vlm:
         raise ConfigError(f"vlm {vlm!r} applies to LeRobot SmolVLA checkpoints; {path} is this "
                           "package's own checkpoint, which carries its tokenizer")
