@@ -309,13 +309,19 @@ def build_runtime(
     if isinstance(model, (str, Path)) and Path(model).is_dir() and family_of(model) == "smolvla":
         FAMILIES["smolvla"].check_strategy(strategy)
     vla, tokenizer = build_model(model, device, dtype, seed, overrides, vlm)
-    if not isinstance(vla, VLAModel):  # a SmolVLA policy, loaded or handed over by a caller
-        return SmolVLARuntime(vla, strategy=strategy, seed=seed)
-    return PolicyRuntime(
-        vla,
-        strategy=strategy,
-        strategy_params=strategy_params,
-        history=history,
-        seed=seed,
-        tokenizer=tokenizer,
-    )
+    return runtime_around(vla, strategy, strategy_params, history, seed, tokenizer)
+
+
+def runtime_around(
+    model,
+    strategy: str = "full",
+    strategy_params: dict | None = None,
+    history: int | None = None,
+    seed: int = 0,
+    tokenizer=None,
+) -> PolicyRuntime | SmolVLARuntime:
+    """Return the runtime of the model's family around a model from build_model (and its tokenizer)."""
+    if not isinstance(model, VLAModel):  # a SmolVLA policy: single-frame, its own tokenizer
+        return SmolVLARuntime(model, strategy=strategy, seed=seed)
+    return PolicyRuntime(model, strategy=strategy, strategy_params=strategy_params, history=history,
+                         seed=seed, tokenizer=tokenizer)
