@@ -83,6 +83,10 @@ def test_policy_node_runs_a_lerobot_checkpoint_on_so101_topics(ros):
         state = robot.state_to_model(ROS_STATE).astype(np.float32)
         expected = runtime.step(Observation(0.0, FRAMES, state, node.values["instruction"]))[0].actions
         np.testing.assert_allclose(chunk.actions, robot.actions_to_ros(expected), atol=1e-5)
+        # A live switch to a strategy SmolVLA cannot run is refused, saying why; full keeps running.
+        result = node.set_parameters([Parameter("strategy", value="gotohunt")])[0]
+        assert not result.successful and "gotohunt needs history frames" in result.reason
+        assert node.values["strategy"] == "full"
     finally:
         node.close()
         probe.spin.remove_node(node)
