@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "load": ("dysta_ros.nodes.load_test", "hold policy_node under camera load: memory, frame age, drops"),
     "train": ("dysta_ros.training.train", "behaviour cloning with DySta's learned parts"),
     "parity": ("dysta_ros.evaluation.parity", "our SmolVLA vs recorded LeRobot cases: max action errors"),
+    "info": ("dysta_ros.info", "what a checkpoint directory holds: family, cameras, dims, dtypes"),
     "closed-loop": ("dysta_ros.evaluation.success", "success rate per strategy on held-out sim seeds"),
 }
 

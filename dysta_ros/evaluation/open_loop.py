@@ -22,7 +22,7 @@ from tqdm import tqdm
 from dysta_ros.bags import TopicMap, load_episodes
 from dysta_ros.bags.episodes import Episode
 from dysta_ros.errors import BagError, CheckpointError, ConfigError, InferenceError, InputError
-from dysta_ros.policy.runtime import PolicyRuntime, build_model, set_threads
+from dysta_ros.policy.runtime import PolicyRuntime, build_model, runtime_around, set_threads
 from dysta_ros.tokens import available_strategies, parse_param_overrides
 from dysta_ros.types import STAGES, StepStats
 
@@ -36,6 +36,7 @@ class EvalConfig:
     bags: list[str]
     strategies: list[str] = field(default_factory=lambda: list(available_strategies()))
     model: str = "tiny"  # a preset name or a checkpoint directory
+    vlm: str | None = None  # a SmolVLA checkpoint's backbone config + tokenizer directory
     topic_map: str = "sim_arm"  # bundled name or YAML path (config/bag_topics/)
     rate_hz: float = 0.0  # policy steps per second; 0: one per action (1 / the model's dt)
     first_k: int = 4  # actions of each chunk compared with the recording
@@ -95,9 +96,9 @@ def _check_compatible(runtime: PolicyRuntime, topic_map: TopicMap, episode: Epis
 def run_open_loop(config: EvalConfig, progress: bool = True) -> dict[str, list[StepRecord]]:
     """Step every strategy through every episode; return each strategy's step records."""
     set_threads(config.threads)
-    model, tokenizer = build_model(config.model, config.device, config.dtype, config.seed)
-    runtimes = {name: PolicyRuntime(model, strategy=name, strategy_params=config.params.get(name),
-                                    seed=config.seed, tokenizer=tokenizer)
+    model, tokenizer = build_model(config.model, config.device, config.dtype, config.seed, vlm=config.vlm)
+    runtimes = {name: runtime_around(model, name, config.params.get(name), seed=config.seed,
+                                     tokenizer=tokenizer)
                 for name in config.strategies}
     spec = runtimes[BASELINE].spec
     rate_hz = config.rate_hz or 1.0 / spec.dt
@@ -260,6 +261,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated; `full` is always run as the yardstick")
     parser.add_argument("--checkpoint", "--model", dest="model", default="tiny",
                         help="checkpoint directory or preset name (default: tiny, random weights)")
+    parser.add_argument("--vlm", default=None, metavar="DIR",
+                        help="a LeRobot SmolVLA checkpoint's backbone config + tokenizer directory")
     parser.add_argument("--topic-map", default="sim_arm",
                         help="bag topic mapping: a name in config/bag_topics/ or a YAML path")
     parser.add_argument("--rate", type=float, default=0.0,
@@ -282,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate; print where the report is (or the JSON summary); return the exit status."""
     try:
         config = EvalConfig(bags=args.bags, strategies=[s for s in args.strategies.split(",") if s],
-                            model=args.model, topic_map=args.topic_map, rate_hz=args.rate,
+                            model=args.model, vlm=args.vlm, topic_map=args.topic_map, rate_hz=args.rate,
                             first_k=args.first_k, max_steps=args.max_steps, device=args.device,
                             dtype=args.dtype, seed=args.seed, report=args.report, threads=args.threads,
                             params=parse_param_overrides(args.param, [BASELINE, *args.strategies.split(",")]))

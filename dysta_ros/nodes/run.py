@@ -25,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--strategy", default="dysta", choices=available_strategies(), help="token strategy")
     parser.add_argument("--model", default="tiny", help="model preset name or checkpoint directory")
+    parser.add_argument("--vlm", default="", metavar="DIR",
+                        help="a LeRobot SmolVLA checkpoint's backbone config + tokenizer directory")
     parser.add_argument("--robot", default="sim_arm",
                         help="robot config: name under config/robots/ or YAML path")
     parser.add_argument("--device", default=None, help="torch device (default: the params file's, cpu)")
@@ -51,7 +53,7 @@ def node_values(args) -> dict[str, dict]:
     """Return {node: {parameter: value}} from the params file, then the command line."""
     data = load_yaml(args.params_file or default_params_file())
     values = {node: dict((data.get(node) or {}).get("ros__parameters") or {}) for node in NODES}
-    values["policy_node"].update(strategy=args.strategy, model=args.model, robot=args.robot,
+    values["policy_node"].update(strategy=args.strategy, model=args.model, vlm=args.vlm, robot=args.robot,
                                  autostart=False)  # configured and activated below
     values["chunk_executor"]["robot"] = args.robot
     for name in ("device", "dtype", "instruction"):
