@@ -46,6 +46,7 @@ class EvalConfig:
     report: str = "eval_report"
     params: dict[str, dict] = field(default_factory=dict)  # strategy -> overrides of its YAML
     threads: int = 0  # torch CPU threads; 0: torch's default
+    time: str = "header"  # which clock places bag messages: header stamps or receive times
 
     def __post_init__(self):
         if not self.bags:
@@ -102,7 +103,8 @@ def run_open_loop(config: EvalConfig, progress: bool = True) -> dict[str, list[S
     spec = runtimes[BASELINE].spec
     rate_hz = config.rate_hz or 1.0 / spec.dt
     topic_map = TopicMap.load(config.topic_map)
-    episodes = [e for bag in config.bags for e in load_episodes(bag, topic_map, rate_hz)]
+    episodes = [e for bag in config.bags for e in load_episodes(bag, topic_map, rate_hz,
+                                                                clock=config.time)]
     for episode in episodes:
         _check_compatible(runtimes[BASELINE], topic_map, episode)
     steps = [min(len(e), config.max_steps or len(e)) for e in episodes]
@@ -276,6 +278,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="strategy parameter over its YAML, repeatable, e.g. --param full.history=8")
     parser.add_argument("--report", default="eval_report", help="report directory")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("--time", choices=["header", "receive"], default="header",
+                        help="clock that places bag messages: header stamps (default) or "
+                             "receive times (for bags whose stamps use another clock)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -285,6 +290,7 @@ def run(args: argparse.Namespace) -> int:
                             model=args.model, topic_map=args.topic_map, rate_hz=args.rate,
                             first_k=args.first_k, max_steps=args.max_steps, device=args.device,
                             dtype=args.dtype, seed=args.seed, report=args.report, threads=args.threads,
+                            time=args.time,
                             params=parse_param_overrides(args.param, [BASELINE, *args.strategies.split(",")]))
         results = evaluate(config, progress=not args.json)
     except (BagError, ConfigError, CheckpointError) as exc:
