@@ -143,3 +143,28 @@ def test_a_ros1_bag_is_refused_with_the_conversion_command(tmp_path):
     ros1.write_bytes(b"#ROSBAG V2.0\n" + b"\x00" * 64)
     with pytest.raises(BagError, match=r"ROS 1 bag.*rosbags-convert --src .*old\.bag --dst"):
         BagReader(ros1).__enter__()
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+@pytest.mark.parametrize("mode", ["file", "message"])
+def test_zstd_compressed_bags_read_every_message_decompressed(tmp_path, storage, mode):
+    from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
+
+    from dysta_ros.bags.typestore import package_typestore
+
+    messages = _messages()
+    writer = Writer(tmp_path / "bag", version=Writer.VERSION_LATEST,
+                    storage_plugin={"mcap": StoragePlugin.MCAP,
+                                    "sqlite3": StoragePlugin.SQLITE3}[storage])
+    writer.set_compression(CompressionMode[mode.upper()], CompressionFormat.ZSTD)
+    with writer:
+        connections = {}
+        for topic, msgtype, stamp, data in messages:
+            if topic not in connections:
+                connections[topic] = writer.add_connection(topic, msgtype,
+                                                           typestore=package_typestore())
+            writer.write(connections[topic], stamp, data)
+    with BagReader(tmp_path / "bag") as bag:
+        got = [(m.topic, m.msgtype, m.stamp_ns, m.data) for m in bag.messages()]
+        assert not bag.shortfalls
+    assert sorted(got, key=lambda m: m[2]) == sorted(messages, key=lambda m: m[2])
