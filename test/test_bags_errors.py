@@ -61,3 +61,15 @@ def test_stamps_on_another_clock_say_which_was_used_and_offer_the_other(bag, tmp
     assert by_receive.times[0] - by_header.times[0] == pytest.approx(100.0, abs=0.1)
     with pytest.raises(BagError, match="clock 'wall'"):
         load_episodes(shifted, clock="wall")
+
+
+def test_eval_checks_the_bag_against_the_topic_map_before_it_builds_any_model(bag, tmp_path):
+    from dysta_ros.evaluation.open_loop import EvalConfig, run_open_loop
+
+    topic_map = tmp_path / "front.yaml"
+    topic_map.write_text("cameras: {front: /front/image}\n")
+    config = EvalConfig(bags=[str(bag)], model=str(tmp_path / "no_such_checkpoint"),
+                        topic_map=str(topic_map))
+    # the bag error comes first: the (missing) checkpoint is never opened
+    with pytest.raises(BagError, match="camera 'front' topic /front/image .*--topic-map"):
+        run_open_loop(config, progress=False)

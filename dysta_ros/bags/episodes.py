@@ -279,6 +279,12 @@ def _parse_event(text: str, source: str) -> dict:
     return event if isinstance(event, dict) else {}
 
 
+def check_bag(path: str | Path, topic_map: TopicMap) -> None:
+    """Raise BagError unless the bag opens and has every topic the map needs, readable."""
+    with BagReader(path) as bag:
+        _check_topics(bag, topic_map)
+
+
 def _check_topics(bag: BagReader, topic_map: TopicMap) -> None:
     """Raise BagError naming what the topic map needs and the bag lacks."""
     have = bag.topics

@@ -20,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dysta_ros.bags import TopicMap, load_episodes
+from dysta_ros.bags.episodes import check_bag
 from dysta_ros.bags.episodes import Episode
 from dysta_ros.errors import BagError, CheckpointError, ConfigError, InferenceError, InputError
 from dysta_ros.policy.runtime import PolicyRuntime, build_model, set_threads
@@ -96,13 +97,15 @@ def _check_compatible(runtime: PolicyRuntime, topic_map: TopicMap, episode: Epis
 def run_open_loop(config: EvalConfig, progress: bool = True) -> dict[str, list[StepRecord]]:
     """Step every strategy through every episode; return each strategy's step records."""
     set_threads(config.threads)
+    topic_map = TopicMap.load(config.topic_map)
+    for bag in config.bags:  # seconds of model building are wasted on a bag that can't be used
+        check_bag(bag, topic_map)
     model, tokenizer = build_model(config.model, config.device, config.dtype, config.seed)
     runtimes = {name: PolicyRuntime(model, strategy=name, strategy_params=config.params.get(name),
                                     seed=config.seed, tokenizer=tokenizer)
                 for name in config.strategies}
     spec = runtimes[BASELINE].spec
     rate_hz = config.rate_hz or 1.0 / spec.dt
-    topic_map = TopicMap.load(config.topic_map)
     episodes = [e for bag in config.bags for e in load_episodes(bag, topic_map, rate_hz,
                                                                 clock=config.time)]
     for episode in episodes:
