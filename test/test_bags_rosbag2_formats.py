@@ -168,3 +168,14 @@ def test_zstd_compressed_bags_read_every_message_decompressed(tmp_path, storage,
         got = [(m.topic, m.msgtype, m.stamp_ns, m.data) for m in bag.messages()]
         assert not bag.shortfalls
     assert sorted(got, key=lambda m: m[2]) == sorted(messages, key=lambda m: m[2])
+
+
+def test_a_ros1_bag_under_another_name_or_in_a_directory_is_recognised(tmp_path):
+    (tmp_path / "renamed.mcap").write_bytes(b"#ROSBAG V2.0\n" + b"\x00" * 64)
+    with pytest.raises(BagError, match="ROS 1 bag.*rosbags-convert"):
+        BagReader(tmp_path / "renamed.mcap").__enter__()
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "run.bag").write_bytes(b"#ROSBAG V2.0\n")
+    with pytest.raises(BagError, match=r"ROS 1 bag.*--src .*run\.bag"):
+        BagReader(folder).__enter__()

@@ -165,6 +165,12 @@ def _ends_early(path: Path) -> bool:
         return stream.read() != MCAP_MAGIC
 
 
+def _starts_like_ros1(path: Path) -> bool:
+    """Return whether a file opens with ROS 1's bag magic."""
+    with path.open("rb") as stream:
+        return stream.read(13) == b"#ROSBAG V2.0\n"
+
+
 def _ros1_error(path: Path) -> BagError:
     destination = path.with_suffix("") if path.suffix == ".bag" else Path(f"{path}_ros2")
     return BagError(f"{path}: a ROS 1 bag; this package reads rosbag2. Convert it first: "
@@ -195,8 +201,7 @@ class BagReader:
     def __enter__(self) -> BagReader:
         if not self.path.exists():
             raise BagError(f"{self.path}: no such bag")
-        if self.path.is_file() and (self.path.suffix == ".bag"
-                                    or self.path.read_bytes()[:13] == b"#ROSBAG V2.0\n"):
+        if self.path.is_file() and (self.path.suffix == ".bag" or _starts_like_ros1(self.path)):
             raise _ros1_error(self.path)
         try:
             self._open()
@@ -227,11 +232,14 @@ class BagReader:
         for file in files:
             if file.suffix == ".mcap" and _ends_early(file):
                 storage = _RecoveredMcap(file)
+                repair = f"mcap recover {file} -o {file.with_name(file.stem + '-recovered.mcap')}"
+                if not any(c.msgcount for c in storage.connections):
+                    raise BagError(f"{file}: ends before its first complete message (truncated "
+                                   f"or not MCAP); nothing to read. Try: {repair}")
                 self.notes.append(
                     f"{file.name} ends early (its recorder was killed?): read its "
                     f"{sum(c.msgcount for c in storage.connections)} complete messages; "
-                    f"messages after the last complete record are lost. Repair: "
-                    f"mcap recover {file} -o {file.with_name(file.stem + '-recovered.mcap')}")
+                    f"messages after the last complete record are lost. Repair: {repair}")
             else:
                 reader = Reader(file)
                 reader.open()
