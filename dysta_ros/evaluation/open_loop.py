@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dysta_ros.bags import TopicMap, load_episodes
-from dysta_ros.bags.episodes import Episode
+from dysta_ros.bags.episodes import Episode, check_bag
 from dysta_ros.errors import BagError, CheckpointError, ConfigError, InferenceError, InputError
 from dysta_ros.policy.runtime import PolicyRuntime, build_model, runtime_around, set_threads
 from dysta_ros.tokens import available_strategies, parse_param_overrides
@@ -47,6 +47,7 @@ class EvalConfig:
     report: str = "eval_report"
     params: dict[str, dict] = field(default_factory=dict)  # strategy -> overrides of its YAML
     threads: int = 0  # torch CPU threads; 0: torch's default
+    time: str = "header"  # which clock places bag messages: header stamps or receive times
 
     def __post_init__(self):
         if not self.bags:
@@ -96,14 +97,17 @@ def _check_compatible(runtime: PolicyRuntime, topic_map: TopicMap, episode: Epis
 def run_open_loop(config: EvalConfig, progress: bool = True) -> dict[str, list[StepRecord]]:
     """Step every strategy through every episode; return each strategy's step records."""
     set_threads(config.threads)
+    topic_map = TopicMap.load(config.topic_map)
+    for bag in config.bags:  # seconds of model building are wasted on a bag that can't be used
+        check_bag(bag, topic_map)
     model, tokenizer = build_model(config.model, config.device, config.dtype, config.seed, vlm=config.vlm)
     runtimes = {name: runtime_around(model, name, config.params.get(name), seed=config.seed,
                                      tokenizer=tokenizer)
                 for name in config.strategies}
     spec = runtimes[BASELINE].spec
     rate_hz = config.rate_hz or 1.0 / spec.dt
-    topic_map = TopicMap.load(config.topic_map)
-    episodes = [e for bag in config.bags for e in load_episodes(bag, topic_map, rate_hz)]
+    episodes = [e for bag in config.bags for e in load_episodes(bag, topic_map, rate_hz,
+                                                                clock=config.time)]
     for episode in episodes:
         _check_compatible(runtimes[BASELINE], topic_map, episode)
     steps = [min(len(e), config.max_steps or len(e)) for e in episodes]
@@ -279,6 +283,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="strategy parameter over its YAML, repeatable, e.g. --param full.history=8")
     parser.add_argument("--report", default="eval_report", help="report directory")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("--time", choices=["header", "receive"], default="header",
+                        help="clock that places bag messages: header stamps (default) or "
+                             "receive times (for bags whose stamps use another clock)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -288,6 +295,7 @@ def run(args: argparse.Namespace) -> int:
                             model=args.model, vlm=args.vlm, topic_map=args.topic_map, rate_hz=args.rate,
                             first_k=args.first_k, max_steps=args.max_steps, device=args.device,
                             dtype=args.dtype, seed=args.seed, report=args.report, threads=args.threads,
+                            time=args.time,
                             params=parse_param_overrides(args.param, [BASELINE, *args.strategies.split(",")]))
         results = evaluate(config, progress=not args.json)
     except (BagError, ConfigError, CheckpointError) as exc:
