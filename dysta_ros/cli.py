@@ -15,7 +15,7 @@ from dysta_ros.errors import DystaError
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("dysta_ros.evaluation.demo", "closed loop in MuJoCo over real ROS topics, with a report"),
+    "demo": ("dysta_ros.nodes.demo_session", "closed loop in MuJoCo over real ROS topics, with a report"),
     "bench": ("dysta_ros.evaluation.bench", "strategies side by side on the same frames: speed, deviation"),
     "profile-entropy": ("dysta_ros.evaluation.entropy", "attention entropy per layer -> GoToHunt layers"),
     "eval": ("dysta_ros.evaluation.open_loop", "open-loop replay of rosbags: action error per strategy"),
