@@ -1,6 +1,10 @@
 """The package's shape: no import circles, ROS only in nodes/, and importing it changes no global state."""
 
 import ast
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "dysta_ros"
@@ -97,3 +101,44 @@ def test_core_never_imports_ros_or_nodes():
                 if dep.split(".")[0] in ROS_ROOTS or dep.startswith(("dysta_ros.nodes", "dysta_ros.msg")):
                     offences.append(f"{name} imports {dep}")
     assert not offences, "\n".join(offences)
+
+
+STATE_PROBE = """
+import gc, json, sys
+import torch
+from transformers import AttentionInterface
+
+def state():
+    return {"switch_interval": sys.getswitchinterval(), "gc_frozen": gc.get_freeze_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch_interop_threads": torch.get_num_interop_threads(),
+            "attention": sorted(AttentionInterface._global_mapping)}
+
+before = state()
+import importlib
+for name in json.loads(sys.argv[1]):
+    importlib.import_module(name)
+print(json.dumps({"before": before, "after": state()}))
+"""
+
+
+def test_importing_every_module_changes_no_interpreter_or_library_state():
+    names = [n for n in module_names() if not n.endswith("__main__")]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-c", STATE_PROBE, json.dumps(names)], capture_output=True,
+                            text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    states = json.loads(result.stdout.strip().splitlines()[-1])
+    assert states["after"] == states["before"]
+
+
+def test_building_a_model_registers_the_plan_attention():
+    from transformers import AttentionInterface
+
+    from dysta_ros.policy.attention import ATTENTION_NAME, plan_attention
+    from dysta_ros.policy.config import PRESETS
+    from dysta_ros.policy.model import VLAModel
+
+    AttentionInterface._global_mapping.pop(ATTENTION_NAME, None)  # as in a fresh process
+    VLAModel(PRESETS["tiny"])
+    assert AttentionInterface._global_mapping[ATTENTION_NAME] is plan_attention

@@ -40,6 +40,7 @@ from dysta_ros.nodes.conversions import CAMERA_QOS, ESTOP_QOS, LATCHED_QOS, RELI
 from dysta_ros.nodes.image_conversion import image_to_rgb
 from dysta_ros.nodes.run import node_values, to_parameters
 from dysta_ros.nodes.sim_node import OUTCOME_TOPIC, SimNode
+from dysta_ros.nodes.spin import share_the_gil_finely
 
 SERVICE_TIMEOUT_S = 30.0
 STALL_TIMEOUT_S = 30.0  # an episode fails the demo when no camera frame came for this long
@@ -231,6 +232,7 @@ class DemoSession:
 
 def run_episodes(args: argparse.Namespace, runs: list[tuple[str, str, int]]) -> list[EpisodeRecord]:
     """Run `runs` = [(policy, strategy, seed)] as closed-loop episodes; return their records."""
+    share_the_gil_finely()  # sim, policy and executor share this process
     rclpy.init()
     session = None
     try:
