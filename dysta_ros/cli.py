@@ -15,7 +15,7 @@ from dysta_ros.errors import DystaError
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("dysta_ros.evaluation.demo", "closed loop in MuJoCo over real ROS topics, with a report"),
+    "demo": ("dysta_ros.nodes.demo_session", "closed loop in MuJoCo over real ROS topics, with a report"),
     "bench": ("dysta_ros.evaluation.bench", "strategies side by side on the same frames: speed, deviation"),
     "profile-entropy": ("dysta_ros.evaluation.entropy", "attention entropy per layer -> GoToHunt layers"),
     "bag-info": ("dysta_ros.bags.inspect", "what a bag holds: topics, counts, rates, episodes"),

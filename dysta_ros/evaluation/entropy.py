@@ -25,7 +25,7 @@ from dysta_ros.policy.attention import PROFILE_HEADS, PROFILE_QUERIES, Attention
 from dysta_ros.policy.config import PRESETS
 from dysta_ros.policy.preprocess import prepare_observation
 from dysta_ros.policy.runtime import build_model
-from dysta_ros.policy.tokenizer import load_tokenizer
+from dysta_ros.policy.tokenizer import model_tokenizer
 from dysta_ros.tokens.base import Frame, StepContext
 from dysta_ros.tokens.full import full_layout
 
@@ -41,7 +41,7 @@ def entropy_profile(
     progress: bool = False,
 ) -> np.ndarray:
     """Return (samples, layers) normalised attention entropies of `full` windows of `history` frames."""
-    cfg, tokenizer = model.cfg, tokenizer or load_tokenizer(None)
+    cfg, tokenizer = model.cfg, tokenizer or model_tokenizer(model)
     frames = []
     for index, obs in enumerate(observations):
         pixels, _, _ = prepare_observation(obs, cfg.camera_names, cfg.vision.image_size, cfg.state_dim)

@@ -36,7 +36,7 @@ from dysta_ros.nodes.image_conversion import image_to_rgb
 from dysta_ros.nodes.inputs import LatestInputs
 from dysta_ros.nodes.spin import run_node
 from dysta_ros.robot import config_path, load_robot_config, load_yaml
-from dysta_ros.tokens import available_strategies, strategy_class
+from dysta_ros.tokens import DEFAULT_STRATEGY, available_strategies, strategy_class
 from dysta_ros.types import Observation
 
 MAX_INSTRUCTION_CHARS = 4096
@@ -54,7 +54,7 @@ PARAMS = [
             read_only=True),
     P.Param("seed", 0, "seed of a preset's random weights and of the action noise", read_only=True,
             low=0, high=2**31 - 1),
-    P.Param("strategy", "full", "token strategy; a change applies from the next step (model kept)",
+    P.Param("strategy", DEFAULT_STRATEGY, "token strategy; a change applies from the next step (model kept)",
             choices=available_strategies),
     P.Param("robot", "sim_arm", "robot config name (config/robots/<name>.yaml) or YAML path",
             read_only=True),

@@ -107,7 +107,7 @@ def run(args) -> int:
     from rclpy.lifecycle import TransitionCallbackReturn
 
     from dysta_ros.nodes import chunk_executor, policy_node
-    from dysta_ros.nodes.spin import spin_nodes
+    from dysta_ros.nodes.spin import share_the_gil_finely, spin_nodes
 
     try:
         values = node_values(args)
@@ -116,6 +116,7 @@ def run(args) -> int:
     except ConfigError as exc:
         print(f"dysta-ros run: {exc}", file=sys.stderr)
         return 2
+    share_the_gil_finely()  # policy and executor share this process
     rclpy.init()
     policy = policy_node.PolicyNode(parameter_overrides=overrides["policy_node"])
     try:

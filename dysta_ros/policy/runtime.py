@@ -24,7 +24,7 @@ from dysta_ros.policy.config import PRESETS, preset_config
 from dysta_ros.policy.families import FAMILIES, SmolVLARuntime, family_of, load_smolvla_policy
 from dysta_ros.policy.model import VLAModel
 from dysta_ros.policy.preprocess import prepare_observation
-from dysta_ros.policy.tokenizer import load_tokenizer
+from dysta_ros.policy.tokenizer import model_tokenizer
 from dysta_ros.tokens import build_strategy, strategy_class
 from dysta_ros.tokens.base import Frame, StepContext, check_history
 from dysta_ros.tokens.flops import full_flops
@@ -94,7 +94,7 @@ class PolicyRuntime:
         self.strategy = build_strategy(strategy, strategy_params, cfg)
         self.history = check_history(history or self.strategy.params.history or cfg.history)
         self.seed = int(seed)
-        self.tokenizer = tokenizer or load_tokenizer(None)
+        self.tokenizer = tokenizer or model_tokenizer(model)
         self.spec = RuntimeSpec(
             camera_names=list(cfg.camera_names),
             image_size=cfg.vision.image_size,
@@ -239,13 +239,13 @@ def build_model(
         raise ConfigError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     torch_dtype = DTYPES[dtype]
     if isinstance(model, VLAModel):
-        return model, load_tokenizer(None)
+        return model, model_tokenizer(model)
     if hasattr(model, "predict"):  # an already loaded SmolVLA policy (a node switching strategy)
         return model, None
     if model in PRESETS:
         torch.manual_seed(seed)
         vla = VLAModel(preset_config(model, overrides))
-        return vla.to(device=device, dtype=torch_dtype), load_tokenizer(None)
+        return vla.to(device=device, dtype=torch_dtype), model_tokenizer(vla)
     path = Path(model)
     if not path.is_dir():
         raise ConfigError(
@@ -261,7 +261,7 @@ def build_model(
         raise ConfigError(f"vlm {vlm!r} applies to LeRobot SmolVLA checkpoints; {path} is this "
                           "package's own checkpoint, which carries its tokenizer")
     vla, _ = load_checkpoint(path, device=device, overrides_dtype=torch_dtype)
-    tokenizer = load_tokenizer(path)
+    tokenizer = model_tokenizer(vla)
     if tokenizer.vocab_size > vla.cfg.backbone.vocab_size:
         raise CheckpointError(
             f"{path / 'tokenizer.json'}: vocabulary of {tokenizer.vocab_size} ids does not fit "

@@ -18,6 +18,10 @@ STRATEGIES: dict[str, type[Strategy]] = {
     for cls in (FullStrategy, DystaStrategy, GotohuntStrategy, VlaCacheStrategy, DystaGotohuntStrategy)
 }
 
+# What policy_node, `dysta-ros run` and the launch files run unless told otherwise: the
+# project's point (test/test_one_source.py checks each place names this one).
+DEFAULT_STRATEGY = "dysta"
+
 
 def available_strategies() -> list[str]:
     return list(STRATEGIES)
