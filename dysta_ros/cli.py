@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from dysta_ros.errors import DystaError
+from dysta_ros.errors import DystaError, exit_status
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.run(args) or 0)
     except DystaError as exc:  # what a subcommand did not catch itself: one line, no traceback
         print(f"dysta-ros {args.command}: {exc}", file=sys.stderr)
-        return 1
+        return exit_status(exc)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dysta_ros.errors import ConfigError, DystaError
+from dysta_ros.errors import ConfigError, DystaError, exit_status
 from dysta_ros.evaluation.scenes import structured_frames
 from dysta_ros.plots import pyplot, save_png
 from dysta_ros.policy.config import PRESETS
@@ -276,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except DystaError as exc:
         print(f"dysta-ros bench: {exc}", file=sys.stderr)
-        return 2
+        return exit_status(exc)
     meta = {
         "preset": cfg.preset,
         "checkpoint": args.checkpoint,

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dysta_ros.errors import ConfigError, DystaError
+from dysta_ros.errors import ConfigError, DystaError, exit_status
 from dysta_ros.evaluation.bench import sim_observations, synthetic_observations
 from dysta_ros.plots import pyplot, save_png
 from dysta_ros.policy.attention import PROFILE_HEADS, PROFILE_QUERIES, AttentionPlan
@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except DystaError as exc:
         print(f"dysta-ros profile-entropy: {exc}", file=sys.stderr)
-        return 2
+        return exit_status(exc)
     mean = entropy.mean(axis=0)
     local, strided = propose_schedule(mean, args.local_threshold, args.strided_threshold)
     print("layer  entropy (mean +- std over windows)")

@@ -21,6 +21,7 @@ import torch
 from dysta_ros.errors import CheckpointError, ConfigError, DystaError, InferenceError
 from dysta_ros.policy.checkpoint import load_checkpoint
 from dysta_ros.policy.config import PRESETS, preset_config
+from dysta_ros.policy.devices import DTYPES, check_device
 from dysta_ros.policy.model import VLAModel
 from dysta_ros.policy.preprocess import prepare_observation
 from dysta_ros.policy.tokenizer import load_tokenizer
@@ -29,7 +30,6 @@ from dysta_ros.tokens.base import Frame, StepContext, check_history
 from dysta_ros.tokens.flops import full_flops
 from dysta_ros.types import STAGES, ActionChunk, Observation, StepStats
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 log = logging.getLogger(__name__)
 
 
@@ -222,8 +222,7 @@ def build_model(
     overrides: dict | None = None,
 ) -> tuple[VLAModel, object]:
     """Return (model, tokenizer) from a preset name (seeded random init) or a checkpoint directory."""
-    if dtype not in DTYPES:
-        raise ConfigError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    check_device(device, dtype)
     torch_dtype = DTYPES[dtype]
     if isinstance(model, VLAModel):
         return model, load_tokenizer(None)
@@ -278,8 +277,6 @@ def build_runtime(
     `threads` > 0 sets torch's CPU threads for the process: more than the cores left free by the
     rest of the robot (sim, rendering, drivers) makes every step many times slower.
     """
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but CUDA is not available; use 'cpu'")
     set_threads(threads)
     vla, tokenizer = build_model(model, device, dtype, seed, overrides)
     return PolicyRuntime(

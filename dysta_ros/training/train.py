@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from dysta_ros.errors import CheckpointError, ConfigError, DystaError
+from dysta_ros.errors import CheckpointError, ConfigError, DystaError, exit_status
 from dysta_ros.plots import pyplot, save_png
 from dysta_ros.policy.checkpoint import load_checkpoint, save_checkpoint
 from dysta_ros.policy.config import apply_overrides, preset_config
@@ -288,7 +288,7 @@ def run(args: argparse.Namespace) -> int:
         record = Trainer(cfg, resume=args.resume).run()
     except DystaError as exc:  # a bad flag, bag, checkpoint or resume state: one line, not a traceback
         print(f"dysta-ros train: {exc}", file=sys.stderr)
-        return 2
+        return exit_status(exc)
     print(json.dumps({"out": cfg.out, **record}))
     return 0
 
