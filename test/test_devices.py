@@ -21,7 +21,8 @@ def test_cpu_passes_and_unknown_strings_name_what_exists():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_cuda_without_cuda_is_refused_by_build_model():
-    with pytest.raises(ConfigError, match=r"'cuda:1' requested but CUDA is not available.*available here: cpu"):
+    refusal = r"'cuda:1' requested but CUDA is not available.*available here: cpu"
+    with pytest.raises(ConfigError, match=refusal):
         build_model("tiny", device="cuda:1")
 
 
@@ -35,4 +36,5 @@ def test_entry_points_print_one_line_and_exit_with_the_config_status(command, tm
     assert result.returncode == EXIT_CONFIG, result.stderr
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "CUDA is not available" in lines[0] and "available here: cpu" in lines[0], lines
+    assert len(lines) == 1, lines
+    assert "CUDA is not available" in lines[0] and "available here: cpu" in lines[0], lines
