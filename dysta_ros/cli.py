@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 
+from dysta_ros import __version__
 from dysta_ros.errors import DystaError, exit_status
 
 # name -> (module, one-line help)
@@ -32,9 +33,12 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     """Return the parser; only the chosen subcommand's module is imported."""
     parser = argparse.ArgumentParser(prog="dysta-ros", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
-        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        # every option's help shows its default, so nobody has to read the source for it
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text,
+                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         if name == chosen:
             importlib.import_module(module_name).add_arguments(sub_parser)
     return parser
