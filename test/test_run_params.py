@@ -65,3 +65,13 @@ def test_unreadable_sections_are_refused_in_one_line(tmp_path, capsys, text, say
 def test_use_sim_time_must_be_a_bool(capsys):
     assert main(["run", "--duration", "1", "--param", "policy_node:use_sim_time=maybe"]) == 2
     assert "use_sim_time must be true or false, got 'maybe'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["latency", "load"])
+def test_latency_and_load_pass_threads_to_policy_node(command):
+    from dysta_ros.nodes.latency import policy_node_command
+
+    args = build_parser(command).parse_args([command, "--threads", "2"])
+    assert "cpu_threads:=2" in policy_node_command(args, ["/cam0"], None, 1.0)
+    default = build_parser(command).parse_args([command])
+    assert "cpu_threads:=0" in policy_node_command(default, ["/cam0"], None, 1.0)
