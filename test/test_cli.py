@@ -31,7 +31,13 @@ def test_version_and_subcommand_help_shows_defaults():
 
 
 def test_light_subcommands_parse_without_torch():
-    probe = ("import sys; from dysta_ros.cli import build_parser; build_parser('latency'); "
-             "build_parser('load'); print('torch' in sys.modules)")
+    probe = ("import sys; from dysta_ros.cli import build_parser; "
+             "[build_parser(c) for c in ('latency', 'load', 'run', 'demo')]; print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_the_lazy_strategy_registry_names_each_class_by_its_own_name():
+    from dysta_ros.tokens import STRATEGIES
+
+    assert all(STRATEGIES[name].name == name for name in STRATEGIES)
