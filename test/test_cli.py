@@ -31,8 +31,9 @@ def test_version_and_subcommand_help_shows_defaults():
 
 
 def test_light_subcommands_parse_without_torch():
+    light = ("latency", "load", "run", "demo", "bench", "profile-entropy")
     probe = ("import sys; from dysta_ros.cli import build_parser; "
-             "[build_parser(c) for c in ('latency', 'load', 'run', 'demo')]; print('torch' in sys.modules)")
+             f"[build_parser(c) for c in {light}]; print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "False", result.stderr
 
