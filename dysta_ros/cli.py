@@ -11,7 +11,8 @@ import argparse
 import importlib
 import sys
 
-from dysta_ros.errors import DystaError
+from dysta_ros import __version__
+from dysta_ros.errors import DystaError, exit_status
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -35,9 +36,12 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     """Return the parser; only the chosen subcommand's module is imported."""
     parser = argparse.ArgumentParser(prog="dysta-ros", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
-        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        # every option's help shows its default, so nobody has to read the source for it
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text,
+                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         if name == chosen:
             importlib.import_module(module_name).add_arguments(sub_parser)
     return parser
@@ -68,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.run(args) or 0)
     except DystaError as exc:  # what a subcommand did not catch itself: one line, no traceback
         print(f"dysta-ros {args.command}: {exc}", file=sys.stderr)
-        return 1
+        return exit_status(exc)
 
 
 if __name__ == "__main__":

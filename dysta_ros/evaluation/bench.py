@@ -15,14 +15,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from dysta_ros.errors import ConfigError, DystaError
+from dysta_ros.errors import ConfigError, DystaError, exit_status
 from dysta_ros.evaluation.scenes import structured_frames
 from dysta_ros.plots import pyplot, save_png
 from dysta_ros.policy.config import PRESETS
-from dysta_ros.policy.runtime import build_model, build_runtime, set_threads
 from dysta_ros.tokens import available_strategies, parse_param_overrides
 from dysta_ros.types import STAGES, Observation
 
@@ -132,6 +130,8 @@ def run_bench(
     progress: bool = True,
 ) -> list[dict]:
     """Step every strategy on the same observations, interleaved; return the JSON rows."""
+    from dysta_ros.policy.runtime import build_runtime  # torch: imported to run, not for --help
+
     params = params or {}
     rows = []
     total = len(histories) * len(observations) * len(strategies)
@@ -246,6 +246,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch  # imported to run, so `dysta-ros bench --help` stays instant
+
+    from dysta_ros.policy.runtime import build_model, build_runtime, set_threads
+
     try:
         strategies = parse_list(args.strategies)
         histories = parse_list(args.history, int)
@@ -280,7 +284,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except DystaError as exc:
         print(f"dysta-ros bench: {exc}", file=sys.stderr)
-        return 2
+        return exit_status(exc)
     meta = {
         "preset": cfg.preset,
         "checkpoint": args.checkpoint,

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from dysta_ros.bags import TopicMap, load_episodes
 from dysta_ros.bags.episodes import Episode, check_bag
-from dysta_ros.errors import BagError, CheckpointError, ConfigError, InferenceError, InputError
+from dysta_ros.errors import BagError, CheckpointError, ConfigError, InferenceError, InputError, exit_status
 from dysta_ros.policy.runtime import PolicyRuntime, build_model, runtime_around, set_threads
 from dysta_ros.tokens import available_strategies, parse_param_overrides
 from dysta_ros.types import STAGES, StepStats
@@ -300,7 +300,7 @@ def run(args: argparse.Namespace) -> int:
         results = evaluate(config, progress=not args.json)
     except (BagError, ConfigError, CheckpointError) as exc:
         print(f"dysta-ros eval: {exc}", file=sys.stderr)
-        return 1
+        return exit_status(exc)
     if args.json:
         print(json.dumps(results["summary"], indent=2))
     else:

@@ -141,6 +141,11 @@ def evaluate(
     }
 
 
+def speedup_text(speedup: float | None) -> str:
+    """Return '1.23x', or '-' where there is no `full` in the run to compare with."""
+    return "-" if speedup is None or math.isnan(speedup) else f"{speedup:.2f}x"
+
+
 def format_table(report: dict) -> str:
     """A plain-text table of the results, one row per strategy."""
     header = (f"{'strategy':<18}{'T':>3}{'success':>12}{'step ms':>10}{'speedup':>9}"
@@ -151,7 +156,7 @@ def format_table(report: dict) -> str:
         lines.append(
             f"{r['strategy']:<18}{r['history']:>3}{r['successes']:>5}/{r['episodes']:<3}"
             f"{100 * r['success_rate']:>3.0f}%"
-            f"{r['step_ms']:>10.1f}{r['speedup']:>8.2f}x{r['flops_ratio']:>8.2f}"
+            f"{r['step_ms']:>10.1f}{speedup_text(r['speedup']):>9}{r['flops_ratio']:>8.2f}"
             f"{r['context_tokens']:>9.0f}{r['recache_rate']:>9.2f}")
     return "\n".join(lines)
 

@@ -21,6 +21,7 @@ import torch
 from dysta_ros.errors import CheckpointError, ConfigError, DystaError, InferenceError
 from dysta_ros.policy.checkpoint import load_checkpoint
 from dysta_ros.policy.config import PRESETS, preset_config
+from dysta_ros.policy.devices import DTYPES, check_device
 from dysta_ros.policy.families import FAMILIES, SmolVLARuntime, family_of, load_smolvla_policy
 from dysta_ros.policy.model import VLAModel
 from dysta_ros.policy.preprocess import prepare_observation
@@ -30,7 +31,6 @@ from dysta_ros.tokens.base import Frame, StepContext, check_history
 from dysta_ros.tokens.flops import full_flops
 from dysta_ros.types import STAGES, ActionChunk, Observation, StepStats
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 log = logging.getLogger(__name__)
 
 
@@ -235,8 +235,7 @@ def build_model(
     A LeRobot SmolVLA directory gives (SmolVLA policy, None): its tokenizer lives in the policy,
     read from `vlm` (the backbone's config and tokenizer) or the offline Hugging Face cache.
     """
-    if dtype not in DTYPES:
-        raise ConfigError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    check_device(device, dtype)
     torch_dtype = DTYPES[dtype]
     if isinstance(model, VLAModel):
         return model, model_tokenizer(model)
@@ -302,8 +301,6 @@ def build_runtime(
     `threads` > 0 sets torch's CPU threads for the process: more than the cores left free by the
     rest of the robot (sim, rendering, drivers) makes every step many times slower.
     """
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but CUDA is not available; use 'cpu'")
     set_threads(threads)
     strategy_class(strategy)  # an unknown name is refused before any model loads
     if isinstance(model, (str, Path)) and Path(model).is_dir() and family_of(model) == "smolvla":
