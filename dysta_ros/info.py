@@ -94,12 +94,32 @@ def checkpoint_info(directory) -> dict:
     return {"directory": str(directory), "family": family, **described, **weights_summary(directory)}
 
 
+BAG_SUFFIXES = (".mcap", ".db3", ".bag")
+
+
+def is_bag(path: str | Path) -> bool:
+    """Return True for a bag file or a directory that holds one (a checkpoint holds none)."""
+    path = Path(path)
+    if path.is_file():
+        return path.suffix in BAG_SUFFIXES
+    return (path / "metadata.yaml").is_file() or any(
+        child.suffix in BAG_SUFFIXES for child in path.glob("*") if child.is_file())
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("directory", metavar="DIR", help="checkpoint directory")
+    parser.add_argument("directory", metavar="PATH",
+                        help="checkpoint directory, or a rosbag2 bag (directory or .mcap/.db3 file)")
+    parser.add_argument("--topic-map", default="sim_arm",
+                        help="for a bag: topic mapping, a name in config/bag_topics/ or a YAML path")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def run(args: argparse.Namespace) -> int:
+    if is_bag(args.directory):  # the user's first command on an unknown bag, too
+        from dysta_ros.bags import inspect
+
+        return inspect.run(argparse.Namespace(bag=args.directory, topic_map=args.topic_map,
+                                              json=args.json))
     info = checkpoint_info(args.directory)
     if args.json:
         print(json.dumps(info, indent=2))
