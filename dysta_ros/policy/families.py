@@ -17,7 +17,7 @@ import numpy as np
 
 from dysta_ros.errors import CheckpointError, ConfigError, DystaError, InferenceError, InputError
 from dysta_ros.policy.preprocess import check_image, check_state
-from dysta_ros.types import STAGES, ActionChunk, Observation, StepStats
+from dysta_ros.types import STAGES, ActionChunk, Observation, RuntimeSpec, StepStats
 
 CONFIG_FILE = "config.json"
 # LeRobot configs have no control rate; chunks then say this and the README states it.
@@ -93,8 +93,6 @@ class SmolVLARuntime:
     family = FAMILIES["smolvla"]
 
     def __init__(self, policy, strategy: str = "full", seed: int = 0):
-        from dysta_ros.policy.runtime import RuntimeSpec
-
         self.family.check_strategy(strategy)
         self.model = policy
         self.seed = int(seed)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,29 +28,9 @@ from dysta_ros.policy.tokenizer import model_tokenizer
 from dysta_ros.tokens import build_strategy, strategy_class
 from dysta_ros.tokens.base import Frame, StepContext, check_history
 from dysta_ros.tokens.flops import full_flops
-from dysta_ros.types import STAGES, ActionChunk, Observation, StepStats
+from dysta_ros.types import STAGES, ActionChunk, Observation, RuntimeSpec, StepStats
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RuntimeSpec:
-    """What a caller needs to know to feed the runtime and use its output."""
-
-    camera_names: list[str]
-    image_size: int
-    state_dim: int
-    action_dim: int
-    horizon: int
-    dt: float
-    action_space: str
-    preset: str
-    strategy: str
-    history: int
-    tokens_per_frame: int
-    # The checkpoint's names for the state/action dimensions, where it carries them.
-    state_names: list[str] = field(default_factory=list)
-    action_names: list[str] = field(default_factory=list)
 
 
 class StageTimer:
