@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dysta_ros.errors import ConfigError
+from dysta_ros.robot import ACTION_SPACES  # what a robot can be commanded in: defined once, there
 
 BACKBONE_FAMILIES = ("llama", "qwen2", "gemma")
-ACTION_SPACES = ("joint_position", "joint_velocity", "ee_pose", "ee_twist")
 ACTION_HEADS = ("flow", "regression")
 
 
@@ -228,3 +228,8 @@ def apply_overrides(config: PolicyConfig, overrides: dict[str, Any] | None) -> P
         return PolicyConfig.from_dict(data)
     except TypeError as exc:
         raise ConfigError(f"invalid config: {exc}") from exc
+
+
+# How an entropy profile samples each layer (`dysta-ros profile-entropy`, VLA-Cache's measurement);
+# here, not in attention.py, so profile-entropy's --help shows them without importing torch.
+PROFILE_HEADS, PROFILE_QUERIES = 4, 32
