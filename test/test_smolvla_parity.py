@@ -123,3 +123,19 @@ def test_other_configuration_matches_lerobot():
         assert info["intermediates"]["lang_tokens"].shape == arrays[f"case{index}.lang_tokens"].shape
         assert np.abs(info["actions_normalized"] - arrays[f"case{index}.actions_normalized"][0]).max() <= 1e-5
     assert passed(run_cases(other, policy))
+
+
+def test_bad_inputs_are_refused(tiny):
+    from dysta_ros.errors import InputError
+
+    frames = {"front": np.zeros((40, 50, 3), np.uint8), "wrist": np.zeros((30, 30, 3), np.uint8)}
+    with pytest.raises(InputError, match=r"missing camera\(s\) \['wrist'\]"):
+        tiny.predict({"front": frames["front"]}, np.zeros(6), "x")
+    with pytest.raises(InputError, match=r"images\['front'\]: expected HxWx3 uint8"):
+        tiny.predict({**frames, "front": np.zeros((40, 50), np.uint8)}, np.zeros(6), "x")
+    with pytest.raises(InputError, match="state: expected 6 finite values"):
+        tiny.predict(frames, np.array([0, 0, 0, 0, 0, np.nan]), "x")
+    with pytest.raises(InputError, match=r"noise: expected shape \(1, 10, 32\)"):
+        tiny.predict(frames, np.zeros(6), "x", noise=torch.zeros(1, 10, 6))
+    raw, info = tiny.predict(frames, np.zeros(6), "x", noise=torch.zeros(10, 32))  # no batch dim is fine
+    assert raw.shape == (10, 6) and np.isfinite(raw).all() and info["vision_ms"] >= 0
