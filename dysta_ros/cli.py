@@ -11,13 +11,15 @@ import argparse
 import importlib
 import sys
 
-from dysta_ros.errors import DystaError
+from dysta_ros import __version__
+from dysta_ros.errors import DystaError, exit_status
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("dysta_ros.nodes.demo_session", "closed loop in MuJoCo over real ROS topics, with a report"),
     "bench": ("dysta_ros.evaluation.bench", "strategies side by side on the same frames: speed, deviation"),
     "profile-entropy": ("dysta_ros.evaluation.entropy", "attention entropy per layer -> GoToHunt layers"),
+    "bag-info": ("dysta_ros.bags.inspect", "what a bag holds: topics, counts, rates, episodes"),
     "eval": ("dysta_ros.evaluation.open_loop", "open-loop replay of rosbags: action error per strategy"),
     "record": ("dysta_ros.nodes.recorder", "record expert episodes from the sim to a rosbag2 (MCAP)"),
     "replay": ("dysta_ros.nodes.bag_player", "publish a bag's messages with their original timing"),
@@ -25,6 +27,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "latency": ("dysta_ros.nodes.latency", "ROS-layer camera-to-chunk latency beyond model time"),
     "load": ("dysta_ros.nodes.load_test", "hold policy_node under camera load: memory, frame age, drops"),
     "train": ("dysta_ros.training.train", "behaviour cloning with DySta's learned parts"),
+    "parity": ("dysta_ros.evaluation.parity", "our SmolVLA vs recorded LeRobot cases: max action errors"),
+    "info": ("dysta_ros.info", "what a checkpoint directory holds: family, cameras, dims, dtypes"),
     "closed-loop": ("dysta_ros.evaluation.success", "success rate per strategy on held-out sim seeds"),
 }
 
@@ -32,9 +36,12 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     """Return the parser; only the chosen subcommand's module is imported."""
     parser = argparse.ArgumentParser(prog="dysta-ros", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
-        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        # every option's help shows its default, so nobody has to read the source for it
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text,
+                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         if name == chosen:
             importlib.import_module(module_name).add_arguments(sub_parser)
     return parser
@@ -65,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.run(args) or 0)
     except DystaError as exc:  # what a subcommand did not catch itself: one line, no traceback
         print(f"dysta-ros {args.command}: {exc}", file=sys.stderr)
-        return 1
+        return exit_status(exc)
 
 
 if __name__ == "__main__":

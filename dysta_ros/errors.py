@@ -27,3 +27,15 @@ class InferenceError(DystaError, RuntimeError):
 
 class RenderError(DystaError, RuntimeError):
     """The simulator cannot render offscreen (no EGL/OSMesa); the message says what to install."""
+
+
+# Exit statuses of `dysta-ros` (README "Exit codes"): 2 = the command line or a configuration
+# value is wrong (nothing ran; argparse uses 2 as well), 1 = an input, checkpoint, bag or the
+# model failed while running.
+EXIT_CONFIG = 2
+EXIT_FAILURE = 1
+
+
+def exit_status(exc: BaseException) -> int:
+    """Return the process exit status for an error a command caught."""
+    return EXIT_CONFIG if isinstance(exc, ConfigError) else EXIT_FAILURE

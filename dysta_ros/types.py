@@ -64,3 +64,23 @@ class StepStats:
     recached_l2: bool = False
     stage_ms: dict[str, float] = field(default_factory=lambda: {s: 0.0 for s in STAGES})
     flops_ratio: float = 1.0  # backbone FLOPs relative to `full` on the same history
+
+
+@dataclass
+class RuntimeSpec:
+    """What a caller needs to know to feed the runtime and use its output."""
+
+    camera_names: list[str]
+    image_size: int
+    state_dim: int
+    action_dim: int
+    horizon: int
+    dt: float
+    action_space: str
+    preset: str
+    strategy: str
+    history: int
+    tokens_per_frame: int
+    # The checkpoint's names for the state/action dimensions, where it carries them.
+    state_names: list[str] = field(default_factory=list)
+    action_names: list[str] = field(default_factory=list)

@@ -108,3 +108,14 @@ def test_record_refuses_to_overwrite_a_bag(tmp_path):
     (tmp_path / "exists").mkdir()
     result = record("--out", str(tmp_path / "exists"), "--duration", "1", timeout=120)
     assert result.returncode == 1 and "exists already" in result.stderr
+
+
+def test_a_recording_that_matched_nothing_fails_naming_what_exists_and_leaves_no_bag(tmp_path):
+    out = tmp_path / "typo"
+    result = record("--topics", "/camera/image_rwa", "--duration", "1", "--out", str(out), timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert "no such topic /camera/image_rwa; the graph has: " in result.stderr
+    assert "/rosout" in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()
+    failed = record("--task", "pick", "--episodes", "1", "--out", str(out), timeout=120)
+    assert failed.returncode == 1 and "pick" in failed.stderr and not out.exists(), failed.stderr

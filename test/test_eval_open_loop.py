@@ -106,7 +106,7 @@ def test_cli_json_and_a_damaged_bag(bag, tmp_path):
     assert summary["gotohunt"]["context_tokens_mean"] < summary["full"]["context_tokens_mean"]  # 1 anchor
     refused = subprocess.run(command + ["--param", "gotohunt.sigma=0"], capture_output=True, text=True,
                              timeout=300)
-    assert refused.returncode == 1 and "sigma" in refused.stderr and "Traceback" not in refused.stderr
+    assert refused.returncode == 2 and "sigma" in refused.stderr and "Traceback" not in refused.stderr
 
     damaged = tmp_path / "damaged"
     write_episode_bag(damaged, BagSpec(episodes=1, seconds=0.3))

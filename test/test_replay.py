@@ -129,3 +129,28 @@ def test_replay_of_a_damaged_bag_names_the_file_without_a_traceback(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert str(bag) in result.stderr and "Traceback" not in result.stderr
+
+
+def test_replay_leaves_command_topics_out_unless_asked(tmp_path):
+    from dysta_ros.nodes.bag_player import BagPlayer, played_topics
+
+    bag = write_episode_bag(tmp_path / "bag", BagSpec(episodes=1, seconds=0.3))
+    with BagReader(bag) as reader:
+        recorded = reader.topics
+    assert recorded["/dysta/action_chunk"] == "dysta_ros/msg/ActionChunk"
+    chosen, left_out = played_topics(str(bag), recorded, None, include_commands=False)
+    assert left_out == ["/dysta/action_chunk"] and "/dysta/action_chunk" not in chosen
+    assert set(PLAYED) <= set(chosen)
+    everything, _ = played_topics(str(bag), recorded, None, include_commands=True)
+    assert "/dysta/action_chunk" in everything
+    rclpy.init()
+    try:
+        player = BagPlayer(str(bag))
+        assert "/dysta/action_chunk" not in player.topics and "/joint_states" in player.topics
+        player.destroy_node()
+    finally:
+        rclpy.try_shutdown()
+    asked = subprocess.run([sys.executable, "-m", "dysta_ros.cli", "replay", str(bag), "--topics",
+                            "/dysta/action_chunk"], capture_output=True, text=True, timeout=120)
+    assert asked.returncode == 2 and "--include-commands" in asked.stderr, asked.stderr
+    assert "Traceback" not in asked.stderr

@@ -58,3 +58,10 @@ def test_unknown_strategy_and_bad_param_are_named():
         evaluate("tiny", strategies=["full@x"], episodes=1)
     with pytest.raises(ConfigError, match="STRATEGY.KEY=VALUE"):
         evaluate("tiny", strategies=["full"], episodes=1, param_overrides=["delta=1"])
+
+
+def test_table_without_full_prints_no_nan(report):
+    without_full = {**report, "results": [{**r, "speedup": float("nan")} for r in report["results"]]}
+    table = format_table(without_full)
+    assert "nan" not in table.lower() and table.splitlines()[3].split()[5] == "-"
+    assert "1.00x" in format_table(report).splitlines()[2]

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from dysta_ros.errors import ConfigError
 from dysta_ros.evaluation.entropy import entropy_profile
 from dysta_ros.evaluation.scenes import structured_frames
-from dysta_ros.policy.attention import PROFILE_HEADS, PROFILE_QUERIES, AttentionPlan
+from dysta_ros.policy.attention import AttentionPlan
+from dysta_ros.policy.config import PROFILE_HEADS, PROFILE_QUERIES
 from dysta_ros.policy.runtime import build_model, build_runtime
 from dysta_ros.tokens import build_strategy
 from dysta_ros.tokens.flops import full_flops, linear_flops_per_token

@@ -15,14 +15,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from dysta_ros.errors import ConfigError, DystaError
+from dysta_ros.errors import ConfigError, DystaError, exit_status
 from dysta_ros.evaluation.scenes import structured_frames
 from dysta_ros.plots import pyplot, save_png
 from dysta_ros.policy.config import PRESETS
-from dysta_ros.policy.runtime import build_model, build_runtime, set_threads
 from dysta_ros.tokens import available_strategies, parse_param_overrides
 from dysta_ros.types import STAGES, Observation
 
@@ -132,6 +130,8 @@ def run_bench(
     progress: bool = True,
 ) -> list[dict]:
     """Step every strategy on the same observations, interleaved; return the JSON rows."""
+    from dysta_ros.policy.runtime import build_runtime  # torch: imported to run, not for --help
+
     params = params or {}
     rows = []
     total = len(histories) * len(observations) * len(strategies)
@@ -213,6 +213,8 @@ def plot(rows: list[dict], path: Path, title: str) -> Path:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="small", choices=sorted(PRESETS), help="random-initialised model")
     parser.add_argument("--checkpoint", help="checkpoint directory (config.json + model.safetensors)")
+    parser.add_argument("--vlm", default=None, metavar="DIR",
+                        help="a LeRobot SmolVLA checkpoint's backbone config + tokenizer directory")
     parser.add_argument(
         "--strategies",
         default=",".join(available_strategies()),
@@ -244,6 +246,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch  # imported to run, so `dysta-ros bench --help` stays instant
+
+    from dysta_ros.policy.runtime import build_model, build_runtime, set_threads
+
     try:
         strategies = parse_list(args.strategies)
         histories = parse_list(args.history, int)
@@ -256,8 +262,10 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--history needs values >= 1, --steps >= 1, --warmup >= 0")
         params = parse_param_overrides(args.param, strategies)
         set_threads(args.threads)
-        model, _ = build_model(args.checkpoint or args.preset, args.device, args.dtype, args.seed)
-        cfg = model.cfg
+        model, _ = build_model(args.checkpoint or args.preset, args.device, args.dtype, args.seed,
+                               vlm=args.vlm)
+        # The cameras and state the frames need, from the model's own spec (any family)
+        cfg = build_runtime(model, strategies[0], params.get(strategies[0]), seed=args.seed).spec
         count = args.warmup + args.steps
         if args.frames == "sim":
             observations = sim_observations(count, cfg.camera_names, args.seed)
@@ -276,7 +284,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except DystaError as exc:
         print(f"dysta-ros bench: {exc}", file=sys.stderr)
-        return 2
+        return exit_status(exc)
     meta = {
         "preset": cfg.preset,
         "checkpoint": args.checkpoint,

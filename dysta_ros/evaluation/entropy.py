@@ -15,22 +15,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from dysta_ros.errors import ConfigError, DystaError
+from dysta_ros.errors import ConfigError, DystaError, exit_status
 from dysta_ros.evaluation.bench import sim_observations, synthetic_observations
 from dysta_ros.plots import pyplot, save_png
-from dysta_ros.policy.attention import PROFILE_HEADS, PROFILE_QUERIES, AttentionPlan
-from dysta_ros.policy.config import PRESETS
-from dysta_ros.policy.preprocess import prepare_observation
-from dysta_ros.policy.runtime import build_model
-from dysta_ros.policy.tokenizer import model_tokenizer
-from dysta_ros.tokens.base import Frame, StepContext
-from dysta_ros.tokens.full import full_layout
+from dysta_ros.policy.config import PRESETS, PROFILE_HEADS, PROFILE_QUERIES
 
 
-@torch.inference_mode()
 def entropy_profile(
     model,
     observations,
@@ -41,6 +33,22 @@ def entropy_profile(
     progress: bool = False,
 ) -> np.ndarray:
     """Return (samples, layers) normalised attention entropies of `full` windows of `history` frames."""
+    import torch  # imported to run, so `dysta-ros profile-entropy --help` stays instant
+
+    with torch.inference_mode():
+        return _entropy_profile(model, observations, history, heads, queries, tokenizer, progress)
+
+
+def _entropy_profile(model, observations, history, heads, queries, tokenizer, progress) -> np.ndarray:
+    """Compute entropy_profile (its imports are here: torch only when a profile is taken)."""
+    import torch
+
+    from dysta_ros.policy.attention import AttentionPlan
+    from dysta_ros.policy.preprocess import prepare_observation
+    from dysta_ros.policy.tokenizer import model_tokenizer
+    from dysta_ros.tokens.base import Frame, StepContext
+    from dysta_ros.tokens.full import full_layout
+
     cfg, tokenizer = model.cfg, tokenizer or model_tokenizer(model)
     frames = []
     for index, obs in enumerate(observations):
@@ -118,6 +126,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dysta_ros.policy.runtime import build_model
+
     try:
         if args.history < 1 or args.samples < 1:
             raise ConfigError("--history and --samples must be >= 1")
@@ -133,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except DystaError as exc:
         print(f"dysta-ros profile-entropy: {exc}", file=sys.stderr)
-        return 2
+        return exit_status(exc)
     mean = entropy.mean(axis=0)
     local, strided = propose_schedule(mean, args.local_threshold, args.strided_threshold)
     print("layer  entropy (mean +- std over windows)")

@@ -21,7 +21,7 @@ from rosgraph_msgs.msg import Clock
 
 from dysta_ros.bags.playback import play
 from dysta_ros.bags.rosbag import BagMessage, BagReader, TopicQos
-from dysta_ros.errors import BagError, ConfigError
+from dysta_ros.errors import BagError, ConfigError, exit_status
 
 CLOCK_PERIOD_NS = 10_000_000  # /clock at most every 10 ms of bag time, as ros2 bag play does
 
@@ -44,17 +44,42 @@ def ros_qos(qos: TopicQos) -> QoSProfile:
                     else DurabilityPolicy.VOLATILE))
 
 
+# What a robot obeys: replayed, these reach a controller that is listening. Played only when
+# asked for (--include-commands); observations (cameras, joint states, instruction) always.
+COMMAND_TYPES = frozenset({
+    "trajectory_msgs/msg/JointTrajectory", "dysta_ros/msg/ActionChunk", "std_msgs/msg/Float64MultiArray",
+    "geometry_msgs/msg/Pose", "geometry_msgs/msg/PoseStamped", "geometry_msgs/msg/Twist",
+    "geometry_msgs/msg/TwistStamped", "control_msgs/msg/JointJog",
+})
+
+
+def played_topics(bag: str, recorded: dict[str, str], topics: list[str] | None,
+                  include_commands: bool) -> tuple[list[str], list[str]]:
+    """Return (topics to play, command topics left out); refuse unknown or unasked-for command topics."""
+    if unknown := sorted(set(topics or ()) - set(recorded)):
+        raise BagError(f"{bag}: has no topics {unknown}; it has {sorted(recorded)}")
+    commands = sorted(t for t in (topics or recorded) if recorded[t] in COMMAND_TYPES)
+    if topics and commands and not include_commands:
+        raise ConfigError(f"--topics {', '.join(commands)}: command topics (a robot may move); "
+                          "pass --include-commands to replay them")
+    if include_commands:
+        return sorted(topics or recorded), []
+    return sorted(t for t in (topics or recorded) if t not in commands), commands
+
+
 class BagPlayer(Node):
     """Own one publisher per played topic and publish raw messages on them."""
 
-    def __init__(self, bag: str, topics: list[str] | None = None, clock: bool = False):
+    def __init__(self, bag: str, topics: list[str] | None = None, clock: bool = False,
+                 include_commands: bool = False):
         super().__init__("bag_player")
         with BagReader(bag) as reader:
             recorded = reader.topics
-            if unknown := sorted(set(topics or ()) - set(recorded)):
-                raise BagError(f"{bag}: has no topics {unknown}; it has {sorted(recorded)}")
-            chosen = topics or sorted(recorded)
+            chosen, left_out = played_topics(bag, recorded, topics, include_commands)
             qos = {topic: reader.qos(topic) for topic in chosen}
+        if left_out:
+            self.get_logger().info(f"not replaying command topics {left_out} "
+                                   "(--include-commands plays them)")
         self._publishers_by_topic = {}
         for topic in chosen:
             cls = message_class(recorded[topic])
@@ -100,6 +125,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=1.0, help="playback speed (1.0 = as recorded)")
     parser.add_argument("--loop", action="store_true", help="start over at the end, until Ctrl-C")
     parser.add_argument("--topics", nargs="+", metavar="TOPIC", help="play only these topics")
+    parser.add_argument("--include-commands", action="store_true",
+                        help="also replay command topics (JointTrajectory, ActionChunk, "
+                             "Float64MultiArray, Pose, Twist): a robot listening will move")
     parser.add_argument("--clock", action="store_true",
                         help="publish /clock from the recording time (for nodes with use_sim_time)")
     parser.add_argument("--wait-for-subscribers", type=float, default=0.0, metavar="SECONDS",
@@ -114,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
     rclpy.init()
     node = None
     try:
-        node = BagPlayer(args.bag, args.topics, clock=args.clock)
+        node = BagPlayer(args.bag, args.topics, clock=args.clock,
+                         include_commands=args.include_commands)
         if args.wait_for_subscribers > 0:
             node.wait_for_subscribers(args.wait_for_subscribers)
         for message in play(args.bag, node.topics, rate=args.rate, loop=args.loop):
@@ -124,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     except (BagError, ConfigError) as exc:
         print(f"dysta-ros replay: {exc}", file=sys.stderr)
-        return 1
+        return exit_status(exc)
     except KeyboardInterrupt:
         return 0
     finally:

@@ -142,7 +142,8 @@ class ChunkExecutorNode(Node):
     def on_estop(self, msg):
         if msg.data:
             self.core.trip_estop("/dysta/estop")
-            self.get_logger().error("e-stop latched; call /dysta/clear_estop to release")
+            # an operator (or the demo between episodes) asked for it: a warning, not a fault
+            self.get_logger().warning("e-stop latched; call /dysta/clear_estop to release")
             self.publish_hold(self.now())  # stop at once, not at the next period
             self.on_tick()
         else:

@@ -38,6 +38,8 @@ def add_load_arguments(parser: argparse.ArgumentParser, cameras: int, seconds: f
     # High by default: the step starts when a frame set arrives, so no deliberate rate-limit
     # wait is counted as ROS cost.
     parser.add_argument("--inference-rate", type=float, default=1000.0, help="policy_node inference_rate_hz")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="policy_node cpu_threads (0 = torch's default, one per core)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,6 +56,13 @@ def percentiles(values_ms) -> dict:
 def start_policy_node(args, topics: list[str], preset_overrides: dict | None = None,
                       max_image_age_s: float = 1.0) -> subprocess.Popen:
     """Start policy_node in its own process on `topics`, one model camera per topic."""
+    command = policy_node_command(args, topics, preset_overrides, max_image_age_s)
+    return subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def policy_node_command(args, topics: list[str], preset_overrides: dict | None,
+                        max_image_age_s: float) -> list[str]:
+    """Return the command line that runs policy_node on `topics` with the flags' settings."""
     overrides = {**(preset_overrides or {}), "camera_names": [f"cam{i}" for i in range(len(topics))]}
     command = [sys.executable, "-m", "dysta_ros.nodes.policy_node", "--ros-args",
                "-p", "autostart:=true", "-p", f"model:={args.model}", "-p", f"strategy:={args.strategy}",
@@ -61,8 +70,8 @@ def start_policy_node(args, topics: list[str], preset_overrides: dict | None = N
                # quoted: ROS parses -p values as YAML, and this one is a string holding YAML (JSON)
                "-p", f"preset_overrides:='{json.dumps(overrides)}'",
                "-p", f"inference_rate_hz:={args.inference_rate}", "-p", f"max_image_age_s:={max_image_age_s}",
-               "-p", "diagnostic_period_s:=0.5"]
-    return subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+               "-p", "diagnostic_period_s:=0.5", "-p", f"cpu_threads:={args.threads}"]
+    return command
 
 
 def camera_publisher(node, topics: list[str], width: int, height: int):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import threading
 import time
@@ -96,6 +97,15 @@ class RecorderNode(Node):
             self.counts[topic] = 0
             self.create_subscription(cls, topic, lambda data, t=topic: self._write(t, data), qos,
                                      raw=True)
+
+    def unmatched(self) -> tuple[list[str], list[str]]:
+        """Return (wanted topics never found on the graph, the topics the graph has)."""
+        missing = sorted(t for t in self._wanted if t not in self.counts)
+        try:
+            graph = sorted(name for name, _ in self.get_topic_names_and_types())
+        except Exception:  # the context is gone (Ctrl-C): name the missing topics all the same
+            graph = []
+        return missing, graph
 
     def _write(self, topic: str, data: bytes) -> None:
         stamp_ns = self.get_clock().now().nanoseconds
@@ -229,15 +239,35 @@ def run(args: argparse.Namespace) -> int:
             print(f"dysta-ros record: {exc}", file=sys.stderr)
             outcome["status"] = 1
         finally:
+            if args.topics and nodes:
+                outcome["status"] = max(outcome["status"], _report_unmatched(nodes[0]))
             executor.shutdown()
             for node in nodes:
                 getattr(node, "close", lambda: None)()
                 node.destroy_node()
             rclpy.try_shutdown()
-    if nodes:
+    if outcome["status"]:
+        # a failed recording leaves nothing behind, so the corrected command is not refused
+        # with "exists already" (the writer refuses an existing path: this run made it)
+        shutil.rmtree(args.out, ignore_errors=True)
+        print(f"dysta-ros record: nothing kept; {args.out} removed", file=sys.stderr)
+    elif nodes:
         counts = ", ".join(f"{t}: {n}" for t, n in sorted(nodes[0].counts.items()))
         print(f"recorded {args.out} ({counts})")
     return outcome["status"]
+
+
+def _report_unmatched(recorder: RecorderNode) -> int:
+    """Name --topics that never appeared and the topics that exist; 1 if none matched at all."""
+    missing, graph = recorder.unmatched()
+    if not missing:
+        return 0
+    line = f"no such topic {', '.join(missing)}; the graph has: {', '.join(graph) or 'no topics'}"
+    if recorder.counts:
+        print(f"dysta-ros record: warning: {line}", file=sys.stderr)
+        return 0
+    print(f"dysta-ros record: {line}", file=sys.stderr)
+    return 1
 
 
 def _sim_nodes(args) -> list[Node]:

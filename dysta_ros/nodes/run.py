@@ -18,6 +18,9 @@ from dysta_ros.errors import ConfigError
 from dysta_ros.robot import config_dirs, load_yaml
 
 NODES = ("policy_node", "chunk_executor")
+WILDCARD = "/**"  # a parameter that came from a `/**` section: applies where declared
+# rclpy declares these on every node itself; `--param policy_node:use_sim_time=true` sets them
+BUILTINS = {"use_sim_time": bool}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--strategy", default="dysta", choices=available_strategies(), help="token strategy")
     parser.add_argument("--model", default="tiny", help="model preset name or checkpoint directory")
+    parser.add_argument("--vlm", default="", metavar="DIR",
+                        help="a LeRobot SmolVLA checkpoint's backbone config + tokenizer directory")
     parser.add_argument("--robot", default="sim_arm",
                         help="robot config: name under config/robots/ or YAML path")
     parser.add_argument("--device", default=None, help="torch device (default: the params file's, cpu)")
@@ -37,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--param", action="append", default=[], metavar="NODE:NAME=VALUE",
                         help="override one parameter, e.g. policy_node:inference_rate_hz=5 or "
                              "policy_node:dysta.delta_l1=0.1 (repeatable; VALUE is YAML)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads, policy_node's cpu_threads (default: the params file's; "
+                             "0 = torch's default, one per core)")
     parser.add_argument("--duration", type=float, default=0.0, help="seconds to run (0: until Ctrl-C)")
 
 
@@ -47,16 +55,45 @@ def default_params_file() -> str:
     raise ConfigError("config/dysta_nodes.yaml not found; pass --params-file")
 
 
+def params_file_values(path, data) -> dict[str, dict]:
+    """Return {node: {parameter: value}} from a ROS 2 params file, its sections read as ROS 2 does.
+
+    A section applies to a node when its key is the node's name, `/name`, `/**/name` or the
+    wildcard `/**`; sections apply in file order (a later one overrides). A section without
+    `ros__parameters` is refused: ROS 2 would drop it without a word.
+    """
+    values: dict[str, dict] = {node: {} for node in NODES}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of node names to sections")
+    for key, section in data.items():
+        if not isinstance(section, dict) or not isinstance(section.get("ros__parameters"), dict):
+            raise ConfigError(f"{path}: section {key!r} has no 'ros__parameters' mapping "
+                              "(expected NODE: {{ros__parameters: {{name: value}}}})")
+        name = str(key)
+        wildcard = name in ("/**", "**")
+        for node in NODES:
+            if wildcard or name in (node, f"/{node}", f"/**/{node}"):
+                # a wildcard applies to every node, each taking the names it declares (ROS 2
+                # ignores the rest); marked so to_parameters can tell them from typos
+                for param, value in section["ros__parameters"].items():
+                    values[node].pop(param, None)
+                    values[node].pop((WILDCARD, param), None)
+                    values[node][(WILDCARD, param) if wildcard else param] = value
+    return values
+
+
 def node_values(args) -> dict[str, dict]:
     """Return {node: {parameter: value}} from the params file, then the command line."""
-    data = load_yaml(args.params_file or default_params_file())
-    values = {node: dict((data.get(node) or {}).get("ros__parameters") or {}) for node in NODES}
-    values["policy_node"].update(strategy=args.strategy, model=args.model, robot=args.robot,
+    path = args.params_file or default_params_file()
+    values = params_file_values(path, load_yaml(path))
+    values["policy_node"].update(strategy=args.strategy, model=args.model, vlm=args.vlm, robot=args.robot,
                                  autostart=False)  # configured and activated below
     values["chunk_executor"]["robot"] = args.robot
     for name in ("device", "dtype", "instruction"):
         if getattr(args, name) is not None:
             values["policy_node"][name] = getattr(args, name)
+    if args.threads is not None:
+        values["policy_node"]["cpu_threads"] = args.threads
     if args.dry_run:
         values["chunk_executor"]["dry_run"] = True
     for item in args.param:
@@ -89,6 +126,15 @@ def to_parameters(values: dict, declared, node: str = "the node") -> list:
     by_name = {p.name: p for p in declared}
     parameters = []
     for name, value in values.items():
+        if isinstance(name, tuple):  # from a `/**` section: where declared, unless set since
+            name = name[1]
+            if name in values or (name not in by_name and name not in BUILTINS):
+                continue
+        if name in BUILTINS:
+            if not isinstance(value, BUILTINS[name]):
+                raise ConfigError(f"{node}: {name} must be true or false, got {value!r}")
+            parameters.append(Parameter(name, value=value))
+            continue
         reason = unknown_name(name, declared, node)
         if reason is None:
             value = by_name[name].coerce(value)  # YAML writes 10 for 10.0

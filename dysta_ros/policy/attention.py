@@ -23,8 +23,6 @@ from transformers import AttentionInterface
 
 ATTENTION_NAME = "dysta_plan"
 LAYER_MODES = ("all", "local", "strided")
-# How an entropy profile samples each layer (`dysta-ros profile-entropy`, VLA-Cache's measurement).
-PROFILE_HEADS, PROFILE_QUERIES = 4, 32
 
 
 def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:

@@ -228,3 +228,8 @@ def apply_overrides(config: PolicyConfig, overrides: dict[str, Any] | None) -> P
         return PolicyConfig.from_dict(data)
     except TypeError as exc:
         raise ConfigError(f"invalid config: {exc}") from exc
+
+
+# How an entropy profile samples each layer (`dysta-ros profile-entropy`, VLA-Cache's measurement);
+# here, not in attention.py, so profile-entropy's --help shows them without importing torch.
+PROFILE_HEADS, PROFILE_QUERIES = 4, 32

@@ -2,25 +2,48 @@
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
+
 import yaml
 
 from dysta_ros.errors import ConfigError
 from dysta_ros.robot import config_dirs, load_yaml
-from dysta_ros.tokens.base import Strategy
-from dysta_ros.tokens.dysta import DystaStrategy
-from dysta_ros.tokens.dysta_gotohunt import DystaGotohuntStrategy
-from dysta_ros.tokens.full import FullStrategy
-from dysta_ros.tokens.gotohunt import GotohuntStrategy
-from dysta_ros.tokens.vla_cache import VlaCacheStrategy
 
-STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls
-    for cls in (FullStrategy, DystaStrategy, GotohuntStrategy, VlaCacheStrategy, DystaGotohuntStrategy)
+if TYPE_CHECKING:
+    from dysta_ros.tokens.base import Strategy
+
+# name -> (module, class). The classes are imported on first use, so listing the names (a
+# command's --help, its choices) does not import torch.
+_REGISTERED = {
+    "full": ("dysta_ros.tokens.full", "FullStrategy"),
+    "dysta": ("dysta_ros.tokens.dysta", "DystaStrategy"),
+    "gotohunt": ("dysta_ros.tokens.gotohunt", "GotohuntStrategy"),
+    "vla_cache": ("dysta_ros.tokens.vla_cache", "VlaCacheStrategy"),
+    "dysta_gotohunt": ("dysta_ros.tokens.dysta_gotohunt", "DystaGotohuntStrategy"),
 }
 
 # What policy_node, `dysta-ros run` and the launch files run unless told otherwise: the
 # project's point (test/test_one_source.py checks each place names this one).
 DEFAULT_STRATEGY = "dysta"
+
+
+class _Registry(Mapping):
+    """Strategy classes by name, each imported when first looked up."""
+
+    def __getitem__(self, name: str) -> type[Strategy]:
+        module, cls = _REGISTERED[name]
+        return getattr(importlib.import_module(module), cls)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_REGISTERED)
+
+    def __len__(self) -> int:
+        return len(_REGISTERED)
+
+
+STRATEGIES: Mapping[str, type[Strategy]] = _Registry()
 
 
 def available_strategies() -> list[str]:

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from dysta_ros.errors import ConfigError
-from dysta_ros.policy.attention import PROFILE_HEADS, PROFILE_QUERIES, AttentionPlan
+from dysta_ros.policy.attention import AttentionPlan
+from dysta_ros.policy.config import PROFILE_HEADS, PROFILE_QUERIES
 from dysta_ros.tokens.base import PrefixResult, StepContext, Strategy, StrategyParams
 from dysta_ros.tokens.full import full_layout
 

@@ -23,9 +23,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from dysta_ros.errors import CheckpointError, ConfigError, DystaError
+from dysta_ros.errors import CheckpointError, ConfigError, DystaError, exit_status
 from dysta_ros.plots import pyplot, save_png
-from dysta_ros.policy.checkpoint import load_checkpoint, save_checkpoint
+from dysta_ros.policy.checkpoint import CONFIG_FILE, load_checkpoint, save_checkpoint
 from dysta_ros.policy.config import apply_overrides, preset_config
 from dysta_ros.policy.model import VLAModel
 from dysta_ros.policy.tokenizer import ByteTokenizer
@@ -280,15 +280,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="DySta layout to train, repeatable: dysta.cache_language=true, "
                              "dysta.l1_fraction=0.6, dysta.l2_fraction=0.3 (run it with the same)")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    parser.add_argument("--force", action="store_true",
+                        help="start afresh over the run already saved in --out (it is overwritten)")
+
+
+def check_out(out: str, resume: bool, force: bool) -> None:
+    """Refuse to start a fresh run over one saved in out, unless told to resume or overwrite it."""
+    if resume and force:
+        raise ConfigError("--resume and --force contradict each other: continue the run, or replace it")
+    saved = [name for name in (CONFIG_FILE, STATE_JSON) if (Path(out) / name).is_file()]
+    if saved and not (resume or force):
+        raise ConfigError(f"--out {out}: holds a run already ({', '.join(saved)}); "
+                          "pass --resume to continue it or --force to overwrite it")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
+        check_out(args.out, args.resume, args.force)
         cfg = train_config(args)
         record = Trainer(cfg, resume=args.resume).run()
     except DystaError as exc:  # a bad flag, bag, checkpoint or resume state: one line, not a traceback
         print(f"dysta-ros train: {exc}", file=sys.stderr)
-        return 2
+        return exit_status(exc)
     print(json.dumps({"out": cfg.out, **record}))
     return 0
 

@@ -1,0 +1,51 @@
+"""One check that a torch device and dtype exist on this machine, before a model is built."""
+
+from __future__ import annotations
+
+import torch
+
+from dysta_ros.errors import ConfigError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def available_devices() -> list[str]:
+    """Return the device strings this torch build can use here (cpu first)."""
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append("mps")
+    return found
+
+
+def check_device(device: str, dtype: str = "float32") -> torch.device:
+    """Return torch.device(device) if it and dtype exist here; else raise one ConfigError naming what does."""
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    here = ", ".join(available_devices())
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device {device!r} is not a torch device; available here: {here}") from None
+    if parsed.type == "cpu":
+        return parsed
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only torch" if torch.version.cuda is None else "no visible CUDA GPU"
+            raise ConfigError(f"device {device!r} requested but CUDA is not available ({build}); "
+                              f"available here: {here}")
+        index = 0 if parsed.index is None else parsed.index
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s); "
+                              f"available here: {here}")
+        if dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+            raise ConfigError(f"dtype 'bfloat16' is not supported on {device!r} "
+                              f"({torch.cuda.get_device_name(index)}); use float16 or float32")
+        return parsed
+    if parsed.type == "mps" and "mps" in available_devices():
+        if dtype == "bfloat16":
+            raise ConfigError("dtype 'bfloat16' is not supported on 'mps'; use float16 or float32")
+        return parsed
+    raise ConfigError(f"device {device!r} is not available here; available: {here}")

@@ -1,0 +1,77 @@
+"""`dysta-ros run` reads params files as ROS 2 does and accepts rclpy's built-in parameters."""
+
+import pytest
+import rclpy
+
+from dysta_ros.cli import build_parser, main
+from dysta_ros.nodes.run import declared_params, node_values, to_parameters
+
+PARAMS = """\
+/**:
+  ros__parameters:
+    use_sim_time: true
+    cpu_threads: 3
+    inference_rate_hz: 4.0
+policy_node:
+  ros__parameters:
+    inference_rate_hz: 5.0
+chunk_executor:
+  ros__parameters:
+    control_rate_hz: 40.0
+"""
+
+
+def parameters(*argv):
+    args = build_parser("run").parse_args(["run", *argv])
+    values, declared = node_values(args), declared_params()
+    return {node: {p.name: p.value for p in to_parameters(values[node], declared[node], node)}
+            for node in values}
+
+
+def test_wildcard_sections_apply_where_declared_and_later_sections_win(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(PARAMS)
+    got = parameters("--params-file", str(path))
+    assert got["policy_node"]["use_sim_time"] is True and got["chunk_executor"]["use_sim_time"] is True
+    assert got["policy_node"]["cpu_threads"] == 3 and "cpu_threads" not in got["chunk_executor"]
+    assert got["policy_node"]["inference_rate_hz"] == 5.0  # its own section comes after /**
+    assert got["chunk_executor"]["control_rate_hz"] == 40.0
+    # the command line overrides the file, wildcard or not
+    got = parameters("--params-file", str(path), "--threads", "1",
+                     "--param", "policy_node:use_sim_time=false")
+    assert got["policy_node"]["cpu_threads"] == 1 and got["policy_node"]["use_sim_time"] is False
+
+
+def test_use_sim_time_is_accepted_and_checked():
+    assert parameters("--param", "policy_node:use_sim_time=true")["policy_node"]["use_sim_time"] is True
+
+
+@pytest.mark.parametrize("text, says", [
+    ("policy_node:\n  inference_rate_hz: 5.0\n", "section 'policy_node' has no 'ros__parameters'"),
+    ("/**:\n  ros__parameters:\n    cpu_thread: 2\n", None),
+])
+def test_unreadable_sections_are_refused_in_one_line(tmp_path, capsys, text, says):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    if says is None:  # a wildcard name no node declares is ignored, as ROS 2 ignores it
+        assert "cpu_thread" not in parameters("--params-file", str(path))["policy_node"]
+        return
+    assert main(["run", "--duration", "1", "--params-file", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert says in err and len(err.strip().splitlines()) == 1, err
+    assert not rclpy.ok()
+
+
+def test_use_sim_time_must_be_a_bool(capsys):
+    assert main(["run", "--duration", "1", "--param", "policy_node:use_sim_time=maybe"]) == 2
+    assert "use_sim_time must be true or false, got 'maybe'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["latency", "load"])
+def test_latency_and_load_pass_threads_to_policy_node(command):
+    from dysta_ros.nodes.latency import policy_node_command
+
+    args = build_parser(command).parse_args([command, "--threads", "2"])
+    assert "cpu_threads:=2" in policy_node_command(args, ["/cam0"], None, 1.0)
+    default = build_parser(command).parse_args([command])
+    assert "cpu_threads:=0" in policy_node_command(default, ["/cam0"], None, 1.0)
