@@ -9,11 +9,9 @@ a plain launch file (or `dysta-ros run`) needs no lifecycle manager.
 
 from __future__ import annotations
 
-import collections
 import gc
 import sys
 import threading
-import time
 
 import numpy as np
 from rclpy.executors import SingleThreadedExecutor
@@ -33,8 +31,10 @@ from dysta_ros.nodes import conversions as conv
 from dysta_ros.nodes import params as P
 from dysta_ros.nodes.diagnostics import ERROR, OK, WARN, CoreLogBridge, StatusBoard, to_message
 from dysta_ros.nodes.image_conversion import image_to_rgb
+from dysta_ros.nodes.inference_loop import InferenceLoop
 from dysta_ros.nodes.inputs import LatestInputs
 from dysta_ros.nodes.spin import run_node
+from dysta_ros.nodes.step_report import StepReport
 from dysta_ros.robot import config_path, load_robot_config, load_yaml
 from dysta_ros.tokens import DEFAULT_STRATEGY, available_strategies, strategy_class
 from dysta_ros.types import Observation
@@ -125,8 +125,8 @@ class PolicyNode(LifecycleNode):
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(self.values["diagnostic_period_s"], self.publish_diagnostics)
         self.runtime = None
-        self.thread: threading.Thread | None = None
-        self.stop = threading.Event()
+        self.report = StepReport()
+        self.loop: InferenceLoop | None = None
         self.rebuild = False
         self.ros_entities = []
         self.trajectory_pub = None
@@ -258,9 +258,11 @@ class PolicyNode(LifecycleNode):
             String, "/dysta/instruction", self.on_instruction, conv.LATCHED_QOS))
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
-        self.stop.clear()
-        self.thread = threading.Thread(target=self.inference_loop, name="inference", daemon=True)
-        self.thread.start()
+        self.episode_instruction = None
+        self.report.reset()
+        self.loop = InferenceLoop(self.inputs.wait, self.step_once, lambda: self.values["inference_rate_hz"],
+                                  self.on_step_failure)
+        self.loop.start()
         self.board.set("lifecycle", OK, "active", strategy=self.runtime.spec.strategy,
                        model=self.values["model"])
         self.get_logger().info("active")
@@ -282,10 +284,18 @@ class PolicyNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def stop_inference(self):
-        self.stop.set()
-        if self.thread is not None:
-            self.thread.join()
-            self.thread = None
+        if self.loop is not None:
+            self.loop.stop()
+            self.loop = None
+
+    @property
+    def thread(self):
+        """The inference thread, while active."""
+        return self.loop.thread if self.loop is not None else None
+
+    @property
+    def errors(self) -> int:
+        return self.report.errors
 
     def release(self):
         """Free the model and the subscriptions and publishers made in configure."""
@@ -411,24 +421,10 @@ class PolicyNode(LifecycleNode):
 
     # Inference thread -----------------------------------------------------------------------
 
-    def inference_loop(self):
-        seen, next_start = 0, 0.0
-        self.episode_instruction = None
-        self.step_times = collections.deque(maxlen=20)
-        self.node_ms = collections.deque(maxlen=200)  # last frame's arrival -> step start
-        self.steps = self.errors = 0
-        while not self.stop.is_set():
-            seen = self.inputs.wait(seen, timeout=0.1)
-            delay = next_start - time.monotonic()
-            if delay > 0 and self.stop.wait(delay):  # at most inference_rate_hz
-                break
-            try:
-                if self.step_once():
-                    next_start = time.monotonic() + 1.0 / self.values["inference_rate_hz"]
-            except Exception as exc:  # noqa: BLE001 - the node must never die of one bad step
-                self.errors += 1
-                self.board.set("inference", ERROR, f"step failed: {type(exc).__name__}: {exc}")
-                self.get_logger().error(f"step failed: {exc!r}", throttle_duration_sec=1.0)
+    def on_step_failure(self, exc: Exception):
+        self.report.errors += 1
+        self.board.set("inference", ERROR, f"step failed: {type(exc).__name__}: {exc}")
+        self.get_logger().error(f"step failed: {exc!r}", throttle_duration_sec=1.0)
 
     def step_once(self) -> bool:
         """Step on the latest inputs if they are fresh and new; return whether it stepped."""
@@ -465,8 +461,8 @@ class PolicyNode(LifecycleNode):
         try:
             chunk, stats = self.runtime.step(observation)
         except (InputError, InferenceError, ConfigError) as exc:
-            self.errors += 1
-            self.board.set("inference", ERROR, f"holding, step refused: {exc}", errors=self.errors)
+            self.report.errors += 1
+            self.board.set("inference", ERROR, f"holding, step refused: {exc}", errors=self.report.errors)
             self.get_logger().error(f"step refused: {exc}", throttle_duration_sec=1.0)
             return True
         end = self.now()
@@ -493,20 +489,9 @@ class PolicyNode(LifecycleNode):
         self.board.update("lifecycle", strategy=v["strategy"])
 
     def report_step(self, snapshot, stats, start: float, end: float):
-        self.steps += 1
-        self.node_ms.append((start - snapshot.received) * 1e3)
-        self.step_times.append(start)
-        span = self.step_times[-1] - self.step_times[0]
-        rate = (len(self.step_times) - 1) / span if span > 0 else 0.0
-        self.board.set("inference", OK, f"step {self.steps}", strategy=self.runtime.spec.strategy,
-                       device=self.values["device"], rate_hz=f"{rate:.2f}",
-                       model_ms=f"{stats.stage_ms.get('total', 0.0):.2f}",
-                       frame_age_at_start_ms=f"{(start - snapshot.stamp) * 1e3:.2f}",
-                       stamp_to_chunk_ms=f"{(self.now() - snapshot.stamp) * 1e3:.2f}",
-                       # this node's own cost before the model: wake-up, snapshot, conversions
-                       arrival_to_step_ms_p50=f"{np.percentile(self.node_ms, 50):.2f}",
-                       arrival_to_step_ms_p99=f"{np.percentile(self.node_ms, 99):.2f}",
-                       context_tokens=stats.context_tokens, errors=self.errors)
+        values = self.report.stepped(stats, snapshot.received, snapshot.stamp, start, self.now())
+        self.board.set("inference", OK, f"step {self.report.steps}", strategy=self.runtime.spec.strategy,
+                       device=self.values["device"], **values)
 
     def publish_diagnostics(self):
         inputs = getattr(self, "inputs", None)  # made in configure
