@@ -31,6 +31,7 @@ setup(
         "opencv-python-headless",
         "mujoco>=3",
         "rosbags>=0.10",
+        "mcap>=1.2",  # reads the complete messages of MCAP files a killed recorder left
     ],
     extras_require={"test": ["pytest", "pytest-timeout", "hypothesis", "ruff"]},
     zip_safe=False,

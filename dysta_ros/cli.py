@@ -16,9 +16,10 @@ from dysta_ros.errors import DystaError, exit_status
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("dysta_ros.evaluation.demo", "closed loop in MuJoCo over real ROS topics, with a report"),
+    "demo": ("dysta_ros.nodes.demo_session", "closed loop in MuJoCo over real ROS topics, with a report"),
     "bench": ("dysta_ros.evaluation.bench", "strategies side by side on the same frames: speed, deviation"),
     "profile-entropy": ("dysta_ros.evaluation.entropy", "attention entropy per layer -> GoToHunt layers"),
+    "bag-info": ("dysta_ros.bags.inspect", "what a bag holds: topics, counts, rates, episodes"),
     "eval": ("dysta_ros.evaluation.open_loop", "open-loop replay of rosbags: action error per strategy"),
     "record": ("dysta_ros.nodes.recorder", "record expert episodes from the sim to a rosbag2 (MCAP)"),
     "replay": ("dysta_ros.nodes.bag_player", "publish a bag's messages with their original timing"),
@@ -26,6 +27,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "latency": ("dysta_ros.nodes.latency", "ROS-layer camera-to-chunk latency beyond model time"),
     "load": ("dysta_ros.nodes.load_test", "hold policy_node under camera load: memory, frame age, drops"),
     "train": ("dysta_ros.training.train", "behaviour cloning with DySta's learned parts"),
+    "parity": ("dysta_ros.evaluation.parity", "our SmolVLA vs recorded LeRobot cases: max action errors"),
+    "info": ("dysta_ros.info", "what a checkpoint directory holds: family, cameras, dims, dtypes"),
     "closed-loop": ("dysta_ros.evaluation.success", "success rate per strategy on held-out sim seeds"),
 }
 

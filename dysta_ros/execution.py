@@ -27,6 +27,16 @@ EE_DIMS = {"ee_pose": (6, 7), "ee_twist": (6,)}
 MAX_CHUNKS = 64
 
 
+# Inclusive ranges of ExecutorConfig's numbers, defined once: chunk_executor declares its ROS
+# parameters with them, so a live set and a start-up value are refused by the same bounds.
+EXECUTOR_RANGES = {
+    "control_rate_hz": (0.1, 1000.0),
+    "ensemble_decay": (0.0, 10.0),
+    "max_chunk_age_s": (0.001, 60.0),
+    "max_state_age_s": (0.001, 60.0),
+}
+
+
 @dataclass(frozen=True)
 class ExecutorConfig:
     """How chunk_executor turns chunks into commands (ROS parameters of the same names)."""
@@ -41,16 +51,12 @@ class ExecutorConfig:
     dry_run: bool = False  # log commands instead of publishing them
 
     def __post_init__(self):
-        if not (0.1 <= self.control_rate_hz <= 1000.0):
-            raise ConfigError(f"control_rate_hz must be in [0.1, 1000], got {self.control_rate_hz}")
+        for name, (low, high) in EXECUTOR_RANGES.items():
+            value = getattr(self, name)
+            if not (low <= value <= high):
+                raise ConfigError(f"{name} must be in [{low}, {high}], got {value}")
         if self.blending not in BLENDINGS:
             raise ConfigError(f"blending {self.blending!r} is not one of {', '.join(BLENDINGS)}")
-        if not (0.0 <= self.ensemble_decay <= 10.0):
-            raise ConfigError(f"ensemble_decay must be in [0, 10], got {self.ensemble_decay}")
-        for name in ("max_chunk_age_s", "max_state_age_s"):
-            value = getattr(self, name)
-            if not (0.001 <= value <= 60.0):
-                raise ConfigError(f"{name} must be in [0.001, 60] seconds, got {value}")
         if self.command_output not in ("",) + COMMAND_OUTPUTS:
             raise ConfigError(f"command_output {self.command_output!r} is not one of "
                               f"{', '.join(COMMAND_OUTPUTS)} (or empty for the robot config's)")

@@ -148,6 +148,11 @@ class RobotConfig:
     command_output: str = "joint_trajectory"  # one of COMMAND_OUTPUTS
     command_topics: dict[str, str] = field(default_factory=dict)  # output -> topic
     workspace: Workspace | None = None  # bounds of ee_pose / ee_twist commands; None: unbounded
+    # The checkpoint's units: its names for the joints' state/action dimensions, and
+    # ROS value = model value * scale + offset, per joint. Empty: names unchecked, units equal.
+    model_features: tuple[str, ...] = ()
+    model_scale: tuple[float, ...] = ()
+    model_offset: tuple[float, ...] = ()
 
     def __post_init__(self):
         def fail(field_name: str, message: str):
@@ -182,6 +187,15 @@ class RobotConfig:
                  f"unknown outputs {sorted(unknown)}; allowed: {', '.join(COMMAND_OUTPUTS)}")
         if self.workspace is not None and not isinstance(self.workspace, Workspace):
             fail("workspace", f"must be a Workspace or None, got {type(self.workspace).__name__}")
+        for key in ("features", "scale", "offset"):
+            values = getattr(self, f"model_{key}")
+            if values and len(values) != len(self.joints):
+                fail(f"model_units.{key}",
+                     f"needs one value per joint ({len(self.joints)}), got {len(values)}")
+        if self.model_scale and not all(np.isfinite(v) and v != 0 for v in self.model_scale):
+            fail("model_units.scale", f"values must be finite and non-zero, got {list(self.model_scale)}")
+        if self.model_offset and not np.all(np.isfinite(self.model_offset)):
+            fail("model_units.offset", f"values must be finite, got {list(self.model_offset)}")
 
     @property
     def lower(self) -> np.ndarray:
@@ -213,6 +227,40 @@ class RobotConfig:
             raise InputError(f"joint state has non-finite positions for {bad}")
         return picked
 
+    def _units(self) -> tuple[np.ndarray, np.ndarray]:
+        joints = len(self.joints)
+        scale = np.asarray(self.model_scale or [1.0] * joints, dtype=np.float64)
+        return scale, np.asarray(self.model_offset or [0.0] * joints, dtype=np.float64)
+
+    def state_to_model(self, positions: np.ndarray) -> np.ndarray:
+        """Return joint positions in ROS units (rad) as the checkpoint's state (e.g. degrees)."""
+        scale, offset = self._units()
+        return (np.asarray(positions, dtype=np.float64) - offset) / scale
+
+    def actions_to_ros(self, actions: np.ndarray) -> np.ndarray:
+        """Return (H, joints) actions in the checkpoint's units as ROS joint positions (rad)."""
+        scale, offset = self._units()
+        return (np.asarray(actions, dtype=np.float64) * scale + offset).astype(np.float32)
+
+    def check_features(self, camera_names, state_names, action_names) -> None:
+        """Raise ConfigError, with both lists, if a checkpoint's features don't match this robot.
+
+        Names the checkpoint does not carry (empty lists) are not checked; dimensions always are.
+        """
+        cameras = sorted(c.name for c in self.cameras)
+        if set(camera_names) - set(cameras):
+            raise ConfigError(f"robot {self.name!r}: the checkpoint's cameras {list(camera_names)} do not "
+                              f"match the robot config's cameras {cameras}")
+        expected = list(self.model_features) or None
+        for kind, names in (("state", state_names), ("action", action_names)):
+            names = list(names or [])
+            if expected and names and names != expected:
+                raise ConfigError(f"robot {self.name!r}: the checkpoint's {kind} features {names} do not "
+                                  f"match the robot config's model_units.features {expected}")
+            if names and len(names) != len(self.joints):
+                raise ConfigError(f"robot {self.name!r}: the checkpoint's {kind} features {names} do not "
+                                  f"match the robot config's joints {list(self.joints)}")
+
     def camera_topics(self, camera_names: list[str]) -> list[str]:
         """Return the topics of the model's cameras, matched by name; raise if one is missing."""
         by_name = {c.name: c.topic for c in self.cameras}
@@ -226,7 +274,7 @@ class RobotConfig:
     def from_dict(cls, data: dict, source: str = "robot config") -> RobotConfig:
         """Build from a parsed YAML mapping; unknown or missing keys raise ConfigError."""
         allowed = {"name", "joints", "limits", "cameras", "state_topic", "base_frame",
-                   "action_space", "command_output", "command_topics", "workspace"}
+                   "action_space", "command_output", "command_topics", "workspace", "model_units"}
         unknown = set(data) - allowed
         if unknown:
             raise ConfigError(f"{source}: unknown keys {sorted(unknown)}; "
@@ -238,6 +286,11 @@ class RobotConfig:
         limit_keys = {"position_lower", "position_upper", "velocity"}
         if not isinstance(limits, dict) or set(limits) != limit_keys:
             raise ConfigError(f"{source}: limits needs exactly the keys {sorted(limit_keys)}")
+        units = data.get("model_units") or {}
+        if not isinstance(units, dict) or set(units) - {"features", "scale", "offset"}:
+            given = sorted(units) if isinstance(units, dict) else repr(units)
+            raise ConfigError(f"{source}: model_units takes the keys features, scale, offset (lists, "
+                              f"one entry per joint); got {given}")
         workspace = None
         if data.get("workspace") is not None:
             workspace = Workspace.from_dict(data["workspace"], source)
@@ -254,6 +307,9 @@ class RobotConfig:
                    if k in data},
                 command_topics=dict(data.get("command_topics") or {}),
                 workspace=workspace,
+                model_features=tuple(str(f) for f in units.get("features") or ()),
+                model_scale=tuple(float(v) for v in units.get("scale") or ()),
+                model_offset=tuple(float(v) for v in units.get("offset") or ()),
             )
         except (TypeError, ValueError) as exc:
             if isinstance(exc, ConfigError):

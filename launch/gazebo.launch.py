@@ -29,6 +29,7 @@ def generate_launch_description():
     share = FindPackageShare(PACKAGE)
     strategy = LaunchConfiguration("strategy")
     model = LaunchConfiguration("model")
+    vlm = LaunchConfiguration("vlm")
     robot = LaunchConfiguration("robot")
     use_sim_time = LaunchConfiguration("use_sim_time")
     arguments = [
@@ -36,6 +37,8 @@ def generate_launch_description():
                               description="token strategy: full, dysta, gotohunt, vla_cache, dysta_gotohunt"),
         DeclareLaunchArgument("model", default_value="tiny",
                               description="model preset or checkpoint directory"),
+        DeclareLaunchArgument("vlm", default_value="",
+                              description="a SmolVLA checkpoint's backbone config + tokenizer directory"),
         DeclareLaunchArgument("robot", default_value="sim_arm", description="config/robots/<name>.yaml"),
         DeclareLaunchArgument("world", description="Gazebo world (SDF)",
                               default_value=PathJoinSubstitution([share, "description", "tabletop.sdf"])),
@@ -67,7 +70,7 @@ def generate_launch_description():
     # The same nodes and parameters as on a real arm: one launch file defines them.
     policy_and_executor = IncludeLaunchDescription(
         AnyLaunchDescriptionSource(PathJoinSubstitution([share, "launch", "dysta.launch.xml"])),
-        launch_arguments={"strategy": strategy, "model": model, "robot": robot,
+        launch_arguments={"strategy": strategy, "model": model, "vlm": vlm, "robot": robot,
                           "use_sim_time": use_sim_time}.items())
 
     return LaunchDescription(arguments + [

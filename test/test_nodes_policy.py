@@ -393,8 +393,11 @@ def test_a_core_warning_reaches_diagnostics(ros):
     probe = Probe()
     probe.spin.add_node(node)
     try:
+        # OK until the core says something: no frame has been sent, so no step can have warned.
+        # Read from the node's own board (under its lock), not from whichever /diagnostics
+        # message happened to arrive last while the node's threads may still be updating it.
+        assert node.board.snapshot()["core"].level == 0
         assert spin_until(probe.spin, lambda: probe.status("core") is not None)
-        assert probe.status("core")[0] == 0  # OK until the core says something
         probe.publishing_until(good_frame, lambda: (probe.status("core") or (0,))[0] == 1)
         level, message = probe.status("core")
         assert "cache_language" in message and "trained" in message

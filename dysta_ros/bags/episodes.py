@@ -9,6 +9,7 @@ the network; header stamps say when the camera saw it). Recorded actions form a 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ from dysta_ros.errors import BagError, InputError
 from dysta_ros.images import compressed_to_rgb, raw_to_rgb
 from dysta_ros.types import Observation
 
+log = logging.getLogger(__name__)
+
 
 def stamp_seconds(stamp) -> float:
     """Return a builtin_interfaces/Time as float seconds."""
@@ -32,6 +35,27 @@ def header_or_receive_time(header, receive_s: float) -> float:
     """Return the header stamp, or the receive time where the publisher left the stamp zero."""
     stamp = stamp_seconds(header.stamp)
     return stamp if stamp > 0.0 else receive_s
+
+
+CLOCKS = ("header", "receive")
+CLOCK_TOLERANCE_S = 0.5  # header stamps this far from receive times: another clock
+
+
+def _stamp(header, receive_s: float, clock: str) -> float:
+    """Return when a message happened by the chosen clock."""
+    return receive_s if clock == "receive" else header_or_receive_time(header, receive_s)
+
+
+def _check_clocks(source: str, states: list, clock: str, topic: str) -> None:
+    """Warn, naming the clock used, where header stamps and receive times disagree."""
+    if not states:
+        return
+    gap = float(np.median([abs(receive_s - stamp) for receive_s, stamp, _ in states]))
+    if gap > CLOCK_TOLERANCE_S:
+        other = "receive" if clock == "header" else "header"
+        log.warning("%s: on %s header stamps and receive times differ by %.3g s (median; sim "
+                    "time or unsynchronised clocks); using %s times; pass --time %s to use %s "
+                    "times instead", source, topic, gap, clock, other, other)
 
 
 def hold_indices(sample_times: np.ndarray, query_times: np.ndarray) -> np.ndarray:
@@ -120,8 +144,11 @@ def _ordered(names, values, joints: tuple[str, ...], what: str, source: str) -> 
     return values[[index[j] for j in joints]]
 
 
-def _action_samples(msgtype: str, message, receive_s: float, joints, source: str):
+def _action_samples(msgtype: str, message, receive_s: float, joints, source: str,
+                    clock: str = "header"):
     """Return (start time, [(time, action vector), ...]) for one recorded action message."""
+    def header_or_receive_time(header, receive_s):
+        return _stamp(header, receive_s, clock)
     if msgtype == "dysta_ros/msg/ActionChunk":
         start = header_or_receive_time(message.header, receive_s)
         rows = np.asarray(message.actions, dtype=np.float32).reshape(message.horizon, message.dim)
@@ -180,10 +207,16 @@ def _episode_windows(events: list[tuple[float, dict]]) -> list[_Window]:
 
 
 def load_episodes(path: str | Path, topic_map: TopicMap | None = None,
-                  rate_hz: float = 10.0) -> list[Episode]:
-    """Read a bag's episodes, resampled at `rate_hz` with a zero-order hold."""
+                  rate_hz: float = 10.0, clock: str = "header") -> list[Episode]:
+    """Read a bag's episodes, resampled at `rate_hz` with a zero-order hold.
+
+    `clock` says which time places a message: its header stamp ("header", receive time
+    where the stamp is zero) or when the recorder received it ("receive").
+    """
     if rate_hz <= 0:
         raise BagError(f"{path}: rate_hz must be positive, got {rate_hz}")
+    if clock not in CLOCKS:
+        raise BagError(f"{path}: clock {clock!r} is not one of {list(CLOCKS)}")
     topic_map = topic_map or default_topic_map()
     source = str(path)
     with BagReader(path) as bag:
@@ -197,7 +230,7 @@ def load_episodes(path: str | Path, topic_map: TopicMap | None = None,
             message = bag.decode(raw)
             if raw.topic in camera_of:
                 images[camera_of[raw.topic]].append(
-                    (receive_s, Frame(header_or_receive_time(message.header, receive_s),
+                    (receive_s, Frame(_stamp(message.header, receive_s, clock),
                                       raw.msgtype, message)))
             elif raw.topic == topic_map.state_topic:
                 joints = joints or tuple(message.name)
@@ -206,11 +239,19 @@ def load_episodes(path: str | Path, topic_map: TopicMap | None = None,
                                         source)))
             elif raw.topic == topic_map.action_topic:
                 actions.append((receive_s, *_action_samples(raw.msgtype, message, receive_s,
-                                                            joints, source)))
+                                                            joints, source, clock)))
             elif raw.topic == topic_map.instruction_topic:
                 instructions.append((receive_s, message.data))
             elif raw.topic == topic_map.episode_topic:
                 events.append((receive_s, _parse_event(message.data, source)))
+        if lost := [t for t in topic_map.topics() if bag.message_counts.get(t, 0)
+                    and t in bag.shortfalls and not bag.shortfalls[t][1]]:
+            raise BagError(f"{source}: the index lists messages on {lost} but none could be read")
+    _check_clocks(source, states, clock, topic_map.state_topic)
+    if clock == "receive":
+        states = [(receive_s, receive_s, vector) for receive_s, _, vector in states]
+    if topic_map.action_topic == topic_map.state_topic:
+        actions = _next_state_actions(states)
 
     episodes = []
     for window in _episode_windows(events):
@@ -224,12 +265,24 @@ def load_episodes(path: str | Path, topic_map: TopicMap | None = None,
     return episodes
 
 
+def _next_state_actions(states: list) -> list:
+    """Return joint states as their own labels: the action at each state is the next state."""
+    return [(receive_s, stamp, [(stamp, following[2])])
+            for (receive_s, stamp, _), following in zip(states, states[1:])]
+
+
 def _parse_event(text: str, source: str) -> dict:
     try:
         event = json.loads(text)
     except json.JSONDecodeError as exc:
         raise BagError(f"{source}: episode event {text!r} is not JSON: {exc}") from exc
     return event if isinstance(event, dict) else {}
+
+
+def check_bag(path: str | Path, topic_map: TopicMap) -> None:
+    """Raise BagError unless the bag opens and has every topic the map needs, readable."""
+    with BagReader(path) as bag:
+        _check_topics(bag, topic_map)
 
 
 def _check_topics(bag: BagReader, topic_map: TopicMap) -> None:
@@ -242,12 +295,25 @@ def _check_topics(bag: BagReader, topic_map: TopicMap) -> None:
                             f"({have.get(topic, 'missing')}; needs one of {list(IMAGE_TYPES)})")
     if have.get(topic_map.state_topic) != "sensor_msgs/msg/JointState":
         problems.append(f"state topic {topic_map.state_topic} ({have.get(topic_map.state_topic, 'missing')})")
-    if have.get(topic_map.action_topic) != topic_map.action_type:
+    if topic_map.action_topic == topic_map.state_topic:
+        if topic_map.action_type != "sensor_msgs/msg/JointState":
+            problems.append(f"action topic {topic_map.action_topic} is the state topic, so "
+                            f"action_type must be sensor_msgs/msg/JointState (the next state "
+                            f"is the action), not {topic_map.action_type}")
+    elif have.get(topic_map.action_topic) != topic_map.action_type:
         problems.append(f"action topic {topic_map.action_topic} of type {topic_map.action_type} "
                         f"({have.get(topic_map.action_topic, 'missing')})")
     if problems:
+        counts = bag.message_counts
+        listing = ", ".join(f"{topic} ({msgtype}, {counts.get(topic, 0)} messages)"
+                            for topic, msgtype in sorted(have.items()))
         raise BagError(f"{bag.path}: does not match topic map {topic_map.source}: "
-                       + "; ".join(problems) + f". The bag has: {sorted(have)}")
+                       + "; ".join(problems) + f". The bag has: {listing}. Write a topic map "
+                       f"for this bag (config/bag_topics/*.yaml) and pass it with --topic-map")
+    needed = [*topic_map.cameras.values(), topic_map.state_topic, topic_map.action_topic]
+    if unreadable := {t: bag.unreadable[t] for t in needed if t in bag.unreadable}:
+        raise BagError(f"{bag.path}: topics the topic map needs cannot be decoded: "
+                       + "; ".join(f"{t}: {why}" for t, why in unreadable.items()))
 
 
 def _build_episode(source, index, window, images, states, actions, instructions, joints,

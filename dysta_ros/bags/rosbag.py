@@ -6,12 +6,20 @@ share that wire format, so a player publishes them and a recorder writes them un
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import logging
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from rosbags.interfaces import (
+    Connection,
     ConnectionExtRosbag2,
+    MessageDefinition,
+    MessageDefinitionFormat,
     Qos,
     QosDurability,
     QosHistory,
@@ -23,6 +31,13 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 
 from dysta_ros.bags.typestore import package_typestore, typestore_for_bag
 from dysta_ros.errors import BagError
+
+if sys.version_info >= (3, 14):
+    from compression import zstd
+else:
+    from backports import zstd  # rosbags depends on it
+
+log = logging.getLogger(__name__)
 
 STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 
@@ -95,61 +110,203 @@ class BagWriter:
         self.write(topic, stamp_ns, self.typestore.serialize_cdr(message, connection.msgtype))
 
 
+class _RecoveredMcap:
+    """The complete messages of an MCAP file that ends early (its recorder was killed)."""
+
+    def __init__(self, path: Path):
+        from mcap.exceptions import McapError
+        from mcap.records import Channel, Message, Schema
+        from mcap.stream_reader import StreamReader
+
+        schemas, self.connections, self._messages = {}, [], []
+        by_channel = {}
+        self.complete = True
+        with path.open("rb") as stream:
+            try:
+                for record in StreamReader(stream).records:
+                    if isinstance(record, Schema):
+                        schemas[record.id] = record
+                    elif isinstance(record, Channel):
+                        schema = schemas.get(record.schema_id)
+                        by_channel[record.id] = Connection(
+                            id=record.id, topic=record.topic,
+                            msgtype=schema.name if schema else "",
+                            msgdef=MessageDefinition(
+                                MessageDefinitionFormat.MSG if schema and schema.encoding
+                                == "ros2msg" else MessageDefinitionFormat.NONE,
+                                schema.data.decode() if schema else ""),
+                            digest="", msgcount=0,
+                            ext=ConnectionExtRosbag2("cdr", []), owner=None)
+                    elif isinstance(record, Message) and record.channel_id in by_channel:
+                        self._messages.append((record.channel_id, record.log_time, record.data))
+            except (McapError, EOFError, ValueError, OSError):
+                self.complete = False  # the stream stops at the first incomplete record
+        counts = collections.Counter(channel for channel, _, _ in self._messages)
+        self.connections = [c._replace(msgcount=counts[c.id]) for c in by_channel.values()]
+        self._messages.sort(key=lambda m: m[1])
+
+    def messages(self, connections, start=None, stop=None):
+        by_id = {c.id: c for c in connections}
+        for channel, stamp, data in self._messages:
+            if channel in by_id:
+                yield by_id[channel], stamp, data
+
+    def close(self) -> None:
+        """Nothing stays open."""
+
+
+MCAP_MAGIC = b"\x89MCAP0\r\n"
+
+
+def _ends_early(path: Path) -> bool:
+    """Return whether an MCAP file lacks its closing magic (the writer never finished)."""
+    with path.open("rb") as stream:
+        stream.seek(max(0, path.stat().st_size - len(MCAP_MAGIC)))
+        return stream.read() != MCAP_MAGIC
+
+
+def _starts_like_ros1(path: Path) -> bool:
+    """Return whether a file opens with ROS 1's bag magic."""
+    with path.open("rb") as stream:
+        return stream.read(13) == b"#ROSBAG V2.0\n"
+
+
+def _ros1_error(path: Path) -> BagError:
+    destination = path.with_suffix("") if path.suffix == ".bag" else Path(f"{path}_ros2")
+    return BagError(f"{path}: a ROS 1 bag; this package reads rosbag2. Convert it first: "
+                    f"rosbags-convert --src {path} --dst {destination}")
+
+
 class BagReader:
     """Read a rosbag2 directory, or a single .mcap / .db3 file.
 
     Every failure to read (missing, truncated, corrupt, unsupported) raises BagError naming
-    the file, whatever the storage library raised underneath.
+    the file, whatever the storage library raised underneath. A topic that cannot be decoded
+    (no or unparsable definition, unknown type) is listed in `unreadable` and warned about
+    once; the other topics read as usual. After reading, `shortfalls` lists every topic that
+    yielded fewer messages than the bag's index states, and `notes` what the reader repaired.
     """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._reader = None
+        self._storages: list = []  # one per storage file, in recording order
+        self._index: list[Connection] = []  # per topic: type and the count the bag states
+        self._decompress = False
         self.typestore = None
+        self.unreadable: dict[str, str] = {}
+        self.shortfalls: dict[str, tuple[int, int]] = {}  # topic -> (index count, read)
+        self.notes: list[str] = []
 
     def __enter__(self) -> BagReader:
         if not self.path.exists():
             raise BagError(f"{self.path}: no such bag")
+        if self.path.is_file() and (self.path.suffix == ".bag" or _starts_like_ros1(self.path)):
+            raise _ros1_error(self.path)
         try:
-            self._reader = Reader(self._storage_path())
-            self._reader.open()
-            self.typestore = typestore_for_bag(self._reader.connections)
+            self._open()
+            self.typestore, self.unreadable = typestore_for_bag(self._index)
         except BagError:
+            self.__exit__()
             raise
         except Exception as exc:  # the storage layers raise many kinds on damaged files
+            self.__exit__()
             raise BagError(f"{self.path}: cannot open rosbag2 (corrupt, truncated or "
                            f"unsupported): {type(exc).__name__}: {exc}") from exc
+        for topic, reason in self.unreadable.items():
+            log.warning("%s: topic %s cannot be decoded and is skipped: %s", self.path, topic,
+                        reason)
+        for note in self.notes:
+            log.warning("%s: %s", self.path, note)
         return self
 
-    def _storage_path(self) -> Path:
-        """Return what to open: a recorder killed mid-bag leaves its .mcap without metadata.yaml."""
-        if self.path.is_dir() and not (self.path / "metadata.yaml").exists():
-            files = sorted(self.path.glob("*.mcap")) + sorted(self.path.glob("*.db3"))
-            if len(files) == 1:
-                return files[0]
-            raise BagError(f"{self.path}: no metadata.yaml and not exactly one .mcap/.db3 file")
-        return self.path
+    def _open(self) -> None:
+        files = self._storage_files()
+        if files is None:  # a complete rosbag2 directory: rosbags reads metadata.yaml
+            self._reader = Reader(self.path)
+            self._reader.open()
+            self._storages = list(self._reader.storage.storages)
+            self._index = list(self._reader.connections)
+            self._decompress = self._reader.compression_mode == "message"
+            return
+        for file in files:
+            if file.suffix == ".mcap" and _ends_early(file):
+                storage = _RecoveredMcap(file)
+                repair = f"mcap recover {file} -o {file.with_name(file.stem + '-recovered.mcap')}"
+                if not any(c.msgcount for c in storage.connections):
+                    raise BagError(f"{file}: ends before its first complete message (truncated "
+                                   f"or not MCAP); nothing to read. Try: {repair}")
+                self.notes.append(
+                    f"{file.name} ends early (its recorder was killed?): read its "
+                    f"{sum(c.msgcount for c in storage.connections)} complete messages; "
+                    f"messages after the last complete record are lost. Repair: {repair}")
+            else:
+                reader = Reader(file)
+                reader.open()
+                storage = reader.storage
+            self._storages.append(storage)
+        self._index = self._metadata_index() or [c for s in self._storages
+                                                 for c in s.connections]
+
+    def _storage_files(self) -> list[Path] | None:
+        """Return the storage files to open one by one, or None where metadata.yaml serves."""
+        if self.path.is_file():
+            return [self.path]
+        files = sorted(self.path.glob("*.mcap")) + sorted(self.path.glob("*.db3"))
+        if not (self.path / "metadata.yaml").exists():
+            if not files:
+                if any(self.path.glob("*.bag")):
+                    raise _ros1_error(next(self.path.glob("*.bag")))
+                raise BagError(f"{self.path}: no metadata.yaml and no .mcap/.db3 file")
+            self.notes.append(f"no metadata.yaml: read {len(files)} storage file(s) by their "
+                              f"own index; `ros2 bag reindex {self.path}` rewrites it")
+            return files
+        if any(f.suffix == ".mcap" and _ends_early(f) for f in files):
+            return files
+        return None
+
+    def _metadata_index(self) -> list[Connection]:
+        """Return the counts metadata.yaml states, where it exists beside recovered files."""
+        path = self.path / "metadata.yaml" if self.path.is_dir() else None
+        if path is None or not path.exists():
+            return []
+        try:
+            info = yaml.safe_load(path.read_text())["rosbag2_bagfile_information"]
+            entries = info["topics_with_message_count"]
+            recorded = {c.topic: c for s in self._storages for c in s.connections}
+            return [(recorded.get(e["topic_metadata"]["name"]) or Connection(
+                0, e["topic_metadata"]["name"], e["topic_metadata"]["type"],
+                MessageDefinition(MessageDefinitionFormat.NONE, ""), "", 0,
+                ConnectionExtRosbag2("cdr", []), None))._replace(msgcount=int(e["message_count"]))
+                for e in entries]
+        except (yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
+            raise BagError(f"{path}: not rosbag2 metadata: {exc}") from exc
 
     def __exit__(self, *exc_info) -> None:
         if self._reader is not None and self._reader.is_open:
             self._reader.close()
+        elif self._reader is None:
+            for storage in self._storages:
+                with contextlib.suppress(Exception):
+                    storage.close()
+        self._storages = []
 
     @property
     def topics(self) -> dict[str, str]:
         """Return topic -> message type."""
-        return {c.topic: c.msgtype for c in self._reader.connections}
+        return {c.topic: c.msgtype for c in self._index}
 
     @property
     def message_counts(self) -> dict[str, int]:
         """Return topic -> number of messages, from the bag's index."""
         counts: dict[str, int] = {}
-        for connection in self._reader.connections:
+        for connection in self._index:
             counts[connection.topic] = counts.get(connection.topic, 0) + connection.msgcount
         return counts
 
     def qos(self, topic: str) -> TopicQos:
         """Return the QoS the topic was offered with when recorded (defaults if unrecorded)."""
-        for connection in self._reader.connections:
+        for connection in self._index:
             if connection.topic == topic and isinstance(connection.ext, ConnectionExtRosbag2):
                 for profile in connection.ext.offered_qos_profiles:
                     return TopicQos(
@@ -158,21 +315,40 @@ class BagReader:
         return TopicQos()
 
     def messages(self, topics: Iterable[str] | None = None) -> Iterator[BagMessage]:
-        """Yield messages in recording order, optionally only those of `topics`."""
-        wanted = None if topics is None else set(topics)
-        connections = [c for c in self._reader.connections
-                       if wanted is None or c.topic in wanted]
-        if not connections:
-            return
+        """Yield messages in recording order, optionally only those of `topics`.
+
+        Storage connections are matched to topics by name and type only: rosbag2 writes
+        the QoS of metadata.yaml and of the storage file in different forms, and matching
+        on them (as rosbags does) silently drops every message.
+        """
+        wanted = set(self.topics) if topics is None else set(topics) & set(self.topics)
+        read = collections.Counter()
         try:
-            for connection, stamp_ns, data in self._reader.messages(connections=connections):
-                yield BagMessage(connection.topic, connection.msgtype, stamp_ns, bytes(data))
+            for storage in self._storages:
+                connections = [c for c in storage.connections if c.topic in wanted]
+                if not connections:
+                    continue
+                for connection, stamp_ns, data in storage.messages(connections):
+                    if self._decompress:
+                        data = zstd.decompress(data)
+                    read[connection.topic] += 1
+                    yield BagMessage(connection.topic, connection.msgtype, stamp_ns, bytes(data))
         except Exception as exc:  # a damaged chunk shows up only when it is read
             raise BagError(f"{self.path}: cannot read messages (corrupt or truncated): "
                            f"{type(exc).__name__}: {exc}") from exc
+        counts = self.message_counts
+        for topic in sorted(wanted):
+            if read[topic] != counts[topic] and topic not in self.shortfalls:
+                self.shortfalls[topic] = (counts[topic], read[topic])
+                log.warning("%s: topic %s: the bag's index lists %d messages, %d could be "
+                            "read (%d lost)", self.path, topic, counts[topic], read[topic],
+                            counts[topic] - read[topic])
 
     def decode(self, message: BagMessage):
         """Deserialize a message into a rosbags message object."""
+        if message.topic in self.unreadable:
+            raise BagError(f"{self.path}: topic {message.topic} cannot be decoded: "
+                           f"{self.unreadable[message.topic]}")
         data = message.data
         try:
             if len(data) < 4 or data[:2] not in (b"\x00\x00", b"\x00\x01"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -39,23 +40,52 @@ def package_typestore() -> Typestore:
     return typestore
 
 
-def typestore_for_bag(connections: list[Connection]) -> Typestore:
-    """Return a typestore for a bag: its embedded definitions first, the package's otherwise.
+def _definitions(connection: Connection) -> dict:
+    """Return the types a connection's embedded definition declares (empty: none embedded)."""
+    definition = connection.msgdef
+    if definition.format == MessageDefinitionFormat.MSG and definition.data:
+        return get_types_from_msg(definition.data, connection.msgtype)
+    types = {}
+    if definition.format == MessageDefinitionFormat.IDL and definition.data:
+        for block in definition.data.split("=" * 80 + "\n"):
+            if block.strip():
+                types.update(get_types_from_idl(block.split("\n", 1)[1]
+                                                if block.startswith("IDL: ") else block))
+    return types
+
+
+def typestore_for_bag(connections: list[Connection]) -> tuple[Typestore, dict[str, str]]:
+    """Return a typestore for a bag and, per topic it cannot decode, why.
 
     A bag's own definitions describe the bytes it holds (it may come from another ROS
     distribution); bags without them (old sqlite3 ones) fall back to Kilted's definitions.
+    One topic's bad definition only makes that topic unreadable.
     """
     types = dict(package_typestore().fielddefs)
+    unreadable = {}
     for connection in connections:
-        definition = connection.msgdef
-        if definition.format == MessageDefinitionFormat.MSG and definition.data:
-            types.update(get_types_from_msg(definition.data, connection.msgtype))
-        elif definition.format == MessageDefinitionFormat.IDL and definition.data:
-            separator = "=" * 80 + "\n"
-            for block in definition.data.split(separator):
-                if block.strip():
-                    types.update(get_types_from_idl(block.split("\n", 1)[1]
-                                                    if block.startswith("IDL: ") else block))
+        try:
+            types.update(_definitions(connection))
+        except Exception as exc:  # rosbags' parsers raise several kinds
+            unreadable[connection.topic] = (f"its {connection.msgtype} definition does not "
+                                            f"parse: {type(exc).__name__}: {exc}")
     typestore = get_typestore(Stores.EMPTY)
-    typestore.register(types)
-    return typestore
+    try:
+        typestore.register(types)
+    except Exception:  # an inconsistent set: keep the package's types, add the bag's one by one
+        typestore = get_typestore(Stores.EMPTY)
+        typestore.register(dict(package_typestore().fielddefs))
+        for connection in connections:
+            if connection.topic not in unreadable:
+                with contextlib.suppress(Exception):
+                    typestore.register(_definitions(connection))
+    for connection in connections:
+        if connection.topic in unreadable:
+            continue
+        try:
+            typestore.get_msgdef(connection.msgtype)
+        except Exception as exc:
+            unreadable[connection.topic] = (
+                f"type {connection.msgtype!r} has no definition in the bag and is not a ROS 2 "
+                f"Kilted or {PACKAGE} type ({type(exc).__name__}: {exc})")
+    return typestore, unreadable

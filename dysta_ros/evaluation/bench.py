@@ -213,6 +213,8 @@ def plot(rows: list[dict], path: Path, title: str) -> Path:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="small", choices=sorted(PRESETS), help="random-initialised model")
     parser.add_argument("--checkpoint", help="checkpoint directory (config.json + model.safetensors)")
+    parser.add_argument("--vlm", default=None, metavar="DIR",
+                        help="a LeRobot SmolVLA checkpoint's backbone config + tokenizer directory")
     parser.add_argument(
         "--strategies",
         default=",".join(available_strategies()),
@@ -246,7 +248,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch  # imported to run, so `dysta-ros bench --help` stays instant
 
-    from dysta_ros.policy.runtime import build_model, set_threads
+    from dysta_ros.policy.runtime import build_model, build_runtime, set_threads
 
     try:
         strategies = parse_list(args.strategies)
@@ -260,8 +262,10 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--history needs values >= 1, --steps >= 1, --warmup >= 0")
         params = parse_param_overrides(args.param, strategies)
         set_threads(args.threads)
-        model, _ = build_model(args.checkpoint or args.preset, args.device, args.dtype, args.seed)
-        cfg = model.cfg
+        model, _ = build_model(args.checkpoint or args.preset, args.device, args.dtype, args.seed,
+                               vlm=args.vlm)
+        # The cameras and state the frames need, from the model's own spec (any family)
+        cfg = build_runtime(model, strategies[0], params.get(strategies[0]), seed=args.seed).spec
         count = args.warmup + args.steps
         if args.frames == "sim":
             observations = sim_observations(count, cfg.camera_names, args.seed)

@@ -6,21 +6,21 @@ through sim_node's services and ends on its /dysta/episode_outcome. Afterwards: 
 and a report folder with summary.json, a plot of step latency / tokens in context / recache
 events (from /dysta/token_stats) and a strip of what the main camera saw.
 
-This module is the ROS-free part (arguments, records, report); the session that runs the
-nodes is dysta_ros.nodes.demo_session.
+This module is the ROS-free part (arguments, records, report); the closed-loop episode runner
+that runs the nodes, and the subcommand's `run`, is dysta_ros.nodes.demo_session, which
+imports this one (never the other way round).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from dysta_ros.errors import ConfigError, DystaError
+from dysta_ros.errors import ConfigError
 from dysta_ros.plots import pyplot, save_png
 from dysta_ros.sim.tasks import TASKS
 
@@ -222,23 +222,3 @@ def write_report(episodes: list[EpisodeRecord], folder: Path) -> dict[str, Path]
     plot_steps(episodes, paths["steps"])
     camera_strip(episodes, paths["camera"])
     return paths
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the demo's episodes over ROS, print the table, write the report; return the exit status."""
-    try:
-        check_arguments(args)
-    except ConfigError as exc:
-        print(f"dysta-ros demo: {exc}", file=sys.stderr)
-        return 2
-    from dysta_ros.nodes.demo_session import run_episodes  # the ROS shell, imported only to run
-
-    try:
-        episodes = run_episodes(args, plan(args))
-    except (DystaError, TimeoutError) as exc:
-        print(f"dysta-ros demo: {exc}", file=sys.stderr)
-        return 1
-    print(format_table(summary_rows(episodes)))
-    paths = write_report(episodes, Path(args.report))
-    print("report: " + ", ".join(str(p) for p in paths.values() if p.exists()))
-    return 0

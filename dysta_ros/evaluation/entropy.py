@@ -45,11 +45,11 @@ def _entropy_profile(model, observations, history, heads, queries, tokenizer, pr
 
     from dysta_ros.policy.attention import AttentionPlan
     from dysta_ros.policy.preprocess import prepare_observation
-    from dysta_ros.policy.tokenizer import load_tokenizer
+    from dysta_ros.policy.tokenizer import model_tokenizer
     from dysta_ros.tokens.base import Frame, StepContext
     from dysta_ros.tokens.full import full_layout
 
-    cfg, tokenizer = model.cfg, tokenizer or load_tokenizer(None)
+    cfg, tokenizer = model.cfg, tokenizer or model_tokenizer(model)
     frames = []
     for index, obs in enumerate(observations):
         pixels, _, _ = prepare_observation(obs, cfg.camera_names, cfg.vision.image_size, cfg.state_dim)

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dysta_ros.bags import TopicMap, load_episodes
-from dysta_ros.bags.episodes import Episode
+from dysta_ros.bags.episodes import Episode, check_bag
 from dysta_ros.errors import BagError, CheckpointError, ConfigError, InferenceError, InputError, exit_status
 from dysta_ros.tokens import available_strategies, parse_param_overrides
 from dysta_ros.types import STAGES, StepStats
@@ -39,6 +39,7 @@ class EvalConfig:
     bags: list[str]
     strategies: list[str] = field(default_factory=lambda: list(available_strategies()))
     model: str = "tiny"  # a preset name or a checkpoint directory
+    vlm: str | None = None  # a SmolVLA checkpoint's backbone config + tokenizer directory
     topic_map: str = "sim_arm"  # bundled name or YAML path (config/bag_topics/)
     rate_hz: float = 0.0  # policy steps per second; 0: one per action (1 / the model's dt)
     first_k: int = 4  # actions of each chunk compared with the recording
@@ -49,6 +50,7 @@ class EvalConfig:
     report: str = "eval_report"
     params: dict[str, dict] = field(default_factory=dict)  # strategy -> overrides of its YAML
     threads: int = 0  # torch CPU threads; 0: torch's default
+    time: str = "header"  # which clock places bag messages: header stamps or receive times
 
     def __post_init__(self):
         if not self.bags:
@@ -97,17 +99,20 @@ def _check_compatible(runtime: PolicyRuntime, topic_map: TopicMap, episode: Epis
 
 def run_open_loop(config: EvalConfig, progress: bool = True) -> dict[str, list[StepRecord]]:
     """Step every strategy through every episode; return each strategy's step records."""
-    from dysta_ros.policy.runtime import PolicyRuntime, build_model, set_threads
+    from dysta_ros.policy.runtime import build_model, runtime_around, set_threads
 
     set_threads(config.threads)
-    model, tokenizer = build_model(config.model, config.device, config.dtype, config.seed)
-    runtimes = {name: PolicyRuntime(model, strategy=name, strategy_params=config.params.get(name),
-                                    seed=config.seed, tokenizer=tokenizer)
+    topic_map = TopicMap.load(config.topic_map)
+    for bag in config.bags:  # seconds of model building are wasted on a bag that can't be used
+        check_bag(bag, topic_map)
+    model, tokenizer = build_model(config.model, config.device, config.dtype, config.seed, vlm=config.vlm)
+    runtimes = {name: runtime_around(model, name, config.params.get(name), seed=config.seed,
+                                     tokenizer=tokenizer)
                 for name in config.strategies}
     spec = runtimes[BASELINE].spec
     rate_hz = config.rate_hz or 1.0 / spec.dt
-    topic_map = TopicMap.load(config.topic_map)
-    episodes = [e for bag in config.bags for e in load_episodes(bag, topic_map, rate_hz)]
+    episodes = [e for bag in config.bags for e in load_episodes(bag, topic_map, rate_hz,
+                                                                clock=config.time)]
     for episode in episodes:
         _check_compatible(runtimes[BASELINE], topic_map, episode)
     steps = [min(len(e), config.max_steps or len(e)) for e in episodes]
@@ -265,6 +270,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated; `full` is always run as the yardstick")
     parser.add_argument("--checkpoint", "--model", dest="model", default="tiny",
                         help="checkpoint directory or preset name (default: tiny, random weights)")
+    parser.add_argument("--vlm", default=None, metavar="DIR",
+                        help="a LeRobot SmolVLA checkpoint's backbone config + tokenizer directory")
     parser.add_argument("--topic-map", default="sim_arm",
                         help="bag topic mapping: a name in config/bag_topics/ or a YAML path")
     parser.add_argument("--rate", type=float, default=0.0,
@@ -281,15 +288,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="strategy parameter over its YAML, repeatable, e.g. --param full.history=8")
     parser.add_argument("--report", default="eval_report", help="report directory")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("--time", choices=["header", "receive"], default="header",
+                        help="clock that places bag messages: header stamps (default) or "
+                             "receive times (for bags whose stamps use another clock)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate; print where the report is (or the JSON summary); return the exit status."""
     try:
         config = EvalConfig(bags=args.bags, strategies=[s for s in args.strategies.split(",") if s],
-                            model=args.model, topic_map=args.topic_map, rate_hz=args.rate,
+                            model=args.model, vlm=args.vlm, topic_map=args.topic_map, rate_hz=args.rate,
                             first_k=args.first_k, max_steps=args.max_steps, device=args.device,
                             dtype=args.dtype, seed=args.seed, report=args.report, threads=args.threads,
+                            time=args.time,
                             params=parse_param_overrides(args.param, [BASELINE, *args.strategies.split(",")]))
         results = evaluate(config, progress=not args.json)
     except (BagError, ConfigError, CheckpointError) as exc:

@@ -96,11 +96,13 @@ def evaluate(
     execute_steps: int | None = None,
     param_overrides: list[str] | None = None,
     threads: int = 1,
+    vlm: str | None = None,
 ) -> dict:
     """Run every strategy on seeds seed_start .. + episodes - 1; return the results dict."""
-    from dysta_ros.policy.runtime import PolicyRuntime, build_model, set_threads
     from dysta_ros.policy.checkpoint import read_config
     from dysta_ros.evaluation.closed_loop import run_episode
+    from dysta_ros.policy.families import family_of
+    from dysta_ros.policy.runtime import build_model, runtime_around, set_threads
     from dysta_ros.sim.env import SimEnv
 
     strategies = strategies or ["full"]
@@ -109,13 +111,12 @@ def evaluate(
         raise ConfigError(f"episodes: must be >= 1, got {episodes}")
     set_threads(threads)
     trained = {}
-    if Path(model).is_dir():
+    if Path(model).is_dir() and family_of(model) == "dysta_vla":
         trained = read_config(model)[1].get("training", {})
     execute_steps = int(execute_steps or trained.get("frame_stride", 4))
-    vla, tokenizer = build_model(model)
+    vla, tokenizer = build_model(model, vlm=vlm)
     params = parse_param_overrides(param_overrides or [], sorted({name for name, _ in specs.values()}))
-    runtimes = {spec: PolicyRuntime(vla, strategy=name, strategy_params=params[name],
-                                    history=spec_history or history, tokenizer=tokenizer)
+    runtimes = {spec: runtime_around(vla, name, params[name], spec_history or history, tokenizer=tokenizer)
                 for spec, (name, spec_history) in specs.items()}
     env = SimEnv()
     runs: dict[str, list[Episode]] = {spec: [] for spec in specs}
@@ -221,6 +222,8 @@ def write_report(report: dict, directory: Path, command: str = "") -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="checkpoints/reference", help="checkpoint dir or preset")
+    parser.add_argument("--vlm", default=None, metavar="DIR",
+                        help="a LeRobot SmolVLA checkpoint's backbone config + tokenizer directory")
     parser.add_argument("--task", default="reach", help="sim task (reach, memory)")
     parser.add_argument("--episodes", type=int, default=20, help="held-out seeds per strategy")
     parser.add_argument("--seed-start", type=int, default=HELD_OUT_SEED_START, help="first held-out seed")
@@ -240,7 +243,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     report = evaluate(args.model, args.task, args.episodes, args.seed_start,
                       [s for s in args.strategies.split(",") if s], args.history, args.execute_steps,
-                      args.param, args.threads)
+                      args.param, args.threads, vlm=args.vlm)
     if args.report:
         write_report(report, Path(args.report), command=" ".join(["dysta-ros", *sys.argv[1:]]))
     print(json.dumps(json_safe(report), indent=2) if args.json else format_table(report))

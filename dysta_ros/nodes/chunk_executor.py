@@ -20,7 +20,7 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from dysta_ros.errors import ConfigError, InputError
-from dysta_ros.execution import BLENDINGS, ChunkExecutor, ExecutorConfig, describe_excess
+from dysta_ros.execution import BLENDINGS, EXECUTOR_RANGES, ChunkExecutor, ExecutorConfig, describe_excess
 from dysta_ros.msg import ActionChunk
 from dysta_ros.nodes import conversions as conv
 from dysta_ros.nodes import params as P
@@ -28,21 +28,27 @@ from dysta_ros.nodes.diagnostics import ERROR, OK, WARN, StatusBoard, to_message
 from dysta_ros.nodes.spin import run_node
 from dysta_ros.robot import COMMAND_OUTPUTS, load_robot_config
 
+DEFAULTS = ExecutorConfig()  # the parameters' defaults and ranges are the config's own
+
+
+def config_param(name: str, description: str, **kwargs) -> P.Param:
+    """Return the ROS parameter of ExecutorConfig field `name`: its default and range from there."""
+    low, high = EXECUTOR_RANGES.get(name, (None, None))
+    return P.Param(name, getattr(DEFAULTS, name), description, low=low, high=high, **kwargs)
+
+
 PARAMS = [
     P.Param("robot", "sim_arm", "robot config name (config/robots/<name>.yaml) or YAML path",
             read_only=True),
-    P.Param("control_rate_hz", 50.0, "commands per second", read_only=True, low=0.1, high=1000.0),
-    P.Param("blending", "weighted_average", "how overlapping chunks combine", choices=BLENDINGS),
-    P.Param("ensemble_decay", 0.01, "temporal_ensemble: chunk i (0 = oldest) weighs exp(-decay*i)",
-            low=0.0, high=10.0),
-    P.Param("max_chunk_age_s", 0.5, "deadman: hold when no valid chunk came for this long",
-            low=0.001, high=60.0),
-    P.Param("max_state_age_s", 0.5, "joint states older than this cannot start motion",
-            low=0.001, high=60.0),
-    P.Param("latency_compensation", True, "skip actions whose time (stamp + k*dt) has passed"),
-    P.Param("command_output", "", "override the robot config's output", read_only=True,
-            choices=("",) + COMMAND_OUTPUTS),
-    P.Param("dry_run", False, "log commands instead of publishing them"),
+    config_param("control_rate_hz", "commands per second", read_only=True),
+    config_param("blending", "how overlapping chunks combine", choices=BLENDINGS),
+    config_param("ensemble_decay", "temporal_ensemble: chunk i (0 = oldest) weighs exp(-decay*i)"),
+    config_param("max_chunk_age_s", "deadman: hold when no valid chunk came for this long"),
+    config_param("max_state_age_s", "joint states older than this cannot start motion"),
+    config_param("latency_compensation", "skip actions whose time (stamp + k*dt) has passed"),
+    config_param("command_output", "override the robot config's output", read_only=True,
+                 choices=("",) + COMMAND_OUTPUTS),
+    config_param("dry_run", "log commands instead of publishing them"),
     P.Param("diagnostic_period_s", 1.0, "seconds between /diagnostics messages", read_only=True,
             low=0.01, high=60.0),
 ]

@@ -5,14 +5,19 @@ deactivates the policy, sets sim_node's task and seed through its parameter serv
 ~/reset, waits for the first fresh camera frame, releases the e-stop and activates the policy
 (lifecycle service), then waits for /dysta/episode_outcome. It records /dysta/token_stats,
 /dysta/action_chunk and the main camera for the report.
+
+This is the `dysta-ros demo` subcommand module (`add_arguments`, `run`); the records and the
+report are ROS-free, in dysta_ros.evaluation.demo.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import threading
 import time
+from pathlib import Path
 
 import rclpy
 from lifecycle_msgs.msg import Transition
@@ -27,13 +32,15 @@ from std_srvs.srv import Trigger
 from tqdm import tqdm
 
 from dysta_ros.errors import ConfigError, DystaError
-from dysta_ros.evaluation.demo import EXPERT, EpisodeRecord, StepRecord
+from dysta_ros.evaluation.demo import (EXPERT, EpisodeRecord, StepRecord, add_arguments, check_arguments,
+                                      format_table, plan, summary_rows, write_report)
 from dysta_ros.msg import ActionChunk, TokenStats
 from dysta_ros.nodes import chunk_executor, policy_node
 from dysta_ros.nodes.conversions import CAMERA_QOS, ESTOP_QOS, LATCHED_QOS, RELIABLE_QOS, SIM_TIME, to_seconds
 from dysta_ros.nodes.image_conversion import image_to_rgb
 from dysta_ros.nodes.run import node_values, to_parameters
 from dysta_ros.nodes.sim_node import OUTCOME_TOPIC, SimNode
+from dysta_ros.nodes.spin import share_the_gil_finely
 
 SERVICE_TIMEOUT_S = 30.0
 STALL_TIMEOUT_S = 30.0  # an episode fails the demo when no camera frame came for this long
@@ -225,6 +232,7 @@ class DemoSession:
 
 def run_episodes(args: argparse.Namespace, runs: list[tuple[str, str, int]]) -> list[EpisodeRecord]:
     """Run `runs` = [(policy, strategy, seed)] as closed-loop episodes; return their records."""
+    share_the_gil_finely()  # sim, policy and executor share this process
     rclpy.init()
     session = None
     try:
@@ -240,3 +248,24 @@ def run_episodes(args: argparse.Namespace, runs: list[tuple[str, str, int]]) -> 
         if session is not None:
             session.close()
         rclpy.try_shutdown()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo's episodes over ROS, print the table, write the report; return the exit status."""
+    try:
+        check_arguments(args)
+    except ConfigError as exc:
+        print(f"dysta-ros demo: {exc}", file=sys.stderr)
+        return 2
+    try:
+        episodes = run_episodes(args, plan(args))
+    except (DystaError, TimeoutError) as exc:
+        print(f"dysta-ros demo: {exc}", file=sys.stderr)
+        return 1
+    print(format_table(summary_rows(episodes)))
+    paths = write_report(episodes, Path(args.report))
+    print("report: " + ", ".join(str(p) for p in paths.values() if p.exists()))
+    return 0
+
+
+__all__ = ["add_arguments", "run", "run_episodes", "DemoSession"]

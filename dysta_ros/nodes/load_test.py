@@ -61,8 +61,10 @@ def measure(args) -> dict:
 
     from dysta_ros.msg import ActionChunk
     from dysta_ros.nodes import conversions as conv
+    from dysta_ros.nodes.spin import share_the_gil_finely
 
     topics = [f"/load/cam{i}/image_raw" for i in range(args.cameras)]
+    share_the_gil_finely()  # the probe and policy_node share this process
     rclpy.init()
     node = rclpy.create_node("load_probe")
     publish = camera_publisher(node, topics, args.width, args.height)

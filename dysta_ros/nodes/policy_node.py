@@ -36,13 +36,15 @@ from dysta_ros.nodes.image_conversion import image_to_rgb
 from dysta_ros.nodes.inputs import LatestInputs
 from dysta_ros.nodes.spin import run_node
 from dysta_ros.robot import config_path, load_robot_config, load_yaml
-from dysta_ros.tokens import available_strategies, strategy_class
+from dysta_ros.tokens import DEFAULT_STRATEGY, available_strategies, strategy_class
 from dysta_ros.types import Observation
 
 MAX_INSTRUCTION_CHARS = 4096
 EE_AXES = {6: ["x", "y", "z", "roll", "pitch", "yaw"], 7: ["x", "y", "z", "qx", "qy", "qz", "qw"]}
 PARAMS = [
     P.Param("model", "tiny", "model preset name or checkpoint directory", read_only=True),
+    P.Param("vlm", "", "a SmolVLA checkpoint's backbone config + tokenizer directory (\"\": the "
+            "offline Hugging Face cache)", read_only=True),
     P.Param("device", "cpu", "torch device: cpu, cuda, cuda:1, ...", read_only=True),
     P.Param("dtype", "float32", "model dtype", read_only=True, choices=("float32", "bfloat16", "float16")),
     P.Param("cpu_threads", 0, "torch CPU threads (0: torch's default); keep it at the cores that are "
@@ -52,7 +54,7 @@ PARAMS = [
             read_only=True),
     P.Param("seed", 0, "seed of a preset's random weights and of the action noise", read_only=True,
             low=0, high=2**31 - 1),
-    P.Param("strategy", "full", "token strategy; a change applies from the next step (model kept)",
+    P.Param("strategy", DEFAULT_STRATEGY, "token strategy; a change applies from the next step (model kept)",
             choices=available_strategies),
     P.Param("robot", "sim_arm", "robot config name (config/robots/<name>.yaml) or YAML path",
             read_only=True),
@@ -148,6 +150,9 @@ class PolicyNode(LifecycleNode):
                                           if k.split(".", 1)[0] in available_strategies()}
         for strategy in sorted(touched):
             strategy_class(strategy).Params.from_dict(self.strategy_values(values, strategy), strategy)
+        family = getattr(self.runtime, "family", None)  # e.g. SmolVLA refuses history strategies
+        if family is not None and "strategy" in changes:
+            family.check_strategy(changes["strategy"])
         self.values = values
         fixed = [name for name in changes if self.refused_at_start.pop(name, None) is not None]
         if fixed:  # valid values now: configure may go ahead once none is refused
@@ -189,7 +194,8 @@ class PolicyNode(LifecycleNode):
                              **preset_overrides(v["preset_overrides"])}
             self.runtime = build_runtime(
                 v["model"], v["strategy"], self.strategy_values(v, v["strategy"]), device=v["device"],
-                dtype=v["dtype"], seed=v["seed"], overrides=overrides, threads=v["cpu_threads"])
+                dtype=v["dtype"], seed=v["seed"], overrides=overrides, threads=v["cpu_threads"],
+                vlm=v["vlm"] or None)
             self.check_model_fits_robot()
             topics = v["camera_topics"] or self.robot.camera_topics(self.runtime.spec.camera_names)
             if len(topics) != len(self.runtime.spec.camera_names):
@@ -224,6 +230,8 @@ class PolicyNode(LifecycleNode):
 
     def check_model_fits_robot(self):
         spec = self.runtime.spec
+        self.robot.check_features([] if self.values["camera_topics"] else spec.camera_names,
+                                  spec.state_names, spec.action_names)
         if spec.state_dim != len(self.robot.joints):
             raise ConfigError(f"model state_dim {spec.state_dim} != robot {self.robot.name!r}'s "
                               f"{len(self.robot.joints)} joints")
@@ -451,7 +459,8 @@ class PolicyNode(LifecycleNode):
         if snapshot.instruction != self.episode_instruction:
             self.runtime.reset()  # a new instruction starts a new episode
             self.episode_instruction = snapshot.instruction
-        observation = Observation(snapshot.stamp, images, state.astype(np.float32), snapshot.instruction)
+        model_state = self.robot.state_to_model(state).astype(np.float32)  # e.g. rad -> LeRobot degrees
+        observation = Observation(snapshot.stamp, images, model_state, snapshot.instruction)
         start = self.now()
         try:
             chunk, stats = self.runtime.step(observation)
@@ -461,6 +470,8 @@ class PolicyNode(LifecycleNode):
             self.get_logger().error(f"step refused: {exc}", throttle_duration_sec=1.0)
             return True
         end = self.now()
+        if chunk.action_space == "joint_position":
+            chunk.actions = self.robot.actions_to_ros(chunk.actions)  # the checkpoint's units -> rad
         chunk.names, chunk.inference_start, chunk.inference_end = self.action_names, start, end
         self.chunk_pub.publish(conv.chunk_to_msg(chunk, self.robot.base_frame))
         self.stats_pub.publish(conv.stats_to_msg(stats, chunk.stamp))

@@ -28,6 +28,7 @@ from dysta_ros.bags.rosbag import BagWriter, TopicQos
 from dysta_ros.errors import BagError, ConfigError
 from dysta_ros.nodes.conversions import ESTOP_QOS, SIM_TIME
 from dysta_ros.nodes.bag_player import message_class
+from dysta_ros.nodes.spin import share_the_gil_finely
 from dysta_ros.robot import load_robot_config
 
 EPISODE_TOPIC = "/dysta/episode"  # the recorder's own start/end events, JSON in std_msgs/String
@@ -203,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
     except (BagError, ConfigError) as exc:
         print(f"dysta-ros record: {exc}", file=sys.stderr)
         return 1
+    share_the_gil_finely()  # the sim and the expert share this process
     rclpy.init()
     # One thread spins everything: the sim's EGL context works only in the thread that made it.
     executor = SingleThreadedExecutor()

@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--strategy", default="dysta", choices=available_strategies(), help="token strategy")
     parser.add_argument("--model", default="tiny", help="model preset name or checkpoint directory")
+    parser.add_argument("--vlm", default="", metavar="DIR",
+                        help="a LeRobot SmolVLA checkpoint's backbone config + tokenizer directory")
     parser.add_argument("--robot", default="sim_arm",
                         help="robot config: name under config/robots/ or YAML path")
     parser.add_argument("--device", default=None, help="torch device (default: the params file's, cpu)")
@@ -84,7 +86,7 @@ def node_values(args) -> dict[str, dict]:
     """Return {node: {parameter: value}} from the params file, then the command line."""
     path = args.params_file or default_params_file()
     values = params_file_values(path, load_yaml(path))
-    values["policy_node"].update(strategy=args.strategy, model=args.model, robot=args.robot,
+    values["policy_node"].update(strategy=args.strategy, model=args.model, vlm=args.vlm, robot=args.robot,
                                  autostart=False)  # configured and activated below
     values["chunk_executor"]["robot"] = args.robot
     for name in ("device", "dtype", "instruction"):
@@ -149,7 +151,7 @@ def run(args) -> int:
     from rclpy.lifecycle import TransitionCallbackReturn
 
     from dysta_ros.nodes import chunk_executor, policy_node
-    from dysta_ros.nodes.spin import spin_nodes
+    from dysta_ros.nodes.spin import share_the_gil_finely, spin_nodes
 
     try:
         values = node_values(args)
@@ -158,6 +160,7 @@ def run(args) -> int:
     except ConfigError as exc:
         print(f"dysta-ros run: {exc}", file=sys.stderr)
         return 2
+    share_the_gil_finely()  # policy and executor share this process
     rclpy.init()
     policy = policy_node.PolicyNode(parameter_overrides=overrides["policy_node"])
     try:

@@ -294,4 +294,8 @@ def install_query_dropping(backbone) -> None:
         layer.register_forward_pre_hook(partial(drop_queries, index), with_kwargs=True)
 
 
-AttentionInterface.register(ATTENTION_NAME, plan_attention)
+def register_attention() -> str:
+    """Register `plan_attention` with transformers under ATTENTION_NAME; return the name."""
+    # Done where a backbone is built, not at import: importing the package changes no library state.
+    AttentionInterface.register(ATTENTION_NAME, plan_attention)
+    return ATTENTION_NAME

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from dysta_ros.errors import CheckpointError, ConfigError
 from dysta_ros.policy.config import PolicyConfig
 from dysta_ros.policy.model import VLAModel
+from dysta_ros.policy.tokenizer import TOKENIZER_FILE, load_tokenizer, model_tokenizer, tokenizer_kind
 from dysta_ros.tokens.dysta import trained_layout
 
 FORMAT = "dysta_ros.policy/1"
@@ -32,12 +33,17 @@ log = logging.getLogger(__name__)
 def save_checkpoint(
     directory, model: VLAModel, extra_config: dict[str, Any] | None = None, tokenizer=None
 ) -> Path:
-    """Write model to directory as config.json + model.safetensors (+ tokenizer.json); return it."""
+    """Write model to directory as config.json + model.safetensors (+ tokenizer.json); return it.
+
+    `tokenizer` defaults to the model's own (bytes for a preset); config.json records which kind.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    if hasattr(tokenizer, "save"):  # a FileTokenizer; the byte tokenizer needs no file
-        tokenizer.save(directory / "tokenizer.json")
-    config = {"format": FORMAT, "policy": model.cfg.to_dict(), **(extra_config or {})}
+    tokenizer = tokenizer or model_tokenizer(model)
+    kind = tokenizer_kind(tokenizer)
+    if kind == "file":
+        tokenizer.save(directory / TOKENIZER_FILE)
+    config = {"format": FORMAT, "policy": model.cfg.to_dict(), "tokenizer": kind, **(extra_config or {})}
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
     save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
@@ -101,6 +107,7 @@ def load_checkpoint(directory, device: str = "cpu", overrides_dtype: torch.dtype
             f"(never unpickled); convert to {WEIGHTS_FILE}"
         )
     config, extra = read_config(directory)
+    tokenizer = load_tokenizer(directory, extra.get("tokenizer"))  # before the weights: a cheap refusal first
     try:
         layout = trained_layout(extra.get("training"))
     except ConfigError as exc:
@@ -140,4 +147,5 @@ def load_checkpoint(directory, device: str = "cpu", overrides_dtype: torch.dtype
     model.load_state_dict(tensors, strict=False)
     model.has_learned_dysta = not absent
     model.trained_dysta_layout = layout  # DystaStrategy warns when run on another layout
+    model.tokenizer = tokenizer  # it travels with the model: a runtime rebuilt from it keeps it
     return model.to(device=device, dtype=overrides_dtype or torch.float32), extra

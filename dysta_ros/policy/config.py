@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dysta_ros.errors import ConfigError
+from dysta_ros.robot import ACTION_SPACES  # what a robot can be commanded in: defined once, there
 
 BACKBONE_FAMILIES = ("llama", "qwen2", "gemma")
-ACTION_SPACES = ("joint_position", "joint_velocity", "ee_pose", "ee_twist")
 ACTION_HEADS = ("flow", "regression")
 
 

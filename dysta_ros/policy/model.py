@@ -23,7 +23,7 @@ from transformers import (
 )
 
 from dysta_ros.policy.action_expert import ActionExpert
-from dysta_ros.policy.attention import ATTENTION_NAME, AttentionPlan, install_query_dropping
+from dysta_ros.policy.attention import AttentionPlan, install_query_dropping, register_attention
 from dysta_ros.policy.config import BackboneConfig, PolicyConfig, VisionConfig
 from dysta_ros.tokens.learned import Disentangler, RecacheGate, default_gate_hidden
 
@@ -66,7 +66,7 @@ def build_backbone(cfg: BackboneConfig) -> nn.Module:
         max_position_embeddings=1 << 16,
         rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
     )
-    config._attn_implementation = ATTENTION_NAME
+    config._attn_implementation = register_attention()
     backbone = model_class(config)
     install_query_dropping(backbone)
     return backbone

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +22,11 @@ from dysta_ros.errors import CheckpointError, ConfigError, DystaError, Inference
 from dysta_ros.policy.checkpoint import load_checkpoint
 from dysta_ros.policy.config import PRESETS, preset_config
 from dysta_ros.policy.devices import DTYPES, check_device
+from dysta_ros.policy.families import FAMILIES, SmolVLARuntime, family_of, load_smolvla_policy
 from dysta_ros.policy.model import VLAModel
 from dysta_ros.policy.preprocess import prepare_observation
-from dysta_ros.policy.tokenizer import load_tokenizer
-from dysta_ros.tokens import build_strategy
+from dysta_ros.policy.tokenizer import model_tokenizer
+from dysta_ros.tokens import build_strategy, strategy_class
 from dysta_ros.tokens.base import Frame, StepContext, check_history
 from dysta_ros.tokens.flops import full_flops
 from dysta_ros.types import STAGES, ActionChunk, Observation, StepStats
@@ -48,6 +49,9 @@ class RuntimeSpec:
     strategy: str
     history: int
     tokens_per_frame: int
+    # The checkpoint's names for the state/action dimensions, where it carries them.
+    state_names: list[str] = field(default_factory=list)
+    action_names: list[str] = field(default_factory=list)
 
 
 class StageTimer:
@@ -90,7 +94,7 @@ class PolicyRuntime:
         self.strategy = build_strategy(strategy, strategy_params, cfg)
         self.history = check_history(history or self.strategy.params.history or cfg.history)
         self.seed = int(seed)
-        self.tokenizer = tokenizer or load_tokenizer(None)
+        self.tokenizer = tokenizer or model_tokenizer(model)
         self.spec = RuntimeSpec(
             camera_names=list(cfg.camera_names),
             image_size=cfg.vision.image_size,
@@ -134,8 +138,11 @@ class PolicyRuntime:
         noise = torch.randn(self.spec.horizon, self.spec.action_dim, generator=generator)
         return noise.to(self.model.device, self.model.dtype)
 
-    def step(self, obs: Observation) -> tuple[ActionChunk, StepStats]:
-        """Run one policy step; InputError leaves everything untouched, InferenceError resets caches."""
+    def step(self, obs: Observation, noise: torch.Tensor | None = None) -> tuple[ActionChunk, StepStats]:
+        """Run one policy step; InputError leaves everything untouched, InferenceError resets caches.
+
+        `noise` (horizon, action_dim) replaces the seeded flow noise, to compare with another run.
+        """
         start_wall = time.time()
         timer = StageTimer(self.model.device)
         pixels, state, instruction = prepare_observation(
@@ -145,7 +152,7 @@ class PolicyRuntime:
         saved_frames, saved_count = list(self.frames), self.frame_count
         try:
             with torch.inference_mode():
-                actions, stats = self._infer(pixels, state, instruction, timer)
+                actions, stats = self._infer(pixels, state, instruction, timer, noise)
         except Exception as exc:
             # Whatever the strategy had half-updated is dropped; the next good step starts clean.
             self.frames = deque(saved_frames, maxlen=self.history)
@@ -168,7 +175,7 @@ class PolicyRuntime:
         self.sequence += 1
         return chunk, stats
 
-    def _infer(self, pixels: np.ndarray, state: np.ndarray, instruction: str, timer: StageTimer):
+    def _infer(self, pixels: np.ndarray, state: np.ndarray, instruction: str, timer: StageTimer, noise=None):
         model, device, dtype = self.model, self.model.device, self.model.dtype
         features, tokens = model.encode_frame(torch.from_numpy(pixels).to(device, dtype))  # (N, Cv), (N, W)
         frame = Frame(features=features, tokens=tokens, index=self.frame_count)
@@ -191,7 +198,8 @@ class PolicyRuntime:
         timer.ms["gate"] += result.gate_ms
         timer.lap("backbone")
         timer.ms["backbone"] -= result.gate_ms
-        normalised = model.sample_actions(result.records, ctx.full_length, self.noise(self.sequence))
+        noise = self.noise(self.sequence) if noise is None else torch.as_tensor(noise).to(device, dtype)
+        normalised = model.sample_actions(result.records, ctx.full_length, noise)
         actions = (normalised.float() * self.action_std + self.action_mean).cpu().numpy()
         timer.lap("action_head")
         if not np.isfinite(actions).all():
@@ -220,16 +228,23 @@ def build_model(
     dtype: str = "float32",
     seed: int = 0,
     overrides: dict | None = None,
+    vlm: str | None = None,
 ) -> tuple[VLAModel, object]:
-    """Return (model, tokenizer) from a preset name (seeded random init) or a checkpoint directory."""
+    """Return (model, tokenizer) from a preset name (seeded random init) or a checkpoint directory.
+
+    A LeRobot SmolVLA directory gives (SmolVLA policy, None): its tokenizer lives in the policy,
+    read from `vlm` (the backbone's config and tokenizer) or the offline Hugging Face cache.
+    """
     check_device(device, dtype)
     torch_dtype = DTYPES[dtype]
     if isinstance(model, VLAModel):
-        return model, load_tokenizer(None)
+        return model, model_tokenizer(model)
+    if hasattr(model, "predict"):  # an already loaded SmolVLA policy (a node switching strategy)
+        return model, None
     if model in PRESETS:
         torch.manual_seed(seed)
         vla = VLAModel(preset_config(model, overrides))
-        return vla.to(device=device, dtype=torch_dtype), load_tokenizer(None)
+        return vla.to(device=device, dtype=torch_dtype), model_tokenizer(vla)
     path = Path(model)
     if not path.is_dir():
         raise ConfigError(
@@ -239,8 +254,13 @@ def build_model(
         raise ConfigError(
             "overrides apply to presets only; a checkpoint's config is what it was trained with"
         )
+    if family_of(path) == "smolvla":
+        return load_smolvla_policy(path, vlm=vlm or None, device=device, dtype=torch_dtype), None
+    if vlm:
+        raise ConfigError(f"vlm {vlm!r} applies to LeRobot SmolVLA checkpoints; {path} is this "
+                          "package's own checkpoint, which carries its tokenizer")
     vla, _ = load_checkpoint(path, device=device, overrides_dtype=torch_dtype)
-    tokenizer = load_tokenizer(path)
+    tokenizer = model_tokenizer(vla)
     if tokenizer.vocab_size > vla.cfg.backbone.vocab_size:
         raise CheckpointError(
             f"{path / 'tokenizer.json'}: vocabulary of {tokenizer.vocab_size} ids does not fit "
@@ -271,19 +291,34 @@ def build_runtime(
     seed: int = 0,
     overrides: dict | None = None,
     threads: int = 0,
-) -> PolicyRuntime:
-    """Build a runtime from a preset name, a checkpoint directory or an already built VLAModel.
+    vlm: str | None = None,
+) -> PolicyRuntime | SmolVLARuntime:
+    """Build a runtime from a preset name, a checkpoint directory or an already built model.
+
+    A LeRobot SmolVLA checkpoint (with `vlm`, see build_model) gives a SmolVLARuntime with the
+    same boundary; the strategies it cannot run are refused here, before anything loads.
 
     `threads` > 0 sets torch's CPU threads for the process: more than the cores left free by the
     rest of the robot (sim, rendering, drivers) makes every step many times slower.
     """
     set_threads(threads)
-    vla, tokenizer = build_model(model, device, dtype, seed, overrides)
-    return PolicyRuntime(
-        vla,
-        strategy=strategy,
-        strategy_params=strategy_params,
-        history=history,
-        seed=seed,
-        tokenizer=tokenizer,
-    )
+    strategy_class(strategy)  # an unknown name is refused before any model loads
+    if isinstance(model, (str, Path)) and Path(model).is_dir() and family_of(model) == "smolvla":
+        FAMILIES["smolvla"].check_strategy(strategy)
+    vla, tokenizer = build_model(model, device, dtype, seed, overrides, vlm)
+    return runtime_around(vla, strategy, strategy_params, history, seed, tokenizer)
+
+
+def runtime_around(
+    model,
+    strategy: str = "full",
+    strategy_params: dict | None = None,
+    history: int | None = None,
+    seed: int = 0,
+    tokenizer=None,
+) -> PolicyRuntime | SmolVLARuntime:
+    """Return the runtime of the model's family around a model from build_model (and its tokenizer)."""
+    if not isinstance(model, VLAModel):  # a SmolVLA policy: single-frame, its own tokenizer
+        return SmolVLARuntime(model, strategy=strategy, seed=seed)
+    return PolicyRuntime(model, strategy=strategy, strategy_params=strategy_params, history=history,
+                         seed=seed, tokenizer=tokenizer)

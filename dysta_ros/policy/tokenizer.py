@@ -39,8 +39,40 @@ class FileTokenizer:
         self.tokenizer.save(str(path))
 
 
-def load_tokenizer(directory: Path | None):
-    """Return the checkpoint's tokenizer.json tokenizer if there is one, else bytes."""
-    if directory is not None and (Path(directory) / "tokenizer.json").is_file():
-        return FileTokenizer(Path(directory) / "tokenizer.json")
-    return ByteTokenizer()
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_KINDS = ("bytes", "file")  # the values of a checkpoint config's `tokenizer` key
+
+
+def tokenizer_kind(tokenizer) -> str:
+    """Return what a checkpoint records for `tokenizer`: 'file' (saved beside it) or 'bytes'."""
+    return "file" if isinstance(tokenizer, FileTokenizer) else "bytes"
+
+
+def load_tokenizer(directory: Path | None, recorded: str | None = None):
+    """Return the tokenizer a checkpoint was built with; no directory (a preset) means bytes.
+
+    `recorded` is its config's `tokenizer` key. Checkpoints from before the key was written use
+    their tokenizer.json when they ship one, else bytes (what `dysta-ros train` always used).
+    """
+    if directory is None:
+        return ByteTokenizer()
+    path = Path(directory) / TOKENIZER_FILE
+    if recorded is None:
+        recorded = "file" if path.is_file() else "bytes"
+    if recorded not in TOKENIZER_KINDS:
+        raise CheckpointError(f"{Path(directory) / 'config.json'}: tokenizer {recorded!r} is not one of "
+                              f"{', '.join(TOKENIZER_KINDS)}")
+    if recorded == "bytes":
+        if path.is_file():  # which one was it trained with? Guessing would run the wrong one silently
+            raise CheckpointError(f"{path}: present, but config.json says tokenizer 'bytes'; "
+                                  "remove the file or set tokenizer 'file'")
+        return ByteTokenizer()
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing (config.json says tokenizer 'file', and its model "
+                              "was trained with that tokenizer)")
+    return FileTokenizer(path)
+
+
+def model_tokenizer(model):
+    """Return the tokenizer a model was built with: a loaded checkpoint's own, else bytes (presets)."""
+    return getattr(model, "tokenizer", None) or ByteTokenizer()

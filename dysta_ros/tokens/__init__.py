@@ -24,6 +24,10 @@ _REGISTERED = {
     "dysta_gotohunt": ("dysta_ros.tokens.dysta_gotohunt", "DystaGotohuntStrategy"),
 }
 
+# What policy_node, `dysta-ros run` and the launch files run unless told otherwise: the
+# project's point (test/test_one_source.py checks each place names this one).
+DEFAULT_STRATEGY = "dysta"
+
 
 class _Registry(Mapping):
     """Strategy classes by name, each imported when first looked up."""

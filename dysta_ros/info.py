@@ -1,0 +1,110 @@
+"""`dysta-ros info DIR`: what a checkpoint directory holds, read from its files without loading it.
+
+Reads config.json and the safetensors header only (no torch, no weights in memory), so it
+answers at once even for a multi-gigabyte checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import struct
+from collections import Counter
+from pathlib import Path
+
+from dysta_ros.errors import CheckpointError
+from dysta_ros.policy.families import CONFIG_FILE, DEFAULT_DT, family_of
+
+WEIGHTS_FILE = "model.safetensors"
+CAMERA_PREFIX = "observation.images."
+
+
+def tensor_header(weights: Path) -> dict[str, dict]:
+    """Return name -> {dtype, shape} from a safetensors file's JSON header."""
+    try:
+        with open(weights, "rb") as handle:
+            (size,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(size))
+    except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{weights}: not a readable safetensors file: {exc}") from exc
+    header.pop("__metadata__", None)
+    return header
+
+
+def weights_summary(directory: Path) -> dict:
+    """Return the parameter count and the count of tensors per dtype."""
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: missing")
+    header = tensor_header(weights)
+    count = 0
+    for entry in header.values():
+        size = 1
+        for dim in entry["shape"]:
+            size *= dim
+        count += size
+    return {"parameters": count, "dtype_layout": dict(Counter(e["dtype"] for e in header.values()))}
+
+
+def smolvla_info(data: dict) -> dict:
+    inputs = data.get("input_features") or {}
+    outputs = data.get("output_features") or {}
+    cameras = [k for k, v in inputs.items() if v.get("type") == "VISUAL"]
+    state = inputs.get("observation.state", {}).get("shape", [0])
+    action = outputs.get("action", {}).get("shape", [0])
+    return {
+        "camera_keys": cameras,
+        "camera_names": [k.removeprefix(CAMERA_PREFIX) for k in cameras],
+        "image_size": data.get("resize_imgs_with_padding"),
+        "state_dim": state[0], "action_dim": action[0],
+        "state_names": None, "action_names": None,  # LeRobot's config.json does not carry them
+        "max_state_dim": data.get("max_state_dim"), "max_action_dim": data.get("max_action_dim"),
+        "chunk_size": data.get("chunk_size"), "n_action_steps": data.get("n_action_steps"),
+        "flow_steps": data.get("num_steps"),
+        "dt": DEFAULT_DT, "dt_source": "not in the checkpoint: 1/30 s assumed",
+        "normalization": data.get("normalization_mapping"),
+        "vlm_model_name": data.get("vlm_model_name"),
+    }
+
+
+def dysta_info(data: dict) -> dict:
+    policy = data["policy"]
+    return {
+        "camera_keys": list(policy["camera_names"]), "camera_names": list(policy["camera_names"]),
+        "image_size": policy.get("vision", {}).get("image_size"),
+        "state_dim": policy["state_dim"], "action_dim": policy["action_dim"],
+        "state_names": None, "action_names": None,  # the robot config names the joints
+        "chunk_size": policy["horizon"], "flow_steps": policy.get("expert", {}).get("flow_steps"),
+        "history": policy.get("history"), "dt": policy["dt"], "dt_source": "config.json",
+        "normalization": {"STATE": "MEAN_STD" if policy.get("state_std") else "IDENTITY",
+                          "ACTION": "MEAN_STD" if policy.get("action_std") else "IDENTITY"},
+        "preset": policy.get("preset"),
+    }
+
+
+def checkpoint_info(directory) -> dict:
+    """Return what `dysta-ros info` prints for a checkpoint directory."""
+    directory = Path(directory)
+    family = family_of(directory)
+    data = json.loads((directory / CONFIG_FILE).read_text())
+    try:
+        described = smolvla_info(data) if family == "smolvla" else dysta_info(data)
+    except (KeyError, TypeError, AttributeError, IndexError) as exc:
+        raise CheckpointError(f"{directory / CONFIG_FILE}: missing or malformed key {exc}") from exc
+    return {"directory": str(directory), "family": family, **described, **weights_summary(directory)}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("directory", metavar="DIR", help="checkpoint directory")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args: argparse.Namespace) -> int:
+    info = checkpoint_info(args.directory)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    width = max(len(k) for k in info)
+    for key, value in info.items():
+        print(f"{key:<{width}}  {'(not in the checkpoint)' if value is None else value}")
+    return 0

@@ -1,0 +1,346 @@
+"""SmolVLA's network as LeRobot 0.4.4 runs it at inference, from transformers parts.
+
+Module names mirror LeRobot's checkpoint keys (`model.vlm_with_expert.vlm.model.vision_model...`),
+so loading is a key map with shape checks. Read bottom-up: rotary + attention, the prefix pass
+(backbone -> per-layer K/V), the expert's denoising pass, then the model that ties them.
+Shapes: B batch, P prefix tokens, C chunk, H query heads, G KV heads, D head_dim.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import LlamaConfig
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm
+from transformers.models.smolvlm.configuration_smolvlm import SmolVLMConfig, SmolVLMVisionConfig
+from transformers.models.smolvlm.modeling_smolvlm import SmolVLMConnector, SmolVLMVisionTransformer
+
+from dysta_ros.policy.smolvla.config import SmolVLAConfig, VLMConfig, expert_intermediate_size
+
+ROPE_BASE = 10_000.0  # SmolVLA's own rotary base; the backbone's rope setting is never read
+
+
+def apply_rope(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Rotate x (B, T, heads, D) by positions (B, T), half-split, in fp32."""
+    half = x.shape[-1] // 2
+    dtype = x.dtype
+    x = x.float()
+    exponents = (2.0 / x.shape[-1]) * torch.arange(half, dtype=torch.float32, device=x.device)
+    timescale = ROPE_BASE**exponents  # (D/2,)
+    radians = positions[..., None].float() / timescale[None, None, :]  # (B, T, D/2)
+    radians = radians[..., None, :]  # (B, T, 1, D/2)
+    sin, cos = torch.sin(radians), torch.cos(radians)
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(dtype)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """SDPA over (B, T, H, D) queries and (B, S, G, D) keys/values under a bool (B, T, S) mask.
+
+    LeRobot replaces masked scores by the float32 minimum before an fp32 softmax; adding the
+    minimum gives the same probabilities (|score| is far below its ulp), and keeps fully masked
+    rows (pad queries) finite, as LeRobot's are. GQA: query head h reads KV head h // (H/G).
+    """
+    out_dtype = v.dtype
+    q, k, v = (t.float().transpose(1, 2) for t in (q, k, v))  # (B, heads, T|S, D)
+    bias = torch.zeros(allowed.shape, dtype=torch.float32, device=q.device)
+    bias.masked_fill_(~allowed, torch.finfo(torch.float32).min)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias[:, None], enable_gqa=True)  # (B, H, T, D)
+    return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1).to(out_dtype)  # (B, T, H*D)
+
+
+def _mlp_block(layer: nn.Module, hidden: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+    """Apply o_proj + residual, then the post-attention norm + gated MLP + residual."""
+    hidden = layer.self_attn.o_proj(attn_out.to(layer.self_attn.o_proj.weight.dtype)) + hidden
+    return layer.mlp(layer.post_attention_layernorm(hidden)) + hidden
+
+
+def _project(layer: nn.Module, hidden: torch.Tensor, head_dim: int, with_query: bool = True):
+    """Return the layer's (q, k, v) of normed hidden (B, T, W), each (B, T, heads, D)."""
+    x = layer.input_layernorm(hidden).to(layer.self_attn.k_proj.weight.dtype)
+    shape = (*x.shape[:-1], -1, head_dim)
+    q = layer.self_attn.q_proj(x).view(shape) if with_query else None
+    return q, layer.self_attn.k_proj(x).view(shape), layer.self_attn.v_proj(x).view(shape)
+
+
+class KVOnlyAttention(nn.Module):
+    """The last kept text layer's attention: LeRobot reads only its K/V (q/o never matter)."""
+
+    def __init__(self, width: int, kv_width: int):
+        super().__init__()
+        self.k_proj = nn.Linear(width, kv_width, bias=False)
+        self.v_proj = nn.Linear(width, kv_width, bias=False)
+
+
+class KVOnlyLayer(nn.Module):
+    """The last kept text layer, reduced to what produces its cached K/V."""
+
+    def __init__(self, width: int, kv_width: int, eps: float):
+        super().__init__()
+        self.input_layernorm = LlamaRMSNorm(width, eps=eps)
+        self.self_attn = KVOnlyAttention(width, kv_width)
+
+
+class TextModel(nn.Module):
+    """The backbone's token embedding and its first num_vlm_layers layers (no final norm: unused)."""
+
+    def __init__(self, text: LlamaConfig, num_layers: int):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(text.vocab_size, text.hidden_size)
+        kv_width = text.num_key_value_heads * text.head_dim
+        layers = [LlamaDecoderLayer(text, i) for i in range(num_layers - 1)]
+        layers.append(KVOnlyLayer(text.hidden_size, kv_width, text.rms_norm_eps))
+        self.layers = nn.ModuleList(layers)
+
+
+class VLMInner(nn.Module):
+    """`vlm.model`: vision tower, connector, text model."""
+
+    def __init__(self, vlm: SmolVLMConfig, text: LlamaConfig, num_layers: int):
+        super().__init__()
+        self.vision_model = SmolVLMVisionTransformer(vlm.vision_config)
+        self.connector = SmolVLMConnector(vlm)
+        self.text_model = TextModel(text, num_layers)
+
+
+class VLM(nn.Module):
+    """`vlm` (its lm_head is saved but never used)."""
+
+    def __init__(self, vlm: SmolVLMConfig, text: LlamaConfig, num_layers: int):
+        super().__init__()
+        self.model = VLMInner(vlm, text, num_layers)
+
+
+class Expert(nn.Module):
+    """The action expert: Llama layers at the expert width, cross layers re-projecting prefix K/V."""
+
+    def __init__(self, expert: LlamaConfig, cfg: SmolVLAConfig):
+        super().__init__()
+        kv_width = expert.num_key_value_heads * expert.head_dim
+        layers = []
+        for i in range(cfg.num_vlm_layers):
+            layer = LlamaDecoderLayer(expert, i)
+            if not cfg.is_self_attention(i):  # cross layers read (already rotated) backbone K/V
+                layer.self_attn.k_proj = nn.Linear(kv_width, kv_width, bias=expert.attention_bias)
+                layer.self_attn.v_proj = nn.Linear(kv_width, kv_width, bias=expert.attention_bias)
+            layers.append(layer)
+        self.layers = nn.ModuleList(layers)
+        self.norm = LlamaRMSNorm(expert.hidden_size, eps=expert.rms_norm_eps)
+
+
+class VLMWithExpert(nn.Module):
+    """`vlm_with_expert`: the backbone and the action expert side by side."""
+
+    def __init__(self, vlm: SmolVLMConfig, text: LlamaConfig, expert: LlamaConfig, cfg: SmolVLAConfig):
+        super().__init__()
+        self.vlm = VLM(vlm, text, cfg.num_vlm_layers)
+        self.lm_expert = Expert(expert, cfg)
+
+
+def transformers_configs(
+    cfg: SmolVLAConfig, vlm: VLMConfig
+) -> tuple[SmolVLMConfig, LlamaConfig, LlamaConfig]:
+    """Return the transformers configs of the backbone, its text model and the expert."""
+    vision_raw = {k: v for k, v in vlm.vision.raw.items() if k != "model_type"}
+    vision = SmolVLMVisionConfig(**vision_raw)
+    vision._attn_implementation = "sdpa"
+    text_kwargs = dict(
+        hidden_size=vlm.text.hidden_size,
+        intermediate_size=vlm.text.intermediate_size,
+        num_hidden_layers=cfg.num_vlm_layers,
+        num_attention_heads=vlm.text.num_attention_heads,
+        num_key_value_heads=vlm.text.num_key_value_heads,
+        head_dim=vlm.text.head_dim,
+        vocab_size=vlm.text.vocab_size,
+        rms_norm_eps=vlm.text.rms_norm_eps,
+        hidden_act=vlm.text.raw.get("hidden_act", "silu"),
+        attention_bias=False,
+        mlp_bias=False,
+        pad_token_id=vlm.text.pad_token_id,
+    )
+    text = LlamaConfig(**text_kwargs)
+    width = int(vlm.text.hidden_size * cfg.expert_width_multiplier)
+    expert = LlamaConfig(
+        **{**text_kwargs, "hidden_size": width, "intermediate_size": expert_intermediate_size(width)}
+    )
+    backbone = SmolVLMConfig(
+        vision_config=vision.to_dict(), text_config=text.to_dict(), scale_factor=vlm.scale_factor
+    )
+    backbone.vision_config._attn_implementation = "sdpa"
+    return backbone, text, expert
+
+
+def sinusoidal_time_embedding(
+    t: torch.Tensor, width: int, min_period: float, max_period: float
+) -> torch.Tensor:
+    """Return [sin | cos] of 2 pi t / period (B, width), computed in float64 as LeRobot does."""
+    fraction = torch.linspace(0.0, 1.0, width // 2, dtype=torch.float64, device=t.device)
+    period = min_period * (max_period / min_period) ** fraction  # (W/2,)
+    angle = (1.0 / period * 2 * math.pi)[None, :] * t[:, None]  # (B, W/2)
+    return torch.cat([torch.sin(angle), torch.cos(angle)], dim=1)
+
+
+class SmolVLAModel(nn.Module):
+    """LeRobot's `model` (VLAFlowMatching): prefix embedding, prefix pass, denoising."""
+
+    def __init__(self, cfg: SmolVLAConfig, vlm: VLMConfig):
+        super().__init__()
+        self.cfg, self.vlm_cfg = cfg, vlm
+        backbone, text, expert = transformers_configs(cfg, vlm)
+        self.head_dim = vlm.text.head_dim
+        self.expert_width = expert.hidden_size
+        self.vlm_with_expert = VLMWithExpert(backbone, text, expert, cfg)
+        self.state_proj = nn.Linear(cfg.max_state_dim, vlm.text.hidden_size)
+        self.action_in_proj = nn.Linear(cfg.max_action_dim, expert.hidden_size)
+        self.action_out_proj = nn.Linear(expert.hidden_size, cfg.max_action_dim)
+        self.action_time_mlp_in = nn.Linear(2 * expert.hidden_size, expert.hidden_size)
+        self.action_time_mlp_out = nn.Linear(expert.hidden_size, expert.hidden_size)
+
+    # -- prefix ------------------------------------------------------------------------------
+    def encode_image(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (vision last hidden (B, N, Wv), image tokens (B, N/s^2, W)) of (B, 3, h, w) pixels."""
+        inner = self.vlm_with_expert.vlm.model
+        hidden = inner.vision_model(
+            pixel_values=pixels.to(inner.vision_model.embeddings.patch_embedding.weight.dtype),
+            patch_attention_mask=None,
+        ).last_hidden_state
+        return hidden, inner.connector(hidden)
+
+    def embed_prefix(
+        self,
+        image_tokens: list[torch.Tensor],
+        lang_tokens: torch.Tensor,
+        lang_mask: torch.Tensor,
+        state: torch.Tensor,
+    ):
+        """Return prefix embeddings (B, P, W), pad mask (B, P), block flags (B, P).
+
+        Layout [each camera's tokens | language | state]; images and language form one
+        bidirectional block (flag 0), the state starts a new block (flag 1).
+        """
+        width = self.vlm_cfg.text.hidden_size
+        embed = self.vlm_with_expert.vlm.model.text_model.embed_tokens
+        batch = lang_tokens.shape[0]
+        embs, pads, flags = [], [], []
+        for tokens in image_tokens:
+            embs.append(tokens * torch.tensor(width**0.5, dtype=tokens.dtype, device=tokens.device))
+            pads.append(torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device))
+            flags.append(torch.zeros(tokens.shape[:2], dtype=torch.bool, device=tokens.device))
+        lang = embed(lang_tokens)  # (B, L, W)
+        embs.append(lang * math.sqrt(width))
+        pads.append(lang_mask.bool())
+        flags.append(torch.zeros_like(lang_mask, dtype=torch.bool))
+        state_emb = self.state_proj(state.to(self.state_proj.weight.dtype))[:, None, :]  # (B, 1, W)
+        embs.append(state_emb.to(embs[0].dtype))
+        pads.append(torch.ones(batch, 1, dtype=torch.bool, device=state.device))
+        flags.append(torch.ones(batch, 1, dtype=torch.bool, device=state.device))
+        return torch.cat(embs, dim=1), torch.cat(pads, dim=1), torch.cat(flags, dim=1)
+
+    @staticmethod
+    def attention_2d(pad_mask: torch.Tensor, block_flags: torch.Tensor) -> torch.Tensor:
+        """Return the (B, T, T) mask: a query sees keys of its block and earlier blocks, valid ones only."""
+        blocks = torch.cumsum(block_flags.long(), dim=1)  # (B, T)
+        allowed = blocks[:, None, :] <= blocks[:, :, None]
+        return allowed & (pad_mask[:, None, :] & pad_mask[:, :, None])
+
+    def prefix_forward(self, embs: torch.Tensor, pad_mask: torch.Tensor, block_flags: torch.Tensor):
+        """Run the kept text layers over the prefix; return per-layer (key, value), each (B, P, G, D).
+
+        Keys are stored after rotation, as LeRobot caches them.
+        """
+        allowed = self.attention_2d(pad_mask, block_flags)  # (B, P, P)
+        positions = torch.cumsum(pad_mask.long(), dim=1) - 1  # pads repeat the previous id
+        layers = self.vlm_with_expert.vlm.model.text_model.layers
+        hidden, cache = embs, []
+        for index, layer in enumerate(layers):
+            last = index == len(layers) - 1
+            q, k, v = _project(layer, hidden, self.head_dim, with_query=not last)
+            k = apply_rope(k, positions)
+            cache.append((k, v))
+            if not last:  # the last layer's output is never read: only its K/V
+                out = attention(apply_rope(q, positions), k, v, allowed)
+                hidden = _mlp_block(layer, hidden, out)
+        return cache
+
+    # -- action expert -----------------------------------------------------------------------
+    def expert_context(self, prefix_kv, prefix_pad_mask: torch.Tensor):
+        """Return what denoising needs from the prefix, once per chunk.
+
+        Per expert layer the keys/values it attends to from the prefix: the backbone's own for
+        self-attention layers, and for cross-attention layers the expert's re-projection of
+        them (LeRobot recomputes it at every step; it depends only on the prefix).
+        """
+        context = []
+        for index, layer in enumerate(self.vlm_with_expert.lm_expert.layers):
+            key, value = prefix_kv[index]
+            if not self.cfg.is_self_attention(index):
+                attn = layer.self_attn
+                flat_k = key.reshape(*key.shape[:2], -1).to(attn.k_proj.weight.dtype)  # (B, P, G*D)
+                flat_v = value.reshape(*value.shape[:2], -1).to(attn.v_proj.weight.dtype)
+                key = attn.k_proj(flat_k).view(*key.shape[:2], -1, self.head_dim)
+                value = attn.v_proj(flat_v).view(*value.shape[:2], -1, self.head_dim)
+            context.append((key, value))
+        return context
+
+    def embed_suffix(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Return the expert's input tokens (B, C, We) for noisy actions (B, C, A) at time t (B,)."""
+        action_emb = self.action_in_proj(x_t)  # (B, C, We)
+        time_emb = sinusoidal_time_embedding(t, self.expert_width, self.cfg.min_period, self.cfg.max_period)
+        time_emb = time_emb.to(action_emb.dtype)[:, None, :].expand_as(action_emb)
+        fused = self.action_time_mlp_in(torch.cat([action_emb, time_emb], dim=2))
+        return self.action_time_mlp_out(F.silu(fused))
+
+    def velocity(
+        self, context, prefix_pad_mask: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+    ) -> torch.Tensor:
+        """Return the flow velocity (B, C, A) at x_t, t given the chunk's expert context."""
+        hidden = self.embed_suffix(x_t, t)  # (B, C, We)
+        batch, chunk = hidden.shape[:2]
+        prefix_len = prefix_pad_mask.shape[1]
+        causal = torch.ones(chunk, chunk, dtype=torch.bool, device=hidden.device).tril()
+        self_allowed = torch.cat(
+            [
+                prefix_pad_mask[:, None, :].expand(batch, chunk, prefix_len),
+                causal[None].expand(batch, chunk, chunk),
+            ],
+            dim=2,
+        )  # (B, C, P+C)
+        cross_allowed = prefix_pad_mask[:, None, :].expand(batch, chunk, prefix_len)  # (B, C, P)
+        offset = prefix_pad_mask.long().sum(dim=1, keepdim=True)  # (B, 1)
+        steps = torch.arange(chunk, device=hidden.device)[None]  # (1, C)
+        for index, layer in enumerate(self.vlm_with_expert.lm_expert.layers):
+            key, value = context[index]
+            if self.cfg.is_self_attention(index):
+                positions = offset + steps  # continue after the valid prefix tokens
+                q, k, v = _project(layer, hidden, self.head_dim)
+                k = torch.cat([key, apply_rope(k, positions).to(key.dtype)], dim=1)
+                v = torch.cat([value, v.to(value.dtype)], dim=1)
+                out = attention(apply_rope(q, positions), k, v, self_allowed)
+            else:
+                x = layer.input_layernorm(hidden).to(layer.self_attn.q_proj.weight.dtype)
+                q = layer.self_attn.q_proj(x).view(batch, chunk, -1, self.head_dim)
+                out = attention(apply_rope(q, steps.expand(batch, chunk)), key, value, cross_allowed)
+            hidden = _mlp_block(layer, hidden, out)
+        hidden = self.vlm_with_expert.lm_expert.norm(hidden)
+        return self.action_out_proj(hidden.to(self.action_out_proj.weight.dtype))  # (B, C, A)
+
+    def denoise(
+        self, context, prefix_pad_mask: torch.Tensor, noise: torch.Tensor, record=None
+    ) -> torch.Tensor:
+        """Integrate the flow from t = 1 (noise) to 0 with Euler; return x_0 (B, C, A)."""
+        steps = self.cfg.num_steps
+        dt = -1.0 / steps
+        x_t = noise.to(self.action_in_proj.weight.dtype)
+        batch = noise.shape[0]
+        for k in range(steps):
+            # afresh each step, in float64 then rounded once: a running float32 sum drifts 1e-7
+            t = torch.full((batch,), 1.0 + k * dt, dtype=torch.float32, device=noise.device)
+            v_t = self.velocity(context, prefix_pad_mask, x_t, t)
+            if record is not None:
+                record.setdefault("v_t", []).append(v_t)
+                record.setdefault("timesteps", []).append(t)
+            x_t = x_t + dt * v_t
+        return x_t

@@ -1,0 +1,244 @@
+"""SmolVLAPolicy: a LeRobot SmolVLA checkpoint run by the project's own code, stage by stage."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dysta_ros.errors import CheckpointError, InputError
+from dysta_ros.policy.smolvla.checkpoint import CheckpointFiles, map_weights, read_checkpoint
+from dysta_ros.policy.smolvla.config import ACTION_KEY, STATE_KEY
+from dysta_ros.policy.smolvla.model import SmolVLAModel
+
+
+@dataclass(frozen=True)
+class SmolVLASpec:
+    """What a runtime needs to know about a loaded SmolVLA checkpoint."""
+
+    camera_keys: tuple[str, ...]
+    camera_names: tuple[str, ...]
+    resize: tuple[int, int]  # (width, height) the images are resized-with-padding to
+    state_dim: int
+    action_dim: int
+    state_names: list[str]
+    action_names: list[str]
+    chunk_size: int
+    n_action_steps: int
+    num_steps: int
+    max_state_dim: int
+    max_action_dim: int
+    normalization: dict[str, str]  # feature key -> MEAN_STD / MIN_MAX / IDENTITY
+    dtype_layout: dict[str, int]  # tensors per dtype in model.safetensors
+    parameter_count: int
+    family: str = "smolvla"
+    history_frames: bool = False  # SmolVLA is single-frame
+    prefix_attention: str = "bidirectional"  # images + language form one bidirectional block
+    extra: dict = field(default_factory=dict)
+
+
+def build_model(files: CheckpointFiles, device="cpu", dtype: torch.dtype | None = None) -> SmolVLAModel:
+    """Build the network on the meta device, then place the checkpoint's tensors in it."""
+    with torch.device("meta"):
+        model = SmolVLAModel(files.cfg, files.vlm)
+    expected = {name: tuple(p.shape) for name, p in model.state_dict().items()}
+    shapes = {k: tuple(t.shape) for k, t in files.weights.items()}
+    mapping, _ = map_weights(expected, shapes, files.cfg, str(files.directory / "model.safetensors"))
+    target = dtype or torch.float32  # CPU default: every tensor upcast to fp32
+    state = {name: files.weights[key].to(device=device, dtype=target) for name, key in mapping.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    left = [n for n, b in model.named_buffers() if b.is_meta]
+    if left:
+        raise CheckpointError(f"{files.directory / 'model.safetensors'}: no value for buffer {left[0]!r}")
+    return model.eval()
+
+
+def resize_with_pad(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Resize (B, 3, h, w) in [0, 1] to fit (width, height) keeping aspect; pad top/left with 0."""
+    h, w = image.shape[2:]
+    ratio = max(w / width, h / height)
+    new_h, new_w = int(h / ratio), int(w / ratio)
+    image = F.interpolate(image, size=(new_h, new_w), mode="bilinear", align_corners=False)
+    return F.pad(image, (max(0, width - new_w), 0, max(0, height - new_h), 0), value=0.0)
+
+
+class SmolVLAPolicy:
+    """A LeRobot SmolVLA checkpoint: prepare inputs, encode images, prefix pass, denoise."""
+
+    def __init__(self, files: CheckpointFiles, model: SmolVLAModel, device):
+        self.files, self.cfg, self.model = files, files.cfg, model
+        self.device = torch.device(device)
+        self.dtype = next(model.parameters()).dtype
+        cfg = files.cfg
+        self.spec = SmolVLASpec(
+            camera_keys=cfg.camera_keys,
+            camera_names=cfg.camera_names,
+            resize=cfg.resize,
+            state_dim=cfg.state_dim,
+            action_dim=cfg.action_dim,
+            state_names=list(cfg.state_names),
+            action_names=list(cfg.action_names),
+            chunk_size=cfg.chunk_size,
+            n_action_steps=cfg.n_action_steps,
+            num_steps=cfg.num_steps,
+            max_state_dim=cfg.max_state_dim,
+            max_action_dim=cfg.max_action_dim,
+            normalization={
+                **{k: cfg.normalization_of(k) for k in cfg.camera_keys},
+                STATE_KEY: files.state_normalizer.mode,
+                ACTION_KEY: files.action_normalizer.mode,
+            },
+            dtype_layout=files.dtype_layout,
+            parameter_count=files.parameter_count,
+        )
+
+    # -- stages ------------------------------------------------------------------------------
+    def tokenize(self, task: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return token ids and mask (1, L) of task + newline, padded as the config says."""
+        tokenizer = self.files.tokenizer
+        max_length = self.cfg.tokenizer_max_length
+        ids = tokenizer.encode(task + "\n").ids
+        if len(ids) > max_length:
+            # truncation keeps the first tokens (so a long task loses its newline, as in LeRobot)
+            tokenizer.enable_truncation(max_length)
+            ids = tokenizer.encode(task + "\n").ids
+            tokenizer.no_truncation()
+        length = max_length if self.cfg.pad_language_to == "max_length" else len(ids)
+        pad = self.files.vlm.text.pad_token_id
+        tokens = torch.full((1, length), pad, dtype=torch.long)
+        tokens[0, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        mask = torch.zeros((1, length), dtype=torch.bool)
+        mask[0, : len(ids)] = True
+        return tokens.to(self.device), mask.to(self.device)
+
+    def prepare_inputs(self, images: dict, state, task: str) -> dict:
+        """Return pixels per camera (model order), language tokens and the padded normalized state."""
+        missing = [n for n in self.spec.camera_names if n not in images]
+        if missing:
+            raise InputError(
+                f"images: missing camera(s) {missing}; the checkpoint needs {list(self.spec.camera_names)}"
+            )
+        pixels = []
+        for name in self.spec.camera_names:
+            frame = np.asarray(images[name])
+            if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+                raise InputError(
+                    f"images[{name!r}]: expected HxWx3 uint8 RGB, got {frame.dtype} {frame.shape}"
+                )
+            image = torch.from_numpy(np.ascontiguousarray(frame)).to(self.device).permute(2, 0, 1)[None]
+            image = resize_with_pad(image.float() / 255.0, *self.cfg.resize)
+            pixels.append((image * 2.0 - 1.0).to(self.dtype))  # SigLIP range; padding becomes -1
+        state = np.asarray(state, dtype=np.float32).reshape(-1)
+        if state.shape[0] != self.cfg.state_dim or not np.isfinite(state).all():
+            raise InputError(f"state: expected {self.cfg.state_dim} finite values, got {state.tolist()}")
+        normalized = self.files.state_normalizer.forward(torch.from_numpy(state)).to(self.device)
+        padded = torch.zeros(1, self.cfg.max_state_dim, dtype=torch.float32, device=self.device)
+        padded[0, : self.cfg.state_dim] = normalized
+        tokens, mask = self.tokenize(task)
+        return {
+            "pixels": pixels,
+            "lang_tokens": tokens,
+            "lang_mask": mask,
+            "state_normalized": normalized[None],
+            "state_padded": padded,
+        }
+
+    def encode_images(self, pixels: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Return (vision last hidden, image tokens before scaling) per camera."""
+        hidden, tokens = zip(*(self.model.encode_image(p) for p in pixels))
+        return list(hidden), list(tokens)
+
+    def embed_prefix(self, image_tokens, inputs: dict):
+        """Return prefix (embeddings, pad mask, block flags)."""
+        return self.model.embed_prefix(
+            image_tokens, inputs["lang_tokens"], inputs["lang_mask"], inputs["state_padded"]
+        )
+
+    def prefix_forward(self, embs, pad_mask, block_flags):
+        """Return per-layer prefix (key, value) and the expert's per-chunk context from them."""
+        prefix_kv = self.model.prefix_forward(embs, pad_mask, block_flags)
+        return prefix_kv, self.model.expert_context(prefix_kv, pad_mask)
+
+    def make_noise(self, noise) -> torch.Tensor:
+        """Return noise (1, chunk, max_action_dim): the caller's (whole, padded) or a fresh sample."""
+        shape = (1, self.cfg.chunk_size, self.cfg.max_action_dim)
+        if noise is None:
+            return torch.randn(shape, dtype=torch.float32, device=self.device)
+        noise = torch.as_tensor(noise, dtype=torch.float32)
+        if tuple(noise.shape) == shape[1:]:
+            noise = noise[None]
+        if tuple(noise.shape) != shape:
+            raise InputError(f"noise: expected shape {shape} (or {shape[1:]}), got {tuple(noise.shape)}")
+        return noise.to(self.device)
+
+    def denoise(self, context, pad_mask, noise: torch.Tensor, record=None) -> torch.Tensor:
+        """Return x_0 (1, chunk, max_action_dim) from the chunk's expert context and noise."""
+        return self.model.denoise(context, pad_mask, noise, record)
+
+    def postprocess(self, x0: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Return (raw actions, normalized actions), each (chunk, action_dim) float32."""
+        normalized = x0[0, :, : self.cfg.action_dim].float().cpu()
+        raw = self.files.action_normalizer.inverse(normalized)
+        return raw.numpy().astype(np.float32), normalized.numpy().astype(np.float32)
+
+    # -- one call ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def predict(self, images: dict, state, task: str, noise=None, return_intermediates: bool = False):
+        """Return (raw action chunk (chunk, action_dim) float32, info) for one observation."""
+        timings = {}
+        start = time.perf_counter()
+        inputs = self.prepare_inputs(images, state, task)
+        noise = self.make_noise(noise)
+        timings["preprocess"] = time.perf_counter() - start
+        start = time.perf_counter()
+        vision_hidden, image_tokens = self.encode_images(inputs["pixels"])
+        timings["vision"] = time.perf_counter() - start
+        start = time.perf_counter()
+        embs, pad_mask, flags = self.embed_prefix(image_tokens, inputs)
+        prefix_kv, context = self.prefix_forward(embs, pad_mask, flags)
+        timings["backbone"] = time.perf_counter() - start
+        start = time.perf_counter()
+        record = {} if return_intermediates else None
+        x0 = self.denoise(context, pad_mask, noise, record)
+        timings["action_head"] = time.perf_counter() - start
+        raw, normalized = self.postprocess(x0)
+        info = {"actions_normalized": normalized, **{f"{k}_ms": v * 1e3 for k, v in timings.items()}}
+        if return_intermediates:
+            inter = {
+                "lang_tokens": inputs["lang_tokens"],
+                "lang_mask": inputs["lang_mask"],
+                "state_normalized": inputs["state_normalized"],
+                "prefix_embs": embs,
+                "prefix_pad_mask": pad_mask,
+                "prefix_att_mask": flags,
+                "prefix_position_ids": torch.cumsum(pad_mask.long(), dim=1) - 1,
+                "prefix_att_2d": self.model.attention_2d(pad_mask, flags),
+                "suffix_embs.step0": self.model.embed_suffix(
+                    noise.to(self.dtype), torch.ones(1, device=self.device)
+                ),
+                "v_t": torch.stack(record["v_t"]),
+                "timesteps": torch.stack(record["timesteps"]),
+                "x0_padded": x0,
+            }
+            for i, (p, h, t) in enumerate(zip(inputs["pixels"], vision_hidden, image_tokens)):
+                (
+                    inter[f"pixel_values.cam{i}"],
+                    inter[f"vision_last_hidden.cam{i}"],
+                    inter[f"img_emb.cam{i}"],
+                ) = p, h, t
+            for layer, (k, v) in enumerate(prefix_kv):
+                inter[f"kv.layer{layer}.key"], inter[f"kv.layer{layer}.value"] = k, v
+            info["intermediates"] = {k: v.detach().cpu() for k, v in inter.items()}
+        return raw, info
+
+
+def load_smolvla(
+    checkpoint_dir, vlm_dir=None, device="cpu", dtype: torch.dtype | None = None
+) -> SmolVLAPolicy:
+    """Load a LeRobot SmolVLA checkpoint dir (config.json, model.safetensors, policy_*processor*)."""
+    files = read_checkpoint(Path(checkpoint_dir), vlm_dir)
+    return SmolVLAPolicy(files, build_model(files, device, dtype), device)

@@ -1,0 +1,75 @@
+"""Bag errors say what to do: topic maps that don't match, joint states as labels, clocks."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from bag_helpers import JOINTS, BagSpec, joint_positions, write_episode_bag
+
+from dysta_ros.bags import BagReader, BagWriter, TopicMap, load_episodes
+from dysta_ros.errors import BagError
+
+CAMERAS = {"main": "/camera/image_raw", "wrist": "/wrist_camera/image_raw"}
+
+
+@pytest.fixture(scope="module")
+def bag(tmp_path_factory):
+    return write_episode_bag(tmp_path_factory.mktemp("bags") / "bag",
+                             BagSpec(episodes=1, seconds=0.6))
+
+
+def test_a_topic_map_that_does_not_match_lists_the_bags_topics_and_names_the_flag(bag):
+    with BagReader(bag) as reader:
+        states = reader.message_counts["/joint_states"]
+    with pytest.raises(BagError) as caught:
+        load_episodes(bag, TopicMap(cameras={"main": "/front/image"}))
+    text = str(caught.value)
+    assert "camera 'main' topic /front/image (missing" in text
+    assert f"/joint_states (sensor_msgs/msg/JointState, {states} messages)" in text
+    assert "--topic-map" in text
+
+
+def test_joint_states_as_their_own_labels_take_the_next_state_as_the_action(bag):
+    topic_map = TopicMap(cameras=CAMERAS, joints=tuple(JOINTS), action_topic="/joint_states",
+                         action_type="sensor_msgs/msg/JointState")
+    [episode] = load_episodes(bag, topic_map, rate_hz=10.0)
+    # the action recorded at each state's stamp is the state one sample (1/50 s) later
+    expected = np.stack([joint_positions(t + 1 / 50) for t in episode.action_times])
+    np.testing.assert_allclose(episode.action_values, expected, atol=1e-5)
+
+
+def test_joint_states_as_labels_with_another_action_type_is_refused_saying_why(bag):
+    topic_map = TopicMap(cameras=CAMERAS, action_topic="/joint_states",
+                         action_type="std_msgs/msg/Float64MultiArray")
+    with pytest.raises(BagError, match="the next state is the action"):
+        load_episodes(bag, topic_map)
+
+
+def test_stamps_on_another_clock_say_which_was_used_and_offer_the_other(bag, tmp_path, caplog):
+    shifted = tmp_path / "shifted"
+    with BagReader(bag) as source, BagWriter(shifted) as target:
+        for topic, msgtype in source.topics.items():
+            target.add_topic(topic, msgtype, source.qos(topic))
+        for message in source.messages():  # received 100 s after their stamps: another clock
+            target.write(message.topic, message.stamp_ns + 100 * 10**9, message.data)
+    with caplog.at_level(logging.WARNING):
+        [by_header] = load_episodes(shifted, rate_hz=10.0)
+    assert "using header times; pass --time receive" in caplog.text
+    [by_receive] = load_episodes(shifted, rate_hz=10.0, clock="receive")
+    assert by_receive.times[0] - by_header.times[0] == pytest.approx(100.0, abs=0.1)
+    with pytest.raises(BagError, match="clock 'wall'"):
+        load_episodes(shifted, clock="wall")
+
+
+def test_eval_checks_the_bag_against_the_topic_map_before_it_builds_any_model(bag, tmp_path):
+    from dysta_ros.evaluation.open_loop import EvalConfig, run_open_loop
+
+    topic_map = tmp_path / "front.yaml"
+    topic_map.write_text("cameras: {front: /front/image}\n")
+    config = EvalConfig(bags=[str(bag)], model=str(tmp_path / "no_such_checkpoint"),
+                        topic_map=str(topic_map))
+    # the bag error comes first: the (missing) checkpoint is never opened
+    with pytest.raises(BagError, match="camera 'front' topic /front/image .*--topic-map"):
+        run_open_loop(config, progress=False)

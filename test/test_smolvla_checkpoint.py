@@ -1,0 +1,125 @@
+"""SmolVLA loading: the real-size manifest is fully accounted for; bad checkpoints are refused."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from dysta_ros.errors import CheckpointError
+from dysta_ros.policy.smolvla import load_smolvla
+from dysta_ros.policy.smolvla.checkpoint import map_weights
+from dysta_ros.policy.smolvla.config import parse_smolvla_config, parse_vlm_config
+from dysta_ros.policy.smolvla.model import SmolVLAModel
+
+DATA = Path(__file__).parent / "data"
+TINY = DATA / "smolvla_tiny"
+STATS = "policy_preprocessor_step_5_normalizer_processor.safetensors"
+
+
+def test_smolvla_base_manifest_every_tensor_accounted_for():
+    manifest = json.loads((DATA / "smolvla_base_manifest.json").read_text())
+    source = Path("smolvla_base_manifest.json")
+    cfg = parse_smolvla_config(manifest["policy_config_json"], source)
+    vlm = parse_vlm_config(manifest["vlm_config_json_as_written_by_transformers"], source)
+    with torch.device("meta"):  # 450M parameters, no memory
+        model = SmolVLAModel(cfg, vlm)
+    expected = {name: tuple(p.shape) for name, p in model.state_dict().items()}
+    shapes = {t["key"]: tuple(t["shape"]) for t in manifest["state_dict"]}
+    assert len(shapes) == manifest["num_keys"] == 500
+    mapping, ignored = map_weights(expected, shapes, cfg, str(source))
+    assert ignored == set(manifest["parameters_unused_at_inference"])
+    assert set(mapping.values()) | ignored == set(shapes)
+    used = sum(t["numel"] for t in manifest["state_dict"] if t["key"] not in ignored)
+    assert used == sum(p.numel() for p in model.parameters())
+    assert sum(t["numel"] for t in manifest["state_dict"]) == manifest["total_params"] == 450_046_176
+    assert [i for i in range(cfg.num_vlm_layers) if not cfg.is_self_attention(i)] == manifest[
+        "derived_dims"
+    ]["cross_attention_expert_layers"]
+
+
+@pytest.fixture
+def broken(tmp_path):
+    shutil.copytree(TINY / "checkpoint", tmp_path / "checkpoint")
+    return tmp_path / "checkpoint"
+
+
+def _load(directory):
+    return load_smolvla(directory, TINY / "vlm")
+
+
+def _rewrite_weights(directory, change):
+    weights = load_file(str(directory / "model.safetensors"))
+    change(weights)
+    save_file(weights, str(directory / "model.safetensors"))
+
+
+def test_pickle_file_is_refused_unopened(broken):
+    (broken / "model.safetensors").rename(broken / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match=r"pytorch_model\.bin: pickle file.*never unpickled"):
+        _load(broken)
+
+
+def test_missing_tensor_is_named(broken):
+    key = "model.vlm_with_expert.lm_expert.layers.1.self_attn.k_proj.weight"
+    _rewrite_weights(broken, lambda w: w.pop(key))
+    with pytest.raises(CheckpointError, match=rf"model\.safetensors: missing key '{key}'"):
+        _load(broken)
+
+
+def test_wrong_shape_is_named(broken):
+    key = "model.state_proj.weight"
+    _rewrite_weights(broken, lambda w: w.__setitem__(key, torch.zeros(64, 31)))
+    with pytest.raises(
+        CheckpointError, match=r"'model\.state_proj\.weight' has shape \(64, 31\), expected \(64, 32\)"
+    ):
+        _load(broken)
+
+
+def test_unknown_tensor_is_named(broken):
+    _rewrite_weights(broken, lambda w: w.__setitem__("model.extra_head.weight", torch.zeros(2)))
+    with pytest.raises(CheckpointError, match=r"unknown key 'model\.extra_head\.weight'"):
+        _load(broken)
+
+
+def test_nan_stats_are_refused(broken):
+    stats = load_file(str(broken / STATS))
+    stats["observation.state.std"][2] = float("nan")
+    save_file(stats, str(broken / STATS))
+    with pytest.raises(CheckpointError, match=rf"{STATS}: key 'observation.state.std' holds non-finite"):
+        _load(broken)
+
+
+def test_wrong_type_is_refused(broken):
+    config = json.loads((broken / "config.json").read_text())
+    config["type"] = "pi0"
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"config\.json: key 'type' is 'pi0'"):
+        _load(broken)
+
+
+def test_missing_backbone_says_where_it_looked(broken, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    config = json.loads((broken / "config.json").read_text())
+    config["vlm_model_name"] = "HuggingFaceTB/SmolVLM2-500M-Video-Instruct"
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"not found \(looked in: .*HF cache models--HuggingFaceTB--"):
+        load_smolvla(broken)
+    # the offline HF cache layout is found without a vlm argument
+    snapshot = tmp_path / "hub/models--HuggingFaceTB--SmolVLM2-500M-Video-Instruct/snapshots/abc"
+    shutil.copytree(TINY / "vlm", snapshot)
+    assert load_smolvla(broken).files.vlm_dir == snapshot
+
+
+def test_relative_vlm_model_name_resolves_from_the_checkpoint(tmp_path):
+    shutil.copytree(TINY, tmp_path / "fixture")
+    config = tmp_path / "fixture/checkpoint/config.json"
+    data = json.loads(config.read_text())
+    data["vlm_model_name"] = "../vlm"
+    config.write_text(json.dumps(data))
+    assert (
+        load_smolvla(tmp_path / "fixture/checkpoint").files.vlm_dir
+        == tmp_path / "fixture/checkpoint/../vlm"
+    )
