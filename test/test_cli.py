@@ -30,8 +30,8 @@ def test_version_and_subcommand_help_shows_defaults():
     assert shown.returncode == 0 and "(default: 30.0)" in shown.stdout
 
 
-def test_light_subcommands_parse_without_torch():
-    light = ("latency", "load", "run", "demo", "bench", "profile-entropy")
+def test_subcommands_parse_without_torch_except_train():
+    light = ("latency", "load", "run", "demo", "bench", "profile-entropy", "eval", "closed-loop")
     probe = ("import sys; from dysta_ros.cli import build_parser; "
              f"[build_parser(c) for c in {light}]; print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)

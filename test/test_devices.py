@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+from bag_helpers import BagSpec, write_episode_bag
 
 from dysta_ros.errors import EXIT_CONFIG, ConfigError
 from dysta_ros.policy.devices import check_device
@@ -29,8 +30,8 @@ def test_cuda_without_cuda_is_refused_by_build_model():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 @pytest.mark.parametrize("command", [["bench", "--quiet"], ["eval", "no-such-bag"], ["profile-entropy"]])
 def test_entry_points_print_one_line_and_exit_with_the_config_status(command, tmp_path):
-    if command[0] == "eval":  # eval reads its bags after the model: give it a real, empty directory
-        command = ["eval", str(tmp_path)]
+    if command[0] == "eval":  # eval checks its bags first: give it a real one
+        command = ["eval", str(write_episode_bag(tmp_path / "bag", BagSpec(episodes=1, seconds=0.3)))]
     result = subprocess.run([sys.executable, "-m", "dysta_ros.cli", *command, "--device", "cuda"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == EXIT_CONFIG, result.stderr

@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
@@ -22,9 +23,11 @@ from tqdm import tqdm
 from dysta_ros.bags import TopicMap, load_episodes
 from dysta_ros.bags.episodes import Episode, check_bag
 from dysta_ros.errors import BagError, CheckpointError, ConfigError, InferenceError, InputError, exit_status
-from dysta_ros.policy.runtime import PolicyRuntime, build_model, runtime_around, set_threads
 from dysta_ros.tokens import available_strategies, parse_param_overrides
 from dysta_ros.types import STAGES, StepStats
+
+if TYPE_CHECKING:  # torch: imported to evaluate, so `dysta-ros eval --help` stays instant
+    from dysta_ros.policy.runtime import PolicyRuntime
 
 BASELINE = "full"
 
@@ -96,6 +99,8 @@ def _check_compatible(runtime: PolicyRuntime, topic_map: TopicMap, episode: Epis
 
 def run_open_loop(config: EvalConfig, progress: bool = True) -> dict[str, list[StepRecord]]:
     """Step every strategy through every episode; return each strategy's step records."""
+    from dysta_ros.policy.runtime import build_model, runtime_around, set_threads
+
     set_threads(config.threads)
     topic_map = TopicMap.load(config.topic_map)
     for bag in config.bags:  # seconds of model building are wasted on a bag that can't be used

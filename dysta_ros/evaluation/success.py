@@ -14,14 +14,17 @@ import math
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
 
 from dysta_ros.errors import ConfigError
-from dysta_ros.evaluation.closed_loop import Episode, run_episode
 from dysta_ros.plots import pyplot, save_png
 from dysta_ros.tokens import available_strategies, parse_param_overrides
+
+if TYPE_CHECKING:  # MuJoCo and torch: imported to run, so `dysta-ros closed-loop --help` stays instant
+    from dysta_ros.evaluation.closed_loop import Episode
 
 HELD_OUT_SEED_START = 100_000  # training uses seeds from 0; evaluation never overlaps them
 
@@ -97,6 +100,7 @@ def evaluate(
 ) -> dict:
     """Run every strategy on seeds seed_start .. + episodes - 1; return the results dict."""
     from dysta_ros.policy.checkpoint import read_config
+    from dysta_ros.evaluation.closed_loop import run_episode
     from dysta_ros.policy.families import family_of
     from dysta_ros.policy.runtime import build_model, runtime_around, set_threads
     from dysta_ros.sim.env import SimEnv
