@@ -15,3 +15,8 @@ from hypothesis import settings  # noqa: E402
 settings.register_profile("repeatable", derandomize=True, database=None)
 settings.register_profile("explore")
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
+
+# The tests run nodes in this process, as a node's main() does: share the GIL as finely.
+import sys  # noqa: E402
+
+sys.setswitchinterval(0.0005)
