@@ -14,6 +14,7 @@ from pathlib import Path
 
 from dysta_ros.errors import CheckpointError
 from dysta_ros.policy.families import CONFIG_FILE, DEFAULT_DT, family_of
+from dysta_ros.policy.jsonfile import read_json_file
 
 WEIGHTS_FILE = "model.safetensors"
 CAMERA_PREFIX = "observation.images."
@@ -86,7 +87,7 @@ def checkpoint_info(directory) -> dict:
     """Return what `dysta-ros info` prints for a checkpoint directory."""
     directory = Path(directory)
     family = family_of(directory)
-    data = json.loads((directory / CONFIG_FILE).read_text())
+    data = read_json_file(directory / CONFIG_FILE)
     try:
         described = smolvla_info(data) if family == "smolvla" else dysta_info(data)
     except (KeyError, TypeError, AttributeError, IndexError) as exc:

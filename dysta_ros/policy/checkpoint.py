@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from dysta_ros.errors import CheckpointError, ConfigError
 from dysta_ros.policy.config import PolicyConfig
+from dysta_ros.policy.jsonfile import read_json_file
 from dysta_ros.policy.model import VLAModel
 from dysta_ros.policy.tokenizer import TOKENIZER_FILE, load_tokenizer, model_tokenizer, tokenizer_kind
 from dysta_ros.tokens.dysta import trained_layout
@@ -53,12 +54,7 @@ def save_checkpoint(
 def read_config(directory) -> tuple[PolicyConfig, dict[str, Any]]:
     """Read and validate config.json; return the policy config and the other keys."""
     path = Path(directory) / CONFIG_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing (a checkpoint is {CONFIG_FILE} + {WEIGHTS_FILE})")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON: {exc}") from exc
+    data = read_json_file(path, f" (a checkpoint is {CONFIG_FILE} + {WEIGHTS_FILE})")
     if not isinstance(data, dict) or "policy" not in data:
         raise CheckpointError(f"{path}: missing key 'policy' (the model config)")
     asks = sorted(_code_keys(data))

@@ -8,7 +8,6 @@ with the reason, never run as something it is not.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from dysta_ros.errors import CheckpointError, ConfigError, DystaError, InferenceError, InputError
+from dysta_ros.policy.jsonfile import read_json_file
 from dysta_ros.policy.preprocess import check_image, check_state
 from dysta_ros.types import STAGES, ActionChunk, Observation, RuntimeSpec, StepStats
 
@@ -60,12 +60,7 @@ FAMILIES: dict[str, Family] = {
 def family_of(directory) -> str:
     """Return the family name of a checkpoint directory from its config.json."""
     path = Path(directory) / CONFIG_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing (a checkpoint directory holds {CONFIG_FILE})")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON: {exc}") from exc
+    data = read_json_file(path, f" (a checkpoint directory holds {CONFIG_FILE})")
     if isinstance(data, dict) and "type" in data:
         if data["type"] not in FAMILIES or data["type"] == "dysta_vla":
             supported = ", ".join(f"'type': {name!r}" for name in FAMILIES if name != "dysta_vla")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dysta_ros.errors import CheckpointError
+from dysta_ros.policy.jsonfile import read_json_file
 
 NORMALIZATION_MODES = ("MEAN_STD", "MIN_MAX", "IDENTITY")
 PAD_LANGUAGE_MODES = ("max_length", "longest")
@@ -19,12 +19,7 @@ ACTION_KEY = "action"
 
 def read_json(path: Path) -> dict[str, Any]:
     """Return a JSON object from a file, or raise CheckpointError naming the file."""
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON: {exc}") from exc
+    data = read_json_file(path)
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
