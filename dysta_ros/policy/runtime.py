@@ -24,36 +24,14 @@ from dysta_ros.policy.devices import DTYPES, check_device
 from dysta_ros.policy.families import FAMILIES, SmolVLARuntime, family_of, load_smolvla_policy
 from dysta_ros.policy.model import VLAModel
 from dysta_ros.policy.preprocess import prepare_observation
+from dysta_ros.policy.timing import StageTimer
 from dysta_ros.policy.tokenizer import model_tokenizer
 from dysta_ros.tokens import build_strategy, strategy_class
 from dysta_ros.tokens.base import Frame, StepContext, check_history
 from dysta_ros.tokens.flops import full_flops
-from dysta_ros.types import STAGES, ActionChunk, Observation, RuntimeSpec, StepStats
+from dysta_ros.types import ActionChunk, Observation, RuntimeSpec, StepStats
 
 log = logging.getLogger(__name__)
-
-
-class StageTimer:
-    """Milliseconds per stage; synchronises CUDA so a stage's time is its own."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.ms = {stage: 0.0 for stage in STAGES}
-        self._start = self._last = self._now()
-
-    def _now(self) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
-    def lap(self, stage: str) -> None:
-        now = self._now()
-        self.ms[stage] += (now - self._last) * 1e3
-        self._last = now
-
-    def finish(self) -> dict[str, float]:
-        self.ms["total"] = (self._now() - self._start) * 1e3
-        return self.ms
 
 
 class PolicyRuntime:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from dysta_ros.errors import CheckpointError, InputError
 from dysta_ros.policy.smolvla.checkpoint import CheckpointFiles, map_weights, read_checkpoint
 from dysta_ros.policy.smolvla.config import ACTION_KEY, STATE_KEY
 from dysta_ros.policy.smolvla.model import SmolVLAModel
+from dysta_ros.policy.timing import StageTimer
 
 
 @dataclass(frozen=True)
@@ -189,24 +189,21 @@ class SmolVLAPolicy:
     @torch.inference_mode()
     def predict(self, images: dict, state, task: str, noise=None, return_intermediates: bool = False):
         """Return (raw action chunk (chunk, action_dim) float32, info) for one observation."""
-        timings = {}
-        start = time.perf_counter()
+        timer = StageTimer(self.device)
         inputs = self.prepare_inputs(images, state, task)
         noise = self.make_noise(noise)
-        timings["preprocess"] = time.perf_counter() - start
-        start = time.perf_counter()
+        timer.lap("preprocess")
         vision_hidden, image_tokens = self.encode_images(inputs["pixels"])
-        timings["vision"] = time.perf_counter() - start
-        start = time.perf_counter()
+        timer.lap("vision")
         embs, pad_mask, flags = self.embed_prefix(image_tokens, inputs)
         prefix_kv, context = self.prefix_forward(embs, pad_mask, flags)
-        timings["backbone"] = time.perf_counter() - start
-        start = time.perf_counter()
+        timer.lap("backbone")
         record = {} if return_intermediates else None
         x0 = self.denoise(context, pad_mask, noise, record)
-        timings["action_head"] = time.perf_counter() - start
+        timer.lap("action_head")
         raw, normalized = self.postprocess(x0)
-        info = {"actions_normalized": normalized, **{f"{k}_ms": v * 1e3 for k, v in timings.items()}}
+        info = {"actions_normalized": normalized,
+                **{f"{k}_ms": timer.ms[k] for k in ("preprocess", "vision", "backbone", "action_head")}}
         if return_intermediates:
             inter = {
                 "lang_tokens": inputs["lang_tokens"],
