@@ -49,7 +49,7 @@ msgs:
 	  || { tail -n 40 build/cmake.log; exit 1; }
 
 demo: setup
-	$(VENV)/bin/dysta-ros demo --policy expert checkpoints/reference --strategy full dysta --episodes 2
+	$(VENV)/bin/dysta-ros demo --model expert,checkpoints/reference --strategies full,dysta --episodes 2
 
 test: setup
 	$(PY) -m pytest -q

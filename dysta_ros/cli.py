@@ -26,11 +26,34 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("dysta_ros.nodes.run", "policy_node + chunk_executor in one process (no ros2 launch needed)"),
     "latency": ("dysta_ros.nodes.latency", "ROS-layer camera-to-chunk latency beyond model time"),
     "load": ("dysta_ros.nodes.load_test", "hold policy_node under camera load: memory, frame age, drops"),
-    "train": ("dysta_ros.training.train", "behaviour cloning with DySta's learned parts"),
+    "train": ("dysta_ros.training.cli", "behaviour cloning with DySta's learned parts"),
     "parity": ("dysta_ros.evaluation.parity", "our SmolVLA vs recorded LeRobot cases: max action errors"),
     "info": ("dysta_ros.info", "what a checkpoint directory holds: family, cameras, dims, dtypes"),
     "closed-loop": ("dysta_ros.evaluation.success", "success rate per strategy on held-out sim seeds"),
 }
+
+
+# name -> one command line that works from a fresh clone (shown at the end of `--help`)
+EXAMPLES: dict[str, str] = {
+    "demo": "dysta-ros demo --model expert,checkpoints/reference --strategies full,dysta --episodes 2",
+    "bench": "dysta-ros bench --model small --strategies full,dysta --history 1,8 --json bench.json",
+    "profile-entropy": "dysta-ros profile-entropy --model checkpoints/reference --frames sim",
+    "bag-info": "dysta-ros bag-info bags/expert.mcap",
+    "eval": "dysta-ros eval bags/expert.mcap --model checkpoints/reference --strategies full,dysta --json",
+    "record": "dysta-ros record --out bags/expert --task reach --episodes 5",
+    "replay": "dysta-ros replay bags/expert --loop",
+    "run": "dysta-ros run --model checkpoints/reference --strategy dysta",
+    "latency": "dysta-ros latency --cameras 2 --width 640 --height 480 --seconds 20",
+    "load": "dysta-ros load --cameras 3 --seconds 300",
+    "train": "dysta-ros train --sim-episodes 400 --task reach --out runs/reach",
+    "parity": "dysta-ros parity test/data/smolvla_tiny --json",
+    "info": "dysta-ros info checkpoints/reference",
+    "closed-loop": "dysta-ros closed-loop --model checkpoints/reference --strategies full,dysta",
+}
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults after each option; the example epilog keeps its line breaks."""
 
 
 def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
@@ -40,8 +63,10 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         # every option's help shows its default, so nobody has to read the source for it
+        example = EXAMPLES.get(name)
         sub_parser = sub.add_parser(name, help=help_text, description=help_text,
-                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                    epilog=f"example:\n  {example}" if example else None,
+                                    formatter_class=HelpFormatter)
         if name == chosen:
             importlib.import_module(module_name).add_arguments(sub_parser)
     return parser

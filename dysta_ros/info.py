@@ -12,7 +12,9 @@ import struct
 from collections import Counter
 from pathlib import Path
 
+from dysta_ros.cli_options import add_json_argument, json_to_stdout, write_json
 from dysta_ros.errors import CheckpointError
+from dysta_ros.results import result_document
 from dysta_ros.policy.families import CONFIG_FILE, DEFAULT_DT, family_of
 from dysta_ros.policy.jsonfile import read_json_file
 
@@ -112,7 +114,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="checkpoint directory, or a rosbag2 bag (directory or .mcap/.db3 file)")
     parser.add_argument("--topic-map", default="sim_arm",
                         help="for a bag: topic mapping, a name in config/bag_topics/ or a YAML path")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -123,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
                                               json=args.json))
     info = checkpoint_info(args.directory)
     if args.json:
-        print(json.dumps(info, indent=2))
+        write_json(args.json, result_document([info], {"path": args.directory, "kind": "checkpoint"}))
+    if json_to_stdout(args):
         return 0
     width = max(len(k) for k in info)
     for key, value in info.items():

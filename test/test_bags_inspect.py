@@ -47,11 +47,11 @@ def test_bag_info_command_prints_json(bag):
     result = subprocess.run([sys.executable, "-m", "dysta_ros.cli", "bag-info", str(bag),
                              "--json"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["topics"]["/dysta/action_chunk"]["count"] == 12
+    assert json.loads(result.stdout)["runs"][0]["topics"]["/dysta/action_chunk"]["count"] == 12
 
 
 def test_info_on_a_bag_describes_the_bag(bag):
     result = subprocess.run([sys.executable, "-m", "dysta_ros.cli", "info", str(bag), "--json"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["topics"]["/dysta/action_chunk"]["count"] == 12
+    assert json.loads(result.stdout)["runs"][0]["topics"]["/dysta/action_chunk"]["count"] == 12

@@ -18,7 +18,7 @@ SCHEMA = {
     "history",
     "step_ms_p50",
     "step_ms_p90",
-    "speedup_vs_full",
+    "speedup",
     "context_tokens",
     "flops_ratio",
     "recache_rate",
@@ -44,7 +44,7 @@ def test_bench_rows_compare_like_for_like(model):
         assert 0 <= row["action_dev_mean"] <= row["action_dev_max"]
     for t in (1, 5):
         full = by_key[("full", t)]
-        assert full["speedup_vs_full"] == 1.0 and full["action_dev_max"] == 0.0 and full["flops_ratio"] == 1.0
+        assert full["speedup"] == 1.0 and full["action_dev_max"] == 0.0 and full["flops_ratio"] == 1.0
         dysta = by_key[("dysta", t)]
         assert dysta["recomputed_tokens"] < full["recomputed_tokens"] and dysta["flops_ratio"] < 1.0
         assert dysta["static_tokens"] > 0
@@ -60,7 +60,7 @@ def test_bench_cli_writes_json_and_plot(tmp_path, capsys):
     code = main(
         [
             "bench",
-            "--preset",
+            "--model",
             "tiny",
             "--strategies",
             "full,dysta",
@@ -86,7 +86,7 @@ def test_bench_cli_writes_json_and_plot(tmp_path, capsys):
 
 
 def test_bench_cli_rejects_unknown_strategy(capsys):
-    assert main(["bench", "--preset", "tiny", "--strategies", "full,warp", "--quiet"]) == 2
+    assert main(["bench", "--model", "tiny", "--strategies", "full,warp", "--quiet"]) == 2
     assert "warp" in capsys.readouterr().err
 
 
@@ -125,7 +125,7 @@ def test_profile_entropy_prints_a_layer_entropy_line_vla_cache_accepts(tmp_path,
 
     from dysta_ros.tokens import build_strategy
 
-    assert main(["profile-entropy", "--preset", "tiny", "--history", "2", "--samples", "1",
+    assert main(["profile-entropy", "--model", "tiny", "--history", "2", "--samples", "1",
                  "--plot", str(tmp_path / "entropy.png")]) == 0
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("layer_entropy:"))
     profile = yaml.safe_load(line)["layer_entropy"]

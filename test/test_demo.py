@@ -29,12 +29,13 @@ def test_summary_rows_compare_strategies_with_full_of_the_same_policy():
                 episode("tiny", "dysta", False, [10.0], 40)]
     rows = {r["policy"]: r for r in summary_rows(episodes)}
     assert set(rows) == {"expert", "tiny/full", "tiny/dysta"}
-    assert rows["expert"]["success"] == 1.0 and rows["expert"]["step_p50_ms"] is None
+    assert rows["expert"]["success"] == 1.0 and rows["expert"]["step_ms_p50"] is None
     assert rows["tiny/dysta"]["episodes"] == 2 and rows["tiny/dysta"]["success"] == 0.5
-    assert rows["tiny/dysta"]["step_p50_ms"] == 10.0
-    assert rows["tiny/dysta"]["speedup_vs_full"] == pytest.approx(4.0)
-    assert rows["tiny/full"]["speedup_vs_full"] == pytest.approx(1.0)
+    assert rows["tiny/dysta"]["step_ms_p50"] == 10.0
+    assert rows["tiny/dysta"]["speedup"] == pytest.approx(4.0)
+    assert rows["tiny/full"]["speedup"] == pytest.approx(1.0)
     assert rows["tiny/dysta"]["recaches"] == 2
+    assert rows["tiny/dysta"]["recache_rate"] == pytest.approx(1 / 2)  # steps after each episode's first
     table = format_table(list(rows.values()))
     assert "4.00x" in table and "50 %" in table
 
@@ -43,25 +44,28 @@ def test_report_folder_holds_summary_plot_and_camera_strip(tmp_path):
     episodes = [episode("expert", "expert", True, [], 0), episode("tiny", "dysta", False, [12.0, 9.0], 40, 1)]
     paths = write_report(episodes, tmp_path / "report")
     summary = json.loads(paths["summary"].read_text())
-    assert [e["policy_steps"] for e in summary["episodes"]] == [0, 2]
+    assert [e["policy_steps"] for e in summary["meta"]["episodes"]] == [0, 2]
     for name in ("steps", "camera"):
         assert paths[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_demo_rejects_an_unknown_policy_before_starting_anything(capsys):
-    assert main(["demo", "--policy", "nonsense"]) == 2
-    assert "--policy 'nonsense'" in capsys.readouterr().err
+    assert main(["demo", "--model", "nonsense"]) == 2
+    assert "--model 'nonsense'" in capsys.readouterr().err
+    assert main(["demo", "--policy", "nonsense"]) == 2  # the old spelling, one more release
+    err = capsys.readouterr().err
+    assert "--policy is deprecated" in err and "--model 'nonsense'" in err
 
 
 def test_demo_runs_expert_and_tiny_policy_episodes_over_ros(tmp_path):
     report = tmp_path / "report"
-    command = [sys.executable, "-m", "dysta_ros.cli", "demo", "--policy", "expert", "tiny", "--episodes", "1",
+    command = [sys.executable, "-m", "dysta_ros.cli", "demo", "--model", "expert,tiny", "--episodes", "1",
                "--episode-seconds", "3", "--image-size", "64", "--report", str(report)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=dict(os.environ))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "expert" in result.stdout and "tiny/dysta" in result.stdout
     summary = json.loads((report / "summary.json").read_text())
-    expert, learned = summary["episodes"]
+    expert, learned = summary["meta"]["episodes"]
     assert expert["policy"] == "expert" and expert["success"] and expert["chunks"] > 0
     assert learned["policy"] == "tiny" and learned["strategy"] == "dysta"
     assert learned["policy_steps"] > 0 and learned["reason"]  # the random policy ran until the end
@@ -72,7 +76,7 @@ def test_speedup_compares_strategies_of_the_same_checkpoint_path():
     rows = summary_rows([episode("checkpoints/reference", "full", True, [40.0, 40.0], 53),
                          episode("checkpoints/reference", "dysta", True, [20.0, 20.0], 38),
                          episode("runs/other", "dysta", True, [10.0, 10.0], 38)])
-    speedups = {r["policy"]: r["speedup_vs_full"] for r in rows}
+    speedups = {r["policy"]: r["speedup"] for r in rows}
     assert speedups["checkpoints/reference/full"] == pytest.approx(1.0)
     assert speedups["checkpoints/reference/dysta"] == pytest.approx(2.0)
     assert speedups["runs/other/dysta"] is None  # no `full` of that policy in the run

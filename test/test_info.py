@@ -29,7 +29,7 @@ def test_own_checkpoint_info_matches_the_loaded_model(capsys):
     assert info["parameters"] == sum(t.numel() for t in model.state_dict().values())
     assert (info["chunk_size"], info["dt"]) == (model.cfg.horizon, model.cfg.dt)
     assert main(["info", "checkpoints/reference", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["parameters"] == info["parameters"]
+    assert json.loads(capsys.readouterr().out)["runs"][0]["parameters"] == info["parameters"]
 
 
 def test_lerobot_checkpoint_info_from_config_and_header(tmp_path, capsys):

@@ -11,7 +11,9 @@ def test_latency_command_writes_json_and_png(tmp_path):
          "--height", "48", "--seconds", "2", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads((tmp_path / "latency.json").read_text())
+    document = json.loads((tmp_path / "latency.json").read_text())
+    assert document["meta"]["width"] == 64
+    (report,) = document["runs"]
     assert report["chunks"] >= 2
     assert report["node_arrival_to_step_ms"]["p50"] >= 0
     for key in ("total", "model", "overhead", "ros", "model_busy_wait"):

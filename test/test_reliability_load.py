@@ -16,7 +16,7 @@ def test_load_command_holds_three_cameras_and_writes_its_report(tmp_path):
          "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads((tmp_path / "load.json").read_text())
+    (report,) = json.loads((tmp_path / "load.json").read_text())["runs"]
     assert report["alive"] and report["chunks"] >= 2
     assert len(report["series"]["rss_mb"]) >= 2 and report["rss_mb"]["max"] > 0
     assert all(age > 0 for age in report["series"]["frame_age_ms"])

@@ -6,7 +6,7 @@ import pytest
 
 from dysta_ros.cli import main
 from dysta_ros.errors import ConfigError
-from dysta_ros.evaluation.success import evaluate, format_table, json_safe, write_report
+from dysta_ros.evaluation.success import evaluate, format_table, write_report
 
 @pytest.fixture(scope="module")
 def report():
@@ -15,7 +15,7 @@ def report():
 
 
 def test_every_strategy_gets_sane_numbers_from_one_run(report):
-    results = {r["strategy"]: r for r in report["results"]}
+    results = {r["strategy"]: r for r in report["runs"]}
     assert list(results) == ["full", "dysta", "full@1"]
     assert [r["history"] for r in results.values()] == [2, 2, 1]
     for r in results.values():
@@ -29,7 +29,7 @@ def test_every_strategy_gets_sane_numbers_from_one_run(report):
     # `full@1` keeps one frame: a shorter context than `full` at T=2, still every token of it.
     assert results["full@1"]["context_tokens"] < results["full"]["context_tokens"]
     assert results["full@1"]["flops_ratio"] == pytest.approx(1.0)
-    assert report["history"] == 2 and report["execute_steps"] == 6
+    assert report["meta"]["history"] == 2 and report["meta"]["execute_steps"] == 6
 
 
 def test_table_json_and_report_files(report, tmp_path):
@@ -38,7 +38,7 @@ def test_table_json_and_report_files(report, tmp_path):
     assert "full@1" in table.splitlines()[4]
     write_report(report, tmp_path, command="dysta-ros closed-loop --episodes 1")
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved == json.loads(json.dumps(json_safe(report)))
+    assert saved == json.loads(json.dumps(report))
     assert (tmp_path / "success.png").stat().st_size > 1000
     assert "dysta-ros closed-loop --episodes 1" in (tmp_path / "report.md").read_text()
 
@@ -48,7 +48,8 @@ def test_cli_prints_json(capsys):
                  "--history", "1", "--execute-steps", "8", "--json", "--threads", "1"])
     assert code == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["results"][0]["strategy"] == "full" and out["results"][0]["episodes"] == 1
+    assert set(out) == {"runs", "meta"}
+    assert out["runs"][0]["strategy"] == "full" and out["runs"][0]["episodes"] == 1
 
 
 def test_unknown_strategy_and_bad_param_are_named():
@@ -61,7 +62,7 @@ def test_unknown_strategy_and_bad_param_are_named():
 
 
 def test_table_without_full_prints_no_nan(report):
-    without_full = {**report, "results": [{**r, "speedup": float("nan")} for r in report["results"]]}
+    without_full = {**report, "runs": [{**r, "speedup": None} for r in report["runs"]]}
     table = format_table(without_full)
     assert "nan" not in table.lower() and table.splitlines()[3].split()[5] == "-"
     assert "1.00x" in format_table(report).splitlines()[2]

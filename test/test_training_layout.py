@@ -16,6 +16,7 @@ from dysta_ros.policy.checkpoint import load_checkpoint, read_config
 from dysta_ros.policy.runtime import build_runtime
 from dysta_ros.tokens.base import StepContext
 from dysta_ros.tokens.dysta import DystaLayout, DystaParams
+from dysta_ros.training import cli as train_cli
 from dysta_ros.training import train
 from dysta_ros.training.data import collect_sim_demos
 from dysta_ros.training.objectives import backbone_records, dysta_context, training_losses
@@ -153,7 +154,7 @@ def test_a_bad_recorded_layout_is_refused_naming_the_file(tmp_path):
 
 def parse(*argv):
     parser = argparse.ArgumentParser()
-    train.add_arguments(parser)
+    train_cli.add_arguments(parser)
     return train.train_config(parser.parse_args(["--sim-episodes", "1", "--out", "x", *argv]))
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -12,7 +11,9 @@ import numpy as np
 from dysta_ros.bags.episodes import load_episodes
 from dysta_ros.bags.rosbag import BagReader
 from dysta_ros.bags.topic_map import TopicMap, default_topic_map
+from dysta_ros.cli_options import add_json_argument, json_to_stdout, write_json
 from dysta_ros.errors import BagError, ConfigError
+from dysta_ros.results import result_document
 
 
 def bag_info(path: str | Path, topic_map: TopicMap | None = None) -> dict:
@@ -104,7 +105,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bag", metavar="BAG", help="rosbag2 directory or .mcap/.db3 file")
     parser.add_argument("--topic-map", default="sim_arm",
                         help="bag topic mapping: a name in config/bag_topics/ or a YAML path")
-    parser.add_argument("--json", action="store_true", help="print the description as JSON")
+    add_json_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -114,5 +115,8 @@ def run(args: argparse.Namespace) -> int:
     except (BagError, ConfigError) as exc:
         print(f"dysta-ros bag-info: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(info, indent=2) if args.json else format_bag_info(info))
+    if not json_to_stdout(args):
+        print(format_bag_info(info))
+    write_json(args.json, result_document([info], {"path": args.bag, "kind": "bag",
+                                                   "topic_map": args.topic_map}))
     return 0

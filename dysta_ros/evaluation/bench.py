@@ -9,7 +9,6 @@ range of `full`'s actions. A table for people, JSON for machines, a PNG plot.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -17,10 +16,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from dysta_ros.cli_options import (add_json_argument, add_model_argument, add_runtime_arguments,
+                                   add_strategies_argument, json_to_stdout, write_json)
 from dysta_ros.errors import ConfigError, DystaError, exit_status
 from dysta_ros.evaluation.scenes import structured_frames
 from dysta_ros.plots import pyplot, save_png
-from dysta_ros.policy.config import PRESETS
+from dysta_ros.results import recache_rate, result_document, speedup
 from dysta_ros.tokens import available_strategies, parse_param_overrides
 from dysta_ros.types import STAGES, Observation
 
@@ -95,7 +96,7 @@ def summarize(records: dict[str, list], history: int) -> list[dict]:
             "step_ms_p50": percentile(totals, 50),
             "step_ms_p90": percentile(totals, 90),
             "stage_ms_p50": {stage: percentile([s.stage_ms[stage] for s in stats], 50) for stage in STAGES},
-            "speedup_vs_full": None,
+            "speedup": None,
             "action_dev_mean": None,
             "action_dev_max": None,
             "context_tokens": float(np.mean([s.context_tokens for s in stats])),
@@ -103,11 +104,12 @@ def summarize(records: dict[str, list], history: int) -> list[dict]:
             "static_tokens": float(np.mean([s.static_l1_tokens + s.static_l2_tokens for s in stats])),
             "frames_attended": float(np.mean([s.frames_attended for s in stats])),
             "flops_ratio": float(np.mean([s.flops_ratio for s in stats])),
-            "recache_rate": float(np.mean([s.recached_l1 or s.recached_l2 for s in stats])),
+            # the warm-up steps built the caches: every measured step counts
+            "recache_rate": recache_rate([stats], skip_first=False),
             "recache_rate_l1": float(np.mean([s.recached_l1 for s in stats])),
         }
         if baseline:
-            row["speedup_vs_full"] = base_p50 / row["step_ms_p50"]
+            row["speedup"] = speedup(base_p50, row["step_ms_p50"])
             deviation = np.stack(
                 [
                     np.abs(chunk.actions - ref.actions) / action_range
@@ -171,7 +173,7 @@ def format_table(rows: list[dict]) -> str:
         st = r["stage_ms_p50"]
         lines.append(
             f"{r['history']:>3} {r['strategy']:<15} {r['step_ms_p50']:>8.1f} {r['step_ms_p90']:>8.1f} "
-            f"{fmt(r['speedup_vs_full'], '7.2f')} {r['context_tokens']:>7.0f} {r['recomputed_tokens']:>7.0f} "
+            f"{fmt(r['speedup'], '7.2f')} {r['context_tokens']:>7.0f} {r['recomputed_tokens']:>7.0f} "
             f"{r['flops_ratio']:>6.3f} {r['recache_rate']:>7.2f} {fmt(r['action_dev_mean'], '8.4f')} "
             f"{fmt(r['action_dev_max'], '8.4f')}  {st['vision']:>6.1f} {st['gate']:>5.1f} "
             f"{st['backbone']:>8.1f} {st['action_head']:>6.1f}"
@@ -191,8 +193,8 @@ def plot(rows: list[dict], path: Path, title: str) -> Path:
         bars.bar(range(len(rows)), values, bottom=bottom, label=stage)
         bottom += values
     for i, r in enumerate(rows):
-        if r["speedup_vs_full"]:
-            bars.text(i, bottom[i], f"{r['speedup_vs_full']:.2f}x", ha="center", va="bottom", fontsize=8)
+        if r["speedup"]:
+            bars.text(i, bottom[i], f"{r['speedup']:.2f}x", ha="center", va="bottom", fontsize=8)
     bars.set_xticks(range(len(rows)), labels, fontsize=7, rotation=90)
     bars.set_ylabel("p50 ms per step (stages)")
     bars.set_yscale("log" if bottom.max() > 20 * max(bottom.min(), 1e-3) else "linear")
@@ -211,21 +213,14 @@ def plot(rows: list[dict], path: Path, title: str) -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="small", choices=sorted(PRESETS), help="random-initialised model")
-    parser.add_argument("--checkpoint", help="checkpoint directory (config.json + model.safetensors)")
+    add_model_argument(parser, default="small")
     parser.add_argument("--vlm", default=None, metavar="DIR",
                         help="a LeRobot SmolVLA checkpoint's backbone config + tokenizer directory")
-    parser.add_argument(
-        "--strategies",
-        default=",".join(available_strategies()),
-        help="comma-separated strategy names (default: all)",
-    )
+    add_strategies_argument(parser)
     parser.add_argument("--history", default="1,8", help="comma-separated history lengths T, e.g. 1,8,32")
     parser.add_argument("--steps", type=int, default=10, help="measured steps per strategy and T")
     parser.add_argument("--warmup", type=int, default=3, help="unmeasured steps first (caches, allocator)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    add_runtime_arguments(parser)
     parser.add_argument(
         "--frames",
         default="synthetic",
@@ -240,8 +235,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="strategy parameter, repeatable, e.g. --param dysta.delta_l1=0.1",
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", help="write {'runs': [...], 'meta': {...}} here")
-    parser.add_argument("--plot", help="PNG plot path (default: beside --json)")
+    add_json_argument(parser)
+    parser.add_argument("--plot", help="PNG plot path (default: beside the --json FILE)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -251,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
     from dysta_ros.policy.runtime import build_model, build_runtime, set_threads
 
     try:
-        strategies = parse_list(args.strategies)
+        strategies = args.strategies
         histories = parse_list(args.history, int)
         unknown = [s for s in strategies if s not in available_strategies()]
         if unknown or not strategies:
@@ -262,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--history needs values >= 1, --steps >= 1, --warmup >= 0")
         params = parse_param_overrides(args.param, strategies)
         set_threads(args.threads)
-        model, _ = build_model(args.checkpoint or args.preset, args.device, args.dtype, args.seed,
+        model, _ = build_model(args.model, args.device, args.dtype, args.seed,
                                vlm=args.vlm)
         # The cameras and state the frames need, from the model's own spec (any family)
         cfg = build_runtime(model, strategies[0], params.get(strategies[0]), seed=args.seed).spec
@@ -280,14 +275,14 @@ def run(args: argparse.Namespace) -> int:
             args.warmup,
             params,
             args.seed,
-            progress=not args.quiet,
+            progress=not (args.quiet or json_to_stdout(args)),
         )
     except DystaError as exc:
         print(f"dysta-ros bench: {exc}", file=sys.stderr)
         return exit_status(exc)
     meta = {
         "preset": cfg.preset,
-        "checkpoint": args.checkpoint,
+        "model": args.model,
         "device": args.device,
         "dtype": args.dtype,
         "threads": torch.get_num_threads(),
@@ -300,13 +295,13 @@ def run(args: argparse.Namespace) -> int:
         "seconds": round(time.time() - started, 1),
         "command": "dysta-ros bench " + " ".join(sys.argv[2:]),
     }
-    print(format_table(rows))
-    plot_path = Path(args.plot) if args.plot else (Path(args.json).with_suffix(".png") if args.json else None)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"runs": rows, "meta": meta}, indent=2))
-        print(f"wrote {args.json}")
+    if not json_to_stdout(args):
+        print(format_table(rows))
+    json_file = args.json if args.json and not json_to_stdout(args) else None
+    plot_path = Path(args.plot) if args.plot else (Path(json_file).with_suffix(".png") if json_file else None)
+    write_json(args.json, result_document(rows, meta))
     if plot_path:
         title = f"{cfg.preset} on {args.device}/{args.dtype}, {args.frames} frames, {args.steps} steps"
-        print(f"wrote {plot(rows, plot_path, title)}")
+        print(f"wrote {plot(rows, plot_path, title)}",
+              file=sys.stderr if json_to_stdout(args) else sys.stdout)
     return 0

@@ -20,8 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from dysta_ros.cli_options import (add_json_argument, add_model_argument, add_runtime_arguments,
+                                   add_strategies_argument)
 from dysta_ros.errors import ConfigError
 from dysta_ros.plots import pyplot, save_png
+from dysta_ros.results import recache_rate, result_document, speedup
 from dysta_ros.sim.tasks import TASKS
 
 EXPERT = "expert"
@@ -68,15 +71,10 @@ class EpisodeRecord:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add `dysta-ros demo` arguments."""
-    from dysta_ros.tokens import available_strategies
-
-    parser.add_argument("--policy", nargs="+", default=[EXPERT, "tiny"], metavar="POLICY",
-                        help="who drives, in turn: 'expert' (scripted, privileged), a model preset "
-                             "or a checkpoint directory (default: expert tiny)")
-    parser.add_argument("--strategy", "--strategies", dest="strategies", nargs="+", default=["dysta"],
-                        choices=available_strategies(), metavar="STRATEGY",
-                        help=f"token strategies for learned policies: {', '.join(available_strategies())}; "
-                             "with `full` among them the table shows each one's speedup")
+    add_model_argument(parser, default=[EXPERT, "tiny"], several=True)  # 'expert': scripted, privileged
+    add_strategies_argument(parser, default=["dysta"],
+                            extra_help=" for learned policies; with `full` among them the table shows "
+                                       "each one's speedup")
     parser.add_argument("--task", default="reach", choices=list(TASKS), help="task of every episode")
     parser.add_argument("--episodes", type=int, default=2, help="episodes per policy and strategy")
     parser.add_argument("--seed", type=int, default=100, help="seed of the first episode (then +1)")
@@ -84,19 +82,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="time limit of an episode (0: the task's own)")
     parser.add_argument("--image-size", type=int, default=128, help="camera images are SIZE x SIZE px")
     parser.add_argument("--report", default="reports/demo", help="folder for the report (created)")
-    parser.add_argument("--device", default=None, help="torch device of learned policies (default: cpu)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads of learned policies (the sim renders on the same CPU)")
+    add_runtime_arguments(parser)  # of learned policies; the sim renders on the same CPU
+    add_json_argument(parser)
 
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Raise ConfigError naming the argument when one is not usable."""
     from dysta_ros.policy.config import PRESETS
+    from dysta_ros.tokens import available_strategies
 
-    for policy in args.policy:
+    for policy in args.model:
         if policy != EXPERT and policy not in PRESETS and not Path(policy).is_dir():
-            raise ConfigError(f"--policy {policy!r}: not 'expert', a preset ({', '.join(PRESETS)}) "
+            raise ConfigError(f"--model {policy!r}: not 'expert', a preset ({', '.join(PRESETS)}) "
                               "or an existing checkpoint directory")
+    if unknown := [s for s in args.strategies if s not in available_strategies()]:
+        raise ConfigError(f"--strategies: unknown {unknown}; choose from {', '.join(available_strategies())}")
     if args.episodes < 1:
         raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")
     if args.episode_seconds < 0:
@@ -108,7 +108,7 @@ def check_arguments(args: argparse.Namespace) -> None:
 def plan(args: argparse.Namespace) -> list[tuple[str, str, int]]:
     """Return the episodes to run as (policy, strategy, seed); each combination sees the same seeds."""
     runs = []
-    for policy in args.policy:
+    for policy in args.model:
         for strategy in ([EXPERT] if policy == EXPERT else args.strategies):
             runs += [(policy, strategy, args.seed + i) for i in range(args.episodes)]
     return runs
@@ -128,14 +128,14 @@ def summary_rows(episodes: list[EpisodeRecord]) -> list[dict]:
                      "success": sum(e.success for e in group) / len(group),
                      "seconds": float(np.mean([e.seconds for e in group])),
                      "policy_steps": float(np.mean([len(e.steps) for e in group])),
-                     "step_p50_ms": float(np.median(step_ms)) if step_ms else None,
+                     "step_ms_p50": float(np.median(step_ms)) if step_ms else None,
                      "context_tokens": float(np.mean(tokens)) if tokens else None,
-                     "recaches": sum(s.recached_l1 or s.recached_l2 for e in group for s in e.steps)})
+                     "recaches": sum(s.recached_l1 or s.recached_l2 for e in group for s in e.steps),
+                     "recache_rate": recache_rate(e.steps for e in group)})
     for row in rows:  # speedup of each learned strategy over `full` of the same policy, same run
         policy = row["policy"].rsplit("/", 1)[0]  # labels are <policy>/<strategy>; policies may be paths
         full = next((r for r in rows if r["policy"] == f"{policy}/full"), None)
-        row["speedup_vs_full"] = (full["step_p50_ms"] / row["step_p50_ms"]
-                                  if full and full["step_p50_ms"] and row["step_p50_ms"] else None)
+        row["speedup"] = speedup(full and full["step_ms_p50"], row["step_ms_p50"])
     return rows
 
 
@@ -148,8 +148,8 @@ def format_table(rows: list[dict]) -> str:
               "recaches"]
     lines = [[r["policy"], r["task"], str(r["episodes"]), f"{100 * r['success']:.0f} %",
               cell(r["seconds"], ".1f"),
-              cell(r["policy_steps"], ".1f"), cell(r["step_p50_ms"], ".1f"),
-              cell(r["speedup_vs_full"], ".2f") + ("x" if r["speedup_vs_full"] else ""),
+              cell(r["policy_steps"], ".1f"), cell(r["step_ms_p50"], ".1f"),
+              cell(r["speedup"], ".2f") + ("x" if r["speedup"] else ""),
               cell(r["context_tokens"], ".0f"), str(r["recaches"])] for r in rows]
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
     out = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
@@ -212,13 +212,18 @@ def camera_strip(episodes: list[EpisodeRecord], path: Path) -> None:
     save_png(fig, path, dpi=110)
 
 
+def summary_document(episodes: list[EpisodeRecord], meta: dict | None = None) -> dict:
+    """The demo's result: a run per policy/strategy, the episodes themselves in meta."""
+    return result_document(summary_rows(episodes),
+                           {**(meta or {}), "episodes": [e.summary() for e in episodes]})
+
+
 def write_report(episodes: list[EpisodeRecord], folder: Path) -> dict[str, Path]:
     """Write summary.json, steps.png and camera.png into `folder`; return their paths."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"summary": folder / "summary.json", "steps": folder / "steps.png",
              "camera": folder / "camera.png"}
-    paths["summary"].write_text(json.dumps({"rows": summary_rows(episodes),
-                                            "episodes": [e.summary() for e in episodes]}, indent=2))
+    paths["summary"].write_text(json.dumps(summary_document(episodes), indent=2))
     plot_steps(episodes, paths["steps"])
     camera_strip(episodes, paths["camera"])
     return paths

@@ -17,10 +17,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from dysta_ros.cli_options import (add_json_argument, add_model_argument, add_runtime_arguments,
+                                   json_to_stdout, write_json)
 from dysta_ros.errors import ConfigError, DystaError, exit_status
 from dysta_ros.evaluation.bench import sim_observations, synthetic_observations
 from dysta_ros.plots import pyplot, save_png
-from dysta_ros.policy.config import PRESETS, PROFILE_HEADS, PROFILE_QUERIES
+from dysta_ros.policy.config import PROFILE_HEADS, PROFILE_QUERIES
+from dysta_ros.results import result_document
 
 
 def entropy_profile(
@@ -108,10 +111,7 @@ def plot_profile(entropy: np.ndarray, local, strided, path: Path, title: str) ->
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
-    parser.add_argument(
-        "--checkpoint", help="checkpoint directory (a trained model's profile is the useful one)"
-    )
+    add_model_argument(parser, default="tiny")  # a trained model's profile is the useful one
     parser.add_argument("--history", type=int, default=4, help="frames T in each profiled window")
     parser.add_argument("--samples", type=int, default=4, help="windows profiled")
     parser.add_argument("--heads", type=int, default=PROFILE_HEADS, help="sampled heads per layer")
@@ -119,19 +119,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--local-threshold", type=float, default=0.9)
     parser.add_argument("--strided-threshold", type=float, default=0.75)
     parser.add_argument("--frames", default="synthetic", choices=["synthetic", "sim"])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    add_runtime_arguments(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", default="entropy_profile.png", help="PNG output")
+    add_json_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from dysta_ros.policy.runtime import build_model
+    from dysta_ros.policy.runtime import build_model, set_threads
 
+    out = sys.stderr if json_to_stdout(args) else sys.stdout  # stdout is the JSON's then
     try:
         if args.history < 1 or args.samples < 1:
             raise ConfigError("--history and --samples must be >= 1")
-        model, tokenizer = build_model(args.checkpoint or args.preset, args.device, args.dtype, args.seed)
+        set_threads(args.threads)
+        model, tokenizer = build_model(args.model, args.device, args.dtype, args.seed)
         count = args.history + args.samples - 1
         cfg = model.cfg
         if args.frames == "sim":
@@ -139,22 +141,32 @@ def run(args: argparse.Namespace) -> int:
         else:
             observations = synthetic_observations(count, cfg.camera_names, cfg.state_dim, args.seed)
         entropy = entropy_profile(
-            model, observations, args.history, args.heads, args.queries, tokenizer, progress=True
+            model, observations, args.history, args.heads, args.queries, tokenizer,
+            progress=not json_to_stdout(args)
         )
     except DystaError as exc:
         print(f"dysta-ros profile-entropy: {exc}", file=sys.stderr)
         return exit_status(exc)
     mean = entropy.mean(axis=0)
     local, strided = propose_schedule(mean, args.local_threshold, args.strided_threshold)
-    print("layer  entropy (mean +- std over windows)")
+    print("layer  entropy (mean +- std over windows)", file=out)
     for layer, (m, s) in enumerate(zip(mean, entropy.std(axis=0))):
         mode = "local" if layer in local else "strided" if layer in strided else "all"
-        print(f"{layer:>5}  {m:.3f} +- {s:.3f}  {mode}")
-    print("# proposed GoToHunt schedule (config/strategies/gotohunt.yaml):")
-    print(f"local_layers: {local}")
-    print(f"strided_layers: {strided}")
-    print("# this model's profile for VLA-Cache's layer-adaptive reuse (config/strategies/vla_cache.yaml):")
-    print(f"layer_entropy: {[round(float(m), 4) for m in mean]}")
-    title = f"{args.checkpoint or args.preset}, T={args.history}, {args.frames} frames"
-    print(f"wrote {plot_profile(entropy, local, strided, Path(args.plot), title)}")
+        print(f"{layer:>5}  {m:.3f} +- {s:.3f}  {mode}", file=out)
+    print("# proposed GoToHunt schedule (config/strategies/gotohunt.yaml):", file=out)
+    print(f"local_layers: {local}", file=out)
+    print(f"strided_layers: {strided}", file=out)
+    print("# this model's profile for VLA-Cache's layer-adaptive reuse (config/strategies/vla_cache.yaml):",
+          file=out)
+    print(f"layer_entropy: {[round(float(m), 4) for m in mean]}", file=out)
+    title = f"{args.model}, T={args.history}, {args.frames} frames"
+    print(f"wrote {plot_profile(entropy, local, strided, Path(args.plot), title)}", file=out)
+    write_json(args.json, result_document(
+        [{"layer": layer, "entropy_mean": float(m), "entropy_std": float(s),
+          "mode": "local" if layer in local else "strided" if layer in strided else "all"}
+         for layer, (m, s) in enumerate(zip(mean, entropy.std(axis=0)))],
+        {"model": args.model, "history": args.history, "samples": args.samples, "frames": args.frames,
+         "device": args.device, "dtype": args.dtype, "threads": args.threads,
+         "local_layers": local, "strided_layers": strided,
+         "layer_entropy": [round(float(m), 4) for m in mean]}))
     return 0

@@ -10,7 +10,6 @@ time and speedup, tokens, and how often the static cache was rebuilt.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,7 +21,10 @@ from tqdm import tqdm
 
 from dysta_ros.bags import TopicMap, load_episodes
 from dysta_ros.bags.episodes import Episode, check_bag
+from dysta_ros.cli_options import (add_json_argument, add_model_argument, add_runtime_arguments,
+                                   add_strategies_argument, json_to_stdout, write_json)
 from dysta_ros.errors import BagError, CheckpointError, ConfigError, InferenceError, InputError, exit_status
+from dysta_ros.results import recache_rate, result_document, speedup
 from dysta_ros.tokens import available_strategies, parse_param_overrides
 from dysta_ros.types import STAGES, StepStats
 
@@ -189,7 +191,7 @@ def _moments(residuals: np.ndarray) -> dict:
 
 def summarize(records: dict[str, list[StepRecord]], first_k: int) -> dict[str, dict]:
     """Return the per-strategy table: errors, deviation from full, time, tokens, recaching."""
-    baseline_p50 = None
+    baseline_p50 = None  # `full` comes first (EvalConfig puts it there)
     summary = {}
     for name, steps in records.items():
         done = [r for r in steps if r.stats is not None]
@@ -197,6 +199,9 @@ def summarize(records: dict[str, list[StepRecord]], first_k: int) -> dict[str, d
         _, residuals = _errors(steps, first_k)
         # an episode's first step always builds the cache: count only the rebuilds after it
         later = [r.stats for r in done if r.step > 0]
+        episodes = {}
+        for r in done:
+            episodes.setdefault((r.bag, r.episode), []).append(r.stats)
         p50 = float(np.median(times)) if len(times) else None
         baseline_p50 = p50 if name == BASELINE else baseline_p50
         summary[name] = {
@@ -205,15 +210,16 @@ def summarize(records: dict[str, list[StepRecord]], first_k: int) -> dict[str, d
             "deviation_from_full": _moments(_deviation(steps, records[BASELINE], first_k)),
             "step_ms": {"mean": float(times.mean()) if len(times) else None, "p50": p50,
                         "p90": float(np.percentile(times, 90)) if len(times) else None},
-            "speedup_p50": (baseline_p50 / p50) if baseline_p50 and p50 else None,
+            "step_ms_p50": p50,
+            "speedup": speedup(baseline_p50, p50),
             # medians: on a shared machine a few preempted steps would dominate a mean
             "stage_ms_p50": {s: float(np.median([r.stats.stage_ms.get(s, 0.0) for r in done]))
                               if done else None for s in STAGES},
-            "context_tokens_mean": _mean([r.stats.context_tokens for r in done]),
-            "recomputed_tokens_mean": _mean([r.stats.recomputed_tokens for r in done]),
-            "flops_ratio_mean": _mean([r.stats.flops_ratio for r in done]),
+            "context_tokens": _mean([r.stats.context_tokens for r in done]),
+            "recomputed_tokens": _mean([r.stats.recomputed_tokens for r in done]),
+            "flops_ratio": _mean([r.stats.flops_ratio for r in done]),
             "static_cache": any(r.stats.static_l1_tokens + r.stats.static_l2_tokens > 0 for r in done),
-            "recache_rate": _mean([float(s.recached_l1 or s.recached_l2) for s in later]),
+            "recache_rate": recache_rate(episodes.values()),
             "recache_rate_l1": _mean([float(s.recached_l1) for s in later]),
             "recache_rate_l2": _mean([float(s.recached_l2) for s in later]),
         }
@@ -266,10 +272,8 @@ def _episode_list(records: list[StepRecord]) -> list[dict]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add `dysta-ros eval` arguments."""
     parser.add_argument("bags", nargs="+", metavar="BAG", help="rosbag2 directories or files")
-    parser.add_argument("--strategies", default=",".join(available_strategies()),
-                        help="comma-separated; `full` is always run as the yardstick")
-    parser.add_argument("--checkpoint", "--model", dest="model", default="tiny",
-                        help="checkpoint directory or preset name (default: tiny, random weights)")
+    add_strategies_argument(parser, extra_help="; `full` is always run as the yardstick")
+    add_model_argument(parser, default="tiny")
     parser.add_argument("--vlm", default=None, metavar="DIR",
                         help="a LeRobot SmolVLA checkpoint's backbone config + tokenizer directory")
     parser.add_argument("--topic-map", default="sim_arm",
@@ -278,16 +282,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="policy steps per second (default: 1 / the model's action dt)")
     parser.add_argument("--first-k", type=int, default=4, help="chunk actions compared (default 4)")
     parser.add_argument("--max-steps", type=int, default=0, help="per episode (default: all)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads (0: torch's default); fewer than the free cores, or "
-                             "speedups measure contention")
+    add_runtime_arguments(parser)
     parser.add_argument("--param", action="append", default=[], metavar="STRATEGY.KEY=VALUE",
                         help="strategy parameter over its YAML, repeatable, e.g. --param full.history=8")
     parser.add_argument("--report", default="eval_report", help="report directory")
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_json_argument(parser)
     parser.add_argument("--time", choices=["header", "receive"], default="header",
                         help="clock that places bag messages: header stamps (default) or "
                              "receive times (for bags whose stamps use another clock)")
@@ -296,21 +296,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Evaluate; print where the report is (or the JSON summary); return the exit status."""
     try:
-        config = EvalConfig(bags=args.bags, strategies=[s for s in args.strategies.split(",") if s],
+        config = EvalConfig(bags=args.bags, strategies=args.strategies,
                             model=args.model, vlm=args.vlm, topic_map=args.topic_map, rate_hz=args.rate,
                             first_k=args.first_k, max_steps=args.max_steps, device=args.device,
                             dtype=args.dtype, seed=args.seed, report=args.report, threads=args.threads,
                             time=args.time,
-                            params=parse_param_overrides(args.param, [BASELINE, *args.strategies.split(",")]))
-        results = evaluate(config, progress=not args.json)
+                            params=parse_param_overrides(args.param, [BASELINE, *args.strategies]))
+        results = evaluate(config, progress=not json_to_stdout(args))
     except (BagError, ConfigError, CheckpointError) as exc:
         print(f"dysta-ros eval: {exc}", file=sys.stderr)
         return exit_status(exc)
-    if args.json:
-        print(json.dumps(results["summary"], indent=2))
-    else:
+    if not json_to_stdout(args):
         from dysta_ros.evaluation.open_loop_report import summary_table
 
         print(summary_table(results["summary"]))
         print(f"\nreport: {Path(config.report) / 'report.md'}")
+    write_json(args.json, result_document(
+        [{"strategy": name, **summary} for name, summary in results["summary"].items()],
+        {**results["config"], "episodes": results["episodes"], "joints": results["joints"],
+         "command": " ".join(["dysta-ros", *sys.argv[1:]])}))
     return 0

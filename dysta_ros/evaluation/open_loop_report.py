@@ -32,8 +32,8 @@ def summary_table(summary: dict[str, dict]) -> str:
             f"| {name} | {s['steps'] - s['failed_steps']}/{s['steps']} | "
             f"{_fmt(s['action_error']['mse'])} | {_fmt(s['action_error']['mae'])} | "
             f"{_fmt(s['deviation_from_full']['mse'])} | {_fmt(s['step_ms']['p50'], 3)} | "
-            f"{_fmt(s['speedup_p50'], 3)}x | {_fmt(s['context_tokens_mean'], 4)} | "
-            f"{_fmt(s['recomputed_tokens_mean'], 4)} | {_fmt(s['flops_ratio_mean'], 3)} | {recache} |")
+            f"{_fmt(s['speedup'], 3)}x | {_fmt(s['context_tokens'], 4)} | "
+            f"{_fmt(s['recomputed_tokens'], 4)} | {_fmt(s['flops_ratio'], 3)} | {recache} |")
     return "\n".join(lines)
 
 

@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from dysta_ros.cli_options import add_json_argument, json_to_stdout, write_json
 from dysta_ros.errors import CheckpointError
+from dysta_ros.results import result_document
 
 TOLERANCE = 1e-5  # normalized actions; raw: TOLERANCE x the action std per dimension
 
@@ -17,6 +18,7 @@ TOLERANCE = 1e-5  # normalized actions; raw: TOLERANCE x the action std per dime
 def load_cases(directory: Path) -> tuple[dict, dict[str, np.ndarray]]:
     """Return (cases.json, every recorded tensor as float64/uint8/... numpy arrays)."""
     from safetensors import SafetensorError
+    import torch  # imported to compare, so `dysta-ros parity --help` stays instant
     from safetensors.torch import load_file
 
     meta_path, tensors_path = directory / "cases.json", directory / "cases.safetensors"
@@ -37,6 +39,8 @@ def load_cases(directory: Path) -> tuple[dict, dict[str, np.ndarray]]:
 
 def run_cases(directory, policy=None) -> dict:
     """Run every recorded case; return per-case and overall max errors (normalized, raw)."""
+    import torch
+
     from dysta_ros.policy.smolvla import load_smolvla
 
     directory = Path(directory)
@@ -90,14 +94,15 @@ def passed(report: dict) -> bool:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("directory", help="folder with checkpoint/, vlm/, cases.safetensors, cases.json")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_json_argument(parser)
 
 
 def run(args) -> int:
     report = run_cases(args.directory)
     if args.json:
-        print(json.dumps(report, indent=2))
-    else:
+        write_json(args.json, result_document(report["cases"],
+                                              {k: v for k, v in report.items() if k != "cases"}))
+    if not json_to_stdout(args):
         for r in report["cases"]:
             print(
                 f"case {r['index']}: max error normalized {r['max_error_normalized']:.3g}, "

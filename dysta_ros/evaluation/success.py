@@ -20,7 +20,10 @@ import numpy as np
 from tqdm import tqdm
 
 from dysta_ros.errors import ConfigError
+from dysta_ros.cli_options import (add_json_argument, add_model_argument, add_runtime_arguments,
+                                   add_strategies_argument, json_to_stdout, write_json)
 from dysta_ros.plots import pyplot, save_png
+from dysta_ros.results import recache_rate, result_document, speedup
 from dysta_ros.tokens import available_strategies, parse_param_overrides
 
 if TYPE_CHECKING:  # MuJoCo and torch: imported to run, so `dysta-ros closed-loop --help` stays instant
@@ -43,11 +46,12 @@ class StrategyResult:
     reasons: dict[str, int] = field(default_factory=dict)
     mean_steps_to_success: float = float("nan")  # control steps
     step_ms: float = 0.0  # mean policy step (total) over all episodes
+    step_ms_p50: float = 0.0  # median policy step (total)
     backbone_ms: float = 0.0
-    speedup: float = float("nan")  # full's step_ms / this step_ms, same run
+    speedup: float | None = None  # dysta_ros.results.speedup: full's median step / this one, same run
     flops_ratio: float = 1.0  # backbone FLOPs relative to full on the same history
     context_tokens: float = 0.0
-    recache_rate: float = 0.0  # share of steps that refreshed the static L1 cache
+    recache_rate: float | None = None  # dysta_ros.results.recache_rate
     seeds_failed: list[int] = field(default_factory=list)
 
 
@@ -67,10 +71,11 @@ def summarise(strategy: str, params: dict, episodes: list[Episode], history: int
     result.seeds_failed = [e.seed for e in episodes if not e.outcome.success]
     if stats:
         result.step_ms = float(np.mean([s.stage_ms["total"] for s in stats]))
+        result.step_ms_p50 = float(np.median([s.stage_ms["total"] for s in stats]))
         result.backbone_ms = float(np.mean([s.stage_ms["backbone"] for s in stats]))
         result.flops_ratio = float(np.mean([s.flops_ratio for s in stats]))
         result.context_tokens = float(np.mean([s.context_tokens for s in stats]))
-        result.recache_rate = float(np.mean([s.recached_l1 for s in stats]))
+        result.recache_rate = recache_rate(episode.stats for episode in episodes)
     return result
 
 
@@ -97,6 +102,9 @@ def evaluate(
     param_overrides: list[str] | None = None,
     threads: int = 1,
     vlm: str | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    progress: bool = True,
 ) -> dict:
     """Run every strategy on seeds seed_start .. + episodes - 1; return the results dict."""
     from dysta_ros.policy.checkpoint import read_config
@@ -114,7 +122,7 @@ def evaluate(
     if Path(model).is_dir() and family_of(model) == "dysta_vla":
         trained = read_config(model)[1].get("training", {})
     execute_steps = int(execute_steps or trained.get("frame_stride", 4))
-    vla, tokenizer = build_model(model, vlm=vlm)
+    vla, tokenizer = build_model(model, device, dtype, vlm=vlm)
     params = parse_param_overrides(param_overrides or [], sorted({name for name, _ in specs.values()}))
     runtimes = {spec: runtime_around(vla, name, params[name], spec_history or history, tokenizer=tokenizer)
                 for spec, (name, spec_history) in specs.items()}
@@ -122,7 +130,7 @@ def evaluate(
     runs: dict[str, list[Episode]] = {spec: [] for spec in specs}
     try:
         seeds = range(seed_start, seed_start + episodes)
-        for seed in tqdm(seeds, desc=f"closed loop {task}", unit="seed"):
+        for seed in tqdm(seeds, desc=f"closed loop {task}", unit="seed", disable=not progress):
             for spec, runtime in runtimes.items():
                 runs[spec].append(
                     run_episode(env, runtime, task, seed, execute_steps, keep_observations=False))
@@ -133,47 +141,41 @@ def evaluate(
     baseline = next((r for r in results if specs[r.strategy][0] == "full"), None)
     if baseline is not None:
         for result in results:
-            result.speedup = baseline.step_ms / result.step_ms if result.step_ms > 0 else float("nan")
-    return {
+            result.speedup = speedup(baseline.step_ms_p50, result.step_ms_p50)
+    return result_document([asdict(r) for r in results], {
         "model": str(model),
         "task": task,
         "seeds": [seed_start, seed_start + episodes - 1],
         "history": runtimes[strategies[0]].history,  # of the first row; each row has its own
         "execute_steps": execute_steps,
         "learned_dysta": bool(getattr(vla, "has_learned_dysta", False)),
-        "results": [asdict(r) for r in results],
-    }
+        "device": device, "dtype": dtype, "threads": threads,
+    })
 
 
 def speedup_text(speedup: float | None) -> str:
     """Return '1.23x', or '-' where there is no `full` in the run to compare with."""
-    return "-" if speedup is None or math.isnan(speedup) else f"{speedup:.2f}x"
+    return "-" if speedup is None else f"{speedup:.2f}x"
 
 
 def format_table(report: dict) -> str:
     """A plain-text table of the results, one row per strategy."""
+    meta = report["meta"]
     header = (f"{'strategy':<18}{'T':>3}{'success':>12}{'step ms':>10}{'speedup':>9}"
               f"{'FLOPs':>8}{'context':>9}{'recache':>9}")
-    lines = [f"{report['task']}: seeds {report['seeds'][0]}..{report['seeds'][1]}, "
-             f"{report['execute_steps']} steps per chunk", header]
-    for r in report["results"]:
+    lines = [f"{meta['task']}: seeds {meta['seeds'][0]}..{meta['seeds'][1]}, "
+             f"{meta['execute_steps']} steps per chunk", header]
+    for r in report["runs"]:
         lines.append(
             f"{r['strategy']:<18}{r['history']:>3}{r['successes']:>5}/{r['episodes']:<3}"
             f"{100 * r['success_rate']:>3.0f}%"
-            f"{r['step_ms']:>10.1f}{speedup_text(r['speedup']):>9}{r['flops_ratio']:>8.2f}"
-            f"{r['context_tokens']:>9.0f}{r['recache_rate']:>9.2f}")
+            f"{r['step_ms_p50']:>10.1f}{speedup_text(r['speedup']):>9}{r['flops_ratio']:>8.2f}"
+            f"{r['context_tokens']:>9.0f}{_rate(r['recache_rate']):>9}")
     return "\n".join(lines)
 
 
-def json_safe(value):
-    """Replace NaN (no successes, no `full` to compare with) by null: strict JSON has no NaN."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [json_safe(v) for v in value]
-    return value
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def write_report(report: dict, directory: Path, command: str = "") -> None:
@@ -181,30 +183,30 @@ def write_report(report: dict, directory: Path, command: str = "") -> None:
     plt = pyplot()
 
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "results.json").write_text(json.dumps(json_safe(report), indent=2))
-    results = report["results"]
+    (directory / "results.json").write_text(json.dumps(report, indent=2))
+    results, meta = report["runs"], report["meta"]
     names = [r["strategy"] for r in results]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     left.bar(names, [100 * r["success_rate"] for r in results],
              yerr=[100 * r["success_stderr"] for r in results], capsize=4, color="tab:green")
     left.set_ylabel("success rate (%)")
     left.set_ylim(0, 105)
-    left.set_title(f"{report['task']}: {results[0]['episodes']} held-out seeds")
-    right.bar(names, [r["step_ms"] for r in results], color="tab:blue")
+    left.set_title(f"{meta['task']}: {results[0]['episodes']} held-out seeds")
+    right.bar(names, [r["step_ms_p50"] for r in results], color="tab:blue")
     for i, r in enumerate(results):
-        if not math.isnan(r["speedup"]):
-            right.text(i, r["step_ms"], f"{r['speedup']:.2f}x", ha="center", va="bottom")
-    right.set_ylabel("policy step (ms)")
+        if r["speedup"] is not None:
+            right.text(i, r["step_ms_p50"], f"{r['speedup']:.2f}x", ha="center", va="bottom")
+    right.set_ylabel("policy step, median (ms)")
     right.set_title("step time, same run (speedup vs full)")
     for ax in (left, right):
         ax.tick_params(axis="x", rotation=20)
     save_png(fig, directory / "success.png", dpi=100)
     markdown = [
-        f"# Closed-loop success: {report['task']}",
+        f"# Closed-loop success: {meta['task']}",
         "",
-        f"Model `{report['model']}` (learned DySta parts: {report['learned_dysta']}), "
-        f"{report['execute_steps']} actions executed per chunk, "
-        f"held-out seeds {report['seeds'][0]}..{report['seeds'][1]}.",
+        f"Model `{meta['model']}` (learned DySta parts: {meta['learned_dysta']}), "
+        f"{meta['execute_steps']} actions executed per chunk, "
+        f"held-out seeds {meta['seeds'][0]}..{meta['seeds'][1]}.",
         "",
         "```",
         format_table(report),
@@ -221,30 +223,31 @@ def write_report(report: dict, directory: Path, command: str = "") -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="checkpoints/reference", help="checkpoint dir or preset")
+    add_model_argument(parser, default="checkpoints/reference")
     parser.add_argument("--vlm", default=None, metavar="DIR",
                         help="a LeRobot SmolVLA checkpoint's backbone config + tokenizer directory")
     parser.add_argument("--task", default="reach", help="sim task (reach, memory)")
     parser.add_argument("--episodes", type=int, default=20, help="held-out seeds per strategy")
     parser.add_argument("--seed-start", type=int, default=HELD_OUT_SEED_START, help="first held-out seed")
-    parser.add_argument("--strategies", default=",".join(available_strategies()),
-                        help="comma-separated strategies; `name@T` gives one its own history, e.g. full@2")
+    add_strategies_argument(parser, extra_help="; `name@T` gives one its own history, e.g. full@2")
     parser.add_argument("--history", type=int, default=None, help="frames T (default: the checkpoint's)")
     parser.add_argument("--execute-steps", type=int, default=None,
                         help="actions executed per chunk (default: the checkpoint's frame stride)")
     parser.add_argument("--param", action="append", default=[], metavar="STRATEGY.KEY=VALUE",
                         help="strategy parameter override, repeatable (e.g. dysta.delta_l1=0.3)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (more than the free cores makes every step much slower)")
+    add_runtime_arguments(parser)
     parser.add_argument("--report", default=None, help="directory for report.md, success.png, results.json")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    add_json_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    report = evaluate(args.model, args.task, args.episodes, args.seed_start,
-                      [s for s in args.strategies.split(",") if s], args.history, args.execute_steps,
-                      args.param, args.threads, vlm=args.vlm)
+    report = evaluate(args.model, args.task, args.episodes, args.seed_start, args.strategies,
+                      args.history, args.execute_steps, args.param, args.threads, vlm=args.vlm,
+                      device=args.device, dtype=args.dtype, progress=not json_to_stdout(args))
+    report["meta"]["command"] = " ".join(["dysta-ros", *sys.argv[1:]])
     if args.report:
-        write_report(report, Path(args.report), command=" ".join(["dysta-ros", *sys.argv[1:]]))
-    print(json.dumps(json_safe(report), indent=2) if args.json else format_table(report))
+        write_report(report, Path(args.report), command=report["meta"]["command"])
+    if not json_to_stdout(args):
+        print(format_table(report))
+    write_json(args.json, report)
     return 0

@@ -31,9 +31,10 @@ from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 from tqdm import tqdm
 
-from dysta_ros.errors import ConfigError, DystaError
+from dysta_ros.cli_options import json_to_stdout, write_json
+from dysta_ros.errors import EXIT_CONFIG, EXIT_FAILURE, ConfigError, DystaError
 from dysta_ros.evaluation.demo import (EXPERT, EpisodeRecord, StepRecord, add_arguments, check_arguments,
-                                      format_table, plan, summary_rows, write_report)
+                                      format_table, plan, summary_document, summary_rows, write_report)
 from dysta_ros.msg import ActionChunk, TokenStats
 from dysta_ros.nodes import chunk_executor, policy_node
 from dysta_ros.nodes.conversions import CAMERA_QOS, ESTOP_QOS, LATCHED_QOS, RELIABLE_QOS, SIM_TIME, to_seconds
@@ -56,10 +57,10 @@ class DemoSession:
         # episode down instead of the clock running on while the arm waits for stale chunks.
         self.sim = SimNode(image_width=args.image_size, image_height=args.image_size, publish_clock=True)
         self.values = node_values(argparse.Namespace(
-            strategy=args.strategies[0], model="tiny", vlm="", threads=None, robot="sim_arm",
-            device=args.device, dtype=None,
+            strategy=args.strategies[0], model="tiny", vlm="", threads=args.threads, robot="sim_arm",
+            device=args.device, dtype=args.dtype,
             instruction=None, dry_run=False, params_file=None,
-            param=[f"policy_node:cpu_threads={getattr(args, 'threads', 0)}"]))
+            param=[]))
         overrides = [*to_parameters(self.values["chunk_executor"], chunk_executor.PARAMS), SIM_TIME]
         self.executor_node = chunk_executor.ChunkExecutorNode(parameter_overrides=overrides)
         self.node = rclpy.create_node("dysta_demo", parameter_overrides=[SIM_TIME])
@@ -257,15 +258,19 @@ def run(args: argparse.Namespace) -> int:
         check_arguments(args)
     except ConfigError as exc:
         print(f"dysta-ros demo: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     try:
         episodes = run_episodes(args, plan(args))
     except (DystaError, TimeoutError) as exc:
         print(f"dysta-ros demo: {exc}", file=sys.stderr)
-        return 1
-    print(format_table(summary_rows(episodes)))
+        return EXIT_FAILURE
+    out = sys.stderr if json_to_stdout(args) else sys.stdout  # stdout is the JSON's then
+    print(format_table(summary_rows(episodes)), file=out)
     paths = write_report(episodes, Path(args.report))
-    print("report: " + ", ".join(str(p) for p in paths.values() if p.exists()))
+    print("report: " + ", ".join(str(p) for p in paths.values() if p.exists()), file=out)
+    write_json(args.json, summary_document(episodes, {
+        "task": args.task, "seed": args.seed, "device": args.device, "dtype": args.dtype,
+        "threads": args.threads, "command": " ".join(["dysta-ros", *sys.argv[1:]])}))
     return 0
 
 

@@ -23,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from dysta_ros.cli_options import add_json_argument, add_model_argument, add_runtime_arguments, write_json
 from dysta_ros.plots import pyplot, save_png
+from dysta_ros.results import result_document
 
 
 def add_load_arguments(parser: argparse.ArgumentParser, cameras: int, seconds: float, strategy: str) -> None:
@@ -33,13 +35,13 @@ def add_load_arguments(parser: argparse.ArgumentParser, cameras: int, seconds: f
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--rate", type=float, default=30.0, help="camera frames per second")
     parser.add_argument("--seconds", type=float, default=seconds, help="measuring time after the first chunk")
-    parser.add_argument("--model", default="tiny")
-    parser.add_argument("--strategy", default=strategy)
+    add_model_argument(parser, default="tiny")
+    parser.add_argument("--strategy", default=strategy, help="token strategy of policy_node")
     # High by default: the step starts when a frame set arrives, so no deliberate rate-limit
     # wait is counted as ROS cost.
     parser.add_argument("--inference-rate", type=float, default=1000.0, help="policy_node inference_rate_hz")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="policy_node cpu_threads (0 = torch's default, one per core)")
+    add_runtime_arguments(parser)  # policy_node's device, dtype and cpu_threads
+    add_json_argument(parser)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,7 +72,8 @@ def policy_node_command(args, topics: list[str], preset_overrides: dict | None,
                # quoted: ROS parses -p values as YAML, and this one is a string holding YAML (JSON)
                "-p", f"preset_overrides:='{json.dumps(overrides)}'",
                "-p", f"inference_rate_hz:={args.inference_rate}", "-p", f"max_image_age_s:={max_image_age_s}",
-               "-p", "diagnostic_period_s:=0.5", "-p", f"cpu_threads:={args.threads}"]
+               "-p", "diagnostic_period_s:=0.5", "-p", f"cpu_threads:={args.threads}",
+               "-p", f"device:={args.device}", "-p", f"dtype:={args.dtype}"]
     return command
 
 
@@ -208,13 +211,18 @@ def plot(report: dict, path: Path):
     save_png(fig, path, dpi=100)
 
 
+def report_document(report: dict) -> dict:
+    """The measurement as every result is shaped: one run, the command's settings as meta."""
+    return result_document([{k: v for k, v in report.items() if k != "config"}], report["config"])
+
+
 def write_report(report: dict, out, name: str, plot_report) -> None:
     """Write `<name>.json` and the `plot_report` PNG `<name>.png` into `out`, and say so."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(report, indent=1))
+    write_json(str(out / f"{name}.json"), report_document(report))
     plot_report(report, out / f"{name}.png")
-    print(f"wrote {out / f'{name}.json'} and {out / f'{name}.png'}")
+    print(f"wrote {out / f'{name}.png'}", file=sys.stderr)
 
 
 def run(args) -> int:
@@ -222,10 +230,12 @@ def run(args) -> int:
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     report = measure(args)
     write_report(report, args.out, "latency", plot)
-    summary = {k: {q: round(v, 2) for q, v in report["ms"][k].items()} for k in report["ms"]}
-    print(json.dumps({"chunks": report["chunks"], "ms": summary, "load_average": report["load_average"],
-                      "frames": report["frames"], "frame_sets_published": report["frame_sets_published"],
-                      "node_arrival_to_step_ms": report["node_arrival_to_step_ms"]}, indent=1))
+    if args.json:
+        write_json(args.json, report_document(report))
+    else:
+        summary = {k: {q: round(v, 2) for q, v in report["ms"][k].items()} for k in report["ms"]}
+        print(f"{report['chunks']} chunks; ms (p50 / p99): "
+              + ", ".join(f"{k} {v['p50']} / {v['p99']}" for k, v in summary.items()))
     return 0
 
 

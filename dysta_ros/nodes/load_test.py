@@ -14,7 +14,6 @@ writes load.json and load.png.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -24,8 +23,9 @@ import numpy as np
 import yaml
 
 from dysta_ros.nodes.latency import (
-    add_load_arguments, camera_publisher, percentiles, start_policy_node, write_report,
+    add_load_arguments, camera_publisher, percentiles, report_document, start_policy_node, write_report,
 )
+from dysta_ros.cli_options import write_json
 from dysta_ros.plots import pyplot, save_png
 
 
@@ -178,8 +178,13 @@ def run(args) -> int:
     """Measure, write the report, print the figures."""
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     report = measure(args)
-    print(json.dumps({k: v for k, v in report.items() if k not in ("series", "config")}, indent=1))
     write_report(report, args.out, "load", plot)
+    if args.json:
+        write_json(args.json, report_document(report))
+    else:
+        for key, value in report.items():  # the figures, one per line (the full data: load.json)
+            if key not in ("series", "config"):
+                print(f"{key}: {value}")
     return 0 if report["alive"] else 1
 
 

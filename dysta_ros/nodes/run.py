@@ -14,6 +14,7 @@ import time
 
 import yaml
 
+from dysta_ros.cli_options import add_model_argument, add_runtime_arguments, free_cores
 from dysta_ros.errors import ConfigError
 from dysta_ros.robot import config_dirs, load_yaml
 
@@ -27,13 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from dysta_ros.tokens import available_strategies
 
     parser.add_argument("--strategy", default="dysta", choices=available_strategies(), help="token strategy")
-    parser.add_argument("--model", default="tiny", help="model preset name or checkpoint directory")
+    add_model_argument(parser, default="tiny")
     parser.add_argument("--vlm", default="", metavar="DIR",
                         help="a LeRobot SmolVLA checkpoint's backbone config + tokenizer directory")
     parser.add_argument("--robot", default="sim_arm",
                         help="robot config: name under config/robots/ or YAML path")
-    parser.add_argument("--device", default=None, help="torch device (default: the params file's, cpu)")
-    parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"))
+    # None: the params file's device/dtype (cpu, float32) and cpu_threads, else the free cores
+    add_runtime_arguments(parser, device=None, dtype=None, threads=None)
     parser.add_argument("--instruction", default=None, help="instruction until /dysta/instruction sets one")
     parser.add_argument("--dry-run", action="store_true",
                         help="chunk_executor logs commands instead of sending them")
@@ -42,9 +43,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--param", action="append", default=[], metavar="NODE:NAME=VALUE",
                         help="override one parameter, e.g. policy_node:inference_rate_hz=5 or "
                              "policy_node:dysta.delta_l1=0.1 (repeatable; VALUE is YAML)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads, policy_node's cpu_threads (default: the params file's; "
-                             "0 = torch's default, one per core)")
     parser.add_argument("--duration", type=float, default=0.0, help="seconds to run (0: until Ctrl-C)")
 
 
@@ -94,6 +92,8 @@ def node_values(args) -> dict[str, dict]:
             values["policy_node"][name] = getattr(args, name)
     if args.threads is not None:
         values["policy_node"]["cpu_threads"] = args.threads
+    elif not {"cpu_threads", (WILDCARD, "cpu_threads")} & set(values["policy_node"]):
+        values["policy_node"]["cpu_threads"] = free_cores()
     if args.dry_run:
         values["chunk_executor"]["dry_run"] = True
     for item in args.param:

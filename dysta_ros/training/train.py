@@ -10,11 +10,8 @@ pickle) and the loss curves (train_log.json, training.png).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,70 +20,20 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from dysta_ros.errors import CheckpointError, ConfigError, DystaError, exit_status
+from dysta_ros.errors import CheckpointError, ConfigError
 from dysta_ros.plots import pyplot, save_png
 from dysta_ros.policy.checkpoint import CONFIG_FILE, load_checkpoint, save_checkpoint
 from dysta_ros.policy.config import apply_overrides, preset_config
 from dysta_ros.policy.model import VLAModel
 from dysta_ros.policy.tokenizer import ByteTokenizer
-from dysta_ros.sim.tasks import TASKS
 from dysta_ros.tokens import parse_param_overrides
-from dysta_ros.tokens.dysta import DystaParams, layout_params
+from dysta_ros.tokens.dysta import DystaParams
+from dysta_ros.training.config import TrainConfig
 from dysta_ros.training.data import Demo, bag_demos, collect_sim_demos, normalisation_stats
 from dysta_ros.training.objectives import WindowSampler, training_losses
 
 STATE_JSON, STATE_TENSORS, LOG_JSON, CURVES_PNG = (
     "training_state.json", "training_state.safetensors", "train_log.json", "training.png")
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run depends on; a resumed run must match it (but `steps`)."""
-
-    out: str
-    preset: str = "tiny"
-    overrides: dict = field(default_factory=dict)  # dotted model-config overrides
-    bags: list[str] = field(default_factory=list)
-    sim_episodes: int = 0  # expert episodes per task (used when no bags are given)
-    tasks: list[str] = field(default_factory=lambda: ["reach"])
-    sim_seed_start: int = 0  # training seeds are sim_seed_start .. + sim_episodes - 1
-    action_noise: float = 0.03  # rad: std cap of the perturbation on what the expert executes
-    steps: int = 2000
-    batch: int = 32
-    history: int = 2  # frames T per window (also the checkpoint's default history)
-    frame_stride: int = 4  # control steps between history frames = steps executed per chunk
-    max_cache_age: int = 8  # largest static-cache age dt (runtime steps) seen in training
-    gate_lambda: float = 0.1  # reuse prior p_dt = 1 - exp(-lambda dt)
-    # DySta layout trained on (l1_fraction, l2_fraction, cache_language; missing: the default),
-    # recorded in the checkpoint: run it with the same `dysta` parameters.
-    dysta: dict = field(default_factory=dict)
-    lr: float = 1e-3
-    warmup: int = 100
-    weight_decay: float = 0.01
-    seed: int = 0
-    save_every: int = 500
-    threads: int = 1  # torch threads; on a shared CPU more threads than free cores is ~10x slower
-
-    def __post_init__(self):
-        positive = ("steps", "batch", "history", "frame_stride", "save_every", "threads")
-        for name in positive:
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        if self.batch < 2:
-            raise ConfigError(f"batch: must be >= 2 (InfoNCE needs negatives), got {self.batch}")
-        unknown = sorted(set(self.tasks) - set(TASKS))
-        if unknown:
-            raise ConfigError(f"tasks: unknown {unknown}; choose from {', '.join(TASKS)}")
-        if not self.bags and self.sim_episodes < 1:
-            raise ConfigError("bags / sim_episodes: give --bags BAG... or --sim-episodes N >= 1")
-        if self.lr <= 0 or self.gate_lambda <= 0:
-            raise ConfigError(f"lr and gate_lambda must be > 0, got {self.lr}, {self.gate_lambda}")
-        self.dysta = layout_params(self.dysta, "dysta")
-
-    def data_key(self) -> dict:
-        """The fields that decide the model and the data; a resume must not change them."""
-        free = ("out", "steps", "save_every", "threads")  # a run may be moved or extended
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in free}
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -261,29 +208,6 @@ def parse_overrides(items: list[str]) -> dict:
     return overrides
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--bags", nargs="+", metavar="BAG", help="rosbag2 files of expert episodes")
-    source.add_argument("--sim-episodes", type=int, metavar="N", help="expert episodes per task from the sim")
-    parser.add_argument("--task", default="reach", help="comma-separated sim tasks (reach,memory)")
-    parser.add_argument("--preset", default="tiny", help="model preset to start from")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="model config override, repeatable (e.g. vision.patch_size=8)")
-    parser.add_argument("--out", required=True, help="checkpoint directory to write")
-    defaults = TrainConfig(out="", sim_episodes=1)
-    for name in ("steps", "batch", "history", "frame_stride", "max_cache_age", "save_every", "seed",
-                 "threads", "warmup", "sim_seed_start"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
-    for name in ("lr", "gate_lambda", "action_noise", "weight_decay"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
-    parser.add_argument("--param", action="append", default=[], metavar="dysta.KEY=VALUE",
-                        help="DySta layout to train, repeatable: dysta.cache_language=true, "
-                             "dysta.l1_fraction=0.6, dysta.l2_fraction=0.3 (run it with the same)")
-    parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
-    parser.add_argument("--force", action="store_true",
-                        help="start afresh over the run already saved in --out (it is overwritten)")
-
-
 def check_out(out: str, resume: bool, force: bool) -> None:
     """Refuse to start a fresh run over one saved in out, unless told to resume or overwrite it."""
     if resume and force:
@@ -294,22 +218,10 @@ def check_out(out: str, resume: bool, force: bool) -> None:
                           "pass --resume to continue it or --force to overwrite it")
 
 
-def run(args: argparse.Namespace) -> int:
-    try:
-        check_out(args.out, args.resume, args.force)
-        cfg = train_config(args)
-        record = Trainer(cfg, resume=args.resume).run()
-    except DystaError as exc:  # a bad flag, bag, checkpoint or resume state: one line, not a traceback
-        print(f"dysta-ros train: {exc}", file=sys.stderr)
-        return exit_status(exc)
-    print(json.dumps({"out": cfg.out, **record}))
-    return 0
-
-
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """Return the TrainConfig the command line asks for."""
     return TrainConfig(
-        out=args.out, preset=args.preset, overrides=parse_overrides(args.overrides), bags=args.bags or [],
+        out=args.out, preset=args.model, overrides=parse_overrides(args.overrides), bags=args.bags or [],
         sim_episodes=args.sim_episodes or 0, tasks=[t for t in args.task.split(",") if t],
         sim_seed_start=args.sim_seed_start, action_noise=args.action_noise, steps=args.steps,
         batch=args.batch, history=args.history, frame_stride=args.frame_stride,

@@ -1,0 +1,147 @@
+"""The options every `dysta-ros` subcommand spells the same way (README "One vocabulary").
+
+`--model` (a preset or a checkpoint directory), `--strategies` (comma-separated and/or
+repeated), `--device`, `--dtype`, `--threads` (default: the free cores) and `--json [FILE]`
+(stdout when no FILE). Old spellings (`--policy`, `--checkpoint`, `--preset`) stay one release
+as hidden aliases that print a warning. Plain Python: parsing never imports torch, so `--help`
+stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from dysta_ros.tokens import available_strategies
+
+DTYPE_CHOICES = ("float32", "bfloat16", "float16")
+FREE = "free"  # --threads' default, resolved when the arguments are parsed
+JSON_STDOUT = "-"
+OLD_MODEL_FLAGS = ("--policy", "--checkpoint", "--preset")
+
+
+def free_cores() -> int:
+    """Cores this process may use minus the ones the machine is busy with (1-minute load), >= 1.
+
+    More torch threads than free cores makes every step several times slower on a shared
+    machine, and speedups measured then measure contention.
+    """
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, usable - int(os.getloadavg()[0]))
+
+
+def threads_value(text: str) -> int:
+    """`--threads` value: `free` (the free cores) or an integer >= 1."""
+    if text == FREE:
+        return free_cores()
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer or {FREE!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (or {FREE!r}), got {value}")
+    return value
+
+
+class _DeprecatedModelFlag(argparse.Action):
+    """`--policy/--checkpoint/--preset X`: sets --model, with a warning on stderr."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog}: {option_string} is deprecated and will be removed; use --model",
+              file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_model_argument(parser: argparse.ArgumentParser, default: str | list[str] = "tiny",
+                       several: bool = False) -> None:
+    """`--model NAME|DIR` (several: comma-separated and/or repeated, like --strategies)."""
+    help_text = "model preset name (tiny, small, ...) or checkpoint directory"
+    default = list(default) if several else default  # one object: the aliases replace it, not extend it
+    if several:
+        parser.add_argument("--model", dest="model", action=_ListAction, default=default,
+                            metavar="MODEL", help=help_text + "; several: comma-separated and/or repeated")
+    else:
+        parser.add_argument("--model", default=default, help=help_text)
+    for flag in OLD_MODEL_FLAGS:
+        parser.add_argument(flag, dest="model", nargs="+" if several else None, default=default,
+                            action=_DeprecatedListFlag if several else _DeprecatedModelFlag,
+                            help=argparse.SUPPRESS)
+
+
+class _ListAction(argparse.Action):
+    """A list option given comma-separated and/or repeated: all add up.
+
+    The first use replaces the default; `--strategies full,dysta --strategies vla_cache` is
+    `full, dysta, vla_cache`. One value per use, so a positional after it is never eaten.
+    """
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        current = getattr(namespace, self.dest, None)
+        if current is self.default or current is None:
+            current = []
+        values = values if isinstance(values, list) else [values]
+        items = [item.strip() for value in values for item in value.split(",") if item.strip()]
+        setattr(namespace, self.dest, [*current, *items])
+
+
+class _DeprecatedListFlag(_ListAction):
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog}: {option_string} is deprecated and will be removed; use --model",
+              file=sys.stderr)
+        super().__call__(parser, namespace, values, option_string)
+
+
+def add_strategies_argument(parser: argparse.ArgumentParser, default: list[str] | None = None,
+                            extra_help: str = "") -> None:
+    """`--strategies A,B` and/or repeated (`--strategy` is the same option)."""
+    default = list(available_strategies()) if default is None else list(default)
+    parser.add_argument("--strategies", "--strategy", dest="strategies", action=_ListAction,
+                        default=default, metavar="A,B",
+                        help="token strategies, comma-separated and/or repeated "
+                             f"({', '.join(available_strategies())}){extra_help}")
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser, device: str | None = "cpu",
+                          dtype: str | None = "float32", threads: str | None = FREE) -> None:
+    """`--device`, `--dtype`, `--threads` as every command that runs a model spells them."""
+    parser.add_argument("--device", default=device, help="torch device: cpu, cuda, cuda:N, mps")
+    parser.add_argument("--dtype", default=dtype, choices=DTYPE_CHOICES, help="model weights' dtype")
+    parser.add_argument("--threads", type=threads_value, default=threads, metavar="N|free",
+                        help="torch CPU threads; 'free' = the cores not busy now "
+                             "(usable cores minus the 1-minute load average, at least 1)")
+
+
+def add_json_argument(parser: argparse.ArgumentParser) -> None:
+    """`--json [FILE]`: the result as {"runs": [...], "meta": {...}}; stdout when no FILE."""
+    parser.add_argument("--json", nargs="?", const=JSON_STDOUT, default=None, metavar="FILE",
+                        help='write the result as {"runs": [...], "meta": {...}} to FILE, '
+                             "or to stdout when no FILE is given")
+
+
+def json_to_stdout(args: argparse.Namespace) -> bool:
+    """True when the JSON document takes stdout (so tables and progress must stay off it)."""
+    return getattr(args, "json", None) == JSON_STDOUT
+
+
+def write_json(destination: str | None, document: dict) -> None:
+    """Write the document to stdout (`-`) or a file (its folder created); None: nothing."""
+    if destination is None:
+        return
+    text = json.dumps(document, indent=2, default=_plain)
+    if destination == JSON_STDOUT:
+        print(text)
+        return
+    path = Path(destination)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n")
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def _plain(value):
+    """JSON for numpy scalars/arrays and paths (what results hold besides plain Python)."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)

@@ -1,0 +1,111 @@
+"""One vocabulary: --model (old spellings warn), one strategy syntax, --json [FILE], --threads."""
+
+import argparse
+import json
+
+import pytest
+
+from dysta_ros.cli import SUBCOMMANDS, build_parser, main
+from dysta_ros.cli_options import free_cores, write_json
+from dysta_ros.results import recache_rate, result_document, speedup
+from dysta_ros.types import StepStats
+
+# subcommands that run a model: each takes --model, --device, --dtype, --threads
+RUNS_A_MODEL = ("demo", "bench", "profile-entropy", "eval", "run", "latency", "load", "train", "closed-loop")
+# subcommands that produce a result: each takes --json [FILE]
+WRITES_A_RESULT = ("demo", "bench", "profile-entropy", "bag-info", "eval", "latency", "load", "train",
+                   "parity", "info", "closed-loop")
+
+
+def options(name: str) -> set[str]:
+    parser = build_parser(name)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+    return {flag for action in sub._actions for flag in action.option_strings}
+
+
+@pytest.mark.parametrize("name", RUNS_A_MODEL)
+def test_every_command_that_runs_a_model_spells_its_options_alike(name):
+    assert {"--model", "--device", "--dtype", "--threads"} <= options(name)
+
+
+@pytest.mark.parametrize("name", WRITES_A_RESULT)
+def test_every_command_with_a_result_takes_json(name):
+    assert "--json" in options(name)
+
+
+def test_the_lists_cover_every_subcommand():
+    operator = {"record", "replay", "instruct", "estop", "diag", "topics"}  # no model, no result
+    assert set(RUNS_A_MODEL) | set(WRITES_A_RESULT) | operator >= set(SUBCOMMANDS)
+
+
+def parse(*argv):
+    return build_parser(argv[0]).parse_args(list(argv))
+
+
+def test_strategies_comma_separated_and_repeated_add_up():
+    assert parse("bench", "--strategies", "full,dysta").strategies == ["full", "dysta"]
+    assert parse("bench", "--strategies", "full", "--strategies", "dysta,vla_cache").strategies == [
+        "full", "dysta", "vla_cache"]
+    assert parse("demo", "--strategy", "full,dysta").strategies == ["full", "dysta"]
+    # one value per use: a positional after it is not taken for a strategy
+    assert parse("eval", "--strategies", "dysta", "some.mcap").bags == ["some.mcap"]
+    assert parse("demo").strategies == ["dysta"] and parse("demo").model == ["expert", "tiny"]
+    assert parse("demo", "--model", "expert,tiny", "--model", "small").model == ["expert", "tiny", "small"]
+
+
+def test_old_model_flags_still_work_and_warn(capsys):
+    assert parse("bench", "--preset", "tiny").model == "tiny"
+    assert "--preset is deprecated" in capsys.readouterr().err
+    assert parse("eval", "--checkpoint", "checkpoints/reference", "b.mcap").model == "checkpoints/reference"
+    assert "--checkpoint is deprecated" in capsys.readouterr().err
+    assert parse("demo", "--policy", "expert", "tiny").model == ["expert", "tiny"]
+    assert "--policy is deprecated and will be removed; use --model" in capsys.readouterr().err
+    assert "--preset" not in build_parser("bench").format_help()  # hidden
+
+
+def test_threads_default_is_the_free_cores_and_refuses_nonsense(capsys):
+    assert parse("bench").threads >= 1 and free_cores() >= 1  # load may change between the two
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    assert "(default: free)" in " ".join(capsys.readouterr().out.split())
+    assert parse("eval", "b.mcap", "--threads", "3").threads == 3
+    with pytest.raises(SystemExit) as refused:
+        parse("closed-loop", "--threads", "0")
+    assert refused.value.code == 2 and "--threads: must be >= 1" in capsys.readouterr().err
+
+
+def test_json_goes_to_stdout_without_a_file_and_to_the_file_with_one(tmp_path, capsys):
+    assert parse("bench", "--json").json == "-" and parse("bench").json is None
+    assert parse("bench", "--json", str(tmp_path / "r.json")).json == str(tmp_path / "r.json")
+    document = result_document([{"strategy": "full", "speedup": float("nan")}], {"model": "tiny"})
+    write_json("-", document)
+    assert json.loads(capsys.readouterr().out) == {"runs": [{"strategy": "full", "speedup": None}],
+                                                   "meta": {"model": "tiny"}}
+    write_json(str(tmp_path / "sub" / "r.json"), document)
+    assert json.loads((tmp_path / "sub" / "r.json").read_text())["meta"] == {"model": "tiny"}
+
+
+def test_speedup_and_recache_rate_are_defined_once():
+    assert speedup(40.0, 10.0) == 4.0
+    assert speedup(None, 10.0) is None and speedup(40.0, None) is None and speedup(40.0, 0.0) is None
+    built, reused = StepStats(recached_l1=True), StepStats()
+    # an episode's first step always builds the cache and is not counted
+    assert recache_rate([[built, reused, built], [built, reused]]) == pytest.approx(1 / 3)
+    assert recache_rate([[built]]) is None
+    assert recache_rate([[reused, StepStats(recached_l2=True)]], skip_first=False) == 0.5
+
+
+def test_bench_json_on_stdout_is_the_one_shape(capsys):
+    assert main(["bench", "--model", "tiny", "--strategies", "full,dysta", "--history", "2", "--steps", "1",
+                 "--warmup", "1", "--threads", "1", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert set(document) == {"runs", "meta"}
+    full, dysta = document["runs"]
+    assert full["speedup"] == 1.0 and dysta["speedup"] > 0 and "recache_rate" in dysta
+    assert document["meta"]["model"] == "tiny" and document["meta"]["threads"] == 1
+
+
+def test_train_refuses_a_device_it_does_not_run_on(tmp_path, capsys):
+    code = main(["train", "--sim-episodes", "1", "--out", str(tmp_path / "r"), "--dtype", "bfloat16"])
+    assert code == 2 and "train runs on cpu in float32 only" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
