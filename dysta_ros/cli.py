@@ -30,6 +30,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "parity": ("dysta_ros.evaluation.parity", "our SmolVLA vs recorded LeRobot cases: max action errors"),
     "info": ("dysta_ros.info", "what a checkpoint directory holds: family, cameras, dims, dtypes"),
     "closed-loop": ("dysta_ros.evaluation.success", "success rate per strategy on held-out sim seeds"),
+    # what an operator does without ros2cli (not on PyPI): module:class with add_arguments/run
+    "instruct": ("dysta_ros.nodes.operator:Instruct", "send the policy an instruction"),
+    "estop": ("dysta_ros.nodes.operator:EStop", "latch the e-stop, or release it (--clear)"),
+    "diag": ("dysta_ros.nodes.operator:Diag", "show /diagnostics (--follow: changes as they happen)"),
+    "topics": ("dysta_ros.nodes.operator:Topics", "list the graph's topics: type, publishers, subscribers"),
 }
 
 
@@ -49,7 +54,18 @@ EXAMPLES: dict[str, str] = {
     "parity": "dysta-ros parity test/data/smolvla_tiny --json",
     "info": "dysta-ros info checkpoints/reference",
     "closed-loop": "dysta-ros closed-loop --model checkpoints/reference --strategies full,dysta",
+    "instruct": "dysta-ros instruct 'touch the red cube'",
+    "estop": "dysta-ros estop    # then: dysta-ros estop --clear",
+    "diag": "dysta-ros diag --follow",
+    "topics": "dysta-ros topics",
 }
+
+
+def command_module(name: str):
+    """The object with `add_arguments(parser)` and `run(args)` for subcommand `name` (imported now)."""
+    module_name, _, attribute = SUBCOMMANDS[name][0].partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, attribute) if attribute else module
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -61,14 +77,14 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dysta-ros", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module_name, help_text) in SUBCOMMANDS.items():
+    for name, (_, help_text) in SUBCOMMANDS.items():
         # every option's help shows its default, so nobody has to read the source for it
         example = EXAMPLES.get(name)
         sub_parser = sub.add_parser(name, help=help_text, description=help_text,
                                     epilog=f"example:\n  {example}" if example else None,
                                     formatter_class=HelpFormatter)
         if name == chosen:
-            importlib.import_module(module_name).add_arguments(sub_parser)
+            command_module(name).add_arguments(sub_parser)
     return parser
 
 
@@ -92,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if chosen is None else 2
     # args stays plain data (reports write vars(args) as JSON): the module is looked up, not stored
-    module = importlib.import_module(SUBCOMMANDS[args.command][0])
+    module = command_module(args.command)
     try:
         return int(module.run(args) or 0)
     except DystaError as exc:  # what a subcommand did not catch itself: one line, no traceback

@@ -24,6 +24,7 @@ from dysta_ros.execution import BLENDINGS, EXECUTOR_RANGES, ChunkExecutor, Execu
 from dysta_ros.msg import ActionChunk
 from dysta_ros.nodes import conversions as conv
 from dysta_ros.nodes import params as P
+from dysta_ros.nodes import topics as dysta_topics
 from dysta_ros.nodes.diagnostics import ERROR, OK, WARN, StatusBoard, to_message
 from dysta_ros.nodes.spin import run_node
 from dysta_ros.robot import COMMAND_OUTPUTS, load_robot_config
@@ -61,6 +62,7 @@ class ChunkExecutorNode(Node):
     """Stream blended, clipped chunk actions to a controller; hold on e-stop, deadman or bad data."""
 
     def __init__(self, **kwargs):
+        kwargs.setdefault("namespace", dysta_topics.NAMESPACE)  # `-r __ns:=/arm1` moves it
         super().__init__("chunk_executor", **kwargs)
         try:
             self.start()
@@ -89,10 +91,10 @@ class ChunkExecutorNode(Node):
         self.output = self.core.output
         self.command_pub = self.create_publisher(
             OUTPUT_TYPES[self.output], self.robot.command_topics[self.output], conv.RELIABLE_QOS)
-        self.create_subscription(ActionChunk, "/dysta/action_chunk", self.on_chunk, conv.RELIABLE_QOS)
+        self.create_subscription(ActionChunk, dysta_topics.ACTION_CHUNK, self.on_chunk, conv.RELIABLE_QOS)
         self.create_subscription(JointState, self.robot.state_topic, self.on_joint_state, conv.STATE_QOS)
-        self.create_subscription(Bool, "/dysta/estop", self.on_estop, conv.ESTOP_QOS)
-        self.create_service(Trigger, "/dysta/clear_estop", self.on_clear_estop)
+        self.create_subscription(Bool, dysta_topics.ESTOP, self.on_estop, conv.ESTOP_QOS)
+        self.create_service(Trigger, dysta_topics.CLEAR_ESTOP, self.on_clear_estop)
         self.create_timer(self.core.config.period, self.on_tick)
         self.board.set("chunks", WARN, "no chunk yet")
         self.clamps_reported = 0  # clamps already on /diagnostics: a WARN outlives its tick
@@ -141,13 +143,15 @@ class ChunkExecutorNode(Node):
 
     def on_estop(self, msg):
         if msg.data:
-            self.core.trip_estop("/dysta/estop")
+            self.core.trip_estop(self.resolve_topic_name(dysta_topics.ESTOP))
             # an operator (or the demo between episodes) asked for it: a warning, not a fault
-            self.get_logger().warning("e-stop latched; call /dysta/clear_estop to release")
+            self.get_logger().warning(
+                f"e-stop latched; call {self.resolve_service_name(dysta_topics.CLEAR_ESTOP)} to release")
             self.publish_hold(self.now())  # stop at once, not at the next period
             self.on_tick()
         else:
-            self.get_logger().warning("/dysta/estop false is ignored; only /dysta/clear_estop releases")
+            self.get_logger().warning(f"{self.resolve_topic_name(dysta_topics.ESTOP)} false is ignored; only "
+                                      f"{self.resolve_service_name(dysta_topics.CLEAR_ESTOP)} releases")
 
     def on_clear_estop(self, request, response):
         was_engaged = self.core.clear_estop()

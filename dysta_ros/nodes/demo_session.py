@@ -37,6 +37,7 @@ from dysta_ros.evaluation.demo import (EXPERT, EpisodeRecord, StepRecord, add_ar
                                       format_table, plan, summary_document, summary_rows, write_report)
 from dysta_ros.msg import ActionChunk, TokenStats
 from dysta_ros.nodes import chunk_executor, policy_node
+from dysta_ros.nodes import topics as dysta_topics
 from dysta_ros.nodes.conversions import CAMERA_QOS, ESTOP_QOS, LATCHED_QOS, RELIABLE_QOS, SIM_TIME, to_seconds
 from dysta_ros.nodes.image_conversion import image_to_rgb
 from dysta_ros.nodes.run import node_values, to_parameters
@@ -71,16 +72,21 @@ class DemoSession:
         self.outcome: dict | None = None
         self.episode_number = -1
         node = self.node
-        node.create_subscription(String, OUTCOME_TOPIC, self.on_outcome, LATCHED_QOS)
-        node.create_subscription(TokenStats, "/dysta/token_stats", self.on_stats, RELIABLE_QOS)
-        node.create_subscription(ActionChunk, "/dysta/action_chunk", self.on_chunk, RELIABLE_QOS)
+        node.create_subscription(String, dysta_topics.absolute(OUTCOME_TOPIC), self.on_outcome, LATCHED_QOS)
+        node.create_subscription(TokenStats, dysta_topics.absolute(dysta_topics.TOKEN_STATS), self.on_stats,
+                                 RELIABLE_QOS)
+        node.create_subscription(ActionChunk, dysta_topics.absolute(dysta_topics.ACTION_CHUNK), self.on_chunk,
+                                 RELIABLE_QOS)
         node.create_subscription(Image, CAMERA_TOPIC, self.on_frame, CAMERA_QOS)
-        self.estop = node.create_publisher(Bool, "/dysta/estop", ESTOP_QOS)
-        self.sim_parameters = node.create_client(SetParameters, "/sim_node/set_parameters")
-        self.sim_reset = node.create_client(Trigger, "/sim_node/reset")
-        self.clear_estop = node.create_client(Trigger, "/dysta/clear_estop")
-        self.policy_parameters = node.create_client(SetParameters, "/policy_node/set_parameters")
-        self.policy_state = node.create_client(ChangeState, "/policy_node/change_state")
+        self.estop = node.create_publisher(Bool, dysta_topics.absolute(dysta_topics.ESTOP), ESTOP_QOS)
+        self.sim_parameters = node.create_client(SetParameters,
+                                                 dysta_topics.node_service("sim_node", "set_parameters"))
+        self.sim_reset = node.create_client(Trigger, dysta_topics.node_service("sim_node", "reset"))
+        self.clear_estop = node.create_client(Trigger, dysta_topics.absolute(dysta_topics.CLEAR_ESTOP))
+        self.policy_parameters = node.create_client(
+            SetParameters, dysta_topics.node_service("policy_node", "set_parameters"))
+        self.policy_state = node.create_client(ChangeState,
+                                               dysta_topics.node_service("policy_node", "change_state"))
         self.policy: policy_node.PolicyNode | None = None
         self.policy_model = ""
         self.executor = MultiThreadedExecutor(num_threads=4)

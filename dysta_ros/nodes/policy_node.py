@@ -29,6 +29,7 @@ from dysta_ros.execution import EStopLatch, limit_trajectory
 from dysta_ros.msg import ActionChunk, TokenStats
 from dysta_ros.nodes import conversions as conv
 from dysta_ros.nodes import params as P
+from dysta_ros.nodes import topics as dysta_topics
 from dysta_ros.nodes.diagnostics import ERROR, OK, WARN, CoreLogBridge, StatusBoard, to_message
 from dysta_ros.nodes.image_conversion import image_to_rgb
 from dysta_ros.nodes.inference_loop import InferenceLoop
@@ -63,9 +64,10 @@ PARAMS = [
     P.Param("inference_rate_hz", 10.0, "most policy steps per second", low=0.1, high=1000.0),
     P.Param("max_image_age_s", 0.5, "hold when a camera's latest frame is older", low=0.001, high=60.0),
     P.Param("max_state_age_s", 0.5, "hold when the latest joint state is older", low=0.001, high=60.0),
-    P.Param("instruction", "", "instruction until /dysta/instruction sets one"),
+    P.Param("instruction", "", "instruction until the instruction topic sets one"),
     P.Param("publish_trajectory", False, "also publish each joint chunk, held to the joint limits, as a "
-            "JointTrajectory to the robot's joint_trajectory topic (honours /dysta/estop)", read_only=True),
+            "JointTrajectory to the robot's joint_trajectory topic (honours the estop topic)",
+            read_only=True),
     P.Param("autostart", False, "configure and activate at startup (no lifecycle manager needed)",
             read_only=True),
     P.Param("diagnostic_period_s", 1.0, "seconds between /diagnostics messages", read_only=True,
@@ -102,6 +104,7 @@ class PolicyNode(LifecycleNode):
     """Run the VLA policy on the latest camera frames; publish action chunks and token stats."""
 
     def __init__(self, **kwargs):
+        kwargs.setdefault("namespace", dysta_topics.NAMESPACE)  # `-r __ns:=/arm1` moves it
         super().__init__("policy_node", **kwargs)
         self.strategy_params = strategy_params_from_yaml()
         self.params = PARAMS + self.strategy_params
@@ -214,8 +217,8 @@ class PolicyNode(LifecycleNode):
         self.rebuild = False
         self.subscribe()
         publish = self.create_lifecycle_publisher
-        self.chunk_pub = publish(ActionChunk, "/dysta/action_chunk", conv.RELIABLE_QOS)
-        self.stats_pub = publish(TokenStats, "/dysta/token_stats", conv.RELIABLE_QOS)
+        self.chunk_pub = publish(ActionChunk, dysta_topics.ACTION_CHUNK, conv.RELIABLE_QOS)
+        self.stats_pub = publish(TokenStats, dysta_topics.TOKEN_STATS, conv.RELIABLE_QOS)
         if v["publish_trajectory"]:
             self.trajectory_pub = self.create_lifecycle_publisher(
                 JointTrajectory, self.robot.command_topics["joint_trajectory"], conv.RELIABLE_QOS)
@@ -255,7 +258,7 @@ class PolicyNode(LifecycleNode):
             JointState, self.robot.state_topic,
             lambda msg: self.inputs.put_state(msg, self.stamp_of(msg), received=self.now()), conv.STATE_QOS))
         self.ros_entities.append(self.create_subscription(
-            String, "/dysta/instruction", self.on_instruction, conv.LATCHED_QOS))
+            String, dysta_topics.INSTRUCTION, self.on_instruction, conv.LATCHED_QOS))
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
         self.episode_instruction = None
@@ -335,7 +338,7 @@ class PolicyNode(LifecycleNode):
         self.estop_lock = threading.Lock()  # no trajectory goes out between a trip and its stop
         self.trajectory_counts = {"sent": 0, "clamped_points": 0, "held": 0}
         self.clamp_unreported = False  # a clamp stays WARN until a report has carried it
-        self.create_subscription(Bool, "/dysta/estop", self.on_estop, conv.ESTOP_QOS)
+        self.create_subscription(Bool, dysta_topics.ESTOP, self.on_estop, conv.ESTOP_QOS)
         self.create_service(Trigger, "~/clear_estop", self.on_clear_estop)
         self.board.set("trajectory", WARN, "no trajectory: unconfigured")
 
@@ -347,10 +350,11 @@ class PolicyNode(LifecycleNode):
 
     def on_estop(self, msg):
         if not msg.data:
-            self.get_logger().warning("/dysta/estop false is ignored; only ~/clear_estop releases")
+            self.get_logger().warning(f"{self.resolve_topic_name(dysta_topics.ESTOP)} false is ignored; "
+                                      "only ~/clear_estop releases")
             return
         with self.estop_lock:
-            self.estop.trip("/dysta/estop")
+            self.estop.trip(self.resolve_topic_name(dysta_topics.ESTOP))
             self.stop_controller()
         self.board.set("trajectory", ERROR, self.estop_message(), **self.trajectory_counts)
         self.get_logger().error(self.estop_message())
@@ -417,7 +421,8 @@ class PolicyNode(LifecycleNode):
                            f"(at most {MAX_INSTRUCTION_CHARS}); keeping the previous one")
             return
         self.inputs.put_instruction(msg.data)
-        self.board.set("instruction", OK, "from /dysta/instruction", characters=len(msg.data))
+        self.board.set("instruction", OK, f"from {self.resolve_topic_name(dysta_topics.INSTRUCTION)}",
+                       characters=len(msg.data))
 
     # Inference thread -----------------------------------------------------------------------
 

@@ -28,12 +28,13 @@ from dysta_ros.bags.rosbag import BagWriter, TopicQos
 from dysta_ros.errors import BagError, ConfigError
 from dysta_ros.nodes.conversions import ESTOP_QOS, SIM_TIME
 from dysta_ros.nodes.bag_player import message_class
+from dysta_ros.nodes import topics as dysta_topics
 from dysta_ros.nodes.spin import share_the_gil_finely
 from dysta_ros.robot import load_robot_config
 
-EPISODE_TOPIC = "/dysta/episode"  # the recorder's own start/end events, JSON in std_msgs/String
-OUTCOME_TOPIC = "/dysta/episode_outcome"
-INSTRUCTION_TOPIC = "/dysta/instruction"
+EPISODE_TOPIC = dysta_topics.absolute("episode")  # the recorder's start/end events, JSON in a String
+OUTCOME_TOPIC = dysta_topics.absolute(dysta_topics.EPISODE_OUTCOME)
+INSTRUCTION_TOPIC = dysta_topics.absolute(dysta_topics.INSTRUCTION)
 LATCHED = {INSTRUCTION_TOPIC, OUTCOME_TOPIC, EPISODE_TOPIC}
 SENSORS_QOS = qos_profile_sensor_data  # best effort: matches best-effort and reliable publishers
 LATCHED_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
@@ -44,23 +45,23 @@ RELIABLE_QOS = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 def robot_topics(robot_name: str) -> dict[str, str]:
     """Return topic -> type of everything a run of `robot_name` publishes that is worth keeping."""
     robot = load_robot_config(robot_name)
-    topics = {}
+    recorded = {}
     for camera in robot.cameras:
         compressed = camera.topic.endswith("/compressed")
-        topics[camera.topic] = f"sensor_msgs/msg/{'CompressedImage' if compressed else 'Image'}"
+        recorded[camera.topic] = f"sensor_msgs/msg/{'CompressedImage' if compressed else 'Image'}"
         base = camera.topic.rsplit("/", 2 if compressed else 1)[0]
-        topics[f"{base}/camera_info"] = "sensor_msgs/msg/CameraInfo"
-    topics[robot.state_topic] = "sensor_msgs/msg/JointState"
+        recorded[f"{base}/camera_info"] = "sensor_msgs/msg/CameraInfo"
+    recorded[robot.state_topic] = "sensor_msgs/msg/JointState"
     command_types = {"joint_trajectory": "trajectory_msgs/msg/JointTrajectory",
                      "forward_position": "std_msgs/msg/Float64MultiArray",
                      "ee_pose": "geometry_msgs/msg/PoseStamped",
                      "ee_twist": "geometry_msgs/msg/TwistStamped"}
-    topics[robot.command_topics[robot.command_output]] = command_types[robot.command_output]
-    topics.update({"/dysta/action_chunk": "dysta_ros/msg/ActionChunk",
-                   "/dysta/token_stats": "dysta_ros/msg/TokenStats",
-                   INSTRUCTION_TOPIC: "std_msgs/msg/String", OUTCOME_TOPIC: "std_msgs/msg/String",
-                   EPISODE_TOPIC: "std_msgs/msg/String"})
-    return topics
+    recorded[robot.command_topics[robot.command_output]] = command_types[robot.command_output]
+    recorded.update({dysta_topics.absolute(dysta_topics.ACTION_CHUNK): "dysta_ros/msg/ActionChunk",
+                     dysta_topics.absolute(dysta_topics.TOKEN_STATS): "dysta_ros/msg/TokenStats",
+                     INSTRUCTION_TOPIC: "std_msgs/msg/String", OUTCOME_TOPIC: "std_msgs/msg/String",
+                     EPISODE_TOPIC: "std_msgs/msg/String"})
+    return recorded
 
 
 class RecorderNode(Node):
@@ -121,11 +122,12 @@ class EpisodeDriver(Node):
         super().__init__("episode_driver")
         self._set_seed = set_seed  # the sim's next episode uses its `seed` parameter
         self._events = self.create_publisher(String, EPISODE_TOPIC, LATCHED_QOS)
-        self._reset = self.create_client(_trigger_type(), "/sim_node/reset")
+        self._reset = self.create_client(_trigger_type(), dysta_topics.node_service("sim_node", "reset"))
         # Between episodes the executor is held, as an operator would: the last episode's plan
         # must not drive the arm of the next (it would head for where the old target was).
-        self._estop = self.create_publisher(Bool, "/dysta/estop", ESTOP_QOS)
-        self._clear_estop = self.create_client(_trigger_type(), "/dysta/clear_estop")
+        self._estop = self.create_publisher(Bool, dysta_topics.absolute(dysta_topics.ESTOP), ESTOP_QOS)
+        self._clear_estop = self.create_client(_trigger_type(),
+                                               dysta_topics.absolute(dysta_topics.CLEAR_ESTOP))
         self.outcomes: dict[int, dict] = {}
         self.create_subscription(String, OUTCOME_TOPIC, self._on_outcome, LATCHED_QOS)
 

@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override one parameter, e.g. policy_node:inference_rate_hz=5 or "
                              "policy_node:dysta.delta_l1=0.1 (repeatable; VALUE is YAML)")
     parser.add_argument("--duration", type=float, default=0.0, help="seconds to run (0: until Ctrl-C)")
+    parser.add_argument("--status-period", type=float, default=1.0, metavar="SECONDS",
+                        help="status line (state, strategy, rate, model ms, frame age, what it holds on) "
+                             "every SECONDS, diagnostics changes as they happen; 0: changes only")
 
 
 def default_params_file() -> str:
@@ -152,6 +155,7 @@ def run(args) -> int:
 
     from dysta_ros.nodes import chunk_executor, policy_node
     from dysta_ros.nodes.spin import share_the_gil_finely, spin_nodes
+    from dysta_ros.nodes.status_line import StatusPrinter, board_statuses
 
     try:
         values = node_values(args)
@@ -178,4 +182,9 @@ def run(args) -> int:
         rclpy.try_shutdown()
         return 1
     deadline = time.monotonic() + args.duration if args.duration > 0 else None
-    return spin_nodes([policy, executor_node], until=deadline)
+    printer = StatusPrinter(lambda: board_statuses(policy.board, executor_node.board), sys.stdout,
+                            args.status_period)
+    try:
+        return spin_nodes([policy, executor_node], until=deadline, tick=printer.tick)
+    finally:
+        printer.close()

@@ -26,6 +26,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from dysta_ros.errors import ConfigError, InputError
 from dysta_ros.nodes import params
+from dysta_ros.nodes import topics as dysta_topics
 from dysta_ros.nodes.conversions import (
     CAMERA_QOS, LATCHED_QOS, RELIABLE_QOS, STATE_QOS, chunk_to_msg, to_seconds, to_stamp,
 )
@@ -38,9 +39,9 @@ from dysta_ros.sim.expert import ExpertConfig, ScriptedExpert
 from dysta_ros.sim.tasks import TASKS
 from dysta_ros.types import Observation
 
-INSTRUCTION_TOPIC = "/dysta/instruction"
-OUTCOME_TOPIC = "/dysta/episode_outcome"
-CHUNK_TOPIC = "/dysta/action_chunk"
+INSTRUCTION_TOPIC = dysta_topics.INSTRUCTION  # relative: under the node's namespace (/dysta by default)
+OUTCOME_TOPIC = dysta_topics.EPISODE_OUTCOME
+CHUNK_TOPIC = dysta_topics.ACTION_CHUNK
 DEFAULT_COMMAND_TOPICS = {"joint_trajectory": "/joint_trajectory_controller/joint_trajectory",
                           "forward_position": "/forward_position_controller/commands"}
 MAX_WALL_STEP_S = 0.1  # a stalled process must not make the physics jump further than this
@@ -70,7 +71,7 @@ class SimNode(Node):
     """Step the MuJoCo arm, publish what its sensors see, follow the commands it gets."""
 
     def __init__(self, **overrides):
-        super().__init__("sim_node", parameter_overrides=[
+        super().__init__("sim_node", namespace=dysta_topics.NAMESPACE, parameter_overrides=[
             rclpy.parameter.Parameter(k, value=v) for k, v in overrides.items()])
         try:
             self._start()

@@ -50,8 +50,11 @@ def run_node(name: str, make_node, executor_class=MultiThreadedExecutor, args=No
     return spin_nodes([node], executor_class())
 
 
-def spin_nodes(nodes, executor=None, until: float | None = None) -> int:
-    """Spin `nodes` on one executor until interrupted (or time.monotonic() passes `until`); return 0."""
+def spin_nodes(nodes, executor=None, until: float | None = None, tick=None) -> int:
+    """Spin `nodes` on one executor until interrupted (or time.monotonic() passes `until`); return 0.
+
+    `tick()`, if given, runs after every spin (about every 0.1 s): `dysta-ros run`'s status line.
+    """
     executor = executor or MultiThreadedExecutor()
     for node in nodes:
         executor.add_node(node)
@@ -62,6 +65,8 @@ def spin_nodes(nodes, executor=None, until: float | None = None) -> int:
     try:
         while rclpy.ok() and (until is None or time.monotonic() < until):
             executor.spin_once(timeout_sec=0.1)
+            if tick is not None:
+                tick()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

@@ -219,7 +219,7 @@ def test_compressed_camera_with_autostart_survives_a_corrupt_jpeg(ros):
 
     try:
         # autostart configured and activated it: ask over the lifecycle service, as a manager would.
-        get_state = probe.node.create_client(GetState, "/policy_node/get_state")
+        get_state = probe.node.create_client(GetState, "/dysta/policy_node/get_state")
         assert get_state.wait_for_service(timeout_sec=10.0)
         future = get_state.call_async(GetState.Request())
         assert spin_until(probe.spin, future.done)
@@ -278,7 +278,7 @@ def test_a_value_refused_at_start_up_fails_configure_until_it_is_set(ros):
     configure = ChangeState.Request(transition=Transition(id=Transition.TRANSITION_CONFIGURE))
 
     def state():
-        return probe.call(GetState, "/policy_node/get_state", GetState.Request()).current_state.label
+        return probe.call(GetState, "/dysta/policy_node/get_state", GetState.Request()).current_state.label
 
     try:
         # autostart's configure failed: the node is up, unconfigured, ERROR naming the value.
@@ -287,13 +287,13 @@ def test_a_value_refused_at_start_up_fails_configure_until_it_is_set(ros):
         level, message = probe.status("lifecycle")
         assert level == 2 and refusal in message and "set a valid value, then configure again" in message
         assert state() == "unconfigured"
-        assert not probe.call(ChangeState, "/policy_node/change_state", configure).success
+        assert not probe.call(ChangeState, "/dysta/policy_node/change_state", configure).success
         # `ros2 param set /policy_node inference_rate_hz 5.0`, then configure: it goes ahead.
         fixed = Parameter("inference_rate_hz", value=5.0).to_parameter_msg()
-        result = probe.call(SetParameters, "/policy_node/set_parameters",
+        result = probe.call(SetParameters, "/dysta/policy_node/set_parameters",
                             SetParameters.Request(parameters=[fixed]))
         assert result.results[0].successful
-        assert probe.call(ChangeState, "/policy_node/change_state", configure).success
+        assert probe.call(ChangeState, "/dysta/policy_node/change_state", configure).success
         assert state() == "inactive"
         assert not probe.chunks and process.poll() is None
     finally:
@@ -343,7 +343,7 @@ def test_trajectories_keep_to_the_joint_limits_and_stop_on_estop(ros):
         assert probe.status("trajectory")[0] == 1
 
         # E-stop: the controller is told to stop (an empty trajectory) and nothing moves after it,
-        # while chunks keep coming; only /policy_node/clear_estop releases it.
+        # while chunks keep coming; only /dysta/policy_node/clear_estop releases it.
         assert spin_until(probe.spin, lambda: estop.get_subscription_count() > 0)
         sent = len(probe.commands)
         estop.publish(Bool(data=True))
@@ -354,11 +354,12 @@ def test_trajectories_keep_to_the_joint_limits_and_stop_on_estop(ros):
         probe.publishing_until(good_frame, lambda: len(probe.chunks) >= chunks + 3)
         assert all(not c.points for c in probe.commands[stop:])
         level, message = probe.status("trajectory")
-        assert level == 2 and "e-stop engaged" in message and "/policy_node/clear_estop" in message
+        assert level == 2 and "e-stop engaged" in message and "/dysta/policy_node/clear_estop" in message
         estop.publish(Bool(data=False))  # not a release
         probe.publishing_until(good_frame, lambda: len(probe.chunks) >= chunks + 5)
         assert all(not c.points for c in probe.commands[stop:])
-        assert probe.call(Trigger, "/policy_node/clear_estop", Trigger.Request()).message == "e-stop released"
+        released = probe.call(Trigger, "/dysta/policy_node/clear_estop", Trigger.Request())
+        assert released.message == "e-stop released"
         probe.publishing_until(good_frame, lambda: any(c.points for c in probe.commands[stopped:]))
 
         # Non-finite actions (here: corrupt de-normalisation statistics) send nothing.

@@ -76,11 +76,11 @@ def call(executor, client, request):
 def reset(ros, task, seed):
     """Set task and seed through the parameter service, then call ~/reset; return the reply."""
     sim, probe, executor = ros
-    setter = probe.node.create_client(SetParameters, "/sim_node/set_parameters")
+    setter = probe.node.create_client(SetParameters, "/dysta/sim_node/set_parameters")
     request = SetParameters.Request(parameters=[Parameter("task", value=task).to_parameter_msg(),
                                                 Parameter("seed", value=seed).to_parameter_msg()])
     assert all(r.successful for r in call(executor, setter, request).results)
-    reply = call(executor, probe.node.create_client(Trigger, "/sim_node/reset"), Trigger.Request())
+    reply = call(executor, probe.node.create_client(Trigger, "/dysta/sim_node/reset"), Trigger.Request())
     assert reply.success, reply.message
     probe.latest.pop("/dysta/episode_outcome", None)
     started = sim.now_seconds()
@@ -154,7 +154,7 @@ def test_reset_applies_task_and_seed_and_latches_the_instruction(ros):
     memory = get_task("memory").instruction
     assert spin_until(executor, lambda: probe.latest["/dysta/instruction"].data == memory)
     assert sim.env.task.name == "memory" and sim.env.seed == 5
-    setter = probe.node.create_client(SetParameters, "/sim_node/set_parameters")
+    setter = probe.node.create_client(SetParameters, "/dysta/sim_node/set_parameters")
     refused = call(executor, setter, SetParameters.Request(
         parameters=[Parameter("task", value="juggle").to_parameter_msg()])).results[0]
     assert not refused.successful and "reach" in refused.reason

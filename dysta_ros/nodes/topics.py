@@ -1,0 +1,35 @@
+"""The names of dysta's own topics and services, relative to the nodes' namespace.
+
+Every dysta node (policy_node, chunk_executor, sim_node) starts in the namespace `/dysta` unless
+told otherwise (`--ros-args -r __ns:=/arm1`, a launch file's `namespace:=arm1`), and names its
+topics relative to it: `action_chunk` is `/dysta/action_chunk` by default and
+`/arm1/action_chunk` for a second arm, so two arms share one graph. The robot's own topics
+(cameras, joint states, controller commands) come from its robot config: absolute there
+(`/joint_states`, as ros2_control publishes it) or relative (`joint_states`) to follow the
+namespace. /diagnostics, /clock and /rosout stay absolute, as ROS 2 tools expect them.
+"""
+
+from __future__ import annotations
+
+NAMESPACE = "/dysta"
+
+ACTION_CHUNK = "action_chunk"
+TOKEN_STATS = "token_stats"
+INSTRUCTION = "instruction"
+ESTOP = "estop"
+CLEAR_ESTOP = "clear_estop"  # chunk_executor's service; policy_node has its own ~/clear_estop
+EPISODE_OUTCOME = "episode_outcome"
+DIAGNOSTICS = "/diagnostics"
+
+
+def absolute(name: str, namespace: str = NAMESPACE) -> str:
+    """`name` as a node in `namespace` resolves it (absolute names stay as they are)."""
+    if name.startswith("/"):
+        return name
+    namespace = "/" + namespace.strip("/") if namespace.strip("/") else ""
+    return f"{namespace}/{name}"
+
+
+def node_service(node: str, service: str, namespace: str = NAMESPACE) -> str:
+    """A node's private service (`~/reset`, `change_state`) by its full name."""
+    return absolute(f"{node}/{service}", namespace)
