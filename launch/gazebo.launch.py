@@ -45,6 +45,10 @@ def generate_launch_description():
         DeclareLaunchArgument("gz_args", default_value="-r -s",
                               description="gz sim flags: -r runs at once, -s without the GUI"),
         DeclareLaunchArgument("use_sim_time", default_value="true", description="follow Gazebo's /clock"),
+        DeclareLaunchArgument("namespace", default_value="dysta",
+                              description="namespace of the policy and executor and their topics"),
+        DeclareLaunchArgument("params_file", description="ROS 2 parameters file of the policy and executor",
+                              default_value=PathJoinSubstitution([share, "config", "dysta_nodes.yaml"])),
     ]
 
     gazebo = IncludeLaunchDescription(
@@ -71,7 +75,8 @@ def generate_launch_description():
     policy_and_executor = IncludeLaunchDescription(
         AnyLaunchDescriptionSource(PathJoinSubstitution([share, "launch", "dysta.launch.xml"])),
         launch_arguments={"strategy": strategy, "model": model, "vlm": vlm, "robot": robot,
-                          "use_sim_time": use_sim_time}.items())
+                          "use_sim_time": use_sim_time, "namespace": LaunchConfiguration("namespace"),
+                          "params_file": LaunchConfiguration("params_file")}.items())
 
     return LaunchDescription(arguments + [
         gazebo, robot_state_publisher, spawn, bridge,

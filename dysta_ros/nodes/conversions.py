@@ -17,6 +17,11 @@ CAMERA_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                         reliability=ReliabilityPolicy.BEST_EFFORT, durability=DurabilityPolicy.VOLATILE)
 # Joint states arrive at hundreds of Hz; best effort keeps up with any publisher.
 STATE_QOS = CAMERA_QOS
+# What a joint-state *publisher* offers: reliable, as ros2_control's joint_state_broadcaster does,
+# so reliable subscribers (robot_state_publisher, RViz) match; best-effort ones match it too.
+JOINT_STATES_PUBLISHER_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
+                                        reliability=ReliabilityPolicy.RELIABLE,
+                                        durability=DurabilityPolicy.VOLATILE)
 # The instruction is set once and must reach nodes that start later.
 LATCHED_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                          reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)

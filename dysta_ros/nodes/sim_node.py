@@ -28,7 +28,7 @@ from dysta_ros.errors import ConfigError, InputError
 from dysta_ros.nodes import params
 from dysta_ros.nodes import topics as dysta_topics
 from dysta_ros.nodes.conversions import (
-    CAMERA_QOS, LATCHED_QOS, RELIABLE_QOS, STATE_QOS, chunk_to_msg, to_seconds, to_stamp,
+    CAMERA_QOS, JOINT_STATES_PUBLISHER_QOS, LATCHED_QOS, RELIABLE_QOS, chunk_to_msg, to_seconds, to_stamp,
 )
 from dysta_ros.nodes.diagnostics import ERROR, OK, WARN, StatusBoard, to_message
 from dysta_ros.nodes.image_conversion import rgb_to_image
@@ -94,7 +94,7 @@ class SimNode(Node):
         self._period = 1.0 / p["physics_rate_hz"]
         self._board = StatusBoard("sim_node", "mujoco", ["episode", "commands"])
 
-        self._joint_pub = self.create_publisher(JointState, robot.state_topic, STATE_QOS)
+        self._joint_pub = self.create_publisher(JointState, robot.state_topic, JOINT_STATES_PUBLISHER_QOS)
         cameras = {c.name: c for c in robot.cameras}
         self._image_pubs, self._info_pubs = {}, {}
         for name in CAMERAS:

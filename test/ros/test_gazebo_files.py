@@ -146,7 +146,7 @@ def test_launch_file_declares_its_arguments_and_starts_real_executables_and_file
     assert len(includes) == 1
     passed = {k.value for k in keyword(includes[0], "launch_arguments").func.value.keys}
     included = ET.parse(ROOT / "launch" / "dysta.launch.xml").getroot()
-    assert passed == {"strategy", "model", "vlm", "robot", "use_sim_time"}
+    assert passed == {"strategy", "model", "vlm", "robot", "use_sim_time", "namespace", "params_file"}
     assert passed <= {arg.get("name") for arg in included.iter("arg")}
     for node in included.iter("node"):
         params = {p.get("name"): p.get("value") for p in node.iter("param")}

@@ -49,14 +49,57 @@ def args_of(root) -> dict[str, list[str]]:
 
 def substitutions(text: str, arg_values: dict[str, list[str]]) -> list[str]:
     """Return `text` with $(var x) and the package share resolved, once per value of each var."""
-    results = [text.replace(SHARE, str(REPO))]
+    results = [text]
     for name in set(re.findall(r"\$\(var (\w+)\)", text)):
         results = [r.replace(f"$(var {name})", value) for r in results for value in arg_values[name]]
-    return results
+    return [r.replace(SHARE, str(REPO)) for r in results]  # after the vars: a default may name it
 
 
 def test_there_are_launch_files():
-    assert {p.name for p in LAUNCH_FILES} >= {"dysta.launch.xml", "robot.launch.xml"}
+    assert {p.name for p in LAUNCH_FILES} >= {"dysta.launch.xml", "robot.launch.xml", "sim.launch.xml"}
+
+
+EVERY_LAUNCH_ARG = ("params_file", "namespace", "use_sim_time")
+
+
+@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
+def test_every_launch_file_takes_params_file_namespace_and_use_sim_time_and_uses_them(path):
+    root = ET.parse(path).getroot()
+    declared = args_of(root)
+    assert set(EVERY_LAUNCH_ARG) <= set(declared), f"{path.name} lacks {set(EVERY_LAUNCH_ARG) - set(declared)}"
+    assert declared["namespace"] == ["dysta"]  # the nodes' own default: the same topics either way
+    assert declared["params_file"] == [f"{SHARE}/config/dysta_nodes.yaml"]
+    for node in root.iter("node"):
+        assert node.attrib.get("namespace") == "$(var namespace)", f"{node.attrib['name']} is not namespaced"
+        if node.attrib["exec"] in ("policy_node", "chunk_executor"):
+            assert node.find("param").attrib == {"from": "$(var params_file)"}  # first: the args override it
+            assert {"name": "use_sim_time", "value": "$(var use_sim_time)"} in [p.attrib for p in node]
+    for include in root.iter("include"):
+        passed = {a.attrib["name"]: a.attrib["value"] for a in include.findall("arg")}
+        for name in EVERY_LAUNCH_ARG:
+            assert passed.get(name) == f"$(var {name})", f"{path.name} does not pass {name} on"
+
+
+def test_gazebo_launch_takes_and_passes_the_same_arguments():
+    text = (REPO / "launch" / "gazebo.launch.py").read_text()
+    for name in EVERY_LAUNCH_ARG:
+        assert f'DeclareLaunchArgument("{name}"' in text
+        assert re.search(rf'"{name}": (LaunchConfiguration\("{name}"\)|{name})', text), name
+
+
+def test_robot_launch_defaults_run_without_cuda():
+    declared = args_of(ET.parse(REPO / "launch" / "robot.launch.xml").getroot())
+    assert declared["device"] == ["cpu"] and declared["dtype"] == ["float32"]
+
+
+def test_sim_launch_runs_sim_policy_and_executor_on_sim_time():
+    root = ET.parse(REPO / "launch" / "sim.launch.xml").getroot()
+    (sim,) = [n for n in root.iter("node") if n.attrib["exec"] == "sim_node"]
+    params = {p.attrib["name"]: p.attrib["value"] for p in sim.findall("param")}
+    assert params["publish_clock"] == "$(var use_sim_time)" and params["auto_reset"] == "true"
+    assert args_of(root)["use_sim_time"] == ["true"]
+    (include,) = root.iter("include")
+    assert include.attrib["file"] == f"{SHARE}/launch/dysta.launch.xml"  # policy_node + chunk_executor
 
 
 @pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
@@ -116,10 +159,13 @@ def declared():
     from dysta_ros.nodes.chunk_executor import ChunkExecutorNode
     from dysta_ros.nodes.policy_node import PolicyNode
 
+    from dysta_ros.nodes.sim_node import SimNode
+
     rclpy.init()
-    nodes = [PolicyNode(), ChunkExecutorNode()]
+    nodes = [PolicyNode(), ChunkExecutorNode(), SimNode(image_width=16, image_height=16)]
     names = {node.get_name(): set(node.list_parameters([], 0).names) for node in nodes}
     for node in nodes:
+        getattr(node, "close", lambda: None)()
         node.destroy_node()
     rclpy.shutdown()
     return names
@@ -127,7 +173,9 @@ def declared():
 
 def test_every_parameter_in_yaml_and_launch_is_declared_by_its_node(declared):
     nodes_yaml = yaml.safe_load((REPO / "config" / "dysta_nodes.yaml").read_text())
-    for node, section in nodes_yaml.items():
+    for key, section in nodes_yaml.items():
+        assert key.startswith("/**/"), f"{key}: only /**/NODE matches the node in any namespace"
+        node = key.removeprefix("/**/")
         assert node in declared, f"dysta_nodes.yaml configures {node}, which is not a node"
         undeclared = set(section["ros__parameters"]) - declared[node]
         assert not undeclared, f"{node} does not declare {undeclared}"

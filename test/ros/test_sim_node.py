@@ -107,6 +107,21 @@ def test_publishes_cameras_camera_info_and_joint_states(ros):
     assert list(probe.latest["/joint_states"].name) == JOINTS
 
 
+def test_joint_states_are_offered_reliable_as_ros2_control_publishes_them(ros):
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    sim, probe, executor = ros
+    # what robot_state_publisher and RViz ask for: a best-effort publisher would never match it
+    received = []
+    probe.node.create_subscription(JointState, "/joint_states", received.append,
+                                   QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+    assert spin_until(executor, lambda: len(received) >= 3)
+    (offered,) = [i for i in probe.node.get_publishers_info_by_topic("/joint_states")
+                  if i.node_name == "sim_node"]
+    assert offered.qos_profile.reliability == ReliabilityPolicy.RELIABLE
+    assert offered.node_namespace == "/dysta"  # its own topics sit under the namespace
+
+
 def test_a_trajectory_moves_the_arm_to_its_last_point(ros):
     sim, probe, executor = ros
     reset(ros, "reach", 1)
