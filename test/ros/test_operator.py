@@ -70,8 +70,8 @@ def test_operator_commands_against_a_running_policy(tmp_path):
     out = Output(run.stdout)
     try:
         # the status line names what it holds on: no camera, no joint states
-        assert out.wait_for("status: active | dysta | no step yet | holding: stale input: /camera/image_raw"), \
-            "".join(out.lines[-20:])
+        holding = "status: active | dysta | no step yet | holding: stale input: /camera/image_raw"
+        assert out.wait_for(holding), "".join(out.lines[-20:])
         assert out.wait_for("[WARN] policy_node: inputs: holding, stale input")
 
         listed = dysta("topics")
