@@ -24,6 +24,7 @@ from dysta_ros.bags.rosbag import BagMessage, BagReader, TopicQos
 from dysta_ros.errors import BagError, ConfigError, exit_status
 
 CLOCK_PERIOD_NS = 10_000_000  # /clock at most every 10 ms of bag time, as ros2 bag play does
+DISCOVERY_S = 2.0  # how long a listening controller is given to show up before commands play
 
 
 def message_class(msgtype: str):
@@ -71,12 +72,15 @@ class BagPlayer(Node):
     """Own one publisher per played topic and publish raw messages on them."""
 
     def __init__(self, bag: str, topics: list[str] | None = None, clock: bool = False,
-                 include_commands: bool = False):
+                 include_commands: bool = False, force: bool = False):
         super().__init__("bag_player")
         with BagReader(bag) as reader:
             recorded = reader.topics
             chosen, left_out = played_topics(bag, recorded, topics, include_commands)
             qos = {topic: reader.qos(topic) for topic in chosen}
+        # --force: play command topics even to a listening controller (the operator's call)
+        self.force = force
+        self.command_topics = {t for t in chosen if recorded[t] in COMMAND_TYPES}
         if left_out:
             self.get_logger().info(f"not replaying command topics {left_out} "
                                    "(--include-commands plays them)")
@@ -103,8 +107,47 @@ class BagPlayer(Node):
         self.get_logger().warning(f"playing although nobody subscribes to {waiting}")
         return False
 
+    def listening_controllers(self) -> dict[str, list[str]]:
+        """Command topics with a subscriber on the graph now -> the subscribing nodes.
+
+        Any subscriber counts, whatever its QoS: one that does not match the recorded QoS
+        today may after a restart, and the operator should know it is there.
+        """
+        listening = {}
+        for topic in sorted(self.command_topics & set(self._publishers_by_topic)):
+            if subscribers := self.get_subscriptions_info_by_topic(topic):
+                # a node seen before its name is discovered is listed as unnamed
+                listening[topic] = sorted(
+                    "an unnamed node" if "_UNKNOWN_" in i.node_name else
+                    f"{i.node_namespace.rstrip('/')}/{i.node_name}" for i in subscribers)
+        return listening
+
+    def refuse_listened_commands(self, discovery_s: float = DISCOVERY_S) -> None:
+        """Raise ConfigError when a command topic has a subscriber (a controller may obey), unless forced.
+
+        Discovery takes a moment: a controller already running is given `discovery_s` to show.
+        """
+        if self.force or not self.command_topics:
+            return
+        deadline = time.monotonic() + discovery_s
+        while time.monotonic() < deadline and not self.listening_controllers():
+            time.sleep(0.05)
+        self._refuse_if_listened("")
+
+    def _refuse_if_listened(self, when: str) -> None:
+        if listening := self.listening_controllers():
+            named = "; ".join(f"{topic} (subscribed by {', '.join(nodes)})"
+                              for topic, nodes in listening.items())
+            raise ConfigError(f"not replaying commands{when}: {named} has a subscriber, which may move "
+                              "a robot; stop it, or pass --force to replay to it anyway")
+
     def publish(self, message: BagMessage) -> None:
-        """Publish one recorded message as it is; advance /clock to its recording time."""
+        """Publish one recorded message as it is; advance /clock to its recording time.
+
+        A command message is checked again first: a controller that starts mid-replay stops it.
+        """
+        if message.topic in self.command_topics and not self.force:
+            self._refuse_if_listened(" any more")
         if self._clock is not None and (self._last_clock_ns is None
                                         or message.stamp_ns - self._last_clock_ns >= CLOCK_PERIOD_NS):
             self._clock.publish(Clock(clock=Time(nanoseconds=message.stamp_ns).to_msg()))
@@ -127,7 +170,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--topics", nargs="+", metavar="TOPIC", help="play only these topics")
     parser.add_argument("--include-commands", action="store_true",
                         help="also replay command topics (JointTrajectory, ActionChunk, "
-                             "Float64MultiArray, Pose, Twist): a robot listening will move")
+                             "Float64MultiArray, Pose, Twist); refused while anything subscribes to them")
+    parser.add_argument("--force", action="store_true",
+                        help="with --include-commands: replay command topics even while a subscriber "
+                             "(a controller) is matched on them")
     parser.add_argument("--clock", action="store_true",
                         help="publish /clock from the recording time (for nodes with use_sim_time)")
     parser.add_argument("--wait-for-subscribers", type=float, default=0.0, metavar="SECONDS",
@@ -142,8 +188,11 @@ def run(args: argparse.Namespace) -> int:
     rclpy.init()
     node = None
     try:
+        if args.force and not args.include_commands:
+            raise ConfigError("--force applies to command topics: give it with --include-commands")
         node = BagPlayer(args.bag, args.topics, clock=args.clock,
-                         include_commands=args.include_commands)
+                         include_commands=args.include_commands, force=args.force)
+        node.refuse_listened_commands()
         if args.wait_for_subscribers > 0:
             node.wait_for_subscribers(args.wait_for_subscribers)
         for message in play(args.bag, node.topics, rate=args.rate, loop=args.loop):

@@ -154,3 +154,37 @@ def test_replay_leaves_command_topics_out_unless_asked(tmp_path):
                             "/dysta/action_chunk"], capture_output=True, text=True, timeout=120)
     assert asked.returncode == 2 and "--include-commands" in asked.stderr, asked.stderr
     assert "Traceback" not in asked.stderr
+
+
+def test_replay_never_sends_commands_to_a_listening_controller_unless_forced(tmp_path):
+    from dysta_ros.msg import ActionChunk
+
+    bag = write_episode_bag(tmp_path / "bag", BagSpec(episodes=1, seconds=0.3))
+    with BagReader(bag) as reader:
+        chunks = reader.message_counts["/dysta/action_chunk"]
+    rclpy.init()
+    node = rclpy.create_node("controller_stand_in")
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    received = []
+    node.create_subscription(ActionChunk, "/dysta/action_chunk", received.append, 50, raw=True)
+    command = [sys.executable, "-m", "dysta_ros.cli", "replay", str(bag), "--include-commands"]
+    try:
+        refused = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        spin_until(executor, lambda: refused.poll() is not None, timeout_s=120)
+        _, err = refused.communicate(timeout=30)
+        assert refused.returncode == 2, err
+        assert "/dysta/action_chunk (subscribed by " in err and ") has a subscriber" in err
+        assert "--force" in err and "Traceback" not in err and err.strip().count("\n") == 0
+        assert received == []
+        forced = subprocess.Popen(command + ["--force"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True)
+        assert spin_until(executor, lambda: forced.poll() is not None and len(received) == chunks,
+                          timeout_s=120)
+        assert forced.returncode == 0
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    lone = subprocess.run([*command[:-1], "--force"], capture_output=True, text=True, timeout=120)
+    assert lone.returncode == 2 and "--force applies to command topics" in lone.stderr
