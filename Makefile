@@ -21,7 +21,8 @@ $(STAMP): setup.py setup.cfg requirements-ros.txt package.xml CMakeLists.txt $(w
 	@$(MAKE) --no-print-directory apt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	# Pinned: a CPU wheel on local disk; an unpinned torch downloads gigabytes of CUDA.
+	# Pinned. The CPU build only where a local CPU wheel is found (the build machine); elsewhere
+	# this is PyPI's default build (CUDA on Linux x86-64). README "Two commands" says so.
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -r requirements-ros.txt
 	$(PIP) install -q -e '.[test]' --config-settings editable_mode=compat

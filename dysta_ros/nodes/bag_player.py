@@ -205,6 +205,12 @@ def run(args: argparse.Namespace) -> int:
         return exit_status(exc)
     except KeyboardInterrupt:
         return 0
+    except Exception:
+        # SIGTERM: rclpy's handler shut the context down under a publish (or the node's
+        # creation), whose rcl call then fails. That is the requested end, not an error.
+        if rclpy.ok():
+            raise
+        return 0
     finally:
         if node is not None:
             node.destroy_node()

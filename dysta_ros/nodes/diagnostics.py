@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 OK, WARN, ERROR, STALE = 0, 1, 2, 3  # diagnostic_msgs/DiagnosticStatus levels
 LEVEL_NAMES = {OK: "OK", WARN: "WARN", ERROR: "ERROR", STALE: "STALE"}
+NO_REPORT = "no report yet"  # every entry's message until its part first reports
 
 
 @dataclass
@@ -20,7 +21,7 @@ class Entry:
     """One named status: a level, a message, and key/value details."""
 
     level: int = ERROR
-    message: str = "no report yet"
+    message: str = NO_REPORT
     values: dict[str, str] = field(default_factory=dict)
 
 

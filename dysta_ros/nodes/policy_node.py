@@ -427,6 +427,10 @@ class PolicyNode(LifecycleNode):
     # Inference thread -----------------------------------------------------------------------
 
     def on_step_failure(self, exc: Exception):
+        if not self.context.ok():
+            # Ctrl-C or SIGTERM shut the context down while a step was publishing: the end of
+            # the run, not a failure (the thread stops next; logging now would fail too).
+            return
         self.report.errors += 1
         self.board.set("inference", ERROR, f"step failed: {type(exc).__name__}: {exc}")
         self.get_logger().error(f"step failed: {exc!r}", throttle_duration_sec=1.0)

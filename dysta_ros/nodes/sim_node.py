@@ -75,9 +75,10 @@ class SimNode(Node):
             rclpy.parameter.Parameter(k, value=v) for k, v in overrides.items()])
         try:
             self._start()
-        except ConfigError:
+        except BaseException:
             # Refused like chunk_executor's (see there why a plain node does not start): one
-            # line, exit 2 from main, nothing published.
+            # line, exit 2 from main, nothing published. Ctrl-C/SIGTERM while starting ends it
+            # the same way: the renderer is closed here, not by the collector after EGL is gone.
             if getattr(self, "env", None) is not None:
                 self.env.close()
             self.destroy_node()

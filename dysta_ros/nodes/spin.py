@@ -47,6 +47,10 @@ def run_node(name: str, make_node, executor_class=MultiThreadedExecutor, args=No
     except KeyboardInterrupt:  # Ctrl-C while it was still starting
         rclpy.try_shutdown()
         return 130
+    except Exception:
+        if rclpy.ok():
+            raise
+        return 0  # SIGTERM while it was starting: rclpy shut the context down under it
     return spin_nodes([node], executor_class())
 
 
@@ -69,6 +73,12 @@ def spin_nodes(nodes, executor=None, until: float | None = None, tick=None) -> i
                 tick()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # SIGTERM (and SIGINT) shut the context down from the signal handler, possibly in the
+        # middle of spin_once, whose next rcl call then fails (RCLError: "context is not valid").
+        # That is the requested end; anything raised while the context is still up is a bug.
+        if rclpy.ok():
+            raise
     finally:
         for node in nodes:
             close = getattr(node, "close", None)

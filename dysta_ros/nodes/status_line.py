@@ -7,7 +7,7 @@ Plain Python, no ROS: the nodes' boards and the messages are turned into the sam
 
 from __future__ import annotations
 
-from dysta_ros.nodes.diagnostics import LEVEL_NAMES, OK, Entry, StatusBoard
+from dysta_ros.nodes.diagnostics import LEVEL_NAMES, NO_REPORT, OK, Entry, StatusBoard
 
 # Where a hold shows first: the policy's inputs and steps, then the executor's commands.
 HOLD_SOURCES = ("policy_node: inputs", "policy_node: inference", "chunk_executor: commands")
@@ -56,7 +56,11 @@ def hold_reason(statuses: dict[str, Entry]) -> str | None:
 
 
 class ChangeLog:
-    """Remembers each status's level and message; `changes()` returns lines for what changed."""
+    """Remembers each status's level and message; `changes()` returns lines for what changed.
+
+    A status that has not reported yet (the board's initial ERROR "no report yet") is not a
+    change worth a line: it shows once it reports, or in the status line's hold reason.
+    """
 
     def __init__(self):
         self.seen: dict[str, tuple[int, str]] = {}
@@ -65,6 +69,8 @@ class ChangeLog:
         lines = []
         for name, entry in statuses.items():
             now = (entry.level, entry.message)
+            if name not in self.seen and entry.message == NO_REPORT:
+                continue
             if self.seen.get(name) != now:
                 lines.append(format_status(name, entry))
                 self.seen[name] = now
@@ -72,7 +78,8 @@ class ChangeLog:
 
 
 def format_status(name: str, entry: Entry) -> str:
-    return f"[{LEVEL_NAMES.get(entry.level, entry.level)}] {name}: {entry.message}"
+    """`diagnostics: WARN policy_node: inputs: holding, ...` (not a log line: no `[WARN]`)."""
+    return f"diagnostics: {LEVEL_NAMES.get(entry.level, entry.level)} {name}: {entry.message}"
 
 
 class StatusPrinter:

@@ -39,9 +39,12 @@ def test_status_line_says_what_it_holds_on_and_the_change_log_only_changes():
     statuses["chunk_executor: commands"] = Entry(OK, "commanding")
     assert status_line(statuses) == "active | dysta | 9.8 Hz | model 12.3 ms | frame age 40 ms | commanding"
     log = ChangeLog()
+    statuses["chunk_executor: chunks"] = Entry()  # not reported yet: no line until it reports
     assert len(log.changes(statuses)) == 4 and log.changes(statuses) == []
     statuses["chunk_executor: commands"] = Entry(ERROR, "holding: e-stop engaged")
-    assert log.changes(statuses) == ["[ERROR] chunk_executor: commands: holding: e-stop engaged"]
+    statuses["chunk_executor: chunks"] = Entry(WARN, "no chunk yet")
+    assert log.changes(statuses) == ["diagnostics: ERROR chunk_executor: commands: holding: e-stop engaged",
+                                     "diagnostics: WARN chunk_executor: chunks: no chunk yet"]
 
 
 class Output:
@@ -72,7 +75,7 @@ def test_operator_commands_against_a_running_policy(tmp_path):
         # the status line names what it holds on: no camera, no joint states
         holding = "status: active | dysta | no step yet | holding: stale input: /camera/image_raw"
         assert out.wait_for(holding), "".join(out.lines[-20:])
-        assert out.wait_for("[WARN] policy_node: inputs: holding, stale input")
+        assert out.wait_for("diagnostics: WARN policy_node: inputs: holding, stale input")
 
         listed = dysta("topics")
         assert listed.returncode == 0, listed.stderr
@@ -84,12 +87,12 @@ def test_operator_commands_against_a_running_policy(tmp_path):
         assert sent.returncode == 0 and "sent to /dysta/instruction" in sent.stdout, sent.stderr
         diag = dysta("diag", "--seconds", "2")
         assert diag.returncode == 0, diag.stderr
-        assert "[OK] policy_node: instruction: from /dysta/instruction" in diag.stdout
+        assert "diagnostics: OK policy_node: instruction: from /dysta/instruction" in diag.stdout
         assert "status: active | dysta" in diag.stdout
 
         latched = dysta("estop")
         assert latched.returncode == 0 and "e-stop latched on /dysta/estop" in latched.stdout, latched.stderr
-        assert out.wait_for("[ERROR] chunk_executor: commands: holding: e-stop engaged")
+        assert out.wait_for("diagnostics: ERROR chunk_executor: commands: holding: e-stop engaged")
         cleared = dysta("estop", "--clear")
         assert cleared.returncode == 0 and "/dysta/clear_estop: e-stop released" in cleared.stdout, \
             cleared.stderr

@@ -1,0 +1,78 @@
+"""SIGINT and SIGTERM end `dysta-ros run` and every node executable cleanly: 20 of 20 each.
+
+Each try is the executable's own main() (forked from one process that imported torch, rclpy
+and MuJoCo once, see shutdown_forker.py), signalled once it is up: `run` while stepping on a
+sim's cameras (where a step publishing as the context goes is the race), policy_node active,
+sim_node with its first episode running, bag_player mid-replay. The tries that need no other
+process run without discovery, so forty of them cost no DDS traffic.
+What counts is what each logs from the signal on: no error line, no traceback, and an end.
+No timing is asserted.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("rclpy")
+
+from bag_helpers import BagSpec, write_episode_bag  # noqa: E402
+
+TRIES = 40  # alternating SIGINT and SIGTERM: 20 of each
+FORKER = Path(__file__).resolve().parents[1] / "shutdown_forker.py"
+# executable -> (the line that says it is up, tries alive at once, whether it needs the sim's
+# topics (else it runs without discovery), its arguments)
+TARGETS = {
+    "dysta-ros": (" Hz | model", 4, True, ["run", "--model", "tiny", "--status-period", "0.2",
+                                           "--param", "policy_node:inference_rate_hz=10.0"]),  # stepping
+    "policy_node": ("]: active", 8, False, ["--ros-args", "-p", "autostart:=true",
+                                            "-p", "inference_rate_hz:=10.0"]),
+    "chunk_executor": ("joint_trajectory ->", 8, False, ["--ros-args", "-p", "diagnostic_period_s:=0.1"]),
+    "sim_node": ("episode 1: reach", 8, False, ["--ros-args", "-p", "image_width:=32",
+                                                "-p", "image_height:=32", "-p", "publish_clock:=true",
+                                                "-p", "camera_rate_hz:=5.0"]),
+    "bag_player": ("not replaying command topics", 8, False, ["BAG", "--loop", "--clock"]),
+}
+
+
+def test_every_executable_ends_cleanly_on_sigint_and_sigterm(tmp_path):
+    bag = write_episode_bag(tmp_path / "bag", BagSpec(episodes=1, seconds=0.5))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    # the cameras and joint states `run` and policy_node step on
+    sim = subprocess.Popen([sys.executable, "-m", "dysta_ros.nodes.sim_node", "--ros-args",
+                            "-p", "image_width:=32", "-p", "image_height:=32", "-p", "auto_reset:=true",
+                            "-p", "camera_rate_hz:=5.0"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    forkers = {}
+    try:
+        for target, (marker, batch, needs_sim, argv) in TARGETS.items():
+            logs = tmp_path / target
+            logs.mkdir()
+            argv = [str(bag) if a == "BAG" else a for a in argv]
+            forkers[target] = subprocess.Popen(
+                [sys.executable, str(FORKER), target, str(logs), str(TRIES), marker, str(batch),
+                 "shared" if needs_sim else "isolated", "--", *argv],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        reports = {}
+        for target, forker in forkers.items():
+            out, err = forker.communicate(timeout=500)
+            assert forker.returncode == 0, f"{target}: {err[-3000:]}"
+            reports[target] = [json.loads(line) for line in out.splitlines()]
+    finally:
+        for forker in forkers.values():
+            if forker.poll() is None:
+                forker.kill()
+        sim.send_signal(signal.SIGINT)
+        sim.wait(timeout=60)
+    for target, tries in reports.items():
+        for name in ("SIGINT", "SIGTERM"):
+            these = [t for t in tries if t["signal"] == name]
+            assert len(these) == TRIES // 2
+            assert all(t["up"] for t in these), f"{target}: did not come up: {these}"
+            # 130: Ctrl-C while it was still starting, as a shell reports it
+            bad = [t for t in these if t["errors"] or t["status"] not in (0, 130)]
+            assert not bad, f"{target} on {name}: {len(bad)} of {len(these)} not clean: {bad[:3]}"

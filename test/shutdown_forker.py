@@ -1,0 +1,113 @@
+"""Start an executable's main() many times, signal each once it runs, and report how each ended.
+
+    python shutdown_forker.py TARGET OUTDIR COUNT MARKER BATCH ISOLATED -- ARGV...
+
+The executables' imports (torch, rclpy, MuJoCo, the node module) are done once here; each try
+is a fork that calls the same `main()` its console script calls, with its own sys.argv, its
+output in OUTDIR/<n>.log. A try gets SIGINT or SIGTERM (alternating) once MARKER is in its
+log, i.e. once it is up and spinning. Prints one JSON line per try: signal, exit status, and
+the error lines and tracebacks it logged from the signal on (its shutdown).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import signal
+import sys
+import time
+import traceback
+
+MAINS = {  # what setup.py's console_scripts call
+    "dysta-ros": "dysta_ros.cli",
+    "policy_node": "dysta_ros.nodes.policy_node",
+    "chunk_executor": "dysta_ros.nodes.chunk_executor",
+    "sim_node": "dysta_ros.nodes.sim_node",
+    "bag_player": "dysta_ros.nodes.bag_player",
+}
+ERROR_LINE = re.compile(r"\[(ERROR|FATAL)\]|Traceback|Exception|Error:")
+UP_TIMEOUT_S = 90.0
+END_TIMEOUT_S = 60.0
+
+
+def start(target: str, argv: list[str], log_path: str, isolated: bool) -> int:
+    open(log_path, "w").close()  # empty before the fork: no marker is read from an older try
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 70
+    try:
+        if isolated:  # a try that needs nobody: no discovery, so many tries cost no DDS traffic
+            os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "OFF"
+        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        sys.argv = [target, *argv]
+        result = importlib.import_module(MAINS[target]).main()
+        code = result if isinstance(result, int) else 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 0
+    except BaseException:  # noqa: BLE001 - the report counts it: print it where the test looks
+        traceback.print_exc()
+        code = 71
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def wait_exit(pid: int, timeout_s: float) -> int | None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    return None
+
+
+def main() -> None:
+    target, outdir, count, marker, batch_size, isolated, separator, *argv = sys.argv[1:]
+    assert separator == "--"
+    batch_size, isolated = int(batch_size), isolated == "isolated"
+    importlib.import_module(MAINS[target])
+    if target in ("dysta-ros", "policy_node"):
+        importlib.import_module("dysta_ros.policy.runtime")  # torch and the model code, once
+        importlib.import_module("dysta_ros.nodes.run")
+    signals = [signal.SIGINT, signal.SIGTERM]
+    tries = list(range(int(count)))
+    for first in range(0, len(tries), batch_size):
+        batch = {}
+        for n in tries[first:first + batch_size]:
+            log = os.path.join(outdir, f"{target}-{n}.log")
+            batch[n] = (start(target, argv, log, isolated), log)
+        ended = {}  # tries that ended before they were up: the report shows why
+        signalled = {}
+        for n, (pid, log) in batch.items():
+            deadline = time.monotonic() + UP_TIMEOUT_S
+            while marker not in open(log, errors="replace").read() and time.monotonic() < deadline:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    ended[n] = os.waitstatus_to_exitcode(status)
+                    break
+                time.sleep(0.05)
+            if n not in ended:
+                signalled[n] = os.path.getsize(log)  # what it logs from here is its shutdown
+                os.kill(pid, signals[n % 2])
+        for n, (pid, log) in batch.items():
+            status = ended[n] if n in ended else wait_exit(pid, END_TIMEOUT_S)
+            if status is None:  # hung: the report says so, and the try is ended
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            text = open(log, errors="replace").read()
+            after = text[signalled.get(n, 0):]  # a try that never came up: all of it
+            print(json.dumps({"try": n, "signal": signals[n % 2].name, "status": status,
+                              "up": marker in text,
+                              "errors": [line for line in after.splitlines() if ERROR_LINE.search(line)]}),
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
