@@ -130,7 +130,7 @@ def evaluate(
                     run_episode(env, runtime, task, seed, execute_steps, keep_observations=False))
     finally:
         env.close()
-    results = [summarise(spec, params[specs[spec][0]], runs[spec], runtimes[spec].history)
+    results = [summarise(spec, params[specs[spec][0]], runs[spec], runtimes[spec].spec.history)
                for spec in specs]
     baseline = next((r for r in results if specs[r.strategy][0] == "full"), None)
     if baseline is not None:
@@ -140,7 +140,7 @@ def evaluate(
         "model": str(model),
         "task": task,
         "seeds": [seed_start, seed_start + episodes - 1],
-        "history": runtimes[strategies[0]].history,  # of the first row; each row has its own
+        "history": runtimes[strategies[0]].spec.history,  # of the first row; each row has its own
         "execute_steps": execute_steps,
         "learned_dysta": bool(getattr(vla, "has_learned_dysta", False)),
         "results": [asdict(r) for r in results],

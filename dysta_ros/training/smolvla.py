@@ -111,9 +111,9 @@ def apply_shape_overrides(shape: dict, overrides: dict) -> dict:
             shape[section] = value
             continue
         if section not in shape or not isinstance(shape[section], dict) or leaf not in shape[section]:
-            fields = [f"{s}.{k}" for s, v in shape.items() if isinstance(v, dict) for k in v]
-            raise ConfigError(f"--set {key}: no such SmolVLA shape field; fields: "
-                              f"{', '.join(fields + [s for s, v in shape.items() if not isinstance(v, dict)])}")
+            fields = [f"{s}.{k}" if isinstance(v, dict) else s
+                      for s, v in shape.items() for k in (v if isinstance(v, dict) else [None])]
+            raise ConfigError(f"--set {key}: no such SmolVLA shape field; fields: {', '.join(fields)}")
         shape[section][leaf] = value
     return shape
 
@@ -186,17 +186,23 @@ def processor_configs(config: dict, tokenizer_name: str) -> tuple[dict, dict]:
 
 
 def initialise(model: SmolVLAModel) -> SmolVLAModel:
-    """From-scratch init: token embeddings at 1/sqrt(width), so after SmolVLA's sqrt(width)
-    scaling language enters at unit scale like the image tokens (torch's default is N(0, 1))."""
+    """From-scratch init: token embeddings at 1/sqrt(width).
+
+    After SmolVLA's sqrt(width) scaling, language then enters at unit scale like the image
+    tokens (torch's default N(0, 1) would make it sqrt(width) times larger).
+    """
     embed = model.vlm_with_expert.vlm.model.text_model.embed_tokens
     with torch.no_grad():
         embed.weight.normal_(0.0, embed.weight.shape[1] ** -0.5)
     return model
 
 
-def unused_tensors(cfg, vlm, model: SmolVLAModel, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """The tensors LeRobot saves that never affect actions (lm_head, final norm, the last kept
-    layer's q/o/MLP), seeded random: LeRobot's loader needs them, this model has no place for them."""
+def unused_tensors(cfg, vlm, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """The tensors LeRobot saves that never affect actions, seeded random.
+
+    lm_head, the final norm and the last kept layer's q/o/MLP: LeRobot's strict loader needs
+    them; this model has no place for them.
+    """
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
     _, text, _ = transformers_configs(cfg, vlm)
@@ -256,7 +262,7 @@ class SmolVLATrainer:
         torch.manual_seed(cfg.seed)
         self.model = initialise(SmolVLAModel(cfg_parsed, vlm_parsed))
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        self.unused = unused_tensors(cfg_parsed, vlm_parsed, self.model, self.generator)
+        self.unused = unused_tensors(cfg_parsed, vlm_parsed, self.generator)
         normalizer = {key: Normalizer("MEAN_STD", {k: torch.from_numpy(v) for k, v in s.items()}, NORM_EPS)
                       for key, s in self.stats.items()}
         self.files = CheckpointFiles(
@@ -293,7 +299,8 @@ class SmolVLATrainer:
             raise ConfigError("policy.pad_language_to: 'longest' pads each instruction to its own length, "
                               "so a batch of different tasks cannot stack; use 'max_length'")
         return {
-            "pixels": [torch.cat([item["pixels"][c] for item in prepared]) for c in range(len(self.camera_names))],
+            "pixels": [torch.cat([item["pixels"][c] for item in prepared])
+                       for c in range(len(self.camera_names))],
             "lang_tokens": torch.cat(lang), "lang_mask": torch.cat([item["lang_mask"] for item in prepared]),
             "state_padded": torch.cat([item["state_padded"] for item in prepared]),
             "actions": torch.stack([item["actions"] for item in prepared]),
@@ -301,7 +308,7 @@ class SmolVLATrainer:
 
     # --- objective ---------------------------------------------------------------------------
     def sample_time(self, batch: int) -> torch.Tensor:
-        """t ~ Beta(1.5, 1) * 0.999 + 0.001, LeRobot's; Beta(a, 1) is u ** (1 / a) for uniform u."""
+        """T ~ Beta(1.5, 1) * 0.999 + 0.001, LeRobot's; Beta(a, 1) is u ** (1 / a) for uniform u."""
         u = torch.rand(batch, generator=self.generator)
         return u ** (1.0 / 1.5) * 0.999 + 0.001
 
@@ -313,8 +320,8 @@ class SmolVLATrainer:
         x_t = time[:, None, None] * noise + (1 - time[:, None, None]) * actions
         target = noise - actions
         image_tokens = [self.model.encode_image(p)[1] for p in batch["pixels"]]
-        embs, pad_mask, flags = self.model.embed_prefix(image_tokens, batch["lang_tokens"], batch["lang_mask"],
-                                                        batch["state_padded"])
+        embs, pad_mask, flags = self.model.embed_prefix(
+            image_tokens, batch["lang_tokens"], batch["lang_mask"], batch["state_padded"])
         context = self.model.expert_context(self.model.prefix_forward(embs, pad_mask, flags), pad_mask)
         velocity = self.model.velocity(context, pad_mask, x_t, time)
         return F.mse_loss(velocity.float(), target)
@@ -388,7 +395,7 @@ def plot_loss(log: list[dict[str, float]], path: Path, smooth: int = 25) -> None
 
 
 def raw_frames(camera_names: list[str]):
-    """observation -> (C, H, W, 3) uint8: SmolVLA demos keep the cameras' frames as they arrive."""
+    """Observation -> (C, H, W, 3) uint8: SmolVLA demos keep the cameras' frames as they arrive."""
     def frames(observation) -> np.ndarray:
         return np.stack([np.asarray(observation.images[name], dtype=np.uint8) for name in camera_names])
     return frames
