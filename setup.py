@@ -33,7 +33,10 @@ setup(
         "rosbags>=0.10",
         "mcap>=1.2",  # reads the complete messages of MCAP files a killed recorder left
     ],
-    extras_require={"test": ["pytest", "pytest-timeout", "hypothesis", "ruff"]},
+    extras_require={
+        "test": ["pytest", "pytest-timeout", "hypothesis", "ruff"],
+        "fleet": ["ray==2.58.0"],  # `dysta-ros eval --ray`: bags x checkpoints as Ray tasks
+    },
     zip_safe=False,
     entry_points=ENTRY_POINTS,
 )
