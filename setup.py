@@ -9,6 +9,7 @@ ENTRY_POINTS = {
         "chunk_executor = dysta_ros.nodes.chunk_executor:main",
         "sim_node = dysta_ros.nodes.sim_node:main",
         "bag_player = dysta_ros.nodes.bag_player:main",
+        "robot_link = dysta_ros.nodes.robot_link:main",
     ]
 }
 
