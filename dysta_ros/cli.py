@@ -25,7 +25,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("dysta_ros.nodes.bag_player", "publish a bag's messages with their original timing"),
     "run": ("dysta_ros.nodes.run", "policy_node + chunk_executor in one process (no ros2 launch needed)"),
     "latency": ("dysta_ros.nodes.latency", "ROS-layer camera-to-chunk latency beyond model time"),
-    "link": ("dysta_ros.nodes.link_bench", "robot / policy host over loopback or an impaired link: latency, safety"),
+    "link": ("dysta_ros.nodes.link_bench", "robot + policy host over loopback or an impaired link, measured"),
     "load": ("dysta_ros.nodes.load_test", "hold policy_node under camera load: memory, frame age, drops"),
     "train": ("dysta_ros.training.train", "behaviour cloning with DySta's learned parts"),
     "parity": ("dysta_ros.evaluation.parity", "our SmolVLA vs recorded LeRobot cases: max action errors"),

@@ -40,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loss", type=float, default=0.01, help="fraction of frames lost")
     parser.add_argument("--rate-mbit", type=float, default=50.0, help="rate limit, Mbit/s")
     parser.add_argument("--seconds", type=float, default=20.0, help="measuring time after the first chunk")
-    parser.add_argument("--cut-s", type=float, default=2.0, help="link cut after measuring (impaired; 0: none)")
+    parser.add_argument("--cut-s", type=float, default=2.0,
+                        help="link cut after measuring (impaired; 0: none)")
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--camera-rate", type=float, default=15.0, help="frames per second per camera")
@@ -157,11 +158,11 @@ def run_probe(settings: dict) -> int:
         link_start = {c.topic: (c.total_frames, c.total_bytes_out) for c in link_node.cameras}
         spin_for(settings["seconds"])
         record["measure_end"] = now()
-        record["camera_bytes_per_s"] = {
-            c.topic: (c.total_bytes_out - link_start[c.topic][1]) / settings["seconds"] for c in link_node.cameras}
-        record["camera_frame_bytes"] = {
-            c.topic: (c.total_bytes_out - link_start[c.topic][1]) / max(1, c.total_frames - link_start[c.topic][0])
-            for c in link_node.cameras}
+        sent = {c.topic: (c.total_frames - link_start[c.topic][0], c.total_bytes_out - link_start[c.topic][1])
+                for c in link_node.cameras}
+        record["camera_bytes_per_s"] = {topic: n_bytes / settings["seconds"]
+                                        for topic, (_, n_bytes) in sent.items()}
+        record["camera_frame_bytes"] = {topic: n_bytes / max(1, n) for topic, (n, n_bytes) in sent.items()}
         record["raw_frame_bytes"] = len(frames[0].data)
         print("measured", flush=True)  # the orchestrator may cut the link now
         spin_for(settings["after_s"])
@@ -229,7 +230,8 @@ def run_variant(args, impaired: bool) -> dict:
             host_error = ""
             if processes[0].poll() is not None:
                 host_error = processes[0].stderr.read()[-2000:]
-            raise RuntimeError(f"the robot side got no chunk from the policy host ({'impaired link' if link else 'loopback'})"
+            where = "impaired link" if link else "loopback"
+            raise RuntimeError(f"the robot side got no chunk from the policy host ({where})"
                                + (f"; policy host: {host_error}" if host_error else ""))
     finally:
         for process in processes:
@@ -265,7 +267,8 @@ def ideal_link_commands(record: dict, times: list[float]) -> list[np.ndarray | N
     from dysta_ros.types import ActionChunk
 
     robot = load_robot_config(ROBOT)
-    core = ChunkExecutor(ExecutorConfig(control_rate_hz=CONTROL_RATE_HZ, max_chunk_age_s=MAX_CHUNK_AGE_S), robot)
+    config = ExecutorConfig(control_rate_hz=CONTROL_RATE_HZ, max_chunk_age_s=MAX_CHUNK_AGE_S)
+    core = ChunkExecutor(config, robot)
     pending = sorted(record["chunks"], key=lambda c: c["inference_end"])
     position = np.zeros(len(robot.joints))
     commands, fed = [], 0
@@ -325,6 +328,7 @@ def _analyse_cut(record: dict, cut: dict) -> dict:
     last_command = max(before) if before else None
     holds = [(t, reason) for t, reason in record["holds"] if t_cut <= t <= t_restore]
     reasons = sorted({reason.split(":")[0] for _, reason in holds if reason})
+    held_at = min((t for t, reason in holds if reason.startswith("deadman")), default=None)
     resumed = min((t for t in commands if t > t_restore), default=None)
     # the chunk that moved it again: the first one the executor could take after the restore
     fresh = [c for c in record["chunks"] if c["received"] > t_restore
@@ -334,12 +338,13 @@ def _analyse_cut(record: dict, cut: dict) -> dict:
                    and c["received"] - c["stamp"] > MAX_CHUNK_AGE_S]
     return {"cut_s": t_restore - t_cut,
             "held_after_cut_s": None if last_command is None else last_command - t_cut,
-            "commands_during_cut_after_deadman": sum(1 for t in commands
-                                                    if t_cut + MAX_CHUNK_AGE_S + 0.1 < t <= t_restore),
+            # commands sent after the executor had started holding on the deadman, before the restore
+            "commands_after_deadman_hold": sum(1 for t in commands if held_at is not None
+                                               and held_at < t <= t_restore),
             "hold_reasons": reasons,
             "resumed_after_restore_s": None if resumed is None else resumed - t_restore,
-            "first_fresh_chunk_after_restore_s": None if first_fresh is None else first_fresh["received"] - t_restore,
-            "first_fresh_chunk_stamp_after_cut_s": None if first_fresh is None else first_fresh["stamp"] - t_cut,
+            "first_fresh_chunk_after_restore_s": first_fresh and first_fresh["received"] - t_restore,
+            "first_fresh_chunk_stamp_after_cut_s": first_fresh and first_fresh["stamp"] - t_cut,
             "stale_chunks_after_restore": len(stale_after)}
 
 
@@ -373,7 +378,8 @@ def plot(results: list[dict], path: Path) -> None:
     for r in results:
         values = np.sort(r["latency_series_ms"])
         ax.plot(values, np.linspace(0, 1, len(values)),
-                label=f"{r['link']} (p50 {r['latency_ms']['p50']:.1f} ms, p99 {r['latency_ms']['p99']:.1f} ms)")
+                label=f"{r['link']} (p50 {r['latency_ms']['p50']:.1f} ms, "
+                      f"p99 {r['latency_ms']['p99']:.1f} ms)")
     ax.set(xlabel="camera stamp -> chunk at the robot (ms)", ylabel="fraction of chunks",
            title="camera -> chunk latency at the robot, policy on the other side of the link")
     ax.legend()
