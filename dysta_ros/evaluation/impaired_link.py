@@ -20,6 +20,7 @@ import fcntl
 import heapq
 import os
 import random
+import re
 import select
 import struct
 import subprocess
@@ -77,6 +78,19 @@ def namespaces_available() -> str | None:
     return None
 
 
+def remove_abandoned_namespaces() -> list[str]:
+    """Delete the namespaces a killed run of this module left (its pid is in their name); return them."""
+    listed = _run("ip", "netns", "list", check=False).stdout.split("\n")
+    removed = []
+    for line in listed:
+        name = line.split(" ")[0]
+        match = re.fullmatch(r"dy(\d+)[ab]", name)
+        if match and not os.path.exists(f"/proc/{match.group(1)}"):
+            _run("ip", "netns", "del", name, check=False)
+            removed.append(name)
+    return removed
+
+
 def _open_tap(name: str) -> int:
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
     fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI))
@@ -88,7 +102,7 @@ class ImpairedLink:
 
     def __init__(self, impairment: Impairment, prefix: str | None = None):
         self.impairment = impairment
-        self.prefix = prefix or f"dy{os.getpid() % 100000}"
+        self.prefix = prefix or f"dy{os.getpid()}"  # TAP names stay within 15 characters
         self.namespaces = (f"{self.prefix}a", f"{self.prefix}b")
         self.addresses = (f"{SUBNET}.1", f"{SUBNET}.2")
         self.taps = (f"{self.prefix}ta", f"{self.prefix}tb")
@@ -113,6 +127,7 @@ class ImpairedLink:
         self.close()
 
     def _create(self) -> None:
+        remove_abandoned_namespaces()
         for namespace, tap, address in zip(self.namespaces, self.taps, self.addresses):
             _run("ip", "netns", "add", namespace)
             self.fds.append(_open_tap(tap))  # made here, then moved: the open fd stays attached

@@ -76,6 +76,17 @@ def test_namespaces_and_taps_are_removed_even_when_the_body_fails():
                                               check=True).stdout
 
 
+@pytest.mark.skipif(NO_NAMESPACES is not None, reason=f"no network namespaces: {NO_NAMESPACES}")
+def test_namespaces_a_killed_run_left_are_removed_by_the_next():
+    from dysta_ros.evaluation.impaired_link import remove_abandoned_namespaces
+
+    dead = 4_194_304  # PID_MAX_LIMIT: pids stay below it, so no process has this one
+    subprocess.run(["ip", "netns", "add", f"dy{dead}a"], check=True)
+    assert remove_abandoned_namespaces() == [f"dy{dead}a"]
+    assert f"dy{dead}a" not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                                              check=True).stdout
+
+
 def test_run_roles_pick_the_nodes_and_the_policy_host_takes_the_robots_cameras_and_clock():
     parser = argparse.ArgumentParser()
     run.add_arguments(parser)
