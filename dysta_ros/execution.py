@@ -354,14 +354,17 @@ class ChunkExecutor:
                 # An observation cannot be newer than now: the publisher's clock is wrong.
                 raise InputError(f"chunk stamped {chunk.stamp - now:.3f} s in the future (observation "
                                  f"stamps precede their chunk); check the clocks")
+            start = chunk.stamp if self.config.latency_compensation else now
+            timed = TimedChunk(start, chunk.dt, actions, now)
             age = now - chunk.stamp
-            if age > self.config.max_chunk_age_s:
-                # Its observation is older than the deadman allows: acting on it, or letting it
-                # keep the deadman fed, would move the robot on a view of the world that old.
+            # A chunk wholly in the past is refused by the blender, as an error (a clock, most
+            # likely); one still running but older than the deadman allows was delivered late.
+            if age > self.config.max_chunk_age_s and timed.end >= now:
+                # Acting on it, or letting it keep the deadman fed, would move the robot on a
+                # view of the world that old.
                 raise StaleChunkError(f"observation {age:.3f} s old on arrival "
                                       f"(> max_chunk_age_s {self.config.max_chunk_age_s})")
-            start = chunk.stamp if self.config.latency_compensation else now
-            skipped = self.blender.add(TimedChunk(start, chunk.dt, actions, now), now)
+            skipped = self.blender.add(timed, now)
         except StaleChunkError as exc:
             self.counts["stale"] += 1
             self.last_rejection = str(exc)
