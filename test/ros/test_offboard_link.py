@@ -99,3 +99,21 @@ def test_run_roles_pick_the_nodes_and_the_policy_host_takes_the_robots_cameras_a
     assert "camera_transport" not in run.node_values(parser.parse_args([]))["policy_node"]
     assert run.ROLES["robot"] == ("chunk_executor", "robot_link")
     assert run.ROLES["policy-host"] == ("policy_node",)
+
+
+def test_robot_link_jpeg_decodes_to_the_frame_and_downscales():
+    import numpy as np
+
+    from dysta_ros.images import compressed_to_rgb
+    from dysta_ros.nodes.robot_link import compressed_topic, encode_jpeg
+
+    assert compressed_topic("/camera/image_raw") == "/camera/image_raw/compressed"
+    assert compressed_topic("/camera/image_raw/compressed/") == "/camera/image_raw/compressed"
+    y, x = np.mgrid[0:120, 0:160]
+    frame = np.stack([x * 1.5, y * 2.0, (x + y) * 0.9], axis=-1).astype(np.uint8)  # smooth, like a scene
+    full = compressed_to_rgb("jpeg", encode_jpeg(frame, quality=90))
+    assert full.shape == frame.shape
+    assert np.abs(full.astype(int) - frame).mean() < 3  # JPEG is lossy, but not by much at q90
+    half = compressed_to_rgb("jpeg", encode_jpeg(frame, quality=90, scale=0.5))
+    assert half.shape == (60, 80, 3)
+    assert len(encode_jpeg(frame, quality=20)) < len(encode_jpeg(frame, quality=90))
