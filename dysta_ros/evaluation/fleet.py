@@ -35,7 +35,6 @@ from dysta_ros.evaluation.open_loop import (
     loaded_runtimes,
     run_open_loop,
 )
-from dysta_ros.policy.devices import check_device
 from dysta_ros.tokens import available_strategies, parse_param_overrides
 
 log = logging.getLogger(__name__)
@@ -191,6 +190,8 @@ def evaluate_fleet(configs: list[EvalConfig], ray_address: str | None = None, us
     topic_map = TopicMap.load(configs[0].topic_map)
     for bag in configs[0].bags:  # before any model is built or any worker started
         check_bag(bag, topic_map)
+    from dysta_ros.policy.devices import check_device  # torch: not imported for `eval --help`
+
     for config in configs:  # a missing device is one line, before any progress bar or worker
         check_device(config.device, config.dtype)
     if use_ray:
