@@ -13,7 +13,7 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export ROS_DOMAIN_ID ?= 42
 export MUJOCO_GL ?= egl
 
-.PHONY: setup apt msgs demo test lint clean
+.PHONY: setup apt msgs demo test test-fast lint clean
 
 setup: $(STAMP)
 
@@ -24,7 +24,7 @@ $(STAMP): setup.py setup.cfg requirements-ros.txt package.xml CMakeLists.txt $(w
 	# Pinned: a CPU wheel on local disk; an unpinned torch downloads gigabytes of CUDA.
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -r requirements-ros.txt
-	$(PIP) install -q -e '.[test]' --config-settings editable_mode=compat
+	$(PIP) install -q -e '.[test,fleet]' --config-settings editable_mode=compat
 	@$(MAKE) --no-print-directory msgs
 	$(PY) -c "from dysta_ros.msg import ActionChunk, TokenStats"
 	touch $(STAMP)
@@ -53,6 +53,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# The inner loop: the core layer only (no ROS graph, no sim rendering, no bags).
+test-fast: setup
+	$(PY) -m pytest -q test/core
 
 lint: setup
 	$(VENV)/bin/ruff check dysta_ros test
