@@ -54,6 +54,7 @@ from dysta_ros.policy.smolvla.config import (
 from dysta_ros.policy.smolvla.model import SmolVLAModel, transformers_configs
 from dysta_ros.policy.smolvla.policy import SmolVLAPolicy
 from dysta_ros.training.data import Demo
+from dysta_ros.training.schedule import learning_rate
 
 VLM_DIR = "vlm"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -241,9 +242,6 @@ class SmolVLATrainer:
     """Owns the model, its inference wrapper (for preprocessing), the optimizer and the log."""
 
     def __init__(self, cfg: SmolVLATrainConfig, demos: list[Demo], camera_names: list[str]):
-        from dysta_ros.training.train import learning_rate  # the schedule both trainers share
-
-        self.learning_rate = learning_rate
         self.cfg, self.demos, self.camera_names = cfg, demos, list(camera_names)
         torch.set_num_threads(cfg.threads)
         self.shape = apply_shape_overrides(SIM_REACH_SHAPE, cfg.overrides)
@@ -329,7 +327,7 @@ class SmolVLATrainer:
     def train_step(self) -> dict[str, float]:
         self.model.train()
         for group in self.optimizer.param_groups:
-            group["lr"] = self.learning_rate(self.cfg, self.step)
+            group["lr"] = learning_rate(self.cfg, self.step)
         loss = self.loss(self.sample(self.cfg.batch))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

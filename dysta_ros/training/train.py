@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from dysta_ros.tokens import parse_param_overrides
 from dysta_ros.tokens.dysta import DystaParams, layout_params
 from dysta_ros.training.data import Demo, bag_demos, collect_sim_demos, normalisation_stats
 from dysta_ros.training.objectives import WindowSampler, training_losses
+from dysta_ros.training.schedule import learning_rate
 
 STATE_JSON, STATE_TENSORS, LOG_JSON, CURVES_PNG = (
     "training_state.json", "training_state.safetensors", "train_log.json", "training.png")
@@ -87,14 +87,6 @@ class TrainConfig:
         """The fields that decide the model and the data; a resume must not change them."""
         free = ("out", "steps", "save_every", "threads")  # a run may be moved or extended
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in free}
-
-
-def learning_rate(cfg: TrainConfig, step: int) -> float:
-    """Linear warm-up, then cosine decay to a tenth of lr at cfg.steps."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def load_demos(cfg: TrainConfig, model_cfg):

@@ -16,7 +16,7 @@ from dysta_ros.sim.env import CAMERAS
 from dysta_ros.training.data import collect_sim_demos
 from dysta_ros.training.smolvla import SmolVLATrainConfig, SmolVLATrainer, raw_frames
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TOKENIZER_DIR = ROOT / "test" / "data" / "smolvla_tiny" / "vlm"
 # A still smaller shape than the shipped one, so a few steps take a second.
 SMALL = {"vision.hidden_size": 32, "vision.intermediate_size": 64, "vision.num_hidden_layers": 1,
