@@ -257,6 +257,12 @@ class DystaStrategy(Strategy):
                 "from training's and actions may degrade (train with `--param dysta.KEY=VALUE`)",
                 ", ".join(f"{k}={trained[k]}" for k in differ), ", ".join(f"{k}={ours[k]}" for k in differ))
 
+    def step_stats(self, refresh_l1: bool, refresh_l2: bool) -> dict[str, float]:
+        """DySta's numbers of a step: static tokens per level and the levels re-cached."""
+        l1, l2, _ = self.groups
+        return {"static_l1_tokens": len(l1), "static_l2_tokens": len(l2),
+                "recached_l1": float(refresh_l1), "recached_l2": float(refresh_l2)}
+
     # --- one step ------------------------------------------------------------------------
     def dynamic_plan(self, ctx: StepContext, static: int, queries: int) -> AttentionPlan:
         """Return the plan of the step's own call: `queries` tokens after the `static` cached ones."""
@@ -306,11 +312,8 @@ class DystaStrategy(Strategy):
         return PrefixResult(
             records=plan.records,
             context_tokens=static + embeds.shape[0],
-            static_l1_tokens=len(l1),
-            static_l2_tokens=len(l2),
             dynamic_tokens=len(dynamic) * len(slots),
             frames_attended=len(slots),
-            recached_l1=refresh_l1,
-            recached_l2=refresh_l2,
             gate_ms=gate_ms,
+            stats=self.step_stats(refresh_l1, refresh_l2),
         )

@@ -265,6 +265,39 @@ class SmolVLAModel(nn.Module):
                 hidden = _mlp_block(layer, hidden, out)
         return cache
 
+    def prefix_forward_rows(self, embs, positions, allowed, base_kv, write, rows_per_layer=None,
+                            observe=None):
+        """Recompute some prefix tokens against the others' given K/V; return per-layer (key, value).
+
+        What K/V reuse builds on (policy/smolvla/backend.py): embs (B, Q, W) at positions (B, Q)
+        are computed; their rotated keys and values overwrite slots `write` (Q,) of base_kv (per
+        layer (B, P, G, D)) and they attend to all P keys under allowed (B, Q, P). rows_per_layer:
+        per layer the ascending rows of the Q tokens it computes, each within the layer above's (a
+        dropped token keeps base_kv's K/V from there on); None = every row. observe(index, q, keys,
+        rows) sees each attending layer's rotated queries (B, Q_l, H, D) and assembled keys.
+        """
+        layers = self.vlm_with_expert.vlm.model.text_model.layers
+        every = torch.arange(embs.shape[1], device=embs.device)
+        hidden, cache, previous = embs, [], every
+        for index, layer in enumerate(layers):
+            rows = every if rows_per_layer is None else rows_per_layer[index]
+            if len(rows) != len(previous):
+                hidden = hidden[:, torch.searchsorted(previous, rows)]
+            previous = rows
+            last = index == len(layers) - 1
+            q, k, v = _project(layer, hidden, self.head_dim, with_query=not last)
+            base_k, base_v = base_kv[index]
+            slots = write[rows]
+            keys = base_k.index_copy(1, slots, apply_rope(k, positions[:, rows]).to(base_k.dtype))
+            values = base_v.index_copy(1, slots, v.to(base_v.dtype))
+            cache.append((keys, values))
+            if not last:
+                q = apply_rope(q, positions[:, rows])
+                if observe is not None:
+                    observe(index, q, keys, rows)
+                hidden = _mlp_block(layer, hidden, attention(q, keys, values, allowed[:, rows]))
+        return cache
+
     # -- action expert -----------------------------------------------------------------------
     def expert_context(self, prefix_kv, prefix_pad_mask: torch.Tensor):
         """Return what denoising needs from the prefix, once per chunk.
