@@ -28,6 +28,21 @@ class Family:
     history_frames: bool  # keeps a window of past frames (what temporal strategies reuse)
     causal_prefix: bool  # prefix tokens attend only backwards (what caching a prefix relies on)
     refused: dict[str, str] = field(default_factory=dict)  # strategy -> why it cannot run
+    approximated: dict[str, str] = field(default_factory=dict)  # strategy -> what it approximates here
+
+    def strategy_table(self) -> dict[str, str]:
+        """Return strategy -> "exact" / "approximated: what" / "refused: why" on this family."""
+        from dysta_ros.tokens import STRATEGIES
+
+        table = {}
+        for name in STRATEGIES:
+            if name in self.refused:
+                table[name] = f"refused: {self.refused[name]}"
+            elif name in self.approximated:
+                table[name] = f"approximated: {self.approximated[name]}"
+            else:
+                table[name] = "exact" if name == "full" else "runs as designed"
+        return table
 
     def check_strategy(self, strategy: str) -> None:
         """Raise ConfigError if `strategy` cannot run on this family, saying why."""
@@ -39,16 +54,22 @@ class Family:
                               f"{self.name} runs {runs}")
 
 
-SINGLE_FRAME = "SmolVLA is single-frame (no history frames to reuse)"
-BIDIRECTIONAL = "SmolVLA's prefix is bidirectional, so a kept token's K/V change when any token changes"
+SINGLE_FRAME = "SmolVLA is single-frame (no history frames)"
+# What vla_cache and dysta approximate on SmolVLA (README "Bring your LeRobot checkpoint").
+BIDIRECTIONAL_REUSE = (
+    "SmolVLA's prefix is bidirectional, so a kept token's K/V also depend on the tokens that "
+    "changed since they were computed: reusing them across steps is an approximation (exact on an "
+    "unchanged frame)"
+)
 FAMILIES: dict[str, Family] = {
     "dysta_vla": Family("dysta_vla", history_frames=True, causal_prefix=True),
     "smolvla": Family("smolvla", history_frames=False, causal_prefix=False, refused={
         "gotohunt": f"gotohunt needs history frames; {SINGLE_FRAME}",
-        "dysta": f"dysta reuses static tokens across history frames; {SINGLE_FRAME}",
         "dysta_gotohunt": f"dysta_gotohunt needs history frames; {SINGLE_FRAME}",
-        "vla_cache": f"vla_cache reuses cached K/V of unchanged tokens; {BIDIRECTIONAL} "
-                     "(not measured yet, so not run)",
+    }, approximated={
+        "vla_cache": f"reuses the last step's K/V of unchanged patches; {BIDIRECTIONAL_REUSE}",
+        "dysta": f"keeps the static patches' K/V cached between refreshes, across consecutive steps of "
+                 f"its one frame; {BIDIRECTIONAL_REUSE}",
     }),
 }
 

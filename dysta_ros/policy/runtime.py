@@ -52,6 +52,9 @@ class PolicyRuntime:
     ):
         self.family = FAMILIES[model.family_name]
         self.family.check_strategy(strategy)
+        if strategy in self.family.approximated:  # said once, where it is built: nothing pretends
+            log.warning("%s on %s is an approximation: %s", strategy, self.family.name,
+                        self.family.approximated[strategy])
         self.model = model.eval()
         self.strategy = build_strategy(strategy, strategy_params, model.cfg)
         spec = model.spec
