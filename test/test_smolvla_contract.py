@@ -21,6 +21,7 @@ def case_observation(runtime, meta, arrays, index):
 @pytest.mark.parametrize("fixture, reference", [
     ("smolvla_tiny", "actions_normalized"),
     ("smolvla_other", "actions_normalized"),
+    ("smolvla_sim", "actions_normalized"),  # 2 expert layers of 4, an empty camera
     ("smolvla_tiny_bf16", "actions_normalized_float64"),  # fp32 upcast vs LeRobot's float64 re-run
 ])
 def test_runtime_full_reproduces_lerobot_cases(fixture, reference):

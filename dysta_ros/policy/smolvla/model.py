@@ -121,7 +121,7 @@ class Expert(nn.Module):
         super().__init__()
         kv_width = expert.num_key_value_heads * expert.head_dim
         layers = []
-        for i in range(cfg.num_vlm_layers):
+        for i in range(cfg.num_expert_layers or cfg.num_vlm_layers):
             layer = LlamaDecoderLayer(expert, i)
             if not cfg.is_self_attention(i):  # cross layers read (already rotated) backbone K/V
                 layer.self_attn.k_proj = nn.Linear(kv_width, kv_width, bias=expert.attention_bias)
@@ -307,8 +307,9 @@ class SmolVLAModel(nn.Module):
         them (LeRobot recomputes it at every step; it depends only on the prefix).
         """
         context = []
-        for index, layer in enumerate(self.vlm_with_expert.lm_expert.layers):
-            key, value = prefix_kv[index]
+        experts = self.vlm_with_expert.lm_expert.layers
+        for index, expert_index in self.cfg.expert_layer_map():  # backbone layer, its expert layer
+            layer, (key, value) = experts[expert_index], prefix_kv[index]
             if not self.cfg.is_self_attention(index):
                 attn = layer.self_attn
                 flat_k = key.reshape(*key.shape[:2], -1).to(attn.k_proj.weight.dtype)  # (B, P, G*D)
@@ -344,8 +345,9 @@ class SmolVLAModel(nn.Module):
         cross_allowed = prefix_pad_mask[:, None, :].expand(batch, chunk, prefix_len)  # (B, C, P)
         offset = prefix_pad_mask.long().sum(dim=1, keepdim=True)  # (B, 1)
         steps = torch.arange(chunk, device=hidden.device)[None]  # (1, C)
-        for index, layer in enumerate(self.vlm_with_expert.lm_expert.layers):
-            key, value = context[index]
+        experts = self.vlm_with_expert.lm_expert.layers
+        for (index, expert_index), (key, value) in zip(self.cfg.expert_layer_map(), context):
+            layer = experts[expert_index]
             if self.cfg.is_self_attention(index):
                 positions = offset + steps  # continue after the valid prefix tokens
                 q, k, v = _project(layer, hidden, self.head_dim)
