@@ -37,6 +37,7 @@ def test_runtime_full_reproduces_lerobot_cases(fixture, reference):
         error = np.abs(normalized - arrays[f"case{i}.{reference}"][0]).max()
         assert error <= 1e-5, (fixture, i, error)  # the fixtures' tolerance on normalized actions
         assert stats.recomputed_tokens == stats.context_tokens  # full computes every token
+        assert stats.flops_ratio == pytest.approx(1.0)  # and counts what full_flops says
         runtime.reset()
 
 

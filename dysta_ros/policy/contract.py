@@ -106,6 +106,9 @@ class PolicyModel(Protocol):
     def run_backbone(self, embeds, positions, plan):
         """Compute tokens embeds (Q, W) at layout positions (Q,) under an AttentionPlan; fill plan.records."""
 
+    def full_flops(self, length: int) -> float:
+        """Backbone FLOPs of `full` on a layout of `length` tokens (what StepStats.flops_ratio divides by)."""
+
     def sample_actions(self, records, prefix_length: int, noise) -> Any:
         """Integrate the action head from noise (spec.noise_shape) over per-layer K/V -> normalized."""
 

@@ -28,6 +28,7 @@ from dysta_ros.policy.attention import AttentionPlan, install_query_dropping, re
 from dysta_ros.policy.config import BackboneConfig, PolicyConfig, VisionConfig
 from dysta_ros.policy.contract import Capabilities, ModelSpec
 from dysta_ros.policy.preprocess import prepare_observation
+from dysta_ros.tokens.flops import full_flops
 from dysta_ros.tokens.learned import Disentangler, RecacheGate, default_gate_hidden
 
 BACKBONES = {
@@ -145,6 +146,9 @@ class VLAModel(nn.Module):
         """Normalised actions (H, A) -> robot units, float32 numpy."""
         mean, std = self.normalization_tensors("action", self.cfg.action_dim)
         return (normalised.float() * std + mean).cpu().numpy().astype(np.float32)
+
+    def full_flops(self, length: int) -> float:
+        return full_flops(self.cfg.backbone, length)  # causal: each token attends to those before it
 
     def encode_frame(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode one frame's cameras (C, 3, S, S) -> vision features (C*n, Cv) and tokens (C*n, W)."""

@@ -28,7 +28,6 @@ from dysta_ros.policy.timing import StageTimer
 from dysta_ros.policy.tokenizer import model_tokenizer
 from dysta_ros.tokens import build_strategy, strategy_class
 from dysta_ros.tokens.base import Frame, StepContext, check_history
-from dysta_ros.tokens.flops import full_flops
 from dysta_ros.types import ActionChunk, Observation, RuntimeSpec, StepStats
 
 log = logging.getLogger(__name__)
@@ -162,7 +161,7 @@ class PolicyRuntime:
         timer.lap("action_head")
         if not np.isfinite(actions).all():
             raise InferenceError("the model produced non-finite actions; the chunk is dropped")
-        full = full_flops(model.cfg.backbone, ctx.full_length)
+        full = model.full_flops(ctx.full_length)
         stats = StepStats(
             strategy=self.spec.strategy,
             sequence=self.sequence,

@@ -24,6 +24,7 @@ from dysta_ros.policy.attention import _record_entropy
 from dysta_ros.policy.contract import BackboneShape, Capabilities, ModelShape, ModelSpec
 from dysta_ros.policy.families import DEFAULT_DT
 from dysta_ros.policy.preprocess import check_image, check_state
+from dysta_ros.tokens.flops import backbone_flops
 from dysta_ros.types import Observation
 
 
@@ -179,6 +180,14 @@ class SmolVLABackend:
                 plan.relevance = logits.softmax(-1).mean(dim=(0, 1))  # (K,)
 
         return observe
+
+    def full_flops(self, length: int) -> float:
+        """`full` as run_backbone counts it: every layer computes all tokens, all but the last attend,
+        every token to every other except images and language to the state.
+        """
+        layers = self.cfg.backbone.layers
+        pairs = (layers - 1) * (length * length - (length - 1))
+        return backbone_flops(self.cfg.backbone, layers * length, pairs)
 
     # -- action head -------------------------------------------------------------------------
     def sample_actions(self, records, prefix_length: int, noise: torch.Tensor) -> torch.Tensor:
