@@ -182,8 +182,9 @@ class SmolVLABackend:
         return observe
 
     def full_flops(self, length: int) -> float:
-        """`full` as run_backbone counts it: every layer computes all tokens, all but the last attend,
-        every token to every other except images and language to the state.
+        """`full` as run_backbone counts it (every layer computes every token; all but the last attend).
+
+        Every token attends to every other, except images and language to the state.
         """
         layers = self.cfg.backbone.layers
         pairs = (layers - 1) * (length * length - (length - 1))
