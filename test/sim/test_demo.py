@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,7 +72,7 @@ def test_demo_runs_expert_and_tiny_policy_episodes_over_ros(tmp_path):
 def test_demo_drives_the_sim_arm_with_a_lerobot_checkpoint(tmp_path):
     # test/data/smolvla_sim: a LeRobot-saved SmolVLA whose features are the sim arm's (camera
     # "main", six joints); --model and --vlm as run and bench take them
-    report, sim = tmp_path / "report", "test/data/smolvla_sim"
+    report, sim = tmp_path / "report", Path(__file__).parents[1] / "data" / "smolvla_sim"
     command = [sys.executable, "-m", "dysta_ros.cli", "demo", "--policy", "expert",
                "--model", f"{sim}/checkpoint",
                "--vlm", f"{sim}/vlm", "--strategy", "full", "--episodes", "1", "--episode-seconds", "2",

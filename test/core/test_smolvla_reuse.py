@@ -14,7 +14,7 @@ from dysta_ros.evaluation.parity import load_cases
 from dysta_ros.policy.runtime import build_model, build_runtime
 from dysta_ros.types import Observation
 
-TINY = Path(__file__).parent / "data" / "smolvla_tiny"
+TINY = Path(__file__).parents[1] / "data" / "smolvla_tiny"
 STEPS = 6
 
 

@@ -10,7 +10,7 @@ from dysta_ros.evaluation.parity import load_cases
 from dysta_ros.policy.runtime import build_runtime
 from dysta_ros.types import Observation
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 
 
 def case_observation(runtime, meta, arrays, index):
