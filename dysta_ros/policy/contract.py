@@ -82,7 +82,9 @@ class PolicyModel(Protocol):
     spec: ModelSpec
     capabilities: Capabilities
     cfg: Any  # has .backbone (BackboneShape's fields) and .tokens_per_frame: ModelShape or richer
-    # Also read where present: `tokenizer` (.encode(instruction) -> ids; absent: bytes, a preset).
+    # Also read where present: `tokenizer` (.encode(instruction) -> ids; absent: bytes, a preset);
+    # with has_learned_dysta, `disentangler`, `recache_gate` and `trained_dysta_layout` (dysta's
+    # learned gate, tokens/learned.py), which a family without them never reaches.
     has_learned_dysta: bool  # the checkpoint trained DySta's Disentangler / RecacheGate
 
     @property

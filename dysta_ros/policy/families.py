@@ -1,9 +1,10 @@
 """Model families: which code a checkpoint directory needs, and what each family supports.
 
 A checkpoint says its family in config.json: this package's own VLA has a `policy` key, a
-LeRobot checkpoint a `type` ("smolvla"). Each family declares whether it keeps history frames
-and how its prefix attends, so a token strategy that cannot apply is refused at build time
-with the reason, never run as something it is not.
+LeRobot checkpoint a `type` ("smolvla"). Each family declares its capabilities (history frames,
+how its prefix attends) and, from them, which token strategies run as designed, which run as a
+stated approximation, and which are refused at build time with the reason, never run as
+something they are not.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 
 from dysta_ros.errors import CheckpointError, ConfigError
+from dysta_ros.policy.contract import Capabilities
 from dysta_ros.policy.jsonfile import read_json_file
 
 CONFIG_FILE = "config.json"
@@ -25,8 +27,7 @@ class Family:
     """A model family: its name, its prefix's shape, and the strategies it cannot run, with why."""
 
     name: str
-    history_frames: bool  # keeps a window of past frames (what temporal strategies reuse)
-    causal_prefix: bool  # prefix tokens attend only backwards (what caching a prefix relies on)
+    capabilities: Capabilities  # what its models support (each model carries the same object)
     refused: dict[str, str] = field(default_factory=dict)  # strategy -> why it cannot run
     approximated: dict[str, str] = field(default_factory=dict)  # strategy -> what it approximates here
 
@@ -62,8 +63,8 @@ BIDIRECTIONAL_REUSE = (
     "unchanged frame)"
 )
 FAMILIES: dict[str, Family] = {
-    "dysta_vla": Family("dysta_vla", history_frames=True, causal_prefix=True),
-    "smolvla": Family("smolvla", history_frames=False, causal_prefix=False, refused={
+    "dysta_vla": Family("dysta_vla", Capabilities(history_frames=True, causal_prefix=True)),
+    "smolvla": Family("smolvla", Capabilities(history_frames=False, causal_prefix=False), refused={
         "gotohunt": f"gotohunt needs history frames; {SINGLE_FRAME}",
         "dysta_gotohunt": f"dysta_gotohunt needs history frames; {SINGLE_FRAME}",
     }, approximated={

@@ -26,7 +26,8 @@ from transformers import (
 from dysta_ros.policy.action_expert import ActionExpert
 from dysta_ros.policy.attention import AttentionPlan, install_query_dropping, register_attention
 from dysta_ros.policy.config import BackboneConfig, PolicyConfig, VisionConfig
-from dysta_ros.policy.contract import Capabilities, ModelSpec
+from dysta_ros.policy.contract import ModelSpec
+from dysta_ros.policy.families import FAMILIES
 from dysta_ros.policy.preprocess import prepare_observation
 from dysta_ros.tokens.flops import full_flops
 from dysta_ros.tokens.learned import Disentangler, RecacheGate, default_gate_hidden
@@ -83,7 +84,7 @@ class VLAModel(nn.Module):
     """
 
     family_name = "dysta_vla"
-    capabilities = Capabilities(history_frames=True, causal_prefix=True)
+    capabilities = FAMILIES["dysta_vla"].capabilities
 
     def __init__(self, cfg: PolicyConfig):
         super().__init__()

@@ -21,8 +21,8 @@ import torch
 
 from dysta_ros.errors import InputError
 from dysta_ros.policy.attention import _record_entropy
-from dysta_ros.policy.contract import BackboneShape, Capabilities, ModelShape, ModelSpec
-from dysta_ros.policy.families import DEFAULT_DT
+from dysta_ros.policy.contract import BackboneShape, ModelShape, ModelSpec
+from dysta_ros.policy.families import DEFAULT_DT, FAMILIES
 from dysta_ros.policy.preprocess import check_image, check_state
 from dysta_ros.tokens.flops import backbone_flops
 from dysta_ros.types import Observation
@@ -43,7 +43,7 @@ class SmolVLABackend:
     """SmolVLAPolicy's stages as the contract's calls."""
 
     family_name = "smolvla"
-    capabilities = Capabilities(history_frames=False, causal_prefix=False)
+    capabilities = FAMILIES["smolvla"].capabilities
     has_learned_dysta = False
 
     def __init__(self, policy):
