@@ -33,7 +33,11 @@ setup(
         "rosbags>=0.10",
         "mcap>=1.2",  # reads the complete messages of MCAP files a killed recorder left
     ],
-    extras_require={"test": ["pytest", "pytest-timeout", "hypothesis", "ruff"]},
+    extras_require={
+        "test": ["pytest", "pytest-timeout", "hypothesis", "ruff"],
+        # `dysta-ros convert` (LeRobot datasets <-> bags): parquet and mp4 (AV1/h264) video
+        "lerobot": ["pyarrow>=15", "av>=12"],
+    },
     zip_safe=False,
     entry_points=ENTRY_POINTS,
 )

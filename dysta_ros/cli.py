@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("dysta_ros.evaluation.bench", "strategies side by side on the same frames: speed, deviation"),
     "profile-entropy": ("dysta_ros.evaluation.entropy", "attention entropy per layer -> GoToHunt layers"),
     "bag-info": ("dysta_ros.bags.inspect", "what a bag holds: topics, counts, rates, episodes"),
+    "convert": ("dysta_ros.bags.convert", "LeRobot dataset <-> rosbag2 bag, either way"),
     "eval": ("dysta_ros.evaluation.open_loop", "open-loop replay of rosbags: action error per strategy"),
     "record": ("dysta_ros.nodes.recorder", "record expert episodes from the sim to a rosbag2 (MCAP)"),
     "replay": ("dysta_ros.nodes.bag_player", "publish a bag's messages with their original timing"),
