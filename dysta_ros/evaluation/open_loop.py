@@ -4,7 +4,8 @@ Each observation of a bag is fed to one runtime per strategy in the same loop (t
 rotates per step so no strategy always runs first), so step times compare like with like.
 Per strategy: action error against the recorded actions over the first k actions of each
 chunk, deviation from `full` on the same steps (pruning error, apart from model error), step
-time and speedup, tokens, and how often the static cache was rebuilt.
+time and speedup, tokens, and how often the static cache was rebuilt; and the metrics of
+open_loop_metrics.py: error in task-critical windows, chunk-boundary discontinuity.
 """
 
 from __future__ import annotations
@@ -23,6 +24,13 @@ from tqdm import tqdm
 from dysta_ros.bags import TopicMap, load_episodes
 from dysta_ros.bags.episodes import Episode, check_bag
 from dysta_ros.errors import BagError, CheckpointError, ConfigError, InferenceError, InputError, exit_status
+from dysta_ros.evaluation.open_loop_metrics import (
+    CriticalWindows,
+    chunk_boundaries,
+    critical_events,
+    window_errors,
+    window_tags,
+)
 from dysta_ros.tokens import available_strategies, parse_param_overrides
 from dysta_ros.types import STAGES, StepStats
 
@@ -51,6 +59,9 @@ class EvalConfig:
     params: dict[str, dict] = field(default_factory=dict)  # strategy -> overrides of its YAML
     threads: int = 0  # torch CPU threads; 0: torch's default
     time: str = "header"  # which clock places bag messages: header stamps or receive times
+    window_s: float = 0.3  # task-critical windows: seconds either side of an event
+    gripper_joint: str = "auto"  # the joint whose changes are events (auto: *gripper*; none)
+    accel_quantile: float = 0.95  # accelerations above this quantile of an episode's are events
 
     def __post_init__(self):
         if not self.bags:
@@ -66,6 +77,12 @@ class EvalConfig:
             raise ConfigError(f"first_k must be >= 1, got {self.first_k}")
         if self.rate_hz < 0 or self.max_steps < 0:
             raise ConfigError("rate_hz and max_steps must be >= 0 (0 means: the default)")
+        CriticalWindows(self.window_s, self.gripper_joint, self.accel_quantile)  # validates
+
+    @property
+    def windows(self) -> CriticalWindows:
+        """Return the task-critical window settings."""
+        return CriticalWindows(self.window_s, self.gripper_joint, self.accel_quantile)
 
 
 @dataclass
@@ -81,6 +98,9 @@ class StepRecord:
     step_ms: float = 0.0
     stats: StepStats | None = None
     error: str = ""
+    stamp: float = 0.0  # the chunk's stamp (bag time): action k is meant for stamp + k * dt
+    dt: float = 0.0
+    critical: tuple[str, ...] = ()  # kinds of task-critical event within the window of this step
 
 
 def _check_compatible(runtime: PolicyRuntime, topic_map: TopicMap, episode: Episode) -> None:
@@ -97,8 +117,12 @@ def _check_compatible(runtime: PolicyRuntime, topic_map: TopicMap, episode: Epis
                           f"dimensions; the model's action_dim is {spec.action_dim}")
 
 
-def run_open_loop(config: EvalConfig, progress: bool = True) -> dict[str, list[StepRecord]]:
-    """Step every strategy through every episode; return each strategy's step records."""
+def run_open_loop(config: EvalConfig, progress: bool = True,
+                  events_out: list | None = None) -> dict[str, list[StepRecord]]:
+    """Step every strategy through every episode; return each strategy's step records.
+
+    `events_out`, where given, receives the task-critical events found in the recordings.
+    """
     from dysta_ros.policy.runtime import build_model, runtime_around, set_threads
 
     set_threads(config.threads)
@@ -124,12 +148,19 @@ def run_open_loop(config: EvalConfig, progress: bool = True) -> dict[str, list[S
         for episode, n_steps in zip(episodes, steps):
             for runtime in runtimes.values():
                 runtime.reset()
+            events = critical_events(episode.action_times, episode.action_values, episode.joints,
+                                     config.windows)
+            if events_out is not None:
+                events_out += [{"bag": episode.source, "episode": episode.index, "kind": kind,
+                                "time_s": round(t - float(episode.times[0]), 4)} for kind, t in events]
+            tags = window_tags(episode.times[:n_steps], events, config.window_s)
             for step in range(n_steps):
                 observation = episode.observation(step)
                 for offset in range(len(names)):
                     name = names[(step + offset) % len(names)]
-                    records[name].append(_step(runtimes[name], episode, step, observation,
-                                               config.first_k))
+                    record = _step(runtimes[name], episode, step, observation, config.first_k)
+                    record.critical = tags[step]
+                    records[name].append(record)
                     bar.update()
     return records
 
@@ -153,6 +184,7 @@ def _step(runtime: PolicyRuntime, episode: Episode, step: int, observation, firs
         return record
     record.step_ms = (time.perf_counter() - started) * 1e3
     record.actions, record.stats = chunk.actions, stats
+    record.stamp, record.dt = float(chunk.stamp), float(chunk.dt)
     record.targets = episode.recorded_actions(chunk.stamp + np.arange(first_k) * chunk.dt)
     return record
 
@@ -187,14 +219,33 @@ def _moments(residuals: np.ndarray) -> dict:
             "mae_per_dim": np.mean(np.abs(residuals), axis=0).tolist()}
 
 
-def summarize(records: dict[str, list[StepRecord]], first_k: int) -> dict[str, dict]:
-    """Return the per-strategy table: errors, deviation from full, time, tokens, recaching."""
+def _chunk_runs(records: list[StepRecord]) -> list[list[tuple[float, float, np.ndarray]]]:
+    """Return consecutive predicted chunks per episode; a failed step ends a run."""
+    runs, previous = [], None
+    for record in records:
+        key = (record.bag, record.episode, record.step - 1)
+        if record.actions is None:
+            previous = None
+            continue
+        if previous != key:
+            runs.append([])
+        runs[-1].append((record.stamp, record.dt, record.actions))
+        previous = (record.bag, record.episode, record.step)
+    return runs
+
+
+def summarize(records: dict[str, list[StepRecord]], first_k: int,
+              window_s: float = 0.3) -> dict[str, dict]:
+    """Return the per-strategy table: errors, deviation from full, time, tokens, recaching.
+
+    Beside them: the error in task-critical windows and the chunk-boundary discontinuity.
+    """
     baseline_p50 = None
     summary = {}
     for name, steps in records.items():
         done = [r for r in steps if r.stats is not None]
         times = np.asarray([r.step_ms for r in done])
-        _, residuals = _errors(steps, first_k)
+        per_step_mse, residuals = _errors(steps, first_k)
         # an episode's first step always builds the cache: count only the rebuilds after it
         later = [r.stats for r in done if r.step > 0]
         p50 = float(np.median(times)) if len(times) else None
@@ -216,6 +267,8 @@ def summarize(records: dict[str, list[StepRecord]], first_k: int) -> dict[str, d
             "recache_rate": _mean([float(s.recached_l1 or s.recached_l2) for s in later]),
             "recache_rate_l1": _mean([float(s.recached_l1) for s in later]),
             "recache_rate_l2": _mean([float(s.recached_l2) for s in later]),
+            "critical_windows": window_errors(per_step_mse, [r.critical for r in steps], window_s),
+            "chunk_boundary": chunk_boundaries(_chunk_runs(steps)),
         }
     return summary
 
@@ -237,6 +290,7 @@ def series(records: dict[str, list[StepRecord]], first_k: int) -> dict[str, dict
             "context_tokens": [r.stats.context_tokens if r.stats else None for r in steps],
             "recached_l1": [bool(r.stats and r.stats.recached_l1) for r in steps],
             "recached_l2": [bool(r.stats and r.stats.recached_l2) for r in steps],
+            "critical": [list(r.critical) for r in steps],
             "errors": sorted({r.error for r in steps if r.error}),
         }
     return out
@@ -246,13 +300,40 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict:
     """Run the evaluation and write report.md, results.json and the PNG plots; return results."""
     from dysta_ros.evaluation.open_loop_report import write_report
 
-    records = run_open_loop(config, progress)
-    results = {"config": asdict(config), "summary": summarize(records, config.first_k),
+    events: list[dict] = []
+    records = run_open_loop(config, progress, events_out=events)
+    results = {"config": asdict(config),
+               "summary": summarize(records, config.first_k, config.window_s),
                "series": series(records, config.first_k),
                "episodes": _episode_list(records[BASELINE]),
-               "joints": list(TopicMap.load(config.topic_map).joints)}
+               "joints": list(TopicMap.load(config.topic_map).joints),
+               "critical_events": events,
+               "joint_plot": joint_plot_data(records, config.first_k)}
     write_report(Path(config.report), results)
     return results
+
+
+def joint_plot_data(records: dict[str, list[StepRecord]], first_k: int) -> dict:
+    """Return the first episode's recorded and predicted actions, for the per-joint plot.
+
+    Per strategy, each step's first k actions at their times (the step time is the
+    inference point); the recorded action at each step time; the critical tags.
+    """
+    baseline = records[BASELINE]
+    if not baseline:
+        return {}
+    first = (baseline[0].bag, baseline[0].episode)
+    mine = [r for r in baseline if (r.bag, r.episode) == first]
+    data = {"bag": first[0], "episode": first[1], "time_s": [r.time_s for r in mine],
+            "recorded": [[float(x) if np.isfinite(x) else None for x in r.targets[0]]
+                         if len(r.targets) else None for r in mine],
+            "critical": [list(r.critical) for r in mine], "strategies": {}}
+    for name, steps in records.items():
+        chosen = [r for r in steps if (r.bag, r.episode) == first and r.actions is not None]
+        data["strategies"][name] = {
+            "time_s": [r.time_s for r in chosen], "dt": chosen[0].dt if chosen else 0.0,
+            "actions": [r.actions[:first_k].tolist() for r in chosen]}
+    return data
 
 
 def _episode_list(records: list[StepRecord]) -> list[dict]:
@@ -291,6 +372,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time", choices=["header", "receive"], default="header",
                         help="clock that places bag messages: header stamps (default) or "
                              "receive times (for bags whose stamps use another clock)")
+    parser.add_argument("--window-s", type=float, default=0.3,
+                        help="task-critical windows: seconds either side of a gripper change or "
+                             "large acceleration of the recorded actions")
+    parser.add_argument("--gripper-joint", default="auto",
+                        help="joint whose open/close changes are critical events (auto: the first "
+                             "named *gripper*; none: off)")
+    parser.add_argument("--accel-quantile", type=float, default=0.95,
+                        help="recorded accelerations above this quantile of an episode's are "
+                             "critical events (1: off)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -300,7 +390,8 @@ def run(args: argparse.Namespace) -> int:
                             model=args.model, vlm=args.vlm, topic_map=args.topic_map, rate_hz=args.rate,
                             first_k=args.first_k, max_steps=args.max_steps, device=args.device,
                             dtype=args.dtype, seed=args.seed, report=args.report, threads=args.threads,
-                            time=args.time,
+                            time=args.time, window_s=args.window_s,
+                            gripper_joint=args.gripper_joint, accel_quantile=args.accel_quantile,
                             params=parse_param_overrides(args.param, [BASELINE, *args.strategies.split(",")]))
         results = evaluate(config, progress=not args.json)
     except (BagError, ConfigError, CheckpointError) as exc:
