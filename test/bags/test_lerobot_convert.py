@@ -203,3 +203,32 @@ def test_bag_to_dataset_needs_a_whole_fps(tmp_path, capsys):
     status, err = _convert_error(capsys, tmp_path / "bag", tmp_path / "out", "--fps", "7.5",
                                  "--topic-map", tmp_path / "bag/topic_map.yaml")
     assert status == 2 and "whole number" in err and not (tmp_path / "out").exists()
+
+
+def test_a_dataset_lerobot_itself_wrote_reads_and_converts(tmp_path):
+    """test/data/lerobot_v30_so101: written by LeRobot 0.4.4 (generate.py says what it holds)."""
+    from pathlib import Path
+
+    source = Path(__file__).resolve().parents[1] / "data" / "lerobot_v30_so101" / "dataset"
+    dataset = LeRobotDatasetReader(source)
+    assert dataset.version == "v3.0" and dataset.state_names == SO101_NAMES
+    assert dataset.cameras == ["front", "wrist"] and len(dataset) == 3
+    for e, episode in enumerate(dataset.episodes()):  # three episodes share one mp4 per camera
+        expected = np.repeat((e * 10 + np.arange(5, dtype=np.float32))[:, None], 6, axis=1)
+        np.testing.assert_array_equal(episode.state, expected)
+        np.testing.assert_array_equal(episode.action, expected + 0.5)
+        assert episode.task == f"task {e % 2}"
+        front, wrist = episode.images["front"].astype(int), episode.images["wrist"].astype(int)
+        assert np.abs(front[..., 0].mean(axis=(1, 2)) - (40 + 30 * np.arange(5))).max() < 4
+        assert np.abs(front[..., 1].mean() - (50 + 40 * e)) < 4
+        assert np.abs(wrist[..., 2].mean(axis=(1, 2)) - (60 + 25 * np.arange(5))).max() < 4
+        assert np.abs(wrist[..., 0].mean() - (200 - 50 * e)) < 4
+    result = dataset_to_bag(source, tmp_path / "bag", robot="so101", progress=False)
+    back = bag_to_dataset(tmp_path / "bag", tmp_path / "back", fps=10,
+                          topic_map=result["topic_map"], progress=False)
+    assert back["frames"] == 15
+    for original, converted in zip(dataset.episodes(), LeRobotDatasetReader(tmp_path / "back").episodes(),
+                                   strict=True):
+        np.testing.assert_array_equal(converted.state, original.state)
+        np.testing.assert_array_equal(converted.action, original.action)
+        assert _frame_error(converted.images["front"], original.images["front"]) < CODEC_MEAN_ERROR
