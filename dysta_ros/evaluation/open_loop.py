@@ -24,6 +24,8 @@ from tqdm import tqdm
 from dysta_ros.bags import TopicMap, load_episodes
 from dysta_ros.bags.episodes import Episode, check_bag
 from dysta_ros.errors import BagError, CheckpointError, ConfigError, InferenceError, InputError, exit_status
+from dysta_ros.tokens import available_strategies, parse_param_overrides
+from dysta_ros.types import STAGES, StepStats
 from dysta_ros.evaluation.open_loop_metrics import (
     CriticalWindows,
     chunk_boundaries,
@@ -31,8 +33,6 @@ from dysta_ros.evaluation.open_loop_metrics import (
     window_errors,
     window_tags,
 )
-from dysta_ros.tokens import available_strategies, parse_param_overrides
-from dysta_ros.types import STAGES, StepStats
 
 if TYPE_CHECKING:  # torch: imported to evaluate, so `dysta-ros eval --help` stays instant
     from dysta_ros.policy.runtime import PolicyRuntime
@@ -234,18 +234,14 @@ def _chunk_runs(records: list[StepRecord]) -> list[list[tuple[float, float, np.n
     return runs
 
 
-def summarize(records: dict[str, list[StepRecord]], first_k: int,
-              window_s: float = 0.3) -> dict[str, dict]:
-    """Return the per-strategy table: errors, deviation from full, time, tokens, recaching.
-
-    Beside them: the error in task-critical windows and the chunk-boundary discontinuity.
-    """
+def summarize(records: dict[str, list[StepRecord]], first_k: int) -> dict[str, dict]:
+    """Return the per-strategy table: errors, deviation from full, time, tokens, recaching."""
     baseline_p50 = None
     summary = {}
     for name, steps in records.items():
         done = [r for r in steps if r.stats is not None]
         times = np.asarray([r.step_ms for r in done])
-        per_step_mse, residuals = _errors(steps, first_k)
+        _, residuals = _errors(steps, first_k)
         # an episode's first step always builds the cache: count only the rebuilds after it
         later = [r.stats for r in done if r.step > 0]
         p50 = float(np.median(times)) if len(times) else None
@@ -267,9 +263,18 @@ def summarize(records: dict[str, list[StepRecord]], first_k: int,
             "recache_rate": _mean([float(s.recached_l1 or s.recached_l2) for s in later]),
             "recache_rate_l1": _mean([float(s.recached_l1) for s in later]),
             "recache_rate_l2": _mean([float(s.recached_l2) for s in later]),
-            "critical_windows": window_errors(per_step_mse, [r.critical for r in steps], window_s),
-            "chunk_boundary": chunk_boundaries(_chunk_runs(steps)),
         }
+    return summary
+
+
+def add_window_and_boundary_metrics(summary: dict[str, dict], records: dict[str, list[StepRecord]],
+                                    first_k: int, window_s: float) -> dict[str, dict]:
+    """Add each strategy's error in task-critical windows and chunk-boundary discontinuity."""
+    for name, steps in records.items():
+        per_step_mse, _ = _errors(steps, first_k)
+        summary[name]["critical_windows"] = window_errors(per_step_mse, [r.critical for r in steps],
+                                                          window_s)
+        summary[name]["chunk_boundary"] = chunk_boundaries(_chunk_runs(steps))
     return summary
 
 
@@ -303,7 +308,8 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict:
     events: list[dict] = []
     records = run_open_loop(config, progress, events_out=events)
     results = {"config": asdict(config),
-               "summary": summarize(records, config.first_k, config.window_s),
+               "summary": add_window_and_boundary_metrics(summarize(records, config.first_k), records,
+                                                          config.first_k, config.window_s),
                "series": series(records, config.first_k),
                "episodes": _episode_list(records[BASELINE]),
                "joints": list(TopicMap.load(config.topic_map).joints),
@@ -390,8 +396,9 @@ def run(args: argparse.Namespace) -> int:
                             model=args.model, vlm=args.vlm, topic_map=args.topic_map, rate_hz=args.rate,
                             first_k=args.first_k, max_steps=args.max_steps, device=args.device,
                             dtype=args.dtype, seed=args.seed, report=args.report, threads=args.threads,
-                            time=args.time, window_s=args.window_s,
-                            gripper_joint=args.gripper_joint, accel_quantile=args.accel_quantile,
+                            window_s=args.window_s, gripper_joint=args.gripper_joint,
+                            accel_quantile=args.accel_quantile,
+                            time=args.time,
                             params=parse_param_overrides(args.param, [BASELINE, *args.strategies.split(",")]))
         results = evaluate(config, progress=not args.json)
     except (BagError, ConfigError, CheckpointError) as exc:

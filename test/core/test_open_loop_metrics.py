@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 
 from dysta_ros.errors import ConfigError
-from dysta_ros.evaluation.open_loop import EvalConfig, StepRecord, summarize
+from dysta_ros.evaluation.open_loop import (
+    EvalConfig,
+    StepRecord,
+    add_window_and_boundary_metrics,
+    summarize,
+)
 from dysta_ros.evaluation.open_loop_metrics import (
     CriticalWindows,
     chunk_boundaries,
@@ -98,7 +103,8 @@ def test_summarize_reports_both_metrics_per_strategy():
              _record(2, None, same),  # a failed step ends the run of chunks
              _record(3, [[1.0], [2.0]], same),  # error 2.5 elsewhere
              _record(4, [[1.0], [2.0]], same, critical=("acceleration",))]  # error 2.5
-    summary = summarize({"full": steps}, first_k=2, window_s=0.2)["full"]
+    records = {"full": steps}
+    summary = add_window_and_boundary_metrics(summarize(records, first_k=2), records, 2, 0.2)["full"]
     windows = summary["critical_windows"]
     assert windows["mse"]["gripper"] == 9.0 and windows["mse"]["acceleration"] == 2.5
     assert windows["mse"]["critical"] == pytest.approx(5.75)
