@@ -100,7 +100,6 @@ class StepRecord:
     error: str = ""
     stamp: float = 0.0  # the chunk's stamp (bag time): action k is meant for stamp + k * dt
     dt: float = 0.0
-    critical: tuple[str, ...] = ()  # kinds of task-critical event within the window of this step
 
 
 def _check_compatible(runtime: PolicyRuntime, topic_map: TopicMap, episode: Episode) -> None:
@@ -117,12 +116,8 @@ def _check_compatible(runtime: PolicyRuntime, topic_map: TopicMap, episode: Epis
                           f"dimensions; the model's action_dim is {spec.action_dim}")
 
 
-def run_open_loop(config: EvalConfig, progress: bool = True,
-                  events_out: list | None = None) -> dict[str, list[StepRecord]]:
-    """Step every strategy through every episode; return each strategy's step records.
-
-    `events_out`, where given, receives the task-critical events found in the recordings.
-    """
+def run_open_loop(config: EvalConfig, progress: bool = True) -> dict[str, list[StepRecord]]:
+    """Step every strategy through every episode; return each strategy's step records."""
     from dysta_ros.policy.runtime import build_model, runtime_around, set_threads
 
     set_threads(config.threads)
@@ -148,19 +143,12 @@ def run_open_loop(config: EvalConfig, progress: bool = True,
         for episode, n_steps in zip(episodes, steps):
             for runtime in runtimes.values():
                 runtime.reset()
-            events = critical_events(episode.action_times, episode.action_values, episode.joints,
-                                     config.windows)
-            if events_out is not None:
-                events_out += [{"bag": episode.source, "episode": episode.index, "kind": kind,
-                                "time_s": round(t - float(episode.times[0]), 4)} for kind, t in events]
-            tags = window_tags(episode.times[:n_steps], events, config.window_s)
             for step in range(n_steps):
                 observation = episode.observation(step)
                 for offset in range(len(names)):
                     name = names[(step + offset) % len(names)]
-                    record = _step(runtimes[name], episode, step, observation, config.first_k)
-                    record.critical = tags[step]
-                    records[name].append(record)
+                    records[name].append(_step(runtimes[name], episode, step, observation,
+                                               config.first_k))
                     bar.update()
     return records
 
@@ -219,21 +207,6 @@ def _moments(residuals: np.ndarray) -> dict:
             "mae_per_dim": np.mean(np.abs(residuals), axis=0).tolist()}
 
 
-def _chunk_runs(records: list[StepRecord]) -> list[list[tuple[float, float, np.ndarray]]]:
-    """Return consecutive predicted chunks per episode; a failed step ends a run."""
-    runs, previous = [], None
-    for record in records:
-        key = (record.bag, record.episode, record.step - 1)
-        if record.actions is None:
-            previous = None
-            continue
-        if previous != key:
-            runs.append([])
-        runs[-1].append((record.stamp, record.dt, record.actions))
-        previous = (record.bag, record.episode, record.step)
-    return runs
-
-
 def summarize(records: dict[str, list[StepRecord]], first_k: int) -> dict[str, dict]:
     """Return the per-strategy table: errors, deviation from full, time, tokens, recaching."""
     baseline_p50 = None
@@ -267,15 +240,90 @@ def summarize(records: dict[str, list[StepRecord]], first_k: int) -> dict[str, d
     return summary
 
 
-def add_window_and_boundary_metrics(summary: dict[str, dict], records: dict[str, list[StepRecord]],
-                                    first_k: int, window_s: float) -> dict[str, dict]:
-    """Add each strategy's error in task-critical windows and chunk-boundary discontinuity."""
+def _chunk_runs(records: list[StepRecord]) -> list[list[tuple[float, float, np.ndarray]]]:
+    """Return consecutive predicted chunks per episode; a failed step ends a run."""
+    runs, previous = [], None
+    for record in records:
+        key = (record.bag, record.episode, record.step - 1)
+        if record.actions is None:
+            previous = None
+            continue
+        if previous != key:
+            runs.append([])
+        runs[-1].append((record.stamp, record.dt, record.actions))
+        previous = (record.bag, record.episode, record.step)
+    return runs
+
+
+def _critical_tags(baseline: list[StepRecord], joints, windows: CriticalWindows):
+    """Return (per step of `baseline`, the kinds of event near it; the events found).
+
+    Events come from the recorded actions at the steps' times (each step's first target), so
+    they are found from the records alone, wherever the steps ran.
+    """
+    episodes: dict[tuple, list[int]] = {}
+    for i, record in enumerate(baseline):
+        episodes.setdefault((record.bag, record.episode), []).append(i)
+    tags: list[tuple[str, ...]] = [()] * len(baseline)
+    found = []
+    for (bag, episode), indices in episodes.items():
+        usable = [i for i in indices
+                  if len(baseline[i].targets) and np.isfinite(baseline[i].targets[0]).all()]
+        if not usable:
+            continue
+        times = np.asarray([baseline[i].time_s for i in usable])
+        values = np.stack([baseline[i].targets[0] for i in usable])
+        events = critical_events(times, values, joints, windows)
+        found += [{"bag": bag, "episode": episode, "kind": kind, "time_s": round(t, 4)}
+                  for kind, t in events]
+        for i, tag in zip(indices, window_tags([baseline[i].time_s for i in indices], events,
+                                               windows.window_s)):
+            tags[i] = tag
+    return tags, found
+
+
+def add_window_and_boundary_metrics(results: dict, records: dict[str, list[StepRecord]],
+                                    config: EvalConfig) -> dict:
+    """Add the metrics of open_loop_metrics.py to evaluation results.
+
+    Each strategy's summary gets its error in task-critical windows and its chunk-boundary
+    discontinuity; the results get the events found and the per-joint plot's data.
+    """
+    tags, events = _critical_tags(records[BASELINE], results.get("joints") or (), config.windows)
+    by_step = {(r.bag, r.episode, r.step): tag for r, tag in zip(records[BASELINE], tags)}
     for name, steps in records.items():
-        per_step_mse, _ = _errors(steps, first_k)
-        summary[name]["critical_windows"] = window_errors(per_step_mse, [r.critical for r in steps],
-                                                          window_s)
-        summary[name]["chunk_boundary"] = chunk_boundaries(_chunk_runs(steps))
-    return summary
+        per_step_mse, _ = _errors(steps, config.first_k)
+        results["summary"][name]["critical_windows"] = window_errors(
+            per_step_mse, [by_step.get((r.bag, r.episode, r.step), ()) for r in steps],
+            config.window_s)
+        results["summary"][name]["chunk_boundary"] = chunk_boundaries(_chunk_runs(steps))
+    results["critical_events"] = events
+    results["joint_plot"] = joint_plot_data(records, config.first_k, by_step)
+    return results
+
+
+def joint_plot_data(records: dict[str, list[StepRecord]], first_k: int, tags: dict) -> dict:
+    """Return the first episode's recorded and predicted actions, for the per-joint plot.
+
+    Per strategy, each step's first k actions at their times (the step time is the
+    inference point); the recorded action at each step time; the critical tags per step.
+    """
+    baseline = records[BASELINE]
+    if not baseline:
+        return {}
+    first = (baseline[0].bag, baseline[0].episode)
+    mine = [r for r in baseline if (r.bag, r.episode) == first]
+    data = {"bag": first[0], "episode": first[1], "time_s": [r.time_s for r in mine],
+            "recorded": [[float(x) if np.isfinite(x) else None for x in r.targets[0]]
+                         if len(r.targets) else None for r in mine],
+            "critical": [list(tags.get((r.bag, r.episode, r.step), ())) for r in mine],
+            "strategies": {}}
+    for name, steps in records.items():
+        chosen = [r for r in steps if (r.bag, r.episode) == first and r.actions is not None]
+        data["strategies"][name] = {
+            "time_s": [r.time_s for r in chosen], "dt": chosen[0].dt if chosen else 0.0,
+            "actions": [r.actions[:first_k].tolist() for r in chosen]}
+    return data
 
 
 def _mean(values) -> float | None:
@@ -295,7 +343,6 @@ def series(records: dict[str, list[StepRecord]], first_k: int) -> dict[str, dict
             "context_tokens": [r.stats.context_tokens if r.stats else None for r in steps],
             "recached_l1": [bool(r.stats and r.stats.recached_l1) for r in steps],
             "recached_l2": [bool(r.stats and r.stats.recached_l2) for r in steps],
-            "critical": [list(r.critical) for r in steps],
             "errors": sorted({r.error for r in steps if r.error}),
         }
     return out
@@ -305,41 +352,14 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict:
     """Run the evaluation and write report.md, results.json and the PNG plots; return results."""
     from dysta_ros.evaluation.open_loop_report import write_report
 
-    events: list[dict] = []
-    records = run_open_loop(config, progress, events_out=events)
-    results = {"config": asdict(config),
-               "summary": add_window_and_boundary_metrics(summarize(records, config.first_k), records,
-                                                          config.first_k, config.window_s),
+    records = run_open_loop(config, progress)
+    results = {"config": asdict(config), "summary": summarize(records, config.first_k),
                "series": series(records, config.first_k),
                "episodes": _episode_list(records[BASELINE]),
-               "joints": list(TopicMap.load(config.topic_map).joints),
-               "critical_events": events,
-               "joint_plot": joint_plot_data(records, config.first_k)}
+               "joints": list(TopicMap.load(config.topic_map).joints)}
+    add_window_and_boundary_metrics(results, records, config)
     write_report(Path(config.report), results)
     return results
-
-
-def joint_plot_data(records: dict[str, list[StepRecord]], first_k: int) -> dict:
-    """Return the first episode's recorded and predicted actions, for the per-joint plot.
-
-    Per strategy, each step's first k actions at their times (the step time is the
-    inference point); the recorded action at each step time; the critical tags.
-    """
-    baseline = records[BASELINE]
-    if not baseline:
-        return {}
-    first = (baseline[0].bag, baseline[0].episode)
-    mine = [r for r in baseline if (r.bag, r.episode) == first]
-    data = {"bag": first[0], "episode": first[1], "time_s": [r.time_s for r in mine],
-            "recorded": [[float(x) if np.isfinite(x) else None for x in r.targets[0]]
-                         if len(r.targets) else None for r in mine],
-            "critical": [list(r.critical) for r in mine], "strategies": {}}
-    for name, steps in records.items():
-        chosen = [r for r in steps if (r.bag, r.episode) == first and r.actions is not None]
-        data["strategies"][name] = {
-            "time_s": [r.time_s for r in chosen], "dt": chosen[0].dt if chosen else 0.0,
-            "actions": [r.actions[:first_k].tolist() for r in chosen]}
-    return data
 
 
 def _episode_list(records: list[StepRecord]) -> list[dict]:

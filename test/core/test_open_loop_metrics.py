@@ -89,26 +89,31 @@ def test_chunk_boundary_jump_and_overlap():
     assert chunk_boundaries([])["jump_mean"] is None
 
 
-def _record(step, actions, targets, critical=(), episode=0):
+def _record(step, actions, targets, episode=0):
     return StepRecord(bag="b", episode=episode, step=step, time_s=0.1 * step,
                       actions=None if actions is None else np.asarray(actions, np.float32),
-                      targets=np.asarray(targets, np.float32), stamp=0.1 * step, dt=0.1,
-                      critical=critical)
+                      targets=np.asarray(targets, np.float32), stamp=0.1 * step, dt=0.1)
 
 
-def test_summarize_reports_both_metrics_per_strategy():
-    same = [[0.0], [0.0]]
-    steps = [_record(0, [[1.0], [1.0]], same),  # error 1 elsewhere
-             _record(1, [[3.0], [3.0]], same, critical=("gripper",)),  # error 9 in a window
-             _record(2, None, same),  # a failed step ends the run of chunks
-             _record(3, [[1.0], [2.0]], same),  # error 2.5 elsewhere
-             _record(4, [[1.0], [2.0]], same, critical=("acceleration",))]  # error 2.5
+def test_the_results_get_both_metrics_per_strategy():
+    """Events are found in the recorded actions at the steps (each step's first target)."""
+    def recorded(t):  # [arm, gripper]: the gripper closes at 0.5 s
+        return [[0.0, 0.0 if t < 0.5 else 1.0]] * 2
+
+    predicted = [[0.0, 0.0]] * 2
+    steps = [_record(i, predicted, recorded(0.1 * i)) for i in range(10)]
+    steps[7] = _record(7, None, recorded(0.7))  # a failed step ends the run of chunks
     records = {"full": steps}
-    summary = add_window_and_boundary_metrics(summarize(records, first_k=2), records, 2, 0.2)["full"]
-    windows = summary["critical_windows"]
-    assert windows["mse"]["gripper"] == 9.0 and windows["mse"]["acceleration"] == 2.5
-    assert windows["mse"]["critical"] == pytest.approx(5.75)
-    assert windows["mse"]["elsewhere"] == pytest.approx(1.75)
-    boundary = summary["chunk_boundary"]
-    # step 0 -> 1: new first action 3 vs old second 1; step 3 -> 4: 1 vs 2; 1 -> 3 is no boundary
-    assert boundary["boundaries"] == 2 and boundary["jump_mean"] == pytest.approx(1.5)
+    config = EvalConfig(bags=["b"], strategies=["full"], first_k=2, window_s=0.1, accel_quantile=1.0)
+    results = {"summary": summarize(records, 2), "joints": ["arm", "gripper"]}
+    add_window_and_boundary_metrics(results, records, config)
+    assert results["critical_events"] == [{"bag": "b", "episode": 0, "kind": "gripper",
+                                           "time_s": 0.5}]
+    windows = results["summary"]["full"]["critical_windows"]
+    # steps at 0.4, 0.5, 0.6 s lie in the window; from 0.5 on the gripper error is 1 in one of 2 dims
+    assert windows["steps"]["critical"] == 3 and windows["steps"]["elsewhere"] == 6
+    assert windows["mse"]["gripper"] == pytest.approx((0 + 0.5 + 0.5) / 3)
+    assert windows["mse"]["elsewhere"] == pytest.approx(2 * 0.5 / 6)  # steps 0-3: 0; 8, 9: 0.5
+    boundary = results["summary"]["full"]["chunk_boundary"]
+    assert boundary["boundaries"] == 7 and boundary["jump_max"] == 0.0  # steps 0-6: 6, 8-9: 1
+    assert results["joint_plot"]["critical"][4:7] == [["gripper"]] * 3
