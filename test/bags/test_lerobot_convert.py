@@ -232,3 +232,25 @@ def test_a_dataset_lerobot_itself_wrote_reads_and_converts(tmp_path):
         np.testing.assert_array_equal(converted.state, original.state)
         np.testing.assert_array_equal(converted.action, original.action)
         assert _frame_error(converted.images["front"], original.images["front"]) < CODEC_MEAN_ERROR
+
+
+def test_a_topic_map_chooses_compressed_images_and_joint_state_actions(tmp_path):
+    """Topics ending /compressed carry lossless PNG; actions go out as the map's JointState."""
+    spec = Spec(episodes=2, frames=4)
+    truths = write_dataset(tmp_path / "dataset", spec)
+    topic_map = tmp_path / "so101_topics.yaml"
+    topic_map.write_text("cameras: {front: /front/image_raw/compressed, wrist: /wrist/image_raw}\n"
+                         "joints: [wrist_roll.pos, gripper.pos]\n"
+                         "action_topic: /joint_commands\naction_type: sensor_msgs/msg/JointState\n")
+    dataset_to_bag(tmp_path / "dataset", tmp_path / "bag", topic_map=str(topic_map), progress=False)
+    with BagReader(tmp_path / "bag") as bag:
+        assert bag.topics["/front/image_raw/compressed"] == "sensor_msgs/msg/CompressedImage"
+        assert bag.topics["/joint_commands"] == "sensor_msgs/msg/JointState"
+    decoded = LeRobotDatasetReader(tmp_path / "dataset")
+    first = next(decoded.episodes())
+    episodes = load_episodes(tmp_path / "bag", TopicMap.load(tmp_path / "bag/topic_map.yaml"), spec.fps)
+    # PNG is lossless: the bag holds exactly the frames decoded from the dataset's video
+    np.testing.assert_array_equal(episodes[0].observation(2).images["front"], first.images["front"][2])
+    # the map's two joints, picked by name from the JointState's six
+    np.testing.assert_array_equal(episodes[1].states, truths[1].state[:, 4:])
+    np.testing.assert_array_equal(episodes[1].recorded_actions(episodes[1].times), truths[1].action[:, 4:])
