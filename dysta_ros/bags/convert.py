@@ -141,11 +141,11 @@ def _write_episode(writer: BagWriter, topics: dict, reader: LeRobotDatasetReader
              "instruction": episode.task, "source": str(reader.root)}
     writer.write_message(topics["instruction_topic"], ns(t0 - 0.002), string(episode.task))
     writer.write_message(topics["episode_topic"], ns(t0 - 0.001), string(json.dumps(event)))
+    frames = {camera: episode.frames(camera) for camera in topics["cameras"] if camera in episode.videos}
     for step, t in enumerate(stamps):
-        for camera, topic in topics["cameras"].items():
-            if camera in episode.images:
-                writer.write_message(topic, ns(t), _image(types, header(t, camera), topic,
-                                                          episode.images[camera][step]))
+        for camera, frame in frames.items():
+            topic = topics["cameras"][camera]
+            writer.write_message(topic, ns(t), _image(types, header(t, camera), topic, next(frame)))
         writer.write_message(topics["state_topic"], ns(t), types["sensor_msgs/msg/JointState"](
             header=header(t), name=list(reader.state_names),
             position=episode.state[step].astype(np.float64), velocity=np.zeros(0),
@@ -154,6 +154,8 @@ def _write_episode(writer: BagWriter, topics: dict, reader: LeRobotDatasetReader
             writer.write_message(topics["action_topic"], ns(t), _action(
                 types, topics["action_type"], header(t), reader.action_names,
                 episode.action[step], period, step))
+    for frame in frames.values():  # run each decoder to its end: it checks for a dead camera
+        next(frame, None)
     end = stamps[-1] + period / 2
     writer.write_message(topics["episode_topic"], ns(end), string(json.dumps(
         {"event": "end", "index": number, "episode": episode.index})))
@@ -228,9 +230,7 @@ def bag_to_dataset(bag: str | Path, dataset: str | Path, fps: int, topic_map: st
                                 else [f"action_{i}" for i in range(actions.shape[1])])
                 writer = LeRobotDatasetWriter(dataset, int(fps), joints, action_names,
                                               codec=codec, crf=crf, robot_type=robot_type)
-            images = {camera: np.stack([episode.frames[camera][i].rgb()
-                                        for i in episode.frame_indices[camera][keep]])
-                      for camera in episode.frames}
+            images = {camera: _held_frames(episode, camera, keep) for camera in episode.frames}
             writer.add_episode(EpisodeToWrite(task=episode.instruction or chosen.instruction,
                                               state=episode.states[keep], action=actions[keep],
                                               images=images))
@@ -243,6 +243,12 @@ def bag_to_dataset(bag: str | Path, dataset: str | Path, fps: int, topic_map: st
         raise
     return {"dataset": str(dataset), "episodes": len(writer.episode_rows),
             "frames": writer.frames, "codec": writer.codec}
+
+
+def _held_frames(episode, camera: str, steps: np.ndarray):
+    """Yield the camera's frame held at each of `steps`, decoded as the encoder takes them."""
+    for i in episode.frame_indices[camera][steps]:
+        yield episode.frames[camera][i].rgb()
 
 
 def is_dataset(path: Path) -> bool:

@@ -16,11 +16,12 @@ only when a dataset is touched.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,7 @@ DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
 EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)  # LeRobot's DEFAULT_QUANTILES, as q01 ... q99
+IMAGE_STAT_SAMPLES = 100  # frames per episode that image statistics are computed from
 DEAD_CAMERA_LEVEL = 8  # an episode whose every pixel stays at or below this is a dead camera
 
 
@@ -78,14 +80,34 @@ def flat_names(names, key: str, size: int) -> list[str]:
 
 @dataclass
 class DatasetEpisode:
-    """One episode of a LeRobot dataset, decoded."""
+    """One episode of a LeRobot dataset: vectors decoded, video frames on demand."""
 
     index: int  # episode_index
     task: str
     timestamps: np.ndarray  # (N,) seconds since the episode's start
     state: np.ndarray  # (N, S) float32
     action: np.ndarray | None  # (N, A) float32; None where the dataset has no actions
-    images: dict[str, np.ndarray] = field(default_factory=dict)  # camera -> (N, H, W, 3) uint8
+    videos: dict[str, tuple[Path, float]] = field(default_factory=dict)  # camera -> (mp4, start s)
+    fps: float = 30.0
+
+    def frames(self, camera: str) -> Iterator[np.ndarray]:
+        """Yield the camera's (H, W, 3) uint8 frame at each timestamp, decoding as it goes.
+
+        An episode that stays black throughout is warned about (dead camera?) once decoded.
+        """
+        path, start = self.videos[camera]
+        brightest = 0
+        for frame in iter_frames(path, start + self.timestamps, self.fps):
+            brightest = max(brightest, int(frame.max()))
+            yield frame
+        if brightest <= DEAD_CAMERA_LEVEL:
+            log.warning("%s: camera %s is black in every frame of episode %d (dead camera?); "
+                        "converted as it is", path, camera, self.index)
+
+    @functools.cached_property
+    def images(self) -> dict[str, np.ndarray]:
+        """Return every camera's frames, (N, H, W, 3) uint8 (all in memory: small episodes)."""
+        return {camera: np.stack(list(self.frames(camera))) for camera in self.videos}
 
 
 class LeRobotDatasetReader:
@@ -247,7 +269,7 @@ class LeRobotDatasetReader:
         action = (_vectors(columns[ACTION], len(self.action_names), path, ACTION)
                   if ACTION in columns else None)
         episode = DatasetEpisode(index=int(meta["episode_index"]), task=self._task(meta, columns),
-                                 timestamps=timestamps, state=state, action=action)
+                                 timestamps=timestamps, state=state, action=action, fps=self.fps)
         for camera in self.video_cameras:
             video = self._video_path(meta, camera)
             if not video.is_file():
@@ -258,11 +280,7 @@ class LeRobotDatasetReader:
                 raise DatasetError(f"{video}: missing (camera {camera} of episode "
                                    f"{episode.index}); pass --skip-missing-video to go on without it")
             start = float(meta.get(f"videos/{IMAGE_PREFIX + camera}/from_timestamp", 0.0))
-            frames = decode_frames(video, start + timestamps, self.fps)
-            if int(frames.max(initial=0)) <= DEAD_CAMERA_LEVEL:
-                log.warning("%s: camera %s is black in every frame of episode %d (dead camera?); "
-                            "converted as it is", video, camera, episode.index)
-            episode.images[camera] = frames
+            episode.videos[camera] = (video, start)
         return episode
 
     def _task(self, meta: dict, columns: dict) -> str:
@@ -307,42 +325,46 @@ def _quiet_encoders() -> None:
     os.environ.setdefault("SVT_LOG", "1")
 
 
-def decode_frames(path: Path, times: np.ndarray, fps: float) -> np.ndarray:
-    """Return the frames of `path` nearest to each time, (N, H, W, 3) uint8 RGB.
+def iter_frames(path: Path, times: np.ndarray, fps: float) -> Iterator[np.ndarray]:
+    """Yield the frame of `path` nearest to each of the increasing `times`, (H, W, 3) uint8 RGB.
 
-    Like LeRobot's PyAV decoder: seek to the keyframe before the first time, decode forward
-    past the last, take the nearest frame; a time with no frame within half a period fails.
+    Like LeRobot's PyAV decoder: seek to the keyframe before the first time, decode forward,
+    take the nearest frame; a time with no frame within half a period fails. Only the few
+    frames around the current time are held.
     """
     av = require("av")
     tolerance = 0.5 / fps
-    first, last = float(np.min(times)), float(np.max(times))
-    decoded_times, decoded = [], []
+    times = np.asarray(times, dtype=np.float64)
+    held: list[tuple[float, np.ndarray]] = []  # decoded, not yet passed
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
-            container.seek(max(0, int((first - tolerance) / stream.time_base)), backward=True,
-                           any_frame=False, stream=stream)
-            for frame in container.decode(stream):
-                if frame.pts is None:
-                    continue
-                t = float(frame.pts * stream.time_base)
-                if t >= first - tolerance:
-                    decoded_times.append(t)
-                    decoded.append(frame.to_ndarray(format="rgb24"))
-                if t > last + tolerance:
-                    break
-    except (av.FFmpegError, IndexError) as exc:
+            container.seek(max(0, int((float(times[0]) - tolerance) / stream.time_base)),
+                           backward=True, any_frame=False, stream=stream)
+            decoded = (f for f in container.decode(stream) if f.pts is not None)
+            exhausted = False
+            for query in times:
+                while not exhausted and (not held or held[-1][0] < query + tolerance):
+                    frame = next(decoded, None)
+                    if frame is None:
+                        exhausted = True
+                    elif (t := float(frame.pts * stream.time_base)) >= query - tolerance:
+                        held.append((t, frame.to_ndarray(format="rgb24")))
+                gaps = [abs(t - query) for t, _ in held]
+                if not gaps or min(gaps) > tolerance:
+                    nearest = f"nearest at {held[int(np.argmin(gaps))][0]:.4f} s" if gaps else "none near"
+                    raise DatasetError(f"{path}: no frame within {tolerance:.4f} s of {query:.4f} s "
+                                       f"({nearest})")
+                best = int(np.argmin(gaps))
+                del held[:best]  # later times never need earlier frames
+                yield held[0][1]
+    except av.FFmpegError as exc:
         raise DatasetError(f"{path}: cannot decode the video ({type(exc).__name__}: {exc})") from exc
-    if not decoded:
-        raise DatasetError(f"{path}: no frames between {first:.3f} s and {last:.3f} s")
-    decoded_times = np.asarray(decoded_times)
-    nearest = np.abs(decoded_times[None, :] - np.asarray(times)[:, None]).argmin(axis=1)
-    gaps = np.abs(decoded_times[nearest] - times)
-    if (gaps > tolerance).any():
-        worst = int(gaps.argmax())
-        raise DatasetError(f"{path}: no frame within {tolerance:.4f} s of {times[worst]:.4f} s "
-                           f"(nearest at {decoded_times[nearest[worst]]:.4f} s)")
-    return np.stack([decoded[i] for i in nearest])
+
+
+def decode_frames(path: Path, times: np.ndarray, fps: float) -> np.ndarray:
+    """Return the frames of `path` nearest to each time, (N, H, W, 3) uint8 RGB."""
+    return np.stack(list(iter_frames(path, times, fps)))
 
 
 def available_codec(preferred: str | None = None) -> str:
@@ -360,32 +382,50 @@ def available_codec(preferred: str | None = None) -> str:
     raise ConfigError("this PyAV build has neither libsvtav1 nor libx264 to write LeRobot videos")
 
 
-def encode_video(path: Path, frames: np.ndarray, fps: int, codec: str, crf: int = 30) -> dict:
-    """Write (N, H, W, 3) uint8 frames as an mp4 (yuv420p, a keyframe every 2 frames, as LeRobot).
+def encode_video(path: Path, frames: Iterable[np.ndarray], count: int, fps: int, codec: str,
+                 crf: int = 30) -> tuple[dict, np.ndarray]:
+    """Write `count` (H, W, 3) uint8 frames as an mp4 (yuv420p, keyframe every 2 frames, as LeRobot).
 
-    Returns the `video.*` info LeRobot stores in info.json.
+    Frames stream through; returns the `video.*` info LeRobot stores in info.json, and up to
+    IMAGE_STAT_SAMPLES evenly spaced frames, downsampled to about 150 pixels a side, for the
+    statistics (LeRobot computes image statistics on such samples too).
     """
     av = require("av")
     _quiet_encoders()
     path.parent.mkdir(parents=True, exist_ok=True)
-    height, width = frames.shape[1:3]
+    sample_at = set(np.linspace(0, count - 1, min(count, IMAGE_STAT_SAMPLES)).round().astype(int))
+    samples, shape, written = [], None, 0
     with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=int(fps), options={"g": "2", "crf": str(crf)})
-        stream.pix_fmt = "yuv420p"
-        stream.width, stream.height = width, height
+        stream = None
         for i, pixels in enumerate(frames):
+            if stream is None:
+                shape = pixels.shape
+                stream = container.add_stream(codec, rate=int(fps),
+                                              options={"g": "2", "crf": str(crf)})
+                stream.pix_fmt = "yuv420p"
+                stream.height, stream.width = shape[:2]
+            elif pixels.shape != shape:
+                raise DatasetError(f"{path}: frame {i} is {pixels.shape}, frame 0 {shape}")
+            if i in sample_at:
+                step = max(1, max(shape[:2]) // 150)
+                samples.append(pixels[::step, ::step])
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format="rgb24")
             frame.pts = i
             for packet in stream.encode(frame):
                 container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+            written += 1
+        if stream is not None:
+            for packet in stream.encode():
+                container.mux(packet)
+    if written != count:
+        raise DatasetError(f"{path}: {written} frames for {count} rows")
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        return {"video.height": stream.height, "video.width": stream.width,
+        info = {"video.height": stream.height, "video.width": stream.width,
                 "video.codec": stream.codec.canonical_name, "video.pix_fmt": stream.pix_fmt,
                 "video.is_depth_map": False, "video.fps": int(fps), "video.channels": 3,
                 "video.g": 2, "video.crf": crf, "has_audio": False}
+    return info, np.stack(samples)
 
 
 def feature_stats(values: np.ndarray) -> dict:
@@ -429,7 +469,7 @@ class EpisodeToWrite:
     task: str
     state: np.ndarray  # (N, S)
     action: np.ndarray  # (N, A)
-    images: dict[str, np.ndarray]  # camera -> (N, H, W, 3) uint8
+    images: dict[str, Iterable[np.ndarray]]  # camera -> N frames (H, W, 3) uint8, in order
 
 
 class LeRobotDatasetWriter:
@@ -489,15 +529,17 @@ class LeRobotDatasetWriter:
                  "task_index": feature_stats(np.full((n, 1), task_index))}
         for camera, frames in episode.images.items():
             key = IMAGE_PREFIX + camera
-            if self.image_shapes.setdefault(camera, frames.shape[1:]) != frames.shape[1:]:
-                raise DatasetError(f"{self.root}: camera {camera} is {frames.shape[1:]} in episode "
-                                   f"{number}, {self.image_shapes[camera]} before")
             path = self.root / VIDEO_PATH.format(video_key=key, chunk_index=chunk, file_index=file)
-            self.video_info[camera] = encode_video(path, frames, self.fps, self.codec, self.crf)
+            info, samples = encode_video(path, frames, n, self.fps, self.codec, self.crf)
+            shape = (info["video.height"], info["video.width"], 3)
+            if self.image_shapes.setdefault(camera, shape) != shape:
+                raise DatasetError(f"{path}: camera {camera} is {shape} in episode {number}, "
+                                   f"{self.image_shapes[camera]} before")
+            self.video_info[camera] = info
             row.update({f"videos/{key}/chunk_index": chunk, f"videos/{key}/file_index": file,
                         f"videos/{key}/from_timestamp": 0.0,
                         f"videos/{key}/to_timestamp": n / self.fps})
-            stats[key] = image_stats(frames)
+            stats[key] = image_stats(samples)
         for key, values in stats.items():
             self.stats_parts.setdefault(key, []).append((n, values))
             for name, value in values.items():
