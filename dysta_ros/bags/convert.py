@@ -82,8 +82,9 @@ def dataset_to_bag(dataset: str | Path, bag: str | Path, topic_map: str | None =
              "instruction_topic": chosen.instruction_topic, "episode_topic": chosen.episode_topic}
     counts = {"episodes": 0, "frames": 0}
     bag = Path(bag)
+    writer = BagWriter(bag)  # refuses an existing path, so what is removed below is ours
     try:
-        with BagWriter(bag) as writer:
+        with writer:
             _declare_topics(writer, saved, has_action=bool(reader.action_names))
             t0 = START_S
             for episode in tqdm(reader.episodes(), total=len(reader), desc="convert",

@@ -254,3 +254,16 @@ def test_a_topic_map_chooses_compressed_images_and_joint_state_actions(tmp_path)
     # the map's two joints, picked by name from the JointState's six
     np.testing.assert_array_equal(episodes[1].states, truths[1].state[:, 4:])
     np.testing.assert_array_equal(episodes[1].recorded_actions(episodes[1].times), truths[1].action[:, 4:])
+
+
+def test_an_existing_destination_is_refused_and_left_alone(tmp_path, capsys):
+    write_dataset(tmp_path / "dataset", Spec(episodes=1, frames=3))
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("mine")
+    status, err = _convert_error(capsys, tmp_path / "dataset", tmp_path / "taken")
+    assert status == 1 and "exists already" in err
+    dataset_to_bag(tmp_path / "dataset", tmp_path / "bag", progress=False)
+    status, err = _convert_error(capsys, tmp_path / "bag", tmp_path / "taken", "--fps", "10",
+                                 "--topic-map", tmp_path / "bag/topic_map.yaml")
+    assert status == 1 and "exists already" in err
+    assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
