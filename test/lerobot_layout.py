@@ -39,6 +39,7 @@ class Spec:
     episodes_per_file: int = 2  # v3.0: episodes sharing one parquet and one mp4
     drop_columns: tuple[str, ...] = ()
     dead_camera: str | None = None
+    image_features: bool = False  # cameras as PNG bytes in the parquet (dtype image), no mp4
 
 
 @dataclass
@@ -124,6 +125,14 @@ def _data_table(spec: Spec, truths: list[Truth], episodes: list[int]) -> pa.Tabl
     }
     for key in ("frame_index", "episode_index", "index", "task_index"):
         arrays[key] = pa.array(np.concatenate(columns[key]), pa.int64())
+    if spec.image_features:  # as HF datasets stores an Image feature: {bytes, path}
+        import cv2
+
+        for camera in spec.cameras:
+            cells = [{"bytes": cv2.imencode(".png", truths[e].images[camera][f][..., ::-1])[1].tobytes(),
+                      "path": None} for e in episodes for f in range(spec.frames)]
+            arrays[f"observation.images.{camera}"] = pa.array(
+                cells, pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
     return pa.table({k: v for k, v in arrays.items() if k not in spec.drop_columns})
 
 
@@ -132,7 +141,7 @@ def _info(spec: Spec) -> dict:
     features = {"observation.state": dict(vector), "action": dict(vector)}
     for camera in spec.cameras:
         features[f"observation.images.{camera}"] = {
-            "dtype": "video", "shape": [spec.size, spec.size, 3],
+            "dtype": "image" if spec.image_features else "video", "shape": [spec.size, spec.size, 3],
             "names": ["height", "width", "channels"],
             "info": {"video.fps": spec.fps, "video.codec": "av1", "video.pix_fmt": "yuv420p"}}
     for key, dtype in (("timestamp", "float32"), ("frame_index", "int64"), ("episode_index", "int64"),
@@ -189,14 +198,14 @@ def _write_v30(root: Path, spec: Spec, truths: list[Truth], tasks: list[str]) ->
         path = root / f"data/chunk-000/file-{file:03d}.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(_data_table(spec, truths, episodes), path)
-        for camera in spec.cameras:  # several episodes in one mp4, one after the other
+        for camera in () if spec.image_features else spec.cameras:  # episodes in one mp4, in turn
             _encode(root / f"videos/observation.images.{camera}/chunk-000/file-{file:03d}.mp4",
                     np.concatenate([truths[e].images[camera] for e in episodes]), spec.fps, spec.codec)
         for position, e in enumerate(episodes):
             row = {"episode_index": e, "tasks": [truths[e].task], "length": spec.frames,
                    "data/chunk_index": 0, "data/file_index": file,
                    "dataset_from_index": e * spec.frames, "dataset_to_index": (e + 1) * spec.frames}
-            for camera in spec.cameras:
+            for camera in () if spec.image_features else spec.cameras:
                 key = f"videos/observation.images.{camera}"
                 start = position * spec.frames / spec.fps
                 row.update({f"{key}/chunk_index": 0, f"{key}/file_index": file,

@@ -142,7 +142,7 @@ def _write_episode(writer: BagWriter, topics: dict, reader: LeRobotDatasetReader
              "instruction": episode.task, "source": str(reader.root)}
     writer.write_message(topics["instruction_topic"], ns(t0 - 0.002), string(episode.task))
     writer.write_message(topics["episode_topic"], ns(t0 - 0.001), string(json.dumps(event)))
-    frames = {camera: episode.frames(camera) for camera in topics["cameras"] if camera in episode.videos}
+    frames = {camera: episode.frames(camera) for camera in topics["cameras"] if camera in episode.cameras}
     for step, t in enumerate(stamps):
         for camera, frame in frames.items():
             topic = topics["cameras"][camera]

@@ -89,15 +89,27 @@ class DatasetEpisode:
     action: np.ndarray | None  # (N, A) float32; None where the dataset has no actions
     videos: dict[str, tuple[Path, float]] = field(default_factory=dict)  # camera -> (mp4, start s)
     fps: float = 30.0
+    encoded: dict[str, np.ndarray] = field(default_factory=dict)  # image features: (N,) bytes
+    source: str = ""  # the data file, for errors about encoded images
+
+    @property
+    def cameras(self) -> list[str]:
+        """Return the cameras this episode has frames of."""
+        return [*self.videos, *self.encoded]
 
     def frames(self, camera: str) -> Iterator[np.ndarray]:
         """Yield the camera's (H, W, 3) uint8 frame at each timestamp, decoding as it goes.
 
         An episode that stays black throughout is warned about (dead camera?) once decoded.
         """
-        path, start = self.videos[camera]
+        if camera in self.encoded:
+            path, decoded = self.source, (_decode_image(data, self.source, camera, i)
+                                          for i, data in enumerate(self.encoded[camera]))
+        else:
+            path, start = self.videos[camera]
+            decoded = iter_frames(path, start + self.timestamps, self.fps)
         brightest = 0
-        for frame in iter_frames(path, start + self.timestamps, self.fps):
+        for frame in decoded:
             brightest = max(brightest, int(frame.max()))
             yield frame
         if brightest <= DEAD_CAMERA_LEVEL:
@@ -107,7 +119,7 @@ class DatasetEpisode:
     @functools.cached_property
     def images(self) -> dict[str, np.ndarray]:
         """Return every camera's frames, (N, H, W, 3) uint8 (all in memory: small episodes)."""
-        return {camera: np.stack(list(self.frames(camera))) for camera in self.videos}
+        return {camera: np.stack(list(self.frames(camera))) for camera in self.cameras}
 
 
 class LeRobotDatasetReader:
@@ -242,6 +254,12 @@ class LeRobotDatasetReader:
                 columns[name] = _column_array(table.column(name), path, name)
         if STATE not in columns:
             raise DatasetError(f"{path}: no {STATE} column (it has {table.column_names})")
+        for camera in self.cameras:  # image features: encoded PNG/JPEG bytes in the parquet
+            key = IMAGE_PREFIX + camera
+            if camera not in self.video_cameras and key in table.column_names:
+                cells = table.column(key).to_pylist()
+                columns[key] = np.asarray([c.get("bytes") if isinstance(c, dict) else c
+                                           for c in cells], dtype=object)
         if "frame_index" in columns:
             order = np.argsort(columns["frame_index"], kind="stable")
             columns = {name: values[order] for name, values in columns.items()}
@@ -269,7 +287,11 @@ class LeRobotDatasetReader:
         action = (_vectors(columns[ACTION], len(self.action_names), path, ACTION)
                   if ACTION in columns else None)
         episode = DatasetEpisode(index=int(meta["episode_index"]), task=self._task(meta, columns),
-                                 timestamps=timestamps, state=state, action=action, fps=self.fps)
+                                 timestamps=timestamps, state=state, action=action, fps=self.fps,
+                                 source=str(path))
+        for camera in self.cameras:
+            if IMAGE_PREFIX + camera in columns:
+                episode.encoded[camera] = columns[IMAGE_PREFIX + camera]
         for camera in self.video_cameras:
             video = self._video_path(meta, camera)
             if not video.is_file():
@@ -318,6 +340,16 @@ def _vectors(values: np.ndarray, width: int, path: Path, name: str) -> np.ndarra
     if not np.issubdtype(values.dtype, np.number):
         raise DatasetError(f"{path}: {name} is {values.dtype}, not numbers")
     return values.astype(np.float32)
+
+
+def _decode_image(data, source: str, camera: str, row: int) -> np.ndarray:
+    """Decode one image feature's PNG/JPEG bytes to (H, W, 3) uint8 RGB."""
+    import cv2
+
+    pixels = cv2.imdecode(np.frombuffer(data or b"", np.uint8), cv2.IMREAD_COLOR) if data else None
+    if pixels is None:
+        raise DatasetError(f"{source}: row {row} of observation.images.{camera} is not an image")
+    return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
 
 
 def _quiet_encoders() -> None:

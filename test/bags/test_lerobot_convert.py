@@ -267,3 +267,17 @@ def test_an_existing_destination_is_refused_and_left_alone(tmp_path, capsys):
                                  "--topic-map", tmp_path / "bag/topic_map.yaml")
     assert status == 1 and "exists already" in err
     assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
+
+
+def test_image_features_in_the_parquet_convert_exactly(tmp_path):
+    """Cameras stored as PNG bytes in the parquet (dtype image, no mp4) reach the bag unchanged."""
+    spec = Spec(episodes=3, frames=4, image_features=True)
+    truths = write_dataset(tmp_path / "dataset", spec)
+    assert not (tmp_path / "dataset" / "videos").exists()
+    result = dataset_to_bag(tmp_path / "dataset", tmp_path / "bag", progress=False)
+    episodes = load_episodes(tmp_path / "bag", TopicMap.load(result["topic_map"]), spec.fps)
+    for truth, episode in zip(truths, episodes, strict=True):
+        for step in range(spec.frames):
+            images = episode.observation(step).images
+            for camera in spec.cameras:
+                np.testing.assert_array_equal(images[camera], truth.images[camera][step])
