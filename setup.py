@@ -9,6 +9,7 @@ ENTRY_POINTS = {
         "chunk_executor = dysta_ros.nodes.chunk_executor:main",
         "sim_node = dysta_ros.nodes.sim_node:main",
         "bag_player = dysta_ros.nodes.bag_player:main",
+        "robot_link = dysta_ros.nodes.robot_link:main",
     ]
 }
 
@@ -35,6 +36,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest", "pytest-timeout", "hypothesis", "ruff"],
+        "fleet": ["ray==2.58.0"],  # `dysta-ros eval --ray`: bags x checkpoints as Ray tasks
         # `dysta-ros convert` (LeRobot datasets <-> bags): parquet and mp4 (AV1/h264) video
         "lerobot": ["pyarrow>=15", "av>=12"],
     },
