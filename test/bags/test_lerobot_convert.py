@@ -281,3 +281,12 @@ def test_image_features_in_the_parquet_convert_exactly(tmp_path):
             images = episode.observation(step).images
             for camera in spec.cameras:
                 np.testing.assert_array_equal(images[camera], truth.images[camera][step])
+
+
+def test_a_corrupt_video_is_one_line_naming_it(tmp_path, capsys):
+    write_dataset(tmp_path / "dataset", Spec(episodes=2, frames=4, episodes_per_file=1))
+    broken = tmp_path / "dataset/videos/observation.images.front/chunk-000/file-001.mp4"
+    broken.write_bytes(broken.read_bytes()[:200])  # cut short, as an interrupted download
+    status, err = _convert_error(capsys, tmp_path / "dataset", tmp_path / "bag")
+    assert status == 1 and len(err.splitlines()) == 1 and str(broken) in err
+    assert not (tmp_path / "bag").exists()
