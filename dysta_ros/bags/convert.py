@@ -41,11 +41,18 @@ START_S = 1.0  # header stamps of zero mean "unset" to the readers: the first ep
 EPISODE_GAP_S = 1.0
 LATCHED = TopicQos(reliable=True, transient_local=True)
 SENSOR = TopicQos(reliable=False)
+COMPRESSIONS = ("none", "png", "jpeg")  # png is lossless; jpeg (quality 95) is what cameras send
+JPEG_QUALITY = 95
 
 
-def generated_topic_map(reader: LeRobotDatasetReader) -> TopicMap:
+def camera_topic(camera: str, compress: str = "none") -> str:
+    """Return the topic a dataset camera goes to unless a topic map names one."""
+    return f"/camera/{camera}/image_raw" + ("/compressed" if compress != "none" else "")
+
+
+def generated_topic_map(reader: LeRobotDatasetReader, compress: str = "none") -> TopicMap:
     """Return the topics a dataset goes to when no topic map is given."""
-    return TopicMap(cameras={c: f"/camera/{c}/image_raw" for c in reader.cameras},
+    return TopicMap(cameras={c: camera_topic(c, compress) for c in reader.cameras},
                     joints=tuple(reader.state_names), source=f"{reader.info_path} (generated)")
 
 
@@ -70,13 +77,22 @@ def _check_names(reader: LeRobotDatasetReader, topic_map: TopicMap, robot: str |
 
 def dataset_to_bag(dataset: str | Path, bag: str | Path, topic_map: str | None = None,
                    robot: str | None = None, skip_missing_video: bool = False,
-                   progress: bool = True) -> dict:
-    """Convert a LeRobot dataset to a rosbag2 MCAP bag; return what was written."""
+                   compress: str = "none", progress: bool = True) -> dict:
+    """Convert a LeRobot dataset to a rosbag2 MCAP bag; return what was written.
+
+    `compress` (png, jpeg) writes CompressedImage on `<topic>/compressed` for the cameras
+    whose topic the converter chooses; a topic map's topics ending /compressed get PNG unless
+    `compress` says jpeg, its other topics raw Image.
+    """
+    if compress not in COMPRESSIONS:
+        raise ConfigError(f"compress {compress!r} is not one of {list(COMPRESSIONS)}")
     reader = LeRobotDatasetReader(dataset, skip_missing_video=skip_missing_video)
-    chosen = TopicMap.load(topic_map) if topic_map else generated_topic_map(reader)
+    chosen = TopicMap.load(topic_map) if topic_map else generated_topic_map(reader, compress)
     _check_names(reader, chosen, robot)
     # cameras the map does not name still go into the bag, on the generated topics
-    cameras = {c: chosen.cameras.get(c, f"/camera/{c}/image_raw") for c in reader.cameras}
+    cameras = {c: chosen.cameras.get(c, camera_topic(c, compress)) for c in reader.cameras}
+    formats = {c: ("raw" if not topic.endswith("/compressed") else
+                   "jpeg" if compress == "jpeg" else "png") for c, topic in cameras.items()}
     saved = {"cameras": cameras, "state_topic": chosen.state_topic, "joints": list(chosen.joints),
              "action_topic": chosen.action_topic, "action_type": chosen.action_type,
              "instruction_topic": chosen.instruction_topic, "episode_topic": chosen.episode_topic}
@@ -89,7 +105,7 @@ def dataset_to_bag(dataset: str | Path, bag: str | Path, topic_map: str | None =
             t0 = START_S
             for episode in tqdm(reader.episodes(), total=len(reader), desc="convert",
                                 unit="episode", disable=not progress):
-                t0 = _write_episode(writer, saved, reader, episode, counts["episodes"], t0)
+                t0 = _write_episode(writer, saved, formats, reader, episode, counts["episodes"], t0)
                 counts["episodes"] += 1
                 counts["frames"] += len(episode.timestamps)
     except BaseException:
@@ -115,12 +131,12 @@ def _declare_topics(writer: BagWriter, topics: dict, has_action: bool) -> None:
 
 
 def _image_type(topic: str) -> str:
-    """Return the image type a topic carries: CompressedImage (PNG) where it ends /compressed."""
+    """Return the image type a topic carries: CompressedImage where it ends /compressed."""
     return "sensor_msgs/msg/" + ("CompressedImage" if topic.endswith("/compressed") else "Image")
 
 
-def _write_episode(writer: BagWriter, topics: dict, reader: LeRobotDatasetReader, episode,
-                   number: int, t0: float) -> float:
+def _write_episode(writer: BagWriter, topics: dict, formats: dict[str, str],
+                   reader: LeRobotDatasetReader, episode, number: int, t0: float) -> float:
     """Write one episode's messages from `t0` on; return when the next episode may start."""
     types = writer.typestore.types
     stamps = t0 + _on_frame_grid(episode.timestamps - episode.timestamps[0], reader.fps)
@@ -146,7 +162,8 @@ def _write_episode(writer: BagWriter, topics: dict, reader: LeRobotDatasetReader
     for step, t in enumerate(stamps):
         for camera, frame in frames.items():
             topic = topics["cameras"][camera]
-            writer.write_message(topic, ns(t), _image(types, header(t, camera), topic, next(frame)))
+            writer.write_message(topic, ns(t), _image(types, header(t, camera), formats[camera],
+                                                      next(frame)))
         writer.write_message(topics["state_topic"], ns(t), types["sensor_msgs/msg/JointState"](
             header=header(t), name=list(reader.state_names),
             position=episode.state[step].astype(np.float64), velocity=np.zeros(0),
@@ -172,13 +189,15 @@ def _on_frame_grid(times: np.ndarray, fps: float) -> np.ndarray:
     return np.where(np.abs(times * fps - frames) < 1e-3, frames / fps, times)
 
 
-def _image(types, header, topic: str, rgb: np.ndarray):
-    if _image_type(topic).endswith("CompressedImage"):
+def _image(types, header, image_format: str, rgb: np.ndarray):
+    """Return an Image (rgb8) or, for png / jpeg, a CompressedImage of one frame."""
+    if image_format != "raw":
         import cv2
 
-        ok, png = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
-        return types["sensor_msgs/msg/CompressedImage"](header=header, format="png",
-                                                         data=np.frombuffer(png, np.uint8))
+        params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if image_format == "jpeg" else []
+        _, data = cv2.imencode(f".{image_format}", np.ascontiguousarray(rgb[..., ::-1]), params)
+        return types["sensor_msgs/msg/CompressedImage"](header=header, format=image_format,
+                                                         data=np.frombuffer(data, np.uint8))
     height, width = rgb.shape[:2]
     return types["sensor_msgs/msg/Image"](
         header=header, height=height, width=width, encoding="rgb8", is_bigendian=0,
@@ -270,6 +289,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--robot", default=None,
                         help="dataset -> bag: check observation.state names against this robot "
                              "config's features (config/robots/)")
+    parser.add_argument("--compress", choices=COMPRESSIONS, default="none",
+                        help="dataset -> bag: cameras as CompressedImage on <topic>/compressed "
+                             "(png: lossless; jpeg: quality 95) instead of raw Image")
     parser.add_argument("--skip-missing-video", action="store_true",
                         help="dataset -> bag: go on without a camera whose video file is absent")
     parser.add_argument("--vcodec", default=None,
@@ -287,7 +309,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if is_dataset(source):
             result = dataset_to_bag(source, args.destination, args.topic_map, args.robot,
-                                    args.skip_missing_video, progress=not args.json)
+                                    args.skip_missing_video, args.compress, progress=not args.json)
             hint = (f"dysta-ros eval {result['bag']} --topic-map {result['topic_map']}")
         elif source.exists():
             if args.fps is None:

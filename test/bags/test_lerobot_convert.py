@@ -290,3 +290,17 @@ def test_a_corrupt_video_is_one_line_naming_it(tmp_path, capsys):
     status, err = _convert_error(capsys, tmp_path / "dataset", tmp_path / "bag")
     assert status == 1 and len(err.splitlines()) == 1 and str(broken) in err
     assert not (tmp_path / "bag").exists()
+
+
+@pytest.mark.parametrize("compress, exact", [("png", True), ("jpeg", False)])
+def test_compressed_camera_topics_on_request(tmp_path, compress, exact):
+    spec = Spec(episodes=1, frames=3)
+    write_dataset(tmp_path / "dataset", spec)
+    result = dataset_to_bag(tmp_path / "dataset", tmp_path / "bag", compress=compress, progress=False)
+    with BagReader(tmp_path / "bag") as bag:
+        assert bag.topics["/camera/front/image_raw/compressed"] == "sensor_msgs/msg/CompressedImage"
+        assert bag.decode(next(bag.messages(["/camera/wrist/image_raw/compressed"]))).format == compress
+    decoded = next(LeRobotDatasetReader(tmp_path / "dataset").episodes()).images["front"][1]
+    image = load_episodes(tmp_path / "bag", TopicMap.load(result["topic_map"]), spec.fps)[0] \
+        .observation(1).images["front"]
+    assert (np.array_equal(image, decoded) if exact else _frame_error(image, decoded) < 2.0)
