@@ -49,6 +49,10 @@ PARAMS = [
     config_param("command_output", "override the robot config's output", read_only=True,
                  choices=("",) + COMMAND_OUTPUTS),
     config_param("dry_run", "log commands instead of publishing them"),
+    config_param("trajectory_lookahead_s", "joint_trajectory: seconds of the plan in each trajectory "
+                 "(0: one point, one period ahead)"),
+    config_param("trajectory_rate_hz", "joint_trajectory: trajectories per second (at most the "
+                 "control rate)"),
     P.Param("diagnostic_period_s", 1.0, "seconds between /diagnostics messages", read_only=True,
             low=0.01, high=60.0),
 ]
@@ -96,6 +100,7 @@ class ChunkExecutorNode(Node):
         self.create_timer(self.core.config.period, self.on_tick)
         self.board.set("chunks", WARN, "no chunk yet")
         self.clamps_reported = 0  # clamps already on /diagnostics: a WARN outlives its tick
+        self.next_trajectory = float("-inf")  # joint_trajectory: when the next one is due
         self.report_workspace()
         self.get_logger().info(f"{self.output} -> {self.robot.command_topics[self.output]} at "
                                f"{values['control_rate_hz']} Hz, blending {values['blending']}"
@@ -164,6 +169,7 @@ class ChunkExecutorNode(Node):
             self.board.set("commands", level, f"holding: {tick.hold_reason}", **self.core.counts)
             if self.holding is None:  # was commanding: stop the controller where it is
                 self.publish_hold(now)
+            self.next_trajectory = float("-inf")  # resuming sends a trajectory at once
             self.holding = tick.hold_reason
             return
         self.holding = None
@@ -178,11 +184,27 @@ class ChunkExecutorNode(Node):
             self.get_logger().info(f"dry run: {self.output} {np.round(tick.command, 4).tolist()}",
                                    throttle_duration_sec=1.0)
             return
-        self.command_pub.publish(self.command_msg(tick.command, now))
+        if self.output == "joint_trajectory":
+            self.publish_trajectory(tick.command, now)
+        else:
+            self.command_pub.publish(self.command_msg(tick.command, now))
+
+    def publish_trajectory(self, command: np.ndarray, now: float):
+        """Send the plan ahead (`ChunkExecutor.lookahead`) at trajectory_rate_hz, from this tick's command.
+
+        Stamped `now`: point j is for `now + (j + 1) * period`, so a controller that starts it
+        later (transport) skips what has passed, as it does for any trajectory.
+        """
+        if now < self.next_trajectory:
+            return
+        config = self.core.config
+        # A trajectory is due every 1 / trajectory_rate_hz, on the control ticks (so at most their rate).
+        self.next_trajectory = now + 1.0 / config.trajectory_rate_hz - 0.5 * config.period
+        points = self.core.lookahead(now, command)
+        times = [(j + 1) * config.period for j in range(len(points))]
+        self.command_pub.publish(conv.trajectory_msg(self.robot.joints, points, times, now))
 
     def command_msg(self, command: np.ndarray, now: float):
-        if self.output == "joint_trajectory":
-            return conv.trajectory_msg(self.robot.joints, command[None, :], [self.core.config.period])
         if self.output == "forward_position":
             return Float64MultiArray(data=command.tolist())
         if self.output == "ee_pose":
