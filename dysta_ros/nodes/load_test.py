@@ -29,6 +29,10 @@ from dysta_ros.nodes.latency import (
 from dysta_ros.plots import pyplot, save_png
 
 
+# policy_node's per-camera counters (see nodes/inputs.py) this report takes from /diagnostics
+COUNTS = ("received", "used", "dropped", "missed", "out_of_order")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_load_arguments(parser, cameras=3, seconds=300.0, strategy="full")
     # 128 px frames, 8 history frames: the tiny model takes longer per step than a camera period.
@@ -83,8 +87,7 @@ def measure(args) -> dict:
                 values = {kv.key: kv.value for kv in status.values}
                 for topic in topics:
                     if f"{topic}.received" in values:
-                        counts[topic] = {k: int(values[f"{topic}.{k}"])
-                                         for k in ("received", "dropped", "out_of_order")}
+                        counts[topic] = {k: int(values[f"{topic}.{k}"]) for k in COUNTS}
 
     def on_timer():
         sent["frames"] = publish() - sent["base"]
@@ -131,6 +134,8 @@ def summarise(args, chunks, memory, counts, start_counts, frames_sent, alive) ->
     for topic, c in counts.items():
         base = start_counts.get(topic, {k: 0 for k in c})
         cameras[topic] = {k: c[k] - base[k] for k in c}
+        # Each camera served: the share of its frames that reached the node's callback.
+        cameras[topic]["delivered"] = cameras[topic]["received"] / frames_sent if frames_sent else 0.0
     return {
         "config": vars(args), "alive": alive, "seconds": args.seconds, "frames_sent_per_camera": frames_sent,
         "chunks": len(chunks), "steps_per_s": len(chunks) / args.seconds,
@@ -174,11 +179,22 @@ def plot(report: dict, path: Path):
     save_png(fig, path, dpi=100)
 
 
+def camera_table(report: dict) -> str:
+    """Return the per-camera delivery table (markdown), as README shows it."""
+    lines = ["| camera | sent | received | delivered | used | dropped | missed |",
+             "|---|---|---|---|---|---|---|"]
+    for topic, c in sorted(report["cameras"].items()):
+        lines.append(f"| `{topic}` | {report['frames_sent_per_camera']} | {c['received']} | "
+                     f"{100 * c['delivered']:.1f} % | {c['used']} | {c['dropped']} | {c['missed']} |")
+    return "\n".join(lines)
+
+
 def run(args) -> int:
     """Measure, write the report, print the figures."""
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     report = measure(args)
     print(json.dumps({k: v for k, v in report.items() if k not in ("series", "config")}, indent=1))
+    print(camera_table(report))
     write_report(report, args.out, "load", plot)
     return 0 if report["alive"] else 1
 
