@@ -152,6 +152,7 @@ def run(args) -> int:
 
     from dysta_ros.nodes import chunk_executor, policy_node
     from dysta_ros.nodes.spin import share_the_gil_finely, spin_nodes
+    from dysta_ros.nodes.transport import use_large_frame_transport
 
     try:
         values = node_values(args)
@@ -161,6 +162,7 @@ def run(args) -> int:
         print(f"dysta-ros run: {exc}", file=sys.stderr)
         return 2
     share_the_gil_finely()  # policy and executor share this process
+    use_large_frame_transport()
     rclpy.init()
     policy = policy_node.PolicyNode(parameter_overrides=overrides["policy_node"])
     try:
