@@ -100,7 +100,7 @@ class ChunkExecutorNode(Node):
         self.create_timer(self.core.config.period, self.on_tick)
         self.board.set("chunks", WARN, "no chunk yet")
         self.clamps_reported = 0  # clamps already on /diagnostics: a WARN outlives its tick
-        self.next_trajectory = float("-inf")  # joint_trajectory: when the next one is due
+        self.ticks_to_trajectory = 0  # joint_trajectory: control ticks until the next one is due
         self.report_workspace()
         self.get_logger().info(f"{self.output} -> {self.robot.command_topics[self.output]} at "
                                f"{values['control_rate_hz']} Hz, blending {values['blending']}"
@@ -169,7 +169,7 @@ class ChunkExecutorNode(Node):
             self.board.set("commands", level, f"holding: {tick.hold_reason}", **self.core.counts)
             if self.holding is None:  # was commanding: stop the controller where it is
                 self.publish_hold(now)
-            self.next_trajectory = float("-inf")  # resuming sends a trajectory at once
+            self.ticks_to_trajectory = 0  # resuming sends a trajectory at once
             self.holding = tick.hold_reason
             return
         self.holding = None
@@ -192,14 +192,16 @@ class ChunkExecutorNode(Node):
     def publish_trajectory(self, command: np.ndarray, now: float):
         """Send the plan ahead (`ChunkExecutor.lookahead`) at trajectory_rate_hz, from this tick's command.
 
-        Stamped `now`: point j is for `now + (j + 1) * period`, so a controller that starts it
-        later (transport) skips what has passed, as it does for any trajectory.
+        Counted in control ticks (every round(control_rate / trajectory_rate)-th, at least every
+        one), so each trajectory starts at most that many ticks of velocity from the last one's
+        start, however the clock runs. Stamped `now`: point j is for `now + (j + 1) * period`, so a
+        controller that starts it later (transport) skips what has passed, as for any trajectory.
         """
-        if now < self.next_trajectory:
+        self.ticks_to_trajectory -= 1
+        if self.ticks_to_trajectory > 0:
             return
         config = self.core.config
-        # A trajectory is due every 1 / trajectory_rate_hz, on the control ticks (so at most their rate).
-        self.next_trajectory = now + 1.0 / config.trajectory_rate_hz - 0.5 * config.period
+        self.ticks_to_trajectory = max(1, round(config.control_rate_hz / config.trajectory_rate_hz))
         points = self.core.lookahead(now, command)
         times = [(j + 1) * config.period for j in range(len(points))]
         self.command_pub.publish(conv.trajectory_msg(self.robot.joints, points, times, now))
