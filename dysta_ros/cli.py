@@ -26,6 +26,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("dysta_ros.nodes.run", "policy_node + chunk_executor in one process (no ros2 launch needed)"),
     "latency": ("dysta_ros.nodes.latency", "ROS-layer camera-to-chunk latency beyond model time"),
     "load": ("dysta_ros.nodes.load_test", "hold policy_node under camera load: memory, frame age, drops"),
+    "tracking": ("dysta_ros.nodes.tracking", "how closely the sim arm follows the executor's plan, per "
+                 "trajectory scheme"),
     "train": ("dysta_ros.training.train", "behaviour cloning with DySta's learned parts"),
     "parity": ("dysta_ros.evaluation.parity", "our SmolVLA vs recorded LeRobot cases: max action errors"),
     "info": ("dysta_ros.info", "what a checkpoint directory holds: family, cameras, dims, dtypes"),

@@ -39,6 +39,7 @@ from dysta_ros.nodes import chunk_executor, policy_node
 from dysta_ros.nodes.conversions import CAMERA_QOS, ESTOP_QOS, LATCHED_QOS, RELIABLE_QOS, SIM_TIME, to_seconds
 from dysta_ros.nodes.image_conversion import image_to_rgb
 from dysta_ros.nodes.run import node_values, to_parameters
+from dysta_ros.nodes.service_calls import call_service
 from dysta_ros.nodes.sim_node import OUTCOME_TOPIC, SimNode
 from dysta_ros.nodes.spin import share_the_gil_finely
 
@@ -117,16 +118,7 @@ class DemoSession:
 
     # --- services ---------------------------------------------------------------------------------
     def call(self, client, request, what: str):
-        if not client.wait_for_service(timeout_sec=SERVICE_TIMEOUT_S):
-            raise TimeoutError(f"{what}: service {client.srv_name} did not appear "
-                               f"in {SERVICE_TIMEOUT_S:.0f} s")
-        future = client.call_async(request)
-        deadline = time.monotonic() + SERVICE_TIMEOUT_S
-        while not future.done():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{what}: no reply from {client.srv_name}")
-            time.sleep(0.005)
-        return future.result()
+        return call_service(client, request, what, SERVICE_TIMEOUT_S)
 
     def set_parameters(self, client, what: str, **values) -> None:
         request = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg()
