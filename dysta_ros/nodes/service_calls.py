@@ -13,12 +13,28 @@ SERVICE_TIMEOUT_S = 30.0
 
 def wait_until(condition, timeout_s: float, poll_s: float = 0.02) -> bool:
     """Wait (another thread spins the nodes) until `condition()` or the timeout; return it."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
+    try:
+        wait_for(condition, "", timeout_s, poll_s=poll_s)
+    except TimeoutError:
+        return False
+    return True
+
+
+def wait_for(condition, what: str, timeout_s: float, on_wait=None, alive=None, poll_s: float = 0.1) -> None:
+    """Wait until `condition()`; raise TimeoutError after `timeout_s` without progress.
+
+    Progress is `condition()` turning true, or (with `alive`) a change of `alive()`;
+    `on_wait()` runs between polls.
+    """
+    deadline, last = time.monotonic() + timeout_s, alive() if alive else None
+    while not condition():
+        if alive is not None and alive() != last:
+            deadline, last = time.monotonic() + timeout_s, alive()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout_s:.0f} s for {what}")
+        if on_wait is not None:
+            on_wait()
         time.sleep(poll_s)
-    return condition()
 
 
 def call_service(client, request, what: str, timeout_s: float = SERVICE_TIMEOUT_S):
