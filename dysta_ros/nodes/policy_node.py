@@ -29,6 +29,7 @@ from dysta_ros.errors import ConfigError, DystaError
 from dysta_ros.msg import ActionChunk, TokenStats
 from dysta_ros.nodes import conversions as conv
 from dysta_ros.nodes import params as P
+from dysta_ros.nodes.clock_offset import ClockOffsetClient
 from dysta_ros.nodes.diagnostics import ERROR, OK, WARN, CoreLogBridge, StatusBoard, to_message
 from dysta_ros.nodes.inference_loop import InferenceLoop
 from dysta_ros.nodes.inputs import LatestInputs
@@ -37,6 +38,7 @@ from dysta_ros.nodes.policy_params import (  # noqa: F401 - PARAMS and co. are t
 )
 from dysta_ros.nodes.policy_step import PolicyStep, action_names_for
 from dysta_ros.nodes.raw_frames import header_stamp
+from dysta_ros.nodes.robot_link import compressed_topic
 from dysta_ros.nodes.spin import run_node
 from dysta_ros.robot import load_robot_config
 
@@ -61,6 +63,7 @@ class PolicyNode(LifecycleNode):
                        characters=len(self.values["instruction"]))
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(self.values["diagnostic_period_s"], self.publish_diagnostics)
+        self.clock = ClockOffsetClient(self, self.values["clock_sync"], self.values["diagnostic_period_s"])
         self.runtime = self.inputs = self.step = self.loop = self.chunk_pub = self.stats_pub = None
         self.rebuild = False
         self.ros_entities = []
@@ -102,6 +105,8 @@ class PolicyNode(LifecycleNode):
             spec = self.runtime.spec
             action_names = action_names_for(spec, self.robot, bool(v["camera_topics"]))
             topics = v["camera_topics"] or self.robot.camera_topics(spec.camera_names)
+            if v["camera_transport"] == "compressed":
+                topics = [compressed_topic(t) for t in topics]
             if len(topics) != len(spec.camera_names):
                 raise ConfigError(f"camera_topics: the model takes {len(spec.camera_names)} "
                                   f"cameras {spec.camera_names}, got {len(topics)} topics")
@@ -215,7 +220,8 @@ class PolicyNode(LifecycleNode):
         return stamp if stamp > 0 else (self.now() if now is None else now)
 
     def now(self) -> float:
-        return self.get_clock().now().nanoseconds * 1e-9
+        """Seconds on the robot's clock, the one observation stamps are on (clock_sync)."""
+        return self.get_clock().now().nanoseconds * 1e-9 + self.clock.offset_s
 
     def on_instruction(self, msg):
         if len(msg.data) > MAX_INSTRUCTION_CHARS:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import yaml
 
+from dysta_ros.clock_sync import CLOCK_SYNC_MODES
 from dysta_ros.errors import ConfigError
 from dysta_ros.nodes import params as P
 from dysta_ros.robot import config_path, load_yaml
@@ -34,6 +35,10 @@ PARAMS = [
             read_only=True),
     P.Param("camera_topics", [], "topics of the model's cameras, in its order (empty: robot config)",
             read_only=True),
+    P.Param("camera_transport", "raw", "compressed: subscribe to each camera topic's /compressed "
+            "stream (robot_link's, from a policy host)", read_only=True, choices=("raw", "compressed")),
+    P.Param("clock_sync", "assume", "assume: clocks synchronised (chrony/PTP); estimate: the robot's "
+            "clock from round trips to robot_link (a policy host)", read_only=True, choices=CLOCK_SYNC_MODES),
     P.Param("inference_rate_hz", 10.0, "most policy steps per second", low=0.1, high=1000.0),
     P.Param("max_image_age_s", 0.5, "hold when a camera's latest frame is older", low=0.001, high=60.0),
     P.Param("max_state_age_s", 0.5, "hold when the latest joint state is older", low=0.001, high=60.0),

@@ -16,6 +16,8 @@ from dysta_ros.robot import config_dirs
 
 PROFILE = "fastdds_large_frames.xml"
 PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
+# Transports chosen another way (e.g. UDPv4 only, so nothing bypasses a network under test).
+CHOSEN_TRANSPORT_VARIABLES = ("FASTDDS_BUILTIN_TRANSPORTS",)
 FAST_DDS = ("rmw_fastrtps_cpp", "rmw_fastrtps_dynamic_cpp")
 
 
@@ -23,10 +25,10 @@ def use_large_frame_transport() -> str | None:
     """Point Fast DDS at the large-frame profile for this process and its children; return its path.
 
     Must run before rclpy.init (a participant reads its profile when created). Returns None
-    and changes nothing when a profile is already set, another middleware is chosen, or the
-    file is not installed.
+    and changes nothing when a profile or Fast DDS's builtin transports are already chosen,
+    another middleware is, or the file is not installed.
     """
-    if any(os.environ.get(name) for name in PROFILE_VARIABLES):
+    if any(os.environ.get(name) for name in PROFILE_VARIABLES + CHOSEN_TRANSPORT_VARIABLES):
         return None
     if os.environ.get("RMW_IMPLEMENTATION", FAST_DDS[0]) not in FAST_DDS:
         return None

@@ -6,7 +6,7 @@ from dysta_ros.nodes import transport
 
 
 def test_the_profile_is_set_only_where_nothing_else_was_chosen(monkeypatch):
-    for name in transport.PROFILE_VARIABLES + ("RMW_IMPLEMENTATION",):
+    for name in transport.PROFILE_VARIABLES + transport.CHOSEN_TRANSPORT_VARIABLES + ("RMW_IMPLEMENTATION",):
         monkeypatch.delenv(name, raising=False)
     path = transport.use_large_frame_transport()
     assert path is not None and path.endswith(transport.PROFILE)
@@ -21,6 +21,10 @@ def test_the_profile_is_set_only_where_nothing_else_was_chosen(monkeypatch):
     assert transport.use_large_frame_transport() is None
     assert os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] == "/their/profile.xml"
     monkeypatch.delenv("FASTDDS_DEFAULT_PROFILES_FILE")
+    monkeypatch.setenv("FASTDDS_BUILTIN_TRANSPORTS", "UDPv4")  # e.g. a network under test
+    assert transport.use_large_frame_transport() is None
+    assert "FASTDDS_DEFAULT_PROFILES_FILE" not in os.environ
+    monkeypatch.delenv("FASTDDS_BUILTIN_TRANSPORTS")
     monkeypatch.setenv("RMW_IMPLEMENTATION", "rmw_cyclonedds_cpp")
     assert transport.use_large_frame_transport() is None
     assert "FASTDDS_DEFAULT_PROFILES_FILE" not in os.environ

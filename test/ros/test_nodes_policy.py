@@ -414,7 +414,8 @@ def test_trajectories_keep_to_the_joint_limits_and_stop_on_estop(ros):
         # Non-finite actions (here: corrupt de-normalisation statistics) send nothing: no chunk
         # comes of a frame sent after the corruption (a step that began before it used older frames).
         errors = node.errors
-        node.runtime.action_std[0] = float("nan")
+        cfg = node.runtime.model.cfg
+        cfg.action_std = [float("nan")] + [1.0] * (cfg.action_dim - 1)
         corrupted = probe.publishing_until(good_frame, lambda: node.errors >= errors + 4)
         assert not chunk_stamps(probe) & set(corrupted)
         # Deactivating stops the controller too: the executor's deadman (no chunk) stops it.
