@@ -6,11 +6,9 @@ frames raw, as serialized bytes); the inference thread steps at most `inference_
 fresh inputs only, through the core's one boundary `runtime.step(observation)`. `autostart:
 true` configures and activates at startup, so a plain launch file needs no lifecycle manager.
 
-The parts are plain classes, each in its own module: the parameters (policy_params), the
-input tracker (inputs), the inference thread (inference_loop), one step and its report
-(policy_step, step_report) and the status board (diagnostics). Chunks become robot commands
-in one place only, chunk_executor (launched beside this node, or composed into the same
-process by `dysta-ros run`).
+Its parts are plain classes in their own modules: parameters (policy_params), input tracker
+(inputs), inference thread (inference_loop), one step and its report (policy_step,
+step_report), status board (diagnostics). Chunks become robot commands in chunk_executor only.
 """
 
 from __future__ import annotations
@@ -22,7 +20,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
-from sensor_msgs.msg import CompressedImage, Image, JointState
+from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 
 from dysta_ros.errors import ConfigError, DystaError
@@ -36,9 +34,8 @@ from dysta_ros.nodes.inputs import LatestInputs
 from dysta_ros.nodes.policy_params import (  # noqa: F401 - PARAMS and co. are this node's API
     MAX_INSTRUCTION_CHARS, PARAMS, PolicyParameters, preset_overrides, strategy_params_from_yaml,
 )
-from dysta_ros.nodes.policy_step import PolicyStep, action_names_for
+from dysta_ros.nodes.policy_step import PolicyStep, action_names_for, camera_inputs
 from dysta_ros.nodes.raw_frames import header_stamp
-from dysta_ros.nodes.robot_link import compressed_topic
 from dysta_ros.nodes.spin import run_node
 from dysta_ros.robot import load_robot_config
 
@@ -104,12 +101,7 @@ class PolicyNode(LifecycleNode):
             self.runtime = self.parameters.build_runtime(v, self.robot)
             spec = self.runtime.spec
             action_names = action_names_for(spec, self.robot, bool(v["camera_topics"]))
-            topics = v["camera_topics"] or self.robot.camera_topics(spec.camera_names)
-            if v["camera_transport"] == "compressed":
-                topics = [compressed_topic(t) for t in topics]
-            if len(topics) != len(spec.camera_names):
-                raise ConfigError(f"camera_topics: the model takes {len(spec.camera_names)} "
-                                  f"cameras {spec.camera_names}, got {len(topics)} topics")
+            cameras = camera_inputs(spec.camera_names, self.robot, v["camera_topics"], v["camera_transport"])
         except (DystaError, ValueError) as exc:
             self.runtime = None
             self.get_logger().error(f"configure failed: {exc}")
@@ -118,8 +110,6 @@ class PolicyNode(LifecycleNode):
         # The model and its library state live for the node's life: move them out of the
         # collector's view, so a full collection in the control loop no longer walks them.
         gc.freeze()
-        cameras = {topic: (name, CompressedImage if topic.rstrip("/").endswith("/compressed") else Image)
-                   for name, topic in zip(spec.camera_names, topics)}
         self.inputs = LatestInputs(list(cameras), self.robot.state_topic, v["instruction"])
         self.step = PolicyStep(self.inputs, cameras, self.robot, action_names, self.board, self.now,
                                lambda: self.values, self.current_runtime, self.publish_step,

@@ -10,12 +10,14 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+from sensor_msgs.msg import CompressedImage, Image
 
 from dysta_ros.errors import ConfigError, InferenceError, InputError
 from dysta_ros.nodes.diagnostics import ERROR, OK, WARN, StatusBoard
 from dysta_ros.nodes.image_conversion import image_to_rgb
 from dysta_ros.nodes.inputs import LatestInputs
 from dysta_ros.nodes.raw_frames import decode
+from dysta_ros.nodes.robot_link import compressed_topic
 from dysta_ros.nodes.step_report import StepReport
 from dysta_ros.robot import RobotConfig
 from dysta_ros.types import Observation
@@ -42,6 +44,24 @@ def action_names_for(spec, robot: RobotConfig, topics_given: bool) -> list[str]:
         return EE_AXES[spec.action_dim]
     raise ConfigError(f"model action space {spec.action_space} with dim {spec.action_dim}: "
                       f"end-effector actions need 6 (xyz+rpy) or 7 (xyz+quaternion)")
+
+
+def camera_inputs(camera_names: list[str], robot: RobotConfig, topics: list[str],
+                  transport: str = "raw") -> dict[str, tuple[str, type]]:
+    """Return topic -> (model camera name, message type), in the model's camera order.
+
+    `topics` given explicitly, or the robot config's cameras of those names; with `transport`
+    "compressed", each topic's `/compressed` stream (robot_link's). A topic ending in
+    `/compressed` carries CompressedImage, any other Image.
+    """
+    topics = list(topics) or robot.camera_topics(camera_names)
+    if transport == "compressed":
+        topics = [compressed_topic(t) for t in topics]
+    if len(topics) != len(camera_names):
+        raise ConfigError(f"camera_topics: the model takes {len(camera_names)} cameras {camera_names}, "
+                          f"got {len(topics)} topics")
+    return {topic: (name, CompressedImage if topic.rstrip("/").endswith("/compressed") else Image)
+            for name, topic in zip(camera_names, topics)}
 
 
 class PolicyStep:
