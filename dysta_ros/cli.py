@@ -28,6 +28,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "latency": ("dysta_ros.nodes.latency", "ROS-layer camera-to-chunk latency beyond model time"),
     "link": ("dysta_ros.nodes.link_bench", "robot + policy host over loopback or an impaired link, measured"),
     "load": ("dysta_ros.nodes.load_test", "hold policy_node under camera load: memory, frame age, drops"),
+    "tracking": ("dysta_ros.nodes.tracking", "how closely the sim arm follows the executor's plan, per "
+                 "trajectory scheme"),
     "train": ("dysta_ros.training.train", "behaviour cloning with DySta's learned parts"),
     "parity": ("dysta_ros.evaluation.parity", "our SmolVLA vs recorded LeRobot cases: max action errors"),
     "info": ("dysta_ros.info", "what a checkpoint directory holds: family, cameras, dims, dtypes"),
