@@ -25,7 +25,7 @@ $(STAMP): setup.py setup.cfg requirements-ros.txt package.xml CMakeLists.txt $(w
 	# this is PyPI's default build (CUDA on Linux x86-64). README "Two commands" says so.
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -r requirements-ros.txt
-	$(PIP) install -q -e '.[test]' --config-settings editable_mode=compat
+	$(PIP) install -q -e '.[test,lerobot,fleet]' --config-settings editable_mode=compat
 	@$(MAKE) --no-print-directory msgs
 	$(PY) -c "from dysta_ros.msg import ActionChunk, TokenStats"
 	touch $(STAMP)

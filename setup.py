@@ -9,6 +9,7 @@ ENTRY_POINTS = {
         "chunk_executor = dysta_ros.nodes.chunk_executor:main",
         "sim_node = dysta_ros.nodes.sim_node:main",
         "bag_player = dysta_ros.nodes.bag_player:main",
+        "robot_link = dysta_ros.nodes.robot_link:main",
     ]
 }
 
@@ -33,7 +34,13 @@ setup(
         "rosbags>=0.10",
         "mcap>=1.2",  # reads the complete messages of MCAP files a killed recorder left
     ],
-    extras_require={"test": ["pytest", "pytest-timeout", "hypothesis", "ruff"]},
+    extras_require={
+        "test": ["pytest", "pytest-timeout", "hypothesis", "ruff"],
+        "fleet": ["ray==2.58.0"],  # `dysta-ros eval --ray`: bags x checkpoints as Ray tasks
+        # `dysta-ros convert` (LeRobot datasets <-> bags): parquet and mp4 (AV1/h264) video;
+        # floors as LeRobot's own (it pins av<16), tested with pyarrow 25.0.1 and av 18.1.0
+        "lerobot": ["pyarrow>=21", "av>=15"],
+    },
     zip_safe=False,
     entry_points=ENTRY_POINTS,
 )

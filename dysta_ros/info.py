@@ -14,8 +14,8 @@ from pathlib import Path
 
 from dysta_ros.cli_options import add_json_argument, json_to_stdout, write_json
 from dysta_ros.errors import CheckpointError
+from dysta_ros.policy.families import CONFIG_FILE, DEFAULT_DT, FAMILIES, family_of
 from dysta_ros.results import result_document
-from dysta_ros.policy.families import CONFIG_FILE, DEFAULT_DT, family_of
 from dysta_ros.policy.jsonfile import read_json_file
 
 WEIGHTS_FILE = "model.safetensors"
@@ -94,7 +94,8 @@ def checkpoint_info(directory) -> dict:
         described = smolvla_info(data) if family == "smolvla" else dysta_info(data)
     except (KeyError, TypeError, AttributeError, IndexError) as exc:
         raise CheckpointError(f"{directory / CONFIG_FILE}: missing or malformed key {exc}") from exc
-    return {"directory": str(directory), "family": family, **described, **weights_summary(directory)}
+    return {"directory": str(directory), "family": family, **described, **weights_summary(directory),
+            "strategies": FAMILIES[family].strategy_table()}
 
 
 BAG_SUFFIXES = (".mcap", ".db3", ".bag")
@@ -130,5 +131,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     width = max(len(k) for k in info)
     for key, value in info.items():
+        if key == "strategies":
+            continue
         print(f"{key:<{width}}  {'(not in the checkpoint)' if value is None else value}")
+    print("strategies:")
+    for name, verdict in info["strategies"].items():
+        print(f"  {name:<16}{verdict}")
     return 0

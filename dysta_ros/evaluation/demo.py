@@ -72,6 +72,8 @@ class EpisodeRecord:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add `dysta-ros demo` arguments."""
     add_model_argument(parser, default=[EXPERT, "tiny"], several=True)  # 'expert': scripted, privileged
+    parser.add_argument("--vlm", default=None, metavar="DIR",
+                        help="a LeRobot SmolVLA checkpoint's backbone config + tokenizer directory")
     add_strategies_argument(parser, default=["dysta"],
                             extra_help=" for learned policies; with `full` among them the table shows "
                                        "each one's speedup")
@@ -86,12 +88,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_json_argument(parser)
 
 
+def policies(args: argparse.Namespace) -> list[str]:
+    """Return who drives, in turn: --model's list ('expert', presets, checkpoint directories)."""
+    return list(args.model)
+
+
 def check_arguments(args: argparse.Namespace) -> None:
     """Raise ConfigError naming the argument when one is not usable."""
     from dysta_ros.policy.config import PRESETS
     from dysta_ros.tokens import available_strategies
 
-    for policy in args.model:
+    for policy in policies(args):
         if policy != EXPERT and policy not in PRESETS and not Path(policy).is_dir():
             raise ConfigError(f"--model {policy!r}: not 'expert', a preset ({', '.join(PRESETS)}) "
                               "or an existing checkpoint directory")
@@ -108,7 +115,7 @@ def check_arguments(args: argparse.Namespace) -> None:
 def plan(args: argparse.Namespace) -> list[tuple[str, str, int]]:
     """Return the episodes to run as (policy, strategy, seed); each combination sees the same seeds."""
     runs = []
-    for policy in args.model:
+    for policy in policies(args):
         for strategy in ([EXPERT] if policy == EXPERT else args.strategies):
             runs += [(policy, strategy, args.seed + i) for i in range(args.episodes)]
     return runs

@@ -4,13 +4,13 @@ Each observation of a bag is fed to one runtime per strategy in the same loop (t
 rotates per step so no strategy always runs first), so step times compare like with like.
 Per strategy: action error against the recorded actions over the first k actions of each
 chunk, deviation from `full` on the same steps (pruning error, apart from model error), step
-time and speedup, tokens, and how often the static cache was rebuilt.
+time and speedup, tokens, and how often the static cache was rebuilt; and the metrics of
+open_loop_metrics.py: error in task-critical windows, chunk-boundary discontinuity.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,12 +21,17 @@ from tqdm import tqdm
 
 from dysta_ros.bags import TopicMap, load_episodes
 from dysta_ros.bags.episodes import Episode, check_bag
-from dysta_ros.cli_options import (add_json_argument, add_model_argument, add_runtime_arguments,
-                                   add_strategies_argument, json_to_stdout, write_json)
-from dysta_ros.errors import BagError, CheckpointError, ConfigError, InferenceError, InputError, exit_status
-from dysta_ros.results import recache_rate, result_document, speedup
-from dysta_ros.tokens import available_strategies, parse_param_overrides
+from dysta_ros.errors import ConfigError, InferenceError, InputError
+from dysta_ros.results import recache_rate, speedup
+from dysta_ros.tokens import available_strategies
 from dysta_ros.types import STAGES, StepStats
+from dysta_ros.evaluation.open_loop_metrics import (
+    CriticalWindows,
+    chunk_boundaries,
+    critical_events,
+    window_errors,
+    window_tags,
+)
 
 if TYPE_CHECKING:  # torch: imported to evaluate, so `dysta-ros eval --help` stays instant
     from dysta_ros.policy.runtime import PolicyRuntime
@@ -53,6 +58,9 @@ class EvalConfig:
     params: dict[str, dict] = field(default_factory=dict)  # strategy -> overrides of its YAML
     threads: int = 0  # torch CPU threads; 0: torch's default
     time: str = "header"  # which clock places bag messages: header stamps or receive times
+    window_s: float = 0.3  # task-critical windows: seconds either side of an event
+    gripper_joint: str = "auto"  # the joint whose changes are events (auto: *gripper*; none)
+    accel_quantile: float = 0.95  # accelerations above this quantile of an episode's are events
 
     def __post_init__(self):
         if not self.bags:
@@ -68,6 +76,12 @@ class EvalConfig:
             raise ConfigError(f"first_k must be >= 1, got {self.first_k}")
         if self.rate_hz < 0 or self.max_steps < 0:
             raise ConfigError("rate_hz and max_steps must be >= 0 (0 means: the default)")
+        CriticalWindows(self.window_s, self.gripper_joint, self.accel_quantile)  # validates
+
+    @property
+    def windows(self) -> CriticalWindows:
+        """Return the task-critical window settings."""
+        return CriticalWindows(self.window_s, self.gripper_joint, self.accel_quantile)
 
 
 @dataclass
@@ -83,6 +97,8 @@ class StepRecord:
     step_ms: float = 0.0
     stats: StepStats | None = None
     error: str = ""
+    stamp: float = 0.0  # the chunk's stamp (bag time): action k is meant for stamp + k * dt
+    dt: float = 0.0
 
 
 def _check_compatible(runtime: PolicyRuntime, topic_map: TopicMap, episode: Episode) -> None:
@@ -101,37 +117,81 @@ def _check_compatible(runtime: PolicyRuntime, topic_map: TopicMap, episode: Epis
 
 def run_open_loop(config: EvalConfig, progress: bool = True) -> dict[str, list[StepRecord]]:
     """Step every strategy through every episode; return each strategy's step records."""
-    from dysta_ros.policy.runtime import build_model, runtime_around, set_threads
-
-    set_threads(config.threads)
     topic_map = TopicMap.load(config.topic_map)
     for bag in config.bags:  # seconds of model building are wasted on a bag that can't be used
         check_bag(bag, topic_map)
+    records: dict[str, list[StepRecord]] = {name: [] for name in config.strategies}
+    try:
+        with tqdm(total=0, desc="eval", unit="step", disable=not progress) as bar:
+            for bag in config.bags:
+                for name, steps in evaluate_bag(config, bag, bar).items():
+                    records[name] += steps
+    finally:
+        forget_models()  # a serial run over several checkpoints holds one model at a time
+    return records
+
+
+# Built runtimes per process, so a fleet worker loads each model once, not once per task.
+_LOADED: dict[tuple, dict[str, PolicyRuntime]] = {}
+
+
+def _model_key(config: EvalConfig) -> tuple:
+    return (config.model, config.vlm, config.device, config.dtype, config.seed, config.threads,
+            tuple(config.strategies), json.dumps(config.params, sort_keys=True))
+
+
+def loaded_runtimes(config: EvalConfig) -> tuple[dict[str, PolicyRuntime], bool]:
+    """Return (one runtime per strategy around the config's model, whether it was loaded now)."""
+    from dysta_ros.policy.runtime import build_model, runtime_around, set_threads
+
+    key = _model_key(config)
+    if key in _LOADED:
+        return _LOADED[key], False
+    set_threads(config.threads)
     model, tokenizer = build_model(config.model, config.device, config.dtype, config.seed, vlm=config.vlm)
-    runtimes = {name: runtime_around(model, name, config.params.get(name), seed=config.seed,
-                                     tokenizer=tokenizer)
-                for name in config.strategies}
+    _LOADED[key] = {name: runtime_around(model, name, config.params.get(name), seed=config.seed,
+                                         tokenizer=tokenizer)
+                    for name in config.strategies}
+    return _LOADED[key], True
+
+
+def forget_models() -> None:
+    """Drop the models this process holds."""
+    _LOADED.clear()
+
+
+def evaluate_bag(config: EvalConfig, bag: str, bar: tqdm | None = None) -> dict[str, list[StepRecord]]:
+    """Step every strategy through one bag's episodes with the config's model.
+
+    Episodes depend on nothing before them (runtimes reset, noise seeded per step), so bags
+    evaluated one by one, in any process, give the numbers of one run over all of them.
+    """
+    topic_map = TopicMap.load(config.topic_map)
+    runtimes, loaded_now = loaded_runtimes(config)
     spec = runtimes[BASELINE].spec
     rate_hz = config.rate_hz or 1.0 / spec.dt
-    episodes = [e for bag in config.bags for e in load_episodes(bag, topic_map, rate_hz,
-                                                                clock=config.time)]
+    episodes = load_episodes(bag, topic_map, rate_hz, clock=config.time)
     for episode in episodes:
         _check_compatible(runtimes[BASELINE], topic_map, episode)
     steps = [min(len(e), config.max_steps or len(e)) for e in episodes]
-    _warm_up(runtimes, episodes[0].observation(0))
+    if loaded_now and episodes:
+        _warm_up(runtimes, episodes[0].observation(0))
 
     records: dict[str, list[StepRecord]] = {name: [] for name in runtimes}
     names = list(runtimes)
-    with tqdm(total=sum(steps) * len(names), desc="eval", unit="step", disable=not progress) as bar:
-        for episode, n_steps in zip(episodes, steps):
-            for runtime in runtimes.values():
-                runtime.reset()
-            for step in range(n_steps):
-                observation = episode.observation(step)
-                for offset in range(len(names)):
-                    name = names[(step + offset) % len(names)]
-                    records[name].append(_step(runtimes[name], episode, step, observation,
-                                               config.first_k))
+    if bar is not None:
+        bar.total += sum(steps) * len(names)
+        bar.refresh()
+    for episode, n_steps in zip(episodes, steps):
+        for runtime in runtimes.values():
+            runtime.reset()
+        for step in range(n_steps):
+            observation = episode.observation(step)
+            for offset in range(len(names)):
+                name = names[(step + offset) % len(names)]
+                records[name].append(_step(runtimes[name], episode, step, observation,
+                                           config.first_k))
+                if bar is not None:
                     bar.update()
     return records
 
@@ -155,6 +215,7 @@ def _step(runtime: PolicyRuntime, episode: Episode, step: int, observation, firs
         return record
     record.step_ms = (time.perf_counter() - started) * 1e3
     record.actions, record.stats = chunk.actions, stats
+    record.stamp, record.dt = float(chunk.stamp), float(chunk.dt)
     record.targets = episode.recorded_actions(chunk.stamp + np.arange(first_k) * chunk.dt)
     return record
 
@@ -226,6 +287,92 @@ def summarize(records: dict[str, list[StepRecord]], first_k: int) -> dict[str, d
     return summary
 
 
+def _chunk_runs(records: list[StepRecord]) -> list[list[tuple[float, float, np.ndarray]]]:
+    """Return consecutive predicted chunks per episode; a failed step ends a run."""
+    runs, previous = [], None
+    for record in records:
+        key = (record.bag, record.episode, record.step - 1)
+        if record.actions is None:
+            previous = None
+            continue
+        if previous != key:
+            runs.append([])
+        runs[-1].append((record.stamp, record.dt, record.actions))
+        previous = (record.bag, record.episode, record.step)
+    return runs
+
+
+def _critical_tags(baseline: list[StepRecord], joints, windows: CriticalWindows):
+    """Return (per step of `baseline`, the kinds of event near it; the events found).
+
+    Events come from the recorded actions at the steps' times (each step's first target), so
+    they are found from the records alone, wherever the steps ran.
+    """
+    episodes: dict[tuple, list[int]] = {}
+    for i, record in enumerate(baseline):
+        episodes.setdefault((record.bag, record.episode), []).append(i)
+    tags: list[tuple[str, ...]] = [()] * len(baseline)
+    found = []
+    for (bag, episode), indices in episodes.items():
+        usable = [i for i in indices
+                  if len(baseline[i].targets) and np.isfinite(baseline[i].targets[0]).all()]
+        if not usable:
+            continue
+        times = np.asarray([baseline[i].time_s for i in usable])
+        values = np.stack([baseline[i].targets[0] for i in usable])
+        events = critical_events(times, values, joints, windows)
+        found += [{"bag": bag, "episode": episode, "kind": kind, "time_s": round(t, 4)}
+                  for kind, t in events]
+        for i, tag in zip(indices, window_tags([baseline[i].time_s for i in indices], events,
+                                               windows.window_s)):
+            tags[i] = tag
+    return tags, found
+
+
+def add_window_and_boundary_metrics(results: dict, records: dict[str, list[StepRecord]],
+                                    config: EvalConfig) -> dict:
+    """Add the metrics of open_loop_metrics.py to evaluation results.
+
+    Each strategy's summary gets its error in task-critical windows and its chunk-boundary
+    discontinuity; the results get the events found and the per-joint plot's data.
+    """
+    tags, events = _critical_tags(records[BASELINE], results.get("joints") or (), config.windows)
+    by_step = {(r.bag, r.episode, r.step): tag for r, tag in zip(records[BASELINE], tags)}
+    for name, steps in records.items():
+        per_step_mse, _ = _errors(steps, config.first_k)
+        results["summary"][name]["critical_windows"] = window_errors(
+            per_step_mse, [by_step.get((r.bag, r.episode, r.step), ()) for r in steps],
+            config.window_s)
+        results["summary"][name]["chunk_boundary"] = chunk_boundaries(_chunk_runs(steps))
+    results["critical_events"] = events
+    results["joint_plot"] = joint_plot_data(records, config.first_k, by_step)
+    return results
+
+
+def joint_plot_data(records: dict[str, list[StepRecord]], first_k: int, tags: dict) -> dict:
+    """Return the first episode's recorded and predicted actions, for the per-joint plot.
+
+    Per strategy, each step's first k actions at their times (the step time is the
+    inference point); the recorded action at each step time; the critical tags per step.
+    """
+    baseline = records[BASELINE]
+    if not baseline:
+        return {}
+    first = (baseline[0].bag, baseline[0].episode)
+    mine = [r for r in baseline if (r.bag, r.episode) == first]
+    data = {"bag": first[0], "episode": first[1], "time_s": [r.time_s for r in mine],
+            "recorded": [[float(x) if np.isfinite(x) else None for x in r.targets[0]]
+                         if len(r.targets) else None for r in mine],
+            "critical": [list(tags.get((r.bag, r.episode, r.step), ())) for r in mine],
+            "strategies": {}}
+    for name, steps in records.items():
+        chosen = [r for r in steps if (r.bag, r.episode) == first and r.actions is not None]
+        data["strategies"][name] = {
+            "time_s": [r.time_s for r in chosen], "dt": chosen[0].dt if chosen else 0.0,
+            "actions": [r.actions[:first_k].tolist() for r in chosen]}
+    return data
+
+
 def _mean(values) -> float | None:
     return float(np.mean(values)) if len(values) else None
 
@@ -248,15 +395,23 @@ def series(records: dict[str, list[StepRecord]], first_k: int) -> dict[str, dict
     return out
 
 
-def evaluate(config: EvalConfig, progress: bool = True) -> dict:
-    """Run the evaluation and write report.md, results.json and the PNG plots; return results."""
+def evaluate(config: EvalConfig, progress: bool = True,
+             records: dict[str, list[StepRecord]] | None = None, fleet: dict | None = None) -> dict:
+    """Run the evaluation and write report.md, results.json and the PNG plots; return results.
+
+    `records` evaluated elsewhere (a fleet's tasks, bag by bag) are reported as they are, with
+    `fleet` (how the tasks ran) beside them.
+    """
     from dysta_ros.evaluation.open_loop_report import write_report
 
-    records = run_open_loop(config, progress)
+    records = run_open_loop(config, progress) if records is None else records
     results = {"config": asdict(config), "summary": summarize(records, config.first_k),
                "series": series(records, config.first_k),
                "episodes": _episode_list(records[BASELINE]),
                "joints": list(TopicMap.load(config.topic_map).joints)}
+    add_window_and_boundary_metrics(results, records, config)
+    if fleet is not None:
+        results["fleet"] = fleet
     write_report(Path(config.report), results)
     return results
 
@@ -267,52 +422,3 @@ def _episode_list(records: list[StepRecord]) -> list[dict]:
         seen.setdefault((r.bag, r.episode), 0)
         seen[(r.bag, r.episode)] += 1
     return [{"bag": bag, "episode": episode, "steps": n} for (bag, episode), n in seen.items()]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add `dysta-ros eval` arguments."""
-    parser.add_argument("bags", nargs="+", metavar="BAG", help="rosbag2 directories or files")
-    add_strategies_argument(parser, extra_help="; `full` is always run as the yardstick")
-    add_model_argument(parser, default="tiny")
-    parser.add_argument("--vlm", default=None, metavar="DIR",
-                        help="a LeRobot SmolVLA checkpoint's backbone config + tokenizer directory")
-    parser.add_argument("--topic-map", default="sim_arm",
-                        help="bag topic mapping: a name in config/bag_topics/ or a YAML path")
-    parser.add_argument("--rate", type=float, default=0.0,
-                        help="policy steps per second (default: 1 / the model's action dt)")
-    parser.add_argument("--first-k", type=int, default=4, help="chunk actions compared (default 4)")
-    parser.add_argument("--max-steps", type=int, default=0, help="per episode (default: all)")
-    parser.add_argument("--seed", type=int, default=0)
-    add_runtime_arguments(parser)
-    parser.add_argument("--param", action="append", default=[], metavar="STRATEGY.KEY=VALUE",
-                        help="strategy parameter over its YAML, repeatable, e.g. --param full.history=8")
-    parser.add_argument("--report", default="eval_report", help="report directory")
-    add_json_argument(parser)
-    parser.add_argument("--time", choices=["header", "receive"], default="header",
-                        help="clock that places bag messages: header stamps (default) or "
-                             "receive times (for bags whose stamps use another clock)")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Evaluate; print where the report is (or the JSON summary); return the exit status."""
-    try:
-        config = EvalConfig(bags=args.bags, strategies=args.strategies,
-                            model=args.model, vlm=args.vlm, topic_map=args.topic_map, rate_hz=args.rate,
-                            first_k=args.first_k, max_steps=args.max_steps, device=args.device,
-                            dtype=args.dtype, seed=args.seed, report=args.report, threads=args.threads,
-                            time=args.time,
-                            params=parse_param_overrides(args.param, [BASELINE, *args.strategies]))
-        results = evaluate(config, progress=not json_to_stdout(args))
-    except (BagError, ConfigError, CheckpointError) as exc:
-        print(f"dysta-ros eval: {exc}", file=sys.stderr)
-        return exit_status(exc)
-    if not json_to_stdout(args):
-        from dysta_ros.evaluation.open_loop_report import summary_table
-
-        print(summary_table(results["summary"]))
-        print(f"\nreport: {Path(config.report) / 'report.md'}")
-    write_json(args.json, result_document(
-        [{"strategy": name, **summary} for name, summary in results["summary"].items()],
-        {**results["config"], "episodes": results["episodes"], "joints": results["joints"],
-         "command": " ".join(["dysta-ros", *sys.argv[1:]])}))
-    return 0

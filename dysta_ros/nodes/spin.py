@@ -10,6 +10,7 @@ import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 
 from dysta_ros.errors import ConfigError
+from dysta_ros.nodes.transport import use_large_frame_transport
 
 REFUSED_EXIT_CODE = 2  # a configuration refused at start-up (as argparse exits on a bad argument)
 GIL_SWITCH_INTERVAL_S = 0.0005
@@ -37,6 +38,7 @@ def refuse_to_start(name: str, exc: ConfigError) -> int:
 def run_node(name: str, make_node, executor_class=MultiThreadedExecutor, args=None) -> int:
     """Start the node `make_node()` makes and spin it; a refused configuration exits 2, no traceback."""
     share_the_gil_finely()
+    use_large_frame_transport()
     rclpy.init(args=args)
     try:
         node = make_node()
@@ -51,24 +53,26 @@ def run_node(name: str, make_node, executor_class=MultiThreadedExecutor, args=No
         if rclpy.ok():
             raise
         return 0  # SIGTERM while it was starting: rclpy shut the context down under it
-    return spin_nodes([node], executor_class())
+    return spin_nodes([node], executor_class)  # made inside spin_nodes: a Ctrl-C there ends cleanly
 
 
 def spin_nodes(nodes, executor=None, until: float | None = None, tick=None) -> int:
     """Spin `nodes` on one executor until interrupted (or time.monotonic() passes `until`); return 0.
 
-    `tick()`, if given, runs after every spin (about every 0.1 s): `dysta-ros run`'s status line.
+    `executor`: an executor, or its class (default MultiThreadedExecutor). `tick()`, if given,
+    runs after every spin (about every 0.1 s): `dysta-ros run`'s status line.
     """
-    executor = executor or MultiThreadedExecutor()
-    for node in nodes:
-        executor.add_node(node)
-    # What start-up built lives as long as the process: keep it out of the collector's full
-    # passes, which otherwise pause a control loop for tens of ms (policy_node does the same
-    # after loading its model).
-    gc.freeze()
+    made = None
     try:
+        made = executor() if isinstance(executor, type) else executor or MultiThreadedExecutor()
+        for node in nodes:
+            made.add_node(node)
+        # What start-up built lives as long as the process: keep it out of the collector's full
+        # passes, which otherwise pause a control loop for tens of ms (policy_node does the same
+        # after loading its model).
+        gc.freeze()
         while rclpy.ok() and (until is None or time.monotonic() < until):
-            executor.spin_once(timeout_sec=0.1)
+            made.spin_once(timeout_sec=0.1)
             if tick is not None:
                 tick()
     except (KeyboardInterrupt, ExternalShutdownException):
@@ -85,6 +89,7 @@ def spin_nodes(nodes, executor=None, until: float | None = None, tick=None) -> i
             if close is not None:
                 close()  # stop threads before the node goes away
             node.destroy_node()
-        executor.shutdown()
+        if made is not None:
+            made.shutdown()
         rclpy.try_shutdown()
     return 0

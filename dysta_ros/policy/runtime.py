@@ -21,59 +21,63 @@ from dysta_ros.errors import CheckpointError, ConfigError, DystaError, Inference
 from dysta_ros.policy.checkpoint import load_checkpoint
 from dysta_ros.policy.config import PRESETS, preset_config
 from dysta_ros.policy.devices import DTYPES, check_device
-from dysta_ros.policy.families import FAMILIES, SmolVLARuntime, family_of, load_smolvla_policy
+from dysta_ros.policy.contract import PolicyModel
+from dysta_ros.policy.families import FAMILIES, family_of, load_smolvla_policy
 from dysta_ros.policy.model import VLAModel
-from dysta_ros.policy.preprocess import prepare_observation
 from dysta_ros.policy.timing import StageTimer
 from dysta_ros.policy.tokenizer import model_tokenizer
 from dysta_ros.tokens import build_strategy, strategy_class
 from dysta_ros.tokens.base import Frame, StepContext, check_history
-from dysta_ros.tokens.flops import full_flops
 from dysta_ros.types import ActionChunk, Observation, RuntimeSpec, StepStats
 
 log = logging.getLogger(__name__)
 
 
 class PolicyRuntime:
-    """Holds the model, the history window, the strategy's caches and the step counter."""
+    """Holds the model, the history window, the strategy's caches and the step counter.
+
+    `model` is any family behind the model contract (policy/contract.py): this package's
+    VLAModel or a LeRobot SmolVLA's SmolVLABackend; a strategy the family cannot run is refused.
+    """
 
     def __init__(
         self,
-        model: VLAModel,
+        model: PolicyModel,
         strategy: str = "full",
         strategy_params: dict | None = None,
         history: int | None = None,
         seed: int = 0,
         tokenizer=None,
     ):
-        cfg = model.cfg
+        self.family = FAMILIES[model.family_name]
+        self.family.check_strategy(strategy)
+        if strategy in self.family.approximated:  # said once, where it is built: nothing pretends
+            log.warning("%s on %s is an approximation: %s", strategy, self.family.name,
+                        self.family.approximated[strategy])
         self.model = model.eval()
-        self.strategy = build_strategy(strategy, strategy_params, cfg)
-        self.history = check_history(history or self.strategy.params.history or cfg.history)
+        self.strategy = build_strategy(strategy, strategy_params, model.cfg)
+        spec = model.spec
+        self.history = check_history(history or self.strategy.params.history or spec.default_history)
+        if self.history > 1 and not model.capabilities.history_frames:
+            raise ConfigError(f"history {self.history}: {self.family.name} is single-frame (history 1)")
         self.seed = int(seed)
         self.tokenizer = tokenizer or model_tokenizer(model)
         self.spec = RuntimeSpec(
-            camera_names=list(cfg.camera_names),
-            image_size=cfg.vision.image_size,
-            state_dim=cfg.state_dim,
-            action_dim=cfg.action_dim,
-            horizon=cfg.horizon,
-            dt=cfg.dt,
-            action_space=cfg.action_space,
-            preset=cfg.preset,
+            camera_names=list(spec.camera_names),
+            image_size=max(spec.image_size),
+            state_dim=spec.state_dim,
+            action_dim=spec.action_dim,
+            horizon=spec.horizon,
+            dt=spec.dt,
+            action_space=spec.action_space,
+            preset=spec.preset,
             strategy=strategy,
             history=self.history,
-            tokens_per_frame=cfg.tokens_per_frame,
+            tokens_per_frame=spec.tokens_per_frame,
+            state_names=list(spec.state_names),
+            action_names=list(spec.action_names),
         )
-        self._stats_tensors()
         self.reset()
-
-    def _stats_tensors(self) -> None:
-        cfg, device = self.model.cfg, self.model.device
-        self.state_mean = torch.tensor(cfg.state_mean or [0.0] * cfg.state_dim, device=device)
-        self.state_std = torch.tensor(cfg.state_std or [1.0] * cfg.state_dim, device=device)
-        self.action_mean = torch.tensor(cfg.action_mean or [0.0] * cfg.action_dim, device=device)
-        self.action_std = torch.tensor(cfg.action_std or [1.0] * cfg.action_dim, device=device)
 
     def reset(self) -> None:
         """Start a new episode or instruction: history, caches and sequence cleared."""
@@ -90,21 +94,19 @@ class PolicyRuntime:
         return self._text_cache[1]
 
     def noise(self, sequence: int) -> torch.Tensor:
-        """The flow's starting noise (H, A) for step `sequence`: the same for every strategy."""
+        """The flow's starting noise (spec.noise_shape) for step `sequence`: the same for every strategy."""
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + sequence)
-        noise = torch.randn(self.spec.horizon, self.spec.action_dim, generator=generator)
+        noise = torch.randn(*self.model.spec.noise_shape, generator=generator)
         return noise.to(self.model.device, self.model.dtype)
 
     def step(self, obs: Observation, noise: torch.Tensor | None = None) -> tuple[ActionChunk, StepStats]:
         """Run one policy step; InputError leaves everything untouched, InferenceError resets caches.
 
-        `noise` (horizon, action_dim) replaces the seeded flow noise, to compare with another run.
+        `noise` (spec.noise_shape) replaces the seeded flow noise, to compare with another run.
         """
         start_wall = time.time()
         timer = StageTimer(self.model.device)
-        pixels, state, instruction = prepare_observation(
-            obs, self.spec.camera_names, self.spec.image_size, self.spec.state_dim
-        )
+        pixels, state, instruction = self.model.preprocess(obs)
         timer.lap("preprocess")
         saved_frames, saved_count = list(self.frames), self.frame_count
         try:
@@ -132,9 +134,9 @@ class PolicyRuntime:
         self.sequence += 1
         return chunk, stats
 
-    def _infer(self, pixels: np.ndarray, state: np.ndarray, instruction: str, timer: StageTimer, noise=None):
+    def _infer(self, pixels, state: np.ndarray, instruction: str, timer: StageTimer, noise=None):
         model, device, dtype = self.model, self.model.device, self.model.dtype
-        features, tokens = model.encode_frame(torch.from_numpy(pixels).to(device, dtype))  # (N, Cv), (N, W)
+        features, tokens = model.encode_frame(pixels)  # (N, Cv), (N, W)
         frame = Frame(features=features, tokens=tokens, index=self.frame_count)
         self.frame_count += 1
         if not self.frames:  # a new episode: the window starts full of its first frame
@@ -142,13 +144,12 @@ class PolicyRuntime:
         else:
             self.frames.append(frame)
         timer.lap("vision")
-        state_t = (torch.from_numpy(state).to(device) - self.state_mean) / self.state_std
         ctx = StepContext(
             model=model,
             frames=list(self.frames),
             text=self._text_embeds(instruction),
-            state=model.embed_state(state_t.to(dtype)),
-            grid=model.cfg.vision.grid,
+            state=model.embed_observed_state(state),
+            grid=model.spec.grid,
             cameras=len(self.spec.camera_names),
         )
         result = self.strategy.build_prefix(ctx)
@@ -156,27 +157,24 @@ class PolicyRuntime:
         timer.lap("backbone")
         timer.ms["backbone"] -= result.gate_ms
         noise = self.noise(self.sequence) if noise is None else torch.as_tensor(noise).to(device, dtype)
-        normalised = model.sample_actions(result.records, ctx.full_length, noise)
-        actions = (normalised.float() * self.action_std + self.action_mean).cpu().numpy()
+        actions = model.actions_to_robot(model.sample_actions(result.records, ctx.full_length, noise))
         timer.lap("action_head")
         if not np.isfinite(actions).all():
             raise InferenceError("the model produced non-finite actions; the chunk is dropped")
-        full = full_flops(model.cfg.backbone, ctx.full_length)
+        full = model.full_flops(ctx.full_length)
         stats = StepStats(
             strategy=self.spec.strategy,
             sequence=self.sequence,
             context_tokens=result.context_tokens,
             recomputed_tokens=ctx.computed_tokens,
-            static_l1_tokens=result.static_l1_tokens,
-            static_l2_tokens=result.static_l2_tokens,
             dynamic_tokens=result.dynamic_tokens,
             history_frames=len(self.frames),
             frames_attended=result.frames_attended,
-            recached_l1=result.recached_l1,
-            recached_l2=result.recached_l2,
             flops_ratio=self.strategy.flops(ctx) / full,
+            strategy_stats=dict(result.stats),
         )
-        return actions.astype(np.float32), stats
+        stats.fill_message_fields()
+        return actions, stats
 
 
 def build_model(
@@ -189,15 +187,13 @@ def build_model(
 ) -> tuple[VLAModel, object]:
     """Return (model, tokenizer) from a preset name (seeded random init) or a checkpoint directory.
 
-    A LeRobot SmolVLA directory gives (SmolVLA policy, None): its tokenizer lives in the policy,
-    read from `vlm` (the backbone's config and tokenizer) or the offline Hugging Face cache.
+    A LeRobot SmolVLA directory gives (SmolVLABackend, its tokenizer): the same model contract,
+    its backbone config and tokenizer read from `vlm` or the offline Hugging Face cache.
     """
     check_device(device, dtype)
     torch_dtype = DTYPES[dtype]
-    if isinstance(model, VLAModel):
+    if isinstance(model, PolicyModel):  # already built (a node switching strategy)
         return model, model_tokenizer(model)
-    if hasattr(model, "predict"):  # an already loaded SmolVLA policy (a node switching strategy)
-        return model, None
     if model in PRESETS:
         torch.manual_seed(seed)
         vla = VLAModel(preset_config(model, overrides))
@@ -212,7 +208,10 @@ def build_model(
             "overrides apply to presets only; a checkpoint's config is what it was trained with"
         )
     if family_of(path) == "smolvla":
-        return load_smolvla_policy(path, vlm=vlm or None, device=device, dtype=torch_dtype), None
+        from dysta_ros.policy.smolvla.backend import SmolVLABackend
+
+        backend = SmolVLABackend(load_smolvla_policy(path, vlm=vlm or None, device=device, dtype=torch_dtype))
+        return backend, backend.tokenizer
     if vlm:
         raise ConfigError(f"vlm {vlm!r} applies to LeRobot SmolVLA checkpoints; {path} is this "
                           "package's own checkpoint, which carries its tokenizer")
@@ -249,11 +248,11 @@ def build_runtime(
     overrides: dict | None = None,
     threads: int = 0,
     vlm: str | None = None,
-) -> PolicyRuntime | SmolVLARuntime:
+) -> PolicyRuntime:
     """Build a runtime from a preset name, a checkpoint directory or an already built model.
 
-    A LeRobot SmolVLA checkpoint (with `vlm`, see build_model) gives a SmolVLARuntime with the
-    same boundary; the strategies it cannot run are refused here, before anything loads.
+    A LeRobot SmolVLA checkpoint (with `vlm`, see build_model) runs in the same runtime; the
+    strategies its family cannot run are refused here, before anything loads.
 
     `threads` > 0 sets torch's CPU threads for the process: more than the cores left free by the
     rest of the robot (sim, rendering, drivers) makes every step many times slower.
@@ -273,9 +272,7 @@ def runtime_around(
     history: int | None = None,
     seed: int = 0,
     tokenizer=None,
-) -> PolicyRuntime | SmolVLARuntime:
-    """Return the runtime of the model's family around a model from build_model (and its tokenizer)."""
-    if not isinstance(model, VLAModel):  # a SmolVLA policy: single-frame, its own tokenizer
-        return SmolVLARuntime(model, strategy=strategy, seed=seed)
+) -> PolicyRuntime:
+    """Return the runtime around a model from build_model (and its tokenizer)."""
     return PolicyRuntime(model, strategy=strategy, strategy_params=strategy_params, history=history,
                          seed=seed, tokenizer=tokenizer)

@@ -21,6 +21,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--bags", nargs="+", metavar="BAG", help="rosbag2 files of expert episodes")
     source.add_argument("--sim-episodes", type=int, metavar="N", help="expert episodes per task from the sim")
     parser.add_argument("--task", default="reach", help="comma-separated sim tasks (reach,memory)")
+    parser.add_argument("--family", choices=("dysta_vla", "smolvla"), default="dysta_vla",
+                        help="dysta_vla: this package's VLA with DySta's learned parts; smolvla: a "
+                             "SmolVLA-architecture policy on the sim arm, saved in LeRobot's checkpoint "
+                             "format (LeRobot's flow-matching objective; --set vision.KEY / text.KEY / "
+                             "policy.KEY / scale_factor change its shape)")
+    parser.add_argument("--vlm", default=None, metavar="DIR",
+                        help="smolvla: a backbone dir whose tokenizer (tokenizer.json, "
+                             "tokenizer_config.json) the policy uses; copied into OUT/vlm")
     add_model_argument(parser, default="tiny")  # a preset: training starts from random weights
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="model config override, repeatable (e.g. vision.patch_size=8)")
@@ -53,18 +61,22 @@ def check_train_device(device: str, dtype: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dysta_ros.training.train import Trainer, check_out, train_config
+    from dysta_ros.training.train import Trainer, check_out, run_smolvla, train_config
 
     try:
         check_train_device(args.device, args.dtype)
         check_out(args.out, args.resume, args.force)
-        cfg = train_config(args)
-        record = Trainer(cfg, resume=args.resume).run()
+        if args.family == "smolvla":
+            record = run_smolvla(args)
+        else:
+            cfg = train_config(args)
+            record = {"out": cfg.out, **Trainer(cfg, resume=args.resume).run()}
     except DystaError as exc:  # a bad flag, bag, checkpoint or resume state: one line, not a traceback
         print(f"dysta-ros train: {exc}", file=sys.stderr)
         return exit_status(exc)
-    document = result_document([{"out": cfg.out, **record}],
-                               {"model": cfg.preset, "steps": cfg.steps, "device": args.device,
+    document = result_document([record],
+                               {"family": args.family, "model": args.model, "steps": args.steps,
+                                "device": args.device,
                                 "dtype": args.dtype, "threads": args.threads,
                                 "command": " ".join(["dysta-ros", *sys.argv[1:]])})
     write_json(args.json or "-", document)  # the last losses: stdout unless a FILE was given

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -26,22 +25,16 @@ from dysta_ros.policy.checkpoint import CONFIG_FILE, load_checkpoint, save_check
 from dysta_ros.policy.config import apply_overrides, preset_config
 from dysta_ros.policy.model import VLAModel
 from dysta_ros.policy.tokenizer import ByteTokenizer
+from dysta_ros.sim.tasks import TASKS
 from dysta_ros.tokens import parse_param_overrides
 from dysta_ros.tokens.dysta import DystaParams
 from dysta_ros.training.config import TrainConfig
 from dysta_ros.training.data import Demo, bag_demos, collect_sim_demos, normalisation_stats
 from dysta_ros.training.objectives import WindowSampler, training_losses
+from dysta_ros.training.schedule import learning_rate
 
 STATE_JSON, STATE_TENSORS, LOG_JSON, CURVES_PNG = (
     "training_state.json", "training_state.safetensors", "train_log.json", "training.png")
-
-
-def learning_rate(cfg: TrainConfig, step: int) -> float:
-    """Linear warm-up, then cosine decay to a tenth of lr at cfg.steps."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def load_demos(cfg: TrainConfig, model_cfg):
@@ -216,6 +209,39 @@ def check_out(out: str, resume: bool, force: bool) -> None:
     if saved and not (resume or force):
         raise ConfigError(f"--out {out}: holds a run already ({', '.join(saved)}); "
                           "pass --resume to continue it or --force to overwrite it")
+
+
+def run_smolvla(args: argparse.Namespace) -> dict:
+    """`--family smolvla`: sim demos with the raw camera frames, then LeRobot's objective and layout.
+
+    Returns the run's last losses (`dysta-ros train` writes them as its result).
+    """
+    from dysta_ros.sim.env import CAMERAS
+    from dysta_ros.training.smolvla import SmolVLATrainConfig, SmolVLATrainer, apply_shape_overrides, \
+        SIM_REACH_SHAPE, raw_frames, vlm_config
+
+    for flag, given in (("--bags", args.bags), ("--resume", args.resume), ("--param", args.param)):
+        if given:
+            raise ConfigError(f"{flag}: not available with --family smolvla (sim demos, one fresh run)")
+    if not args.vlm:
+        raise ConfigError("--vlm DIR: --family smolvla needs a backbone dir with tokenizer.json "
+                          "(e.g. test/data/smolvla_tiny/vlm)")
+    tasks = [t for t in args.task.split(",") if t]
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown or args.sim_episodes < 1:
+        raise ConfigError(f"--task / --sim-episodes: unknown tasks {unknown} or no episodes "
+                          f"({args.sim_episodes}); tasks: {', '.join(TASKS)}")
+    cfg = SmolVLATrainConfig(out=args.out, tokenizer_dir=args.vlm, overrides=parse_overrides(args.overrides),
+                             steps=args.steps, batch=args.batch, lr=args.lr, warmup=args.warmup,
+                             weight_decay=args.weight_decay, seed=args.seed, threads=args.threads)
+    shape = apply_shape_overrides(SIM_REACH_SHAPE, cfg.overrides)  # a bad --set or --vlm fails
+    vlm_config(shape, Path(args.vlm))                                # before the demos are made
+    cameras = list(CAMERAS)
+    demos = collect_sim_demos(tasks, args.sim_episodes, cameras, 0, shape["policy"]["chunk_size"],
+                              seed_start=args.sim_seed_start, action_noise=args.action_noise,
+                              frames=raw_frames(cameras))
+    record = SmolVLATrainer(cfg, demos, cameras).run()
+    return {"out": cfg.out, "episodes": len(demos), **record}
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import matplotlib.image
 import numpy as np
@@ -27,6 +28,15 @@ def results(bag, tmp_path_factory):
     config = EvalConfig(bags=[str(bag)], strategies=["dysta", "vla_cache"], max_steps=5,
                         report=str(report))
     return evaluate(config, progress=False), report
+
+
+def test_eval_runs_a_lerobot_checkpoint_with_its_approximations_beside_full(bag, tmp_path):
+    # test/data/smolvla_sim has the bag's features (camera "main", six joints)
+    sim = Path(__file__).parents[1] / "data" / "smolvla_sim"
+    config = EvalConfig(bags=[str(bag)], strategies=["full", "vla_cache", "dysta"], max_steps=3,
+                        model=str(sim / "checkpoint"), vlm=str(sim / "vlm"), report=str(tmp_path))
+    summary = evaluate(config, progress=False)["summary"]
+    assert all(summary[name]["steps"] > 0 and summary[name]["failed_steps"] == 0 for name in summary)
 
 
 def test_eval_writes_the_report_files(results):
@@ -118,3 +128,23 @@ def test_cli_json_and_a_damaged_bag(bag, tmp_path):
                             text=True, timeout=300)
     assert result.returncode == 1
     assert str(damaged) in result.stderr and "Traceback" not in result.stderr
+
+
+def test_eval_reports_critical_windows_chunk_boundaries_and_per_joint_plots(results):
+    values, report = results
+    for name in ("full", "dysta", "vla_cache"):
+        summary = values["summary"][name]
+        windows, boundary = summary["critical_windows"], summary["chunk_boundary"]
+        assert windows["steps"]["critical"] + windows["steps"]["elsewhere"] == 10
+        # the expert's actions accelerate: steps near it lie in windows (5 steps: most of them)
+        assert windows["steps"]["critical"] > 0 and windows["mse"]["critical"] is not None
+        assert boundary["boundaries"] == 8  # 5 steps in each of 2 episodes, chunks overlapping
+        assert boundary["jump_mean"] >= 0 and len(boundary["jump_per_dim"]) == 6
+    assert {e["kind"] for e in values["critical_events"]} <= {"gripper", "acceleration"}
+    assert values["critical_events"]
+    plot = values["joint_plot"]
+    assert len(plot["time_s"]) == 5 and len(plot["strategies"]["full"]["actions"]) == 5
+    text = (report / "report.md").read_text()
+    assert "## Task-critical windows" in text and "## Chunk boundaries" in text
+    image = matplotlib.image.imread(report / "joint_actions.png")
+    assert image.shape[0] > 400  # one row per joint

@@ -115,13 +115,8 @@ class SmolVLAPolicy:
         mask[0, : len(ids)] = True
         return tokens.to(self.device), mask.to(self.device)
 
-    def prepare_inputs(self, images: dict, state, task: str) -> dict:
-        """Return pixels per camera (model order), language tokens and the padded normalized state."""
-        missing = [n for n in self.spec.camera_names if n not in images]
-        if missing:
-            raise InputError(
-                f"images: missing camera(s) {missing}; the checkpoint needs {list(self.spec.camera_names)}"
-            )
+    def prepare_pixels(self, images: dict) -> list[torch.Tensor]:
+        """Return each camera's frame (1, 3, h, w) resized-with-padding, in SigLIP's [-1, 1] (model order)."""
         pixels = []
         for name in self.spec.camera_names:
             frame = np.asarray(images[name])
@@ -132,12 +127,27 @@ class SmolVLAPolicy:
             image = torch.from_numpy(np.ascontiguousarray(frame)).to(self.device).permute(2, 0, 1)[None]
             image = resize_with_pad(image.float() / 255.0, *self.cfg.resize)
             pixels.append((image * 2.0 - 1.0).to(self.dtype))  # SigLIP range; padding becomes -1
-        state = np.asarray(state, dtype=np.float32).reshape(-1)
-        if state.shape[0] != self.cfg.state_dim or not np.isfinite(state).all():
-            raise InputError(f"state: expected {self.cfg.state_dim} finite values, got {state.tolist()}")
+        return pixels
+
+    def normalize_state(self, state: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the normalized state (state_dim,) and it zero-padded to (1, max_state_dim)."""
         normalized = self.files.state_normalizer.forward(torch.from_numpy(state)).to(self.device)
         padded = torch.zeros(1, self.cfg.max_state_dim, dtype=torch.float32, device=self.device)
         padded[0, : self.cfg.state_dim] = normalized
+        return normalized, padded
+
+    def prepare_inputs(self, images: dict, state, task: str) -> dict:
+        """Return pixels per camera (model order), language tokens and the padded normalized state."""
+        missing = [n for n in self.spec.camera_names if n not in images]
+        if missing:
+            raise InputError(
+                f"images: missing camera(s) {missing}; the checkpoint needs {list(self.spec.camera_names)}"
+            )
+        pixels = self.prepare_pixels(images)
+        state = np.asarray(state, dtype=np.float32).reshape(-1)
+        if state.shape[0] != self.cfg.state_dim or not np.isfinite(state).all():
+            raise InputError(f"state: expected {self.cfg.state_dim} finite values, got {state.tolist()}")
+        normalized, padded = self.normalize_state(state)
         tokens, mask = self.tokenize(task)
         return {
             "pixels": pixels,
