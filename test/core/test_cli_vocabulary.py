@@ -58,7 +58,7 @@ def test_strategies_comma_separated_and_repeated_add_up():
 def test_old_model_flags_still_work_and_warn(capsys):
     assert parse("bench", "--preset", "tiny").model == "tiny"
     assert "--preset is deprecated" in capsys.readouterr().err
-    assert parse("eval", "--checkpoint", "checkpoints/reference", "b.mcap").model == "checkpoints/reference"
+    assert parse("eval", "b.mcap", "--checkpoint", "checkpoints/reference").model == ["checkpoints/reference"]
     assert "--checkpoint is deprecated" in capsys.readouterr().err
     assert parse("demo", "--policy", "expert", "tiny").model == ["expert", "tiny"]
     assert "--policy is deprecated and will be removed; use --model" in capsys.readouterr().err

@@ -60,7 +60,7 @@ def test_node_parameter_file_repeats_the_declared_defaults():
     written = yaml.safe_load((REPO / "config" / "dysta_nodes.yaml").read_text())
     for node, params in (("policy_node", policy_node.PARAMS), ("chunk_executor", chunk_executor.PARAMS)):
         declared = {p.name: p.default for p in params}
-        for key, value in written[node]["ros__parameters"].items():
+        for key, value in written[f"/**/{node}"]["ros__parameters"].items():
             if key == "autostart":
                 continue  # launch starts the node itself; standalone, it waits for a lifecycle manager
             assert value == declared[key], f"dysta_nodes.yaml {node}.{key}: {value!r} != {declared[key]!r}"

@@ -80,7 +80,7 @@ def test_operator_commands_against_a_running_policy(tmp_path):
         listed = dysta("topics")
         assert listed.returncode == 0, listed.stderr
         rows = {line.split()[0]: line.split() for line in listed.stdout.splitlines()[1:]}
-        assert rows["/dysta/action_chunk"][1:3] == ["1", "1"]  # policy_node -> chunk_executor
+        assert int(rows["/dysta/action_chunk"][1]) >= 1 and int(rows["/dysta/action_chunk"][2]) >= 1
         assert int(rows["/dysta/instruction"][2]) >= 1 and "std_msgs/msg/String" in rows["/dysta/instruction"]
 
         sent = dysta("instruct", "touch the red cube")
@@ -107,7 +107,7 @@ def test_operator_commands_against_a_running_policy(tmp_path):
 
 
 def test_diag_and_topics_say_when_nothing_runs():
-    env_domain = {**ENV, "ROS_DOMAIN_ID": str((int(os.environ["ROS_DOMAIN_ID"]) + 50) % 101 + 1)}
+    env_domain = {**ENV, "ROS_AUTOMATIC_DISCOVERY_RANGE": "OFF"}  # sees no other process at all
     for argv in (["diag", "--seconds", "1"], ["topics", "--seconds", "1"]):
         result = subprocess.run([sys.executable, "-m", "dysta_ros.cli", *argv], capture_output=True,
                                 text=True, timeout=60, env=env_domain)
