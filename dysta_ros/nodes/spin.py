@@ -40,20 +40,26 @@ def run_node(name: str, make_node, executor_class=MultiThreadedExecutor, args=No
     share_the_gil_finely()
     use_large_frame_transport()
     rclpy.init(args=args)
+    # The executor first: it is made in microseconds, while the node takes seconds, so a signal
+    # lands in the node's construction (handled below) rather than in a half-made executor.
+    executor = executor_class()
     try:
         node = make_node()
     except ConfigError as exc:
         code = refuse_to_start(name, exc)
+        executor.shutdown()
         rclpy.try_shutdown()
         return code
     except KeyboardInterrupt:  # Ctrl-C while it was still starting
+        executor.shutdown()
         rclpy.try_shutdown()
         return 130
     except Exception:
         if rclpy.ok():
             raise
+        executor.shutdown()
         return 0  # SIGTERM while it was starting: rclpy shut the context down under it
-    return spin_nodes([node], executor_class)  # made inside spin_nodes: a Ctrl-C there ends cleanly
+    return spin_nodes([node], executor)
 
 
 def spin_nodes(nodes, executor=None, until: float | None = None, tick=None) -> int:
