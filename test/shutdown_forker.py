@@ -32,7 +32,7 @@ UP_TIMEOUT_S = 90.0
 END_TIMEOUT_S = 60.0
 
 
-def start(target: str, argv: list[str], log_path: str, isolated: bool) -> int:
+def start(target: str, argv: list[str], log_path: str, isolated: bool, n: int) -> int:
     open(log_path, "w").close()  # empty before the fork: no marker is read from an older try
     pid = os.fork()
     if pid:
@@ -44,7 +44,7 @@ def start(target: str, argv: list[str], log_path: str, isolated: bool) -> int:
         fd = os.open(log_path, os.O_WRONLY | os.O_APPEND)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
-        sys.argv = [target, *argv]
+        sys.argv = [target, *(a.replace("{n}", str(n)) for a in argv)]  # {n}: this try's number
         result = importlib.import_module(MAINS[target]).main()
         code = result if isinstance(result, int) else 0
     except SystemExit as exc:
@@ -82,7 +82,7 @@ def main() -> None:
         batch = {}
         for n in tries[first:first + batch_size]:
             log = os.path.join(outdir, f"{target}-{n}.log")
-            batch[n] = (start(target, argv, log, isolated), log)
+            batch[n] = (start(target, argv, log, isolated, n), log)
         ended = {}  # tries that ended before they were up: the report shows why
         signalled = {}
         for n, (pid, log) in batch.items():

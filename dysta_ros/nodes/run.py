@@ -54,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(compressed cameras, clock pings); policy-host: policy_node on the "
                              "compressed cameras, robot clock estimated from round trips")
     parser.add_argument("--duration", type=float, default=0.0, help="seconds to run (0: until Ctrl-C)")
+    parser.add_argument("--namespace", default=None, metavar="NS",
+                        help="the nodes' namespace (default /dysta): /arm2 runs a second arm beside the "
+                             "first, its topics /arm2/action_chunk, /arm2/estop, ...")
     parser.add_argument("--status-period", type=float, default=1.0, metavar="SECONDS",
                         help="status line (state, strategy, rate, model ms, frame age, what it holds on) "
                              "every SECONDS, diagnostics changes as they happen; 0: changes only")
@@ -187,7 +190,8 @@ def run(args) -> int:
     nodes = []
     for name in role:
         try:
-            nodes.append(makers[name](parameter_overrides=overrides[name]))
+            namespace = {"namespace": args.namespace} if getattr(args, "namespace", None) else {}
+            nodes.append(makers[name](parameter_overrides=overrides[name], **namespace))
         except ConfigError as exc:
             print(f"dysta-ros run: {name}: {exc}", file=sys.stderr)
             for node in nodes:

@@ -27,7 +27,8 @@ FORKER = Path(__file__).resolve().parents[1] / "shutdown_forker.py"
 # executable -> (the line that says it is up, tries alive at once, whether it needs the sim's
 # topics (else it runs without discovery), its arguments)
 TARGETS = {
-    "dysta-ros": (" Hz | model", 4, True, ["run", "--model", "tiny", "--status-period", "0.2",
+    "dysta-ros": (" Hz | model", 2, True, ["run", "--namespace", "/try{n}", "--model", "tiny",
+                                           "--status-period", "0.2",
                                            "--param", "policy_node:inference_rate_hz=10.0"]),  # stepping
     "policy_node": ("]: active", 8, False, ["--ros-args", "-p", "autostart:=true",
                                             "-p", "inference_rate_hz:=10.0"]),
