@@ -64,6 +64,7 @@ class StepStats:
     recached_l2: bool = False
     stage_ms: dict[str, float] = field(default_factory=lambda: {s: 0.0 for s in STAGES})
     flops_ratio: float = 1.0  # backbone FLOPs relative to `full` on the same history
+    vision_recomputed: float = 1.0  # share of the vision encoder's token work done this step
 
 
 @dataclass

@@ -22,6 +22,8 @@ from dysta_ros.types import STAGES, ActionChunk, Observation, RuntimeSpec, StepS
 CONFIG_FILE = "config.json"
 # LeRobot configs have no control rate; chunks then say this and the README states it.
 DEFAULT_DT = 1.0 / 30.0
+# LeRobot SmolVLA sizes built with random weights by name (policy/smolvla/realsize.py), no download
+REAL_SIZES = ("smolvla_base",)
 
 
 @dataclass(frozen=True)
@@ -87,9 +89,18 @@ class SmolVLARuntime:
 
     family = FAMILIES["smolvla"]
 
-    def __init__(self, policy, strategy: str = "full", seed: int = 0):
+    def __init__(self, policy, strategy: str = "full", seed: int = 0, options=None):
+        from dysta_ros.policy.smolvla.policy import SmolVLASession
+        from dysta_ros.policy.speed import SpeedOptions
+
         self.family.check_strategy(strategy)
+        self.options = options or SpeedOptions()
         self.model = policy
+        if self.options.compute_dtype:
+            import torch
+
+            self.model = policy.in_dtype(getattr(torch, self.options.compute_dtype))
+        self.session = SmolVLASession()
         self.seed = int(seed)
         spec = policy.spec
         self.max_action_dim = int(spec.max_action_dim)
@@ -111,8 +122,9 @@ class SmolVLARuntime:
         self.reset()
 
     def reset(self) -> None:
-        """Start a new episode: the sequence restarts (SmolVLA keeps nothing else between steps)."""
+        """Start a new episode: the sequence restarts and the speed options' caches are dropped."""
         self.sequence = 0
+        self.session.reset()
 
     def noise(self, sequence: int) -> np.ndarray:
         """The flow's starting noise (chunk, max_action_dim) for step `sequence`, from the seed."""
@@ -134,20 +146,26 @@ class SmolVLARuntime:
             raise InputError(f"instruction must be a string, got {type(obs.instruction).__name__}")
         noise = self.noise(self.sequence) if noise is None else noise
         try:
-            actions, info = self.model.predict(images, state, obs.instruction, noise=noise)
+            actions, info = self.model.predict(images, state, obs.instruction, noise=noise,
+                                               options=self.options, session=self.session)
         except DystaError:
             raise
         except Exception as exc:
+            self.session.reset()  # whatever a failed step half-updated is dropped
             raise InferenceError(f"{type(exc).__name__} during inference: {exc}") from exc
         actions = np.asarray(actions, dtype=np.float32)
         if not np.isfinite(actions).all():
             raise InferenceError("the model produced non-finite actions; the chunk is dropped")
         stage_ms = {s: float(info.get(f"{s}_ms", info.get(s, 0.0))) for s in STAGES}
+        # and the family's own stages (SmolVLA: connector, postprocess)
+        stage_ms.update({k[:-3]: float(v) for k, v in info.items() if k.endswith("_ms")})
         stage_ms["total"] = (time.perf_counter() - start) * 1e3
         chunk = ActionChunk(stamp=obs.stamp, actions=actions, dt=self.spec.dt, strategy=self.spec.strategy,
                             sequence=self.sequence, action_space=self.spec.action_space,
                             inference_start=start_wall, inference_end=time.time())
         stats = StepStats(strategy=self.spec.strategy, sequence=self.sequence, history_frames=1,
-                          frames_attended=1, stage_ms=stage_ms, flops_ratio=1.0)
+                          frames_attended=1, stage_ms=stage_ms, flops_ratio=1.0,
+                          context_tokens=int(info.get("prefix_tokens", 0)),
+                          vision_recomputed=float(info.get("vision_recomputed", 1.0)))
         self.sequence += 1
         return chunk, stats

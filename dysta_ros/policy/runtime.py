@@ -21,9 +21,10 @@ from dysta_ros.errors import CheckpointError, ConfigError, DystaError, Inference
 from dysta_ros.policy.checkpoint import load_checkpoint
 from dysta_ros.policy.config import PRESETS, preset_config
 from dysta_ros.policy.devices import DTYPES, check_device
-from dysta_ros.policy.families import FAMILIES, SmolVLARuntime, family_of, load_smolvla_policy
+from dysta_ros.policy.families import FAMILIES, REAL_SIZES, SmolVLARuntime, family_of, load_smolvla_policy
 from dysta_ros.policy.model import VLAModel
 from dysta_ros.policy.preprocess import prepare_observation
+from dysta_ros.policy.speed import split_speed_options
 from dysta_ros.policy.timing import StageTimer
 from dysta_ros.policy.tokenizer import model_tokenizer
 from dysta_ros.tokens import build_strategy, strategy_class
@@ -202,10 +203,15 @@ def build_model(
         torch.manual_seed(seed)
         vla = VLAModel(preset_config(model, overrides))
         return vla.to(device=device, dtype=torch_dtype), model_tokenizer(vla)
+    if model in REAL_SIZES:  # a LeRobot SmolVLA of that size, random weights, no download
+        from dysta_ros.policy.smolvla.realsize import real_size_policy
+
+        return real_size_policy(model, seed=seed, device=device, dtype=torch_dtype), None
     path = Path(model)
     if not path.is_dir():
         raise ConfigError(
-            f"model {model!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint directory"
+            f"model {model!r} is neither a preset ({', '.join([*PRESETS, *REAL_SIZES])}) nor a "
+            "checkpoint directory"
         )
     if overrides:
         raise ConfigError(
@@ -276,6 +282,9 @@ def runtime_around(
 ) -> PolicyRuntime | SmolVLARuntime:
     """Return the runtime of the model's family around a model from build_model (and its tokenizer)."""
     if not isinstance(model, VLAModel):  # a SmolVLA policy: single-frame, its own tokenizer
-        return SmolVLARuntime(model, strategy=strategy, seed=seed)
+        from dysta_ros.tokens import strategy_defaults
+
+        options, _ = split_speed_options({**strategy_defaults(strategy), **(strategy_params or {})})
+        return SmolVLARuntime(model, strategy=strategy, seed=seed, options=options)
     return PolicyRuntime(model, strategy=strategy, strategy_params=strategy_params, history=history,
                          seed=seed, tokenizer=tokenizer)

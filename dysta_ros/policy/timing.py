@@ -24,7 +24,7 @@ class StageTimer:
 
     def lap(self, stage: str) -> None:
         now = self._now()
-        self.ms[stage] += (now - self._last) * 1e3
+        self.ms[stage] = self.ms.get(stage, 0.0) + (now - self._last) * 1e3  # a family may add stages
         self._last = now
 
     def finish(self) -> dict[str, float]:

@@ -1,0 +1,152 @@
+"""Changed-token reuse inside a ViT across a camera's frames (after Eventful Transformers).
+
+Eventful Transformers (arXiv 2308.13494) keep, per token-wise operation of every block, the
+input each token had when it was last computed and that computation's output. A new frame
+recomputes a token-wise operation only for the tokens whose input moved by more than a
+threshold (relative L2 change here) since then; the others keep their stored output. Token-wise
+here: LayerNorm + Q/K/V projection, the attention output projection, LayerNorm + MLP.
+Attention itself mixes every token and runs over all of them, with the (partly stored) Q/K/V.
+Every `refresh` frames, a full encode resets the references, so errors cannot accumulate.
+
+Approximate: a token below the threshold keeps an output computed from a slightly different
+input. With threshold 0 every changed token is recomputed and the encode is the full one
+(test/test_vision_reuse.py checks both). The patch embedding runs on every patch: it is cheap,
+and its output is what the first gate compares.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class TowerBlock:
+    """The parts of one pre-norm ViT block that changed-token reuse calls."""
+
+    norm1: nn.Module
+    q: nn.Linear
+    k: nn.Linear
+    v: nn.Linear
+    out: nn.Linear
+    heads: int
+    norm2: nn.Module
+    mlp: nn.Module  # token-wise (B, N, C) -> (B, N, C)
+
+
+@dataclass
+class Tower:
+    """A pre-norm ViT as changed-token reuse sees it: embed -> blocks -> final norm."""
+
+    embed: object  # pixels (B, 3, H, W) -> tokens (B, N, C)
+    blocks: list[TowerBlock]
+    final_norm: nn.Module
+
+
+def siglip_tower(vision_model) -> Tower:
+    """The SmolVLM/SigLIP vision transformer (transformers' SmolVLMVisionTransformer) as a Tower."""
+    embeddings = vision_model.embeddings
+
+    def embed(pixels: torch.Tensor) -> torch.Tensor:
+        patches = embeddings.patch_embedding(pixels.to(embeddings.patch_embedding.weight.dtype))
+        tokens = patches.flatten(2).transpose(1, 2)  # (B, N, C)
+        # a full, unmasked image has position ids 0..N-1 (transformers' bucketing reduces to that)
+        return tokens + embeddings.position_embedding.weight[: tokens.shape[1]]
+
+    blocks = [
+        TowerBlock(layer.layer_norm1, layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
+                   layer.self_attn.out_proj, layer.self_attn.num_heads, layer.layer_norm2, layer.mlp)
+        for layer in vision_model.encoder.layers
+    ]
+    return Tower(embed, blocks, vision_model.post_layernorm)
+
+
+class _Gate:
+    """One token-wise operation with its per-token reference input and stored output."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.reference: torch.Tensor | None = None  # (N, C_in) input when each token was last computed
+        self.output: torch.Tensor | None = None  # (N, C_out)
+
+    def full(self, x: torch.Tensor) -> torch.Tensor:
+        self.reference, self.output = x.clone(), self.fn(x)
+        return self.output
+
+    def __call__(self, x: torch.Tensor, threshold: float, counts: list[int]) -> torch.Tensor:
+        """X (N, C_in) -> (N, C_out), recomputing the tokens whose input moved beyond threshold."""
+        change = torch.linalg.vector_norm(x - self.reference, dim=-1)
+        scale = torch.linalg.vector_norm(self.reference, dim=-1)
+        fired = (change > threshold * scale).nonzero().squeeze(1)
+        counts[0] += int(fired.numel())
+        counts[1] += x.shape[0]
+        if fired.numel():
+            self.reference[fired] = x[fired]
+            self.output[fired] = self.fn(x[fired])
+        return self.output
+
+
+@dataclass
+class ReuseStats:
+    """What the last encode of one camera recomputed."""
+
+    full: bool = True
+    recomputed_fraction: float = 1.0  # token-wise operations recomputed / all, over the blocks
+
+
+@dataclass
+class ChangedTokenEncoder:
+    """Per-camera state of changed-token reuse over one Tower (one image at a time, batch 1)."""
+
+    tower: Tower
+    threshold: float
+    refresh: int
+    frames_since_full: int = 0
+    gates: list | None = None
+    last: ReuseStats = field(default_factory=ReuseStats)
+
+    def reset(self) -> None:
+        self.gates, self.frames_since_full = None, 0
+
+    def _gates(self) -> list[tuple[_Gate, _Gate, _Gate]]:
+        gates = []
+        for block in self.tower.blocks:
+            gates.append((_Gate(lambda x, b=block: _qkv(b, x)), _Gate(block.out),
+                          _Gate(lambda x, b=block: b.mlp(b.norm2(x)))))
+        return gates
+
+    @torch.inference_mode()
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Return the last hidden (1, N, C) of pixels (1, 3, H, W), reusing unchanged tokens."""
+        if pixels.shape[0] != 1:
+            raise ValueError(f"changed-token reuse encodes one image at a time, got batch {pixels.shape[0]}")
+        x = self.tower.embed(pixels)[0]  # (N, C)
+        full = self.gates is None or self.frames_since_full + 1 >= self.refresh
+        if full:
+            self.gates, self.frames_since_full = self._gates(), 0
+        else:
+            self.frames_since_full += 1
+        counts = [0, 0]
+        for block, (qkv_gate, out_gate, mlp_gate) in zip(self.tower.blocks, self.gates):
+            qkv = qkv_gate.full(x) if full else qkv_gate(x, self.threshold, counts)
+            attended = _attend(qkv, block.heads)
+            h = x + (out_gate.full(attended) if full else out_gate(attended, self.threshold, counts))
+            x = h + (mlp_gate.full(h) if full else mlp_gate(h, self.threshold, counts))
+        self.last = ReuseStats(full=full, recomputed_fraction=1.0 if full else counts[0] / max(counts[1], 1))
+        return self.tower.final_norm(x)[None]
+
+
+def _qkv(block: TowerBlock, x: torch.Tensor) -> torch.Tensor:
+    normed = block.norm1(x)
+    return torch.cat([block.q(normed), block.k(normed), block.v(normed)], dim=-1)  # (n, 3C)
+
+
+def _attend(qkv: torch.Tensor, heads: int) -> torch.Tensor:
+    """Unmasked multi-head SDPA over all N tokens of packed (N, 3C) q|k|v; return (N, C)."""
+    tokens, width = qkv.shape[0], qkv.shape[1] // 3
+    q, k, v = (t.view(tokens, heads, -1).transpose(0, 1)[None] for t in qkv.split(width, dim=-1))
+    out = F.scaled_dot_product_attention(q, k, v)  # (1, heads, N, D)
+    return out[0].transpose(0, 1).reshape(tokens, width)
