@@ -13,7 +13,7 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export ROS_DOMAIN_ID ?= 42
 export MUJOCO_GL ?= egl
 
-.PHONY: setup apt msgs demo test lint clean
+.PHONY: setup apt msgs demo test test-fast lint clean
 
 setup: $(STAMP)
 
@@ -53,6 +53,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# The inner loop: the core layer only (no ROS graph, no sim rendering, no bags).
+test-fast: setup
+	$(PY) -m pytest -q test/core
 
 lint: setup
 	$(VENV)/bin/ruff check dysta_ros test

@@ -2,6 +2,10 @@
 
 import os
 import random
+import sys
+from pathlib import Path
+
+import pytest
 
 # Set before anything imports rclpy; the processes tests start inherit both.
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
@@ -17,6 +21,18 @@ settings.register_profile("explore")
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 # The tests run nodes in this process, as a node's main() does: share the GIL as finely.
-import sys  # noqa: E402
-
 sys.setswitchinterval(0.0005)
+
+# The shared helpers (ros_helpers, bag_helpers, rosbag2_format) live here, beside the layers.
+TEST_ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(TEST_ROOT))
+
+# Each layer folder is a marker (`pytest -m core`), registered in setup.cfg.
+LAYERS = ("core", "ros", "sim", "bags")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        layer = Path(str(item.fspath)).resolve().relative_to(TEST_ROOT).parts[0]
+        if layer in LAYERS:
+            item.add_marker(getattr(pytest.mark, layer))

@@ -25,7 +25,7 @@ _REGISTERED = {
 }
 
 # What policy_node, `dysta-ros run` and the launch files run unless told otherwise: the
-# project's point (test/test_one_source.py checks each place names this one).
+# project's point (test/core/test_one_source.py checks each place names this one).
 DEFAULT_STRATEGY = "dysta"
 
 

@@ -22,7 +22,7 @@ from dysta_ros.training.objectives import backbone_records, dysta_context, train
 from dysta_ros.training.train import STATE_JSON, TrainConfig, Trainer
 from dysta_ros.types import Observation
 
-CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"
 INSTRUCTION = "touch the red cube"
 # The static cache built at the first step is kept: later steps run on a stale reference frame.
 KEEP_STATIC = {"gate": "change", "delta_l1": 10.0, "delta_l2": 10.0, "max_static_age": 0}

@@ -9,7 +9,7 @@ import torch
 from dysta_ros.evaluation.parity import load_cases, passed, run_cases
 from dysta_ros.policy.smolvla import load_smolvla
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 TINY, TINY_BF16 = DATA / "smolvla_tiny", DATA / "smolvla_tiny_bf16"
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-TINY = Path(__file__).parent / "data" / "smolvla_tiny"
+TINY = Path(__file__).parents[1] / "data" / "smolvla_tiny"
 
 
 def _parity(directory, *extra):

@@ -10,7 +10,7 @@ from dysta_ros.policy.checkpoint import load_checkpoint, read_config
 from dysta_ros.policy.runtime import build_runtime
 from dysta_ros.sim.env import SimEnv
 
-CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"
 SHIPPED = {"reference": "reach", "memory": "memory"}  # checkpoint -> a task it was trained on
 
 

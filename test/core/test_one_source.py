@@ -13,7 +13,7 @@ from dysta_ros.execution import EXECUTOR_RANGES, ExecutorConfig
 from dysta_ros.policy import config as policy_config
 from dysta_ros.tokens import DEFAULT_STRATEGY, available_strategies, strategy_class
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def plain(value):

@@ -304,7 +304,7 @@ def test_strategy_yaml_matches_the_parameter_dataclass(name):
 
     import yaml
 
-    path = Path(__file__).resolve().parents[1] / "config" / "strategies" / f"{name}.yaml"
+    path = Path(__file__).resolve().parents[2] / "config" / "strategies" / f"{name}.yaml"
     values = yaml.safe_load(path.read_text())
     params_class = STRATEGIES[name].Params
     defaults = {

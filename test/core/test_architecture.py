@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "dysta_ros"
+PACKAGE = Path(__file__).resolve().parents[2] / "dysta_ros"
 CORE = ("policy", "tokens", "evaluation", "training", "sim", "bags")
 ROS_ROOTS = ("rclpy", "rosidl_runtime_py", "launch", "launch_ros", "sensor_msgs", "std_msgs", "std_srvs",
              "lifecycle_msgs", "rcl_interfaces", "diagnostic_msgs", "trajectory_msgs", "builtin_interfaces",

@@ -16,7 +16,7 @@ import yaml
 from dysta_ros.robot import load_robot_config
 from dysta_ros.tokens import available_strategies
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LAUNCH_FILES = sorted((REPO / "launch").glob("*.launch.xml"))
 SHARE = "$(find-pkg-share dysta_ros)"
 

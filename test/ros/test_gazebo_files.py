@@ -14,7 +14,7 @@ from dysta_ros.robot import load_robot_config
 from dysta_ros.sim import scene
 from dysta_ros.sim.env import CAMERAS, HOME
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BRIDGE = yaml.safe_load((ROOT / "config" / "gz_bridge.yaml").read_text())
 CONTROLLERS = yaml.safe_load((ROOT / "config" / "ros2_controllers.yaml").read_text())
 URDF = ET.parse(ROOT / "description" / "sim_arm.urdf.xacro").getroot()

@@ -385,7 +385,7 @@ def test_a_core_warning_reaches_diagnostics(ros):
 
     from dysta_ros.nodes.policy_node import PolicyNode
 
-    reference = Path(__file__).resolve().parents[1] / "checkpoints" / "reference"
+    reference = Path(__file__).resolve().parents[2] / "checkpoints" / "reference"
     node = PolicyNode(parameter_overrides=[
         Parameter("autostart", value=True), Parameter("model", value=str(reference)),
         Parameter("strategy", value="dysta"), Parameter("dysta.cache_language", value=True),

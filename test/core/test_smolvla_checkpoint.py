@@ -14,7 +14,7 @@ from dysta_ros.policy.smolvla.checkpoint import map_weights
 from dysta_ros.policy.smolvla.config import parse_smolvla_config, parse_vlm_config
 from dysta_ros.policy.smolvla.model import SmolVLAModel
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 TINY = DATA / "smolvla_tiny"
 STATS = "policy_preprocessor_step_5_normalizer_processor.safetensors"
 

@@ -11,7 +11,7 @@ from dysta_ros.policy.checkpoint import save_checkpoint
 from dysta_ros.policy.runtime import build_model, build_runtime
 from dysta_ros.policy.tokenizer import ByteTokenizer, FileTokenizer
 
-SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints"
+SHIPPED = Path(__file__).resolve().parents[2] / "checkpoints"
 WORDS = {"[UNK]": 0, "pick": 1, "up": 2, "the": 3, "red": 4, "block": 5}
 
 

@@ -18,7 +18,7 @@ from dysta_ros.sim.expert import ScriptedExpert
 from dysta_ros.types import ActionChunk, StepStats
 from dysta_ros.sim.tasks import MIN_SPACING, RED, WORKSPACE_X, WORKSPACE_Y, get_task
 
-ROBOT_YAML = Path(__file__).resolve().parents[1] / "config" / "robots" / "sim_arm.yaml"
+ROBOT_YAML = Path(__file__).resolve().parents[2] / "config" / "robots" / "sim_arm.yaml"
 ROBOT = yaml.safe_load(ROBOT_YAML.read_text())
 
 
