@@ -136,7 +136,7 @@ def test_profile_entropy_prints_a_layer_entropy_line_vla_cache_accepts(tmp_path,
 
 
 def test_bench_runs_speed_options_beside_full_on_a_smolvla_checkpoint(tmp_path, capsys):
-    data_dir = Path(__file__).parent / "data" / "smolvla_tiny"
+    data_dir = Path(__file__).parents[1] / "data" / "smolvla_tiny"
     out = tmp_path / "smolvla.json"
     code = main(["bench", "--model", str(data_dir / "checkpoint"), "--vlm", str(data_dir / "vlm"),
                  "--strategies", "full", "--history", "1", "--steps", "2", "--warmup", "1",

@@ -13,7 +13,7 @@ from dysta_ros.policy.smolvla.policy import SmolVLASession, warm_start_noise
 from dysta_ros.policy.speed import SpeedOptions, split_speed_options
 from dysta_ros.policy.vision_reuse import ChangedTokenEncoder, siglip_tower
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 TINY, OTHER = DATA / "smolvla_tiny", DATA / "smolvla_other"
 
 
