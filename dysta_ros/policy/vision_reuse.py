@@ -5,7 +5,9 @@ input each token had when it was last computed and that computation's output. A 
 recomputes a token-wise operation only for the tokens whose input moved by more than a
 threshold (relative L2 change here) since then; the others keep their stored output. Token-wise
 here: LayerNorm + Q/K/V projection, the attention output projection, LayerNorm + MLP.
-Attention itself mixes every token and runs over all of them, with the (partly stored) Q/K/V.
+Attention mixes every token: with sparse_queries (the default) only the queries whose input moved
+attend afresh, over all keys (the others keep their output, so what a moved key adds to a still
+token waits for the refresh); without, every query attends afresh with the (partly stored) Q/K/V.
 Every `refresh` frames, a full encode resets the references, so errors cannot accumulate.
 
 Approximate: a token below the threshold keeps an output computed from a slightly different
@@ -70,22 +72,28 @@ class _Gate:
     def __init__(self, fn):
         self.fn = fn
         self.reference: torch.Tensor | None = None  # (N, C_in) input when each token was last computed
+        self.reference_sq: torch.Tensor | None = None  # (N,) its squared norm, kept with it
         self.output: torch.Tensor | None = None  # (N, C_out)
+        self.fired: torch.Tensor | None = None  # indices recomputed by the last call
 
     def full(self, x: torch.Tensor) -> torch.Tensor:
         self.reference, self.output = x.clone(), self.fn(x)
+        self.reference_sq = (x * x).sum(-1)
+        self.fired = None  # all
         return self.output
 
     def __call__(self, x: torch.Tensor, threshold: float, counts: list[int]) -> torch.Tensor:
-        """X (N, C_in) -> (N, C_out), recomputing the tokens whose input moved beyond threshold."""
-        change = torch.linalg.vector_norm(x - self.reference, dim=-1)
-        scale = torch.linalg.vector_norm(self.reference, dim=-1)
-        fired = (change > threshold * scale).nonzero().squeeze(1)
+        """x (N, C_in) -> (N, C_out), recomputing the tokens whose input moved beyond threshold."""
+        change = x - self.reference
+        fired = ((change * change).sum(-1) > (threshold * threshold) * self.reference_sq).nonzero().squeeze(1)
         counts[0] += int(fired.numel())
         counts[1] += x.shape[0]
+        self.fired = fired
         if fired.numel():
-            self.reference[fired] = x[fired]
-            self.output[fired] = self.fn(x[fired])
+            moved = x[fired]
+            self.reference[fired] = moved
+            self.reference_sq[fired] = (moved * moved).sum(-1)
+            self.output[fired] = self.fn(moved)
         return self.output
 
 
@@ -104,8 +112,10 @@ class ChangedTokenEncoder:
     tower: Tower
     threshold: float
     refresh: int
+    sparse_queries: bool = True  # attention afresh only for moved queries (else for all of them)
     frames_since_full: int = 0
     gates: list | None = None
+    attended: list = field(default_factory=list)  # per block: the stored attention output (N, C)
     last: ReuseStats = field(default_factory=ReuseStats)
 
     def reset(self) -> None:
@@ -127,14 +137,27 @@ class ChangedTokenEncoder:
         full = self.gates is None or self.frames_since_full + 1 >= self.refresh
         if full:
             self.gates, self.frames_since_full = self._gates(), 0
+            self.attended = [None] * len(self.tower.blocks)
         else:
             self.frames_since_full += 1
         counts = [0, 0]
-        for block, (qkv_gate, out_gate, mlp_gate) in zip(self.tower.blocks, self.gates):
-            qkv = qkv_gate.full(x) if full else qkv_gate(x, self.threshold, counts)
-            attended = _attend(qkv, block.heads)
-            h = x + (out_gate.full(attended) if full else out_gate(attended, self.threshold, counts))
-            x = h + (mlp_gate.full(h) if full else mlp_gate(h, self.threshold, counts))
+        for index, (block, (qkv_gate, out_gate, mlp_gate)) in enumerate(zip(self.tower.blocks, self.gates)):
+            if full:
+                attended = self.attended[index] = _attend(qkv_gate.full(x), block.heads)
+                h = x + out_gate.full(attended)
+                x = h + mlp_gate.full(h)
+                continue
+            qkv = qkv_gate(x, self.threshold, counts)
+            attended = self.attended[index]
+            if self.sparse_queries:
+                # only the queries whose input moved attend afresh (over all keys); the others
+                # keep their attention output: what the moved keys/values add to them is dropped
+                if qkv_gate.fired.numel():
+                    attended[qkv_gate.fired] = _attend(qkv, block.heads, qkv_gate.fired)
+            else:
+                attended = self.attended[index] = _attend(qkv, block.heads)
+            h = x + out_gate(attended, self.threshold, counts)
+            x = h + mlp_gate(h, self.threshold, counts)
         self.last = ReuseStats(full=full, recomputed_fraction=1.0 if full else counts[0] / max(counts[1], 1))
         return self.tower.final_norm(x)[None]
 
@@ -144,9 +167,18 @@ def _qkv(block: TowerBlock, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([block.q(normed), block.k(normed), block.v(normed)], dim=-1)  # (n, 3C)
 
 
-def _attend(qkv: torch.Tensor, heads: int) -> torch.Tensor:
-    """Unmasked multi-head SDPA over all N tokens of packed (N, 3C) q|k|v; return (N, C)."""
-    tokens, width = qkv.shape[0], qkv.shape[1] // 3
-    q, k, v = (t.view(tokens, heads, -1).transpose(0, 1)[None] for t in qkv.split(width, dim=-1))
-    out = F.scaled_dot_product_attention(q, k, v)  # (1, heads, N, D)
-    return out[0].transpose(0, 1).reshape(tokens, width)
+def _attend(qkv: torch.Tensor, heads: int, queries: torch.Tensor | None = None) -> torch.Tensor:
+    """Unmasked multi-head SDPA over all N tokens of packed (N, 3C) q|k|v; return (Q, C).
+
+    `queries`: the token indices whose rows are wanted (default all).
+    """
+    width = qkv.shape[1] // 3
+    q, k, v = qkv.split(width, dim=-1)
+    if queries is not None:
+        q = q[queries]
+
+    def heads_first(t):
+        return t.reshape(t.shape[0], heads, -1).transpose(0, 1)[None]  # (1, heads, T, D)
+
+    out = F.scaled_dot_product_attention(heads_first(q), heads_first(k), heads_first(v))  # (1, heads, Q, D)
+    return out[0].transpose(0, 1).reshape(q.shape[0], width)

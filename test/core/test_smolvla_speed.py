@@ -78,7 +78,7 @@ def test_changed_token_reuse_at_threshold_zero_is_the_full_encode(tiny, cases):
     second[..., 40:72, 40:72] += 0.3  # a moved object: a few patches change
     tower = siglip_tower(tiny.model.vlm_with_expert.vlm.model.vision_model)
     with torch.inference_mode():
-        exact = ChangedTokenEncoder(tower, threshold=0.0, refresh=100)
+        exact = ChangedTokenEncoder(tower, threshold=0.0, refresh=100, sparse_queries=False)
         assert torch.allclose(exact.encode(first), tiny.model.vision_hidden(first), atol=1e-5)
         reused = exact.encode(second)
         assert not exact.last.full and exact.last.recomputed_fraction < 1.0
