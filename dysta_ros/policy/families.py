@@ -100,6 +100,8 @@ class SmolVLARuntime:
             import torch
 
             self.model = policy.in_dtype(getattr(torch, self.options.compute_dtype))
+        if self.options.cuda_graphs and str(getattr(policy, "device", "cpu")) == "cpu":
+            raise ConfigError("speed option cuda_graphs needs a CUDA device; this policy runs on the CPU")
         self.session = SmolVLASession()
         self.seed = int(seed)
         spec = policy.spec

@@ -83,7 +83,7 @@ class _Gate:
         return self.output
 
     def __call__(self, x: torch.Tensor, threshold: float, counts: list[int]) -> torch.Tensor:
-        """x (N, C_in) -> (N, C_out), recomputing the tokens whose input moved beyond threshold."""
+        """Map x (N, C_in) to (N, C_out), recomputing the tokens whose input moved beyond threshold."""
         change = x - self.reference
         fired = ((change * change).sum(-1) > (threshold * threshold) * self.reference_sq).nonzero().squeeze(1)
         counts[0] += int(fired.numel())

@@ -166,3 +166,12 @@ def test_speed_options_are_validated_and_split_from_strategy_keys():
         SpeedOptions(denoise_steps=-1)
     with pytest.raises(ConfigError, match="unknown key"):
         SpeedOptions.from_dict({"vision_reus": True})
+
+
+def test_cuda_graphs_are_refused_on_a_cpu_policy(tiny):
+    from dysta_ros.policy.families import SmolVLARuntime
+
+    with pytest.raises(ConfigError, match="cuda_graphs needs a CUDA device"):
+        SmolVLARuntime(tiny, options=SpeedOptions(cuda_graphs=True))
+    with pytest.raises(ConfigError, match="cuda_graphs needs a CUDA device"):
+        tiny.graphed_denoiser()

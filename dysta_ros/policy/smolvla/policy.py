@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dysta_ros.errors import CheckpointError, InputError
+from dysta_ros.errors import CheckpointError, ConfigError, InputError
 from dysta_ros.policy.smolvla.checkpoint import CheckpointFiles, map_weights, read_checkpoint
 from dysta_ros.policy.smolvla.config import ACTION_KEY, STATE_KEY
 from dysta_ros.policy.smolvla.model import SmolVLAModel
@@ -216,6 +216,16 @@ class SmolVLAPolicy:
             copies[dtype] = SmolVLAPolicy(self.files, model, self.device)
         return copies[dtype]
 
+    def graphed_denoiser(self):
+        """The CUDA-graph replay of the denoising loop (made on first use; CUDA only)."""
+        if self.device.type != "cuda":
+            raise ConfigError(f"cuda_graphs needs a CUDA device; this policy runs on {self.device}")
+        if "_graphs" not in self.__dict__:
+            from dysta_ros.policy.smolvla.graphs import GraphedDenoiser
+
+            self._graphs = GraphedDenoiser(self.model)
+        return self._graphs
+
     # -- one call ----------------------------------------------------------------------------
     @torch.inference_mode()
     def predict(self, images: dict, state, task: str, noise=None, return_intermediates: bool = False,
@@ -254,7 +264,10 @@ class SmolVLAPolicy:
             noise = warm_start_noise(session.previous, noise.to(session.previous.dtype), start,
                                      options.warm_start_shift)
             steps = steps or max(1, round(self.cfg.num_steps * start))
-        x0 = self.denoise(context, pad_mask, noise, record, steps=steps, start_time=start)
+        if options.cuda_graphs and record is None:
+            x0 = self.graphed_denoiser()(context, pad_mask, noise, steps or self.cfg.num_steps, start)
+        else:
+            x0 = self.denoise(context, pad_mask, noise, record, steps=steps, start_time=start)
         session.previous = x0
         timer.lap("action_head")
         raw, normalized = self.postprocess(x0)
