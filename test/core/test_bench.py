@@ -161,3 +161,15 @@ def test_bench_refuses_options_the_model_family_does_not_read(capsys):
     assert "SmolVLA" in capsys.readouterr().err
     assert main(["bench", "--preset", "tiny", "--options", "nosuch", "--quiet"]) == 2
     assert "speed_options.yaml" in capsys.readouterr().err
+
+
+def test_bench_reads_frames_from_a_bag(tmp_path):
+    from bag_helpers import BagSpec, write_episode_bag
+
+    bag = write_episode_bag(tmp_path / "bag", BagSpec(episodes=1, seconds=0.6))
+    out = tmp_path / "bag.json"
+    assert main(["bench", "--preset", "tiny", "--strategies", "full,dysta", "--history", "1", "--steps", "2",
+                 "--warmup", "1", "--frames", str(bag), "--json", str(out), "--quiet"]) == 0
+    data = json.loads(out.read_text())
+    assert data["meta"]["frames"] == str(bag) and data["meta"]["camera_size"] == [24, 24]
+    assert main(["bench", "--preset", "tiny", "--frames", str(tmp_path / "none"), "--quiet"]) == 2
