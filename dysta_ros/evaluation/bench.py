@@ -379,9 +379,6 @@ def run(args: argparse.Namespace) -> int:
         model_name = args.model or args.checkpoint or args.preset
         model, tokenizer = build_model(model_name, args.device, args.dtype, args.seed, vlm=args.vlm)
         smolvla = tokenizer is None
-        if variants and not smolvla:
-            raise ConfigError("--options: the speed options run on SmolVLA models (smolvla_base or a LeRobot "
-                              "checkpoint); this package's own VLA does not read them yet")
         # The cameras and state the frames need, from the model's own spec (any family)
         cfg = runtime_around(model, strategies[0], params.get(strategies[0]), seed=args.seed,
                              tokenizer=tokenizer).spec

@@ -9,6 +9,7 @@ same noise on the same step.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -24,7 +25,8 @@ from dysta_ros.policy.devices import DTYPES, check_device
 from dysta_ros.policy.families import FAMILIES, REAL_SIZES, SmolVLARuntime, family_of, load_smolvla_policy
 from dysta_ros.policy.model import VLAModel
 from dysta_ros.policy.preprocess import prepare_observation
-from dysta_ros.policy.speed import split_speed_options
+from dysta_ros.policy.speed import SpeedOptions, split_speed_options
+from dysta_ros.policy.vision_reuse import ChangedTokenEncoder, siglip_tower
 from dysta_ros.policy.timing import StageTimer
 from dysta_ros.policy.tokenizer import model_tokenizer
 from dysta_ros.tokens import build_strategy, strategy_class
@@ -53,6 +55,7 @@ class PolicyRuntime:
         self.history = check_history(history or self.strategy.params.history or cfg.history)
         self.seed = int(seed)
         self.tokenizer = tokenizer or model_tokenizer(model)
+        self.options = own_vla_options(strategy, strategy_params)
         self.spec = RuntimeSpec(
             camera_names=list(cfg.camera_names),
             image_size=cfg.vision.image_size,
@@ -82,6 +85,7 @@ class PolicyRuntime:
         self.frame_count = 0
         self.sequence = 0
         self._text_cache: tuple[str, torch.Tensor] | None = None
+        self.vision_encoders: dict[int, ChangedTokenEncoder] = {}  # per camera, for vision_reuse
         self.strategy.reset()
 
     def _text_embeds(self, instruction: str) -> torch.Tensor:
@@ -135,7 +139,7 @@ class PolicyRuntime:
 
     def _infer(self, pixels: np.ndarray, state: np.ndarray, instruction: str, timer: StageTimer, noise=None):
         model, device, dtype = self.model, self.model.device, self.model.dtype
-        features, tokens = model.encode_frame(torch.from_numpy(pixels).to(device, dtype))  # (N, Cv), (N, W)
+        features, tokens, vision_share = self._encode(torch.from_numpy(pixels).to(device, dtype))
         frame = Frame(features=features, tokens=tokens, index=self.frame_count)
         self.frame_count += 1
         if not self.frames:  # a new episode: the window starts full of its first frame
@@ -176,8 +180,44 @@ class PolicyRuntime:
             recached_l1=result.recached_l1,
             recached_l2=result.recached_l2,
             flops_ratio=self.strategy.flops(ctx) / full,
+            vision_recomputed=vision_share,
         )
         return actions.astype(np.float32), stats
+
+
+    def _encode(self, pixels: torch.Tensor):
+        """Return (features (N, Cv), tokens (N, W), share of the vision work done) of a frame's cameras."""
+        if not self.options.vision_reuse:
+            features, tokens = self.model.encode_frame(pixels)
+            return features, tokens, 1.0
+        hidden, shares = [], []
+        for camera in range(pixels.shape[0]):
+            encoder = self.vision_encoders.get(camera)
+            if encoder is None:
+                options = self.options
+                encoder = self.vision_encoders[camera] = ChangedTokenEncoder(
+                    siglip_tower(self.model.vision), options.vision_threshold, options.vision_refresh)
+            hidden.append(encoder.encode(pixels[camera : camera + 1])[0])
+            shares.append(encoder.last.recomputed_fraction)
+        features = torch.cat(hidden)  # (C*n, Cv): cameras concatenated, as encode_frame gives them
+        return features, self.model.projector(features), float(np.mean(shares))
+
+
+def own_vla_options(strategy: str, strategy_params: dict | None) -> SpeedOptions:
+    """The speed options this package's own VLA reads (vision_reuse so far); the others are refused."""
+    from dysta_ros.tokens import strategy_defaults
+
+    options, _ = split_speed_options({**strategy_defaults(strategy), **(strategy_params or {})})
+    unread = {k: v for k, v in dataclasses.asdict(options).items()
+              if k in OWN_VLA_UNREAD and v != getattr(SpeedOptions(), k)}
+    if unread:
+        raise ConfigError(f"speed option(s) {sorted(unread)} run on SmolVLA models only; this package's own "
+                          f"VLA reads {', '.join(sorted(OWN_VLA_READS))}")
+    return options
+
+
+OWN_VLA_READS = ("vision_reuse", "vision_threshold", "vision_refresh")
+OWN_VLA_UNREAD = ("denoise_steps", "warm_start", "compute_dtype", "cuda_graphs")
 
 
 def build_model(

@@ -175,3 +175,28 @@ def test_cuda_graphs_are_refused_on_a_cpu_policy(tiny):
         SmolVLARuntime(tiny, options=SpeedOptions(cuda_graphs=True))
     with pytest.raises(ConfigError, match="cuda_graphs needs a CUDA device"):
         tiny.graphed_denoiser()
+
+
+def test_changed_token_reuse_runs_on_the_own_vla_vision_tower_too():
+    from dysta_ros.evaluation.bench import synthetic_observations
+    from dysta_ros.policy.runtime import build_model, runtime_around
+
+    model, tokenizer = build_model("tiny")
+    size = model.cfg.vision.image_size
+    pixels = torch.randn(1, 3, size, size)
+    moved = pixels.clone()
+    moved[..., :8, :8] += 1.0
+    with torch.inference_mode():
+        exact = ChangedTokenEncoder(siglip_tower(model.vision), 0.0, 100, sparse_queries=False)
+        exact.encode(pixels)
+        assert (exact.encode(moved) - model.vision(pixel_values=moved).last_hidden_state).abs().max() <= 1e-5
+        assert exact.last.recomputed_fraction < 1.0
+    observations = synthetic_observations(3, model.cfg.camera_names, model.cfg.state_dim, size=(size, size))
+    reuse = runtime_around(model, "full", {"vision_reuse": True}, tokenizer=tokenizer)
+    full = runtime_around(model, "full", {}, tokenizer=tokenizer)
+    for obs in observations:
+        (approx, stats), (ref, _) = reuse.step(obs), full.step(obs)
+    assert stats.vision_recomputed < 1.0
+    assert np.abs(approx.actions - ref.actions).max() < 0.1 * np.abs(ref.actions).max()
+    with pytest.raises(ConfigError, match="SmolVLA models only"):
+        runtime_around(model, "full", {"denoise_steps": 5}, tokenizer=tokenizer)
