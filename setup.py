@@ -9,6 +9,7 @@ ENTRY_POINTS = {
         "chunk_executor = dysta_ros.nodes.chunk_executor:main",
         "sim_node = dysta_ros.nodes.sim_node:main",
         "bag_player = dysta_ros.nodes.bag_player:main",
+        "robot_link = dysta_ros.nodes.robot_link:main",
     ]
 }
 
@@ -34,7 +35,10 @@ setup(
         "rosbags>=0.10",
         "mcap>=1.2",  # reads the complete messages of MCAP files a killed recorder left
     ],
-    extras_require={"test": ["pytest", "pytest-timeout", "hypothesis", "ruff"]},
+    extras_require={
+        "test": ["pytest", "pytest-timeout", "hypothesis", "ruff"],
+        "fleet": ["ray==2.58.0"],  # `dysta-ros eval --ray`: bags x checkpoints as Ray tasks
+    },
     zip_safe=False,
     entry_points=ENTRY_POINTS,
 )

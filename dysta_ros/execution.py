@@ -37,6 +37,13 @@ EXECUTOR_RANGES = {
 }
 
 
+class StaleChunkError(InputError):
+    """A chunk whose observation is older than the deadman allows: dropped and counted.
+
+    Not its publisher's fault (a slow link or a queue delivered it late), so not a rejection.
+    """
+
+
 @dataclass(frozen=True)
 class ExecutorConfig:
     """How chunk_executor turns chunks into commands (ROS parameters of the same names)."""
@@ -323,7 +330,9 @@ class ChunkExecutor:
         self.joint_time: float | None = None
         self.last_command: np.ndarray | None = None
         self.last_command_time: float | None = None
-        self.counts = {"accepted": 0, "rejected": 0, "late_actions_skipped": 0, "clipped": 0, "commands": 0}
+        # stale: dropped because their observation was older than max_chunk_age_s on arrival
+        self.counts = {"accepted": 0, "rejected": 0, "stale": 0, "late_actions_skipped": 0, "clipped": 0,
+                       "commands": 0}
         self.last_rejection = ""
         self.workspace = robot.workspace if self.action_space != "joint_position" else None
         self.worst_excess: dict[str, float] = {}  # the farthest outside the workspace so far, per kind
@@ -346,7 +355,20 @@ class ChunkExecutor:
                 raise InputError(f"chunk stamped {chunk.stamp - now:.3f} s in the future (observation "
                                  f"stamps precede their chunk); check the clocks")
             start = chunk.stamp if self.config.latency_compensation else now
-            skipped = self.blender.add(TimedChunk(start, chunk.dt, actions, now), now)
+            timed = TimedChunk(start, chunk.dt, actions, now)
+            age = now - chunk.stamp
+            # A chunk wholly in the past is refused by the blender, as an error (a clock, most
+            # likely); one still running but older than the deadman allows was delivered late.
+            if age > self.config.max_chunk_age_s and timed.end >= now:
+                # Acting on it, or letting it keep the deadman fed, would move the robot on a
+                # view of the world that old.
+                raise StaleChunkError(f"observation {age:.3f} s old on arrival "
+                                      f"(> max_chunk_age_s {self.config.max_chunk_age_s})")
+            skipped = self.blender.add(timed, now)
+        except StaleChunkError as exc:
+            self.counts["stale"] += 1
+            self.last_rejection = str(exc)
+            raise
         except InputError as exc:
             self.reject(str(exc))
             raise

@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 from dysta_ros.errors import CheckpointError
-from dysta_ros.policy.families import CONFIG_FILE, DEFAULT_DT, family_of
+from dysta_ros.policy.families import CONFIG_FILE, DEFAULT_DT, FAMILIES, family_of
 from dysta_ros.policy.jsonfile import read_json_file
 
 WEIGHTS_FILE = "model.safetensors"
@@ -92,7 +92,8 @@ def checkpoint_info(directory) -> dict:
         described = smolvla_info(data) if family == "smolvla" else dysta_info(data)
     except (KeyError, TypeError, AttributeError, IndexError) as exc:
         raise CheckpointError(f"{directory / CONFIG_FILE}: missing or malformed key {exc}") from exc
-    return {"directory": str(directory), "family": family, **described, **weights_summary(directory)}
+    return {"directory": str(directory), "family": family, **described, **weights_summary(directory),
+            "strategies": FAMILIES[family].strategy_table()}
 
 
 BAG_SUFFIXES = (".mcap", ".db3", ".bag")
@@ -127,5 +128,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     width = max(len(k) for k in info)
     for key, value in info.items():
+        if key == "strategies":
+            continue
         print(f"{key:<{width}}  {'(not in the checkpoint)' if value is None else value}")
+    print("strategies:")
+    for name, verdict in info["strategies"].items():
+        print(f"  {name:<16}{verdict}")
     return 0

@@ -8,6 +8,7 @@ evaluator and the benchmark all build an `Observation` and read an `ActionChunk`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
@@ -65,6 +66,22 @@ class StepStats:
     stage_ms: dict[str, float] = field(default_factory=lambda: {s: 0.0 for s in STAGES})
     flops_ratio: float = 1.0  # backbone FLOPs relative to `full` on the same history
     vision_recomputed: float = 1.0  # share of the vision encoder's token work done this step
+    # parts of stages worth their own column: connector (of vision), postprocess (of action_head)
+    part_ms: dict[str, float] = field(default_factory=dict)
+    # The strategy's own statistics, key -> number (TokenStats stat_keys / stat_values): what a
+    # strategy reports travels here, not as fields of every layer.
+    strategy_stats: dict[str, float] = field(default_factory=dict)
+
+    # TokenStats fields older than strategy_stats (DySta's), kept for subscribers and filled from it.
+    MESSAGE_FIELDS: ClassVar[dict[str, type]] = {
+        "static_l1_tokens": int, "static_l2_tokens": int, "recached_l1": bool, "recached_l2": bool,
+    }
+
+    def fill_message_fields(self) -> None:
+        """Set the older TokenStats fields from strategy_stats where the strategy reported them."""
+        for name, kind in self.MESSAGE_FIELDS.items():
+            if name in self.strategy_stats:
+                setattr(self, name, kind(self.strategy_stats[name]))
 
 
 @dataclass

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import glob
 import logging
 import sys
 from collections.abc import Iterable, Iterator
@@ -361,3 +362,35 @@ class BagReader:
         except Exception as exc:
             raise BagError(f"{self.path}: cannot decode a {message.msgtype} message on "
                            f"{message.topic} at {message.stamp_ns} ns: {exc}") from exc
+
+
+def _is_bag(path: Path) -> bool:
+    if path.is_file():
+        return path.suffix in (".mcap", ".db3")
+    return (path / "metadata.yaml").exists() or any(path.glob("*.mcap")) or any(path.glob("*.db3"))
+
+
+def find_bags(paths: Iterable[str]) -> list[str]:
+    """Expand bag arguments: a bag stays itself, a directory of bags or a glob gives each bag in it.
+
+    A rosbag2 bag is itself a directory, so a directory counts as a bag when it holds
+    metadata.yaml or storage files, and otherwise as a folder of bags (sorted, one level deep).
+    """
+    found: list[str] = []
+    for argument in paths:
+        if any(c in argument for c in "*?["):
+            matches = [Path(m) for m in sorted(glob.glob(argument))]
+            bags = [m for m in matches if _is_bag(m)]
+            if not bags:
+                raise BagError(f"{argument}: no bag matches this pattern")
+        else:
+            path = Path(argument)
+            if not path.is_dir() or _is_bag(path):
+                found.append(argument)  # BagReader names what is wrong with it, if anything
+                continue
+            bags = [child for child in sorted(path.iterdir()) if _is_bag(child)]
+            if not bags:
+                raise BagError(f"{path}: neither a bag nor a directory of bags (no metadata.yaml "
+                               "or .mcap/.db3 in it or in its subdirectories)")
+        found += [str(bag) for bag in bags]
+    return list(dict.fromkeys(found))

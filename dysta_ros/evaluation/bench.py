@@ -125,8 +125,10 @@ def summarize(records: dict[str, list], history: int, peaks: dict | None = None)
             "steps": len(steps),
             "step_ms_p50": percentile(totals, 50),
             "step_ms_p90": percentile(totals, 90),
-            "stage_ms_p50": {stage: percentile([s.stage_ms.get(stage, 0.0) for s in stats], 50)
-                             for stage in dict.fromkeys([*STAGES, *(k for s in stats for k in s.stage_ms)])},
+            "stage_ms_p50": {stage: percentile([s.stage_ms[stage] for s in stats], 50) for stage in STAGES},
+            # parts of the stages above (connector: of vision; postprocess: of action_head)
+            "part_ms_p50": {part: percentile([s.part_ms.get(part, 0.0) for s in stats], 50)
+                            for part in dict.fromkeys(k for s in stats for k in s.part_ms)},
             "speedup_vs_full": None,
             "action_dev_mean": None,
             "action_dev_max": None,
@@ -210,7 +212,7 @@ def tokenizer_of(model):
     return model_tokenizer(model) if isinstance(model, VLAModel) else None
 
 
-PLOTTED_STAGES = ("preprocess", "vision", "connector", "gate", "backbone", "action_head", "postprocess")
+PLOTTED_STAGES = ("preprocess", "vision", "gate", "backbone", "action_head")
 
 
 def format_table(rows: list[dict]) -> str:
@@ -228,15 +230,15 @@ def format_table(rows: list[dict]) -> str:
         return format(value, spec) if value is not None else "-".rjust(len(format(0.0, spec)))
 
     for r in rows:
-        st = r["stage_ms_p50"]
+        st, parts = r["stage_ms_p50"], r.get("part_ms_p50", {})
         lines.append(
             f"{r['history']:>3} {r['strategy']:<{width}} {r['step_ms_p50']:>8.1f} {r['step_ms_p90']:>8.1f} "
             f"{fmt(r['speedup_vs_full'], '7.2f')} {r['context_tokens']:>7.0f} {r['recomputed_tokens']:>7.0f} "
             f"{r['flops_ratio']:>6.3f} {r['recache_rate']:>7.2f} {fmt(r['action_dev_mean'], '8.4f')} "
             f"{fmt(r['action_dev_max'], '8.4f')}  {st['preprocess']:>5.1f} {st['vision']:>6.1f} "
-            f"{st.get('connector', 0.0):>5.1f} {st['gate']:>5.1f} {st['backbone']:>8.1f} "
+            f"{parts.get('connector', 0.0):>5.1f} {st['gate']:>5.1f} {st['backbone']:>8.1f} "
             f"{st['action_head']:>6.1f} "
-            f"{st.get('postprocess', 0.0):>5.1f} {100 * r.get('vision_recomputed', 1.0):>5.0f}"
+            f"{parts.get('postprocess', 0.0):>5.1f} {100 * r.get('vision_recomputed', 1.0):>5.0f}"
         )
     return "\n".join(lines)
 

@@ -73,6 +73,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", nargs="+", default=[EXPERT, "tiny"], metavar="POLICY",
                         help="who drives, in turn: 'expert' (scripted, privileged), a model preset "
                              "or a checkpoint directory (default: expert tiny)")
+    parser.add_argument("--model", default=None, metavar="DIR",
+                        help="one more learned policy, driving after --policy's: a preset or checkpoint "
+                             "directory (a LeRobot SmolVLA one too, with --vlm)")
+    parser.add_argument("--vlm", default=None, metavar="DIR",
+                        help="a LeRobot SmolVLA checkpoint's backbone config + tokenizer directory")
     parser.add_argument("--strategy", "--strategies", dest="strategies", nargs="+", default=["dysta"],
                         choices=available_strategies(), metavar="STRATEGY",
                         help=f"token strategies for learned policies: {', '.join(available_strategies())}; "
@@ -89,11 +94,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch CPU threads of learned policies (the sim renders on the same CPU)")
 
 
+def policies(args: argparse.Namespace) -> list[str]:
+    """Return who drives, in turn: --policy's list, then --model's."""
+    model = getattr(args, "model", None)
+    return list(args.policy) + ([model] if model else [])
+
+
 def check_arguments(args: argparse.Namespace) -> None:
     """Raise ConfigError naming the argument when one is not usable."""
     from dysta_ros.policy.config import PRESETS
 
-    for policy in args.policy:
+    for policy in policies(args):
         if policy != EXPERT and policy not in PRESETS and not Path(policy).is_dir():
             raise ConfigError(f"--policy {policy!r}: not 'expert', a preset ({', '.join(PRESETS)}) "
                               "or an existing checkpoint directory")
@@ -108,7 +119,7 @@ def check_arguments(args: argparse.Namespace) -> None:
 def plan(args: argparse.Namespace) -> list[tuple[str, str, int]]:
     """Return the episodes to run as (policy, strategy, seed); each combination sees the same seeds."""
     runs = []
-    for policy in args.policy:
+    for policy in policies(args):
         for strategy in ([EXPERT] if policy == EXPERT else args.strategies):
             runs += [(policy, strategy, args.seed + i) for i in range(args.episodes)]
     return runs

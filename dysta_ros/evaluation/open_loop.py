@@ -9,9 +9,7 @@ time and speedup, tokens, and how often the static cache was rebuilt.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,8 +20,8 @@ from tqdm import tqdm
 
 from dysta_ros.bags import TopicMap, load_episodes
 from dysta_ros.bags.episodes import Episode, check_bag
-from dysta_ros.errors import BagError, CheckpointError, ConfigError, InferenceError, InputError, exit_status
-from dysta_ros.tokens import available_strategies, parse_param_overrides
+from dysta_ros.errors import ConfigError, InferenceError, InputError
+from dysta_ros.tokens import available_strategies
 from dysta_ros.types import STAGES, StepStats
 
 if TYPE_CHECKING:  # torch: imported to evaluate, so `dysta-ros eval --help` stays instant
@@ -99,37 +97,81 @@ def _check_compatible(runtime: PolicyRuntime, topic_map: TopicMap, episode: Epis
 
 def run_open_loop(config: EvalConfig, progress: bool = True) -> dict[str, list[StepRecord]]:
     """Step every strategy through every episode; return each strategy's step records."""
-    from dysta_ros.policy.runtime import build_model, runtime_around, set_threads
-
-    set_threads(config.threads)
     topic_map = TopicMap.load(config.topic_map)
     for bag in config.bags:  # seconds of model building are wasted on a bag that can't be used
         check_bag(bag, topic_map)
+    records: dict[str, list[StepRecord]] = {name: [] for name in config.strategies}
+    try:
+        with tqdm(total=0, desc="eval", unit="step", disable=not progress) as bar:
+            for bag in config.bags:
+                for name, steps in evaluate_bag(config, bag, bar).items():
+                    records[name] += steps
+    finally:
+        forget_models()  # a serial run over several checkpoints holds one model at a time
+    return records
+
+
+# Built runtimes per process, so a fleet worker loads each model once, not once per task.
+_LOADED: dict[tuple, dict[str, PolicyRuntime]] = {}
+
+
+def _model_key(config: EvalConfig) -> tuple:
+    return (config.model, config.vlm, config.device, config.dtype, config.seed, config.threads,
+            tuple(config.strategies), json.dumps(config.params, sort_keys=True))
+
+
+def loaded_runtimes(config: EvalConfig) -> tuple[dict[str, PolicyRuntime], bool]:
+    """Return (one runtime per strategy around the config's model, whether it was loaded now)."""
+    from dysta_ros.policy.runtime import build_model, runtime_around, set_threads
+
+    key = _model_key(config)
+    if key in _LOADED:
+        return _LOADED[key], False
+    set_threads(config.threads)
     model, tokenizer = build_model(config.model, config.device, config.dtype, config.seed, vlm=config.vlm)
-    runtimes = {name: runtime_around(model, name, config.params.get(name), seed=config.seed,
-                                     tokenizer=tokenizer)
-                for name in config.strategies}
+    _LOADED[key] = {name: runtime_around(model, name, config.params.get(name), seed=config.seed,
+                                         tokenizer=tokenizer)
+                    for name in config.strategies}
+    return _LOADED[key], True
+
+
+def forget_models() -> None:
+    """Drop the models this process holds."""
+    _LOADED.clear()
+
+
+def evaluate_bag(config: EvalConfig, bag: str, bar: tqdm | None = None) -> dict[str, list[StepRecord]]:
+    """Step every strategy through one bag's episodes with the config's model.
+
+    Episodes depend on nothing before them (runtimes reset, noise seeded per step), so bags
+    evaluated one by one, in any process, give the numbers of one run over all of them.
+    """
+    topic_map = TopicMap.load(config.topic_map)
+    runtimes, loaded_now = loaded_runtimes(config)
     spec = runtimes[BASELINE].spec
     rate_hz = config.rate_hz or 1.0 / spec.dt
-    episodes = [e for bag in config.bags for e in load_episodes(bag, topic_map, rate_hz,
-                                                                clock=config.time)]
+    episodes = load_episodes(bag, topic_map, rate_hz, clock=config.time)
     for episode in episodes:
         _check_compatible(runtimes[BASELINE], topic_map, episode)
     steps = [min(len(e), config.max_steps or len(e)) for e in episodes]
-    _warm_up(runtimes, episodes[0].observation(0))
+    if loaded_now and episodes:
+        _warm_up(runtimes, episodes[0].observation(0))
 
     records: dict[str, list[StepRecord]] = {name: [] for name in runtimes}
     names = list(runtimes)
-    with tqdm(total=sum(steps) * len(names), desc="eval", unit="step", disable=not progress) as bar:
-        for episode, n_steps in zip(episodes, steps):
-            for runtime in runtimes.values():
-                runtime.reset()
-            for step in range(n_steps):
-                observation = episode.observation(step)
-                for offset in range(len(names)):
-                    name = names[(step + offset) % len(names)]
-                    records[name].append(_step(runtimes[name], episode, step, observation,
-                                               config.first_k))
+    if bar is not None:
+        bar.total += sum(steps) * len(names)
+        bar.refresh()
+    for episode, n_steps in zip(episodes, steps):
+        for runtime in runtimes.values():
+            runtime.reset()
+        for step in range(n_steps):
+            observation = episode.observation(step)
+            for offset in range(len(names)):
+                name = names[(step + offset) % len(names)]
+                records[name].append(_step(runtimes[name], episode, step, observation,
+                                           config.first_k))
+                if bar is not None:
                     bar.update()
     return records
 
@@ -242,15 +284,22 @@ def series(records: dict[str, list[StepRecord]], first_k: int) -> dict[str, dict
     return out
 
 
-def evaluate(config: EvalConfig, progress: bool = True) -> dict:
-    """Run the evaluation and write report.md, results.json and the PNG plots; return results."""
+def evaluate(config: EvalConfig, progress: bool = True,
+             records: dict[str, list[StepRecord]] | None = None, fleet: dict | None = None) -> dict:
+    """Run the evaluation and write report.md, results.json and the PNG plots; return results.
+
+    `records` evaluated elsewhere (a fleet's tasks, bag by bag) are reported as they are, with
+    `fleet` (how the tasks ran) beside them.
+    """
     from dysta_ros.evaluation.open_loop_report import write_report
 
-    records = run_open_loop(config, progress)
+    records = run_open_loop(config, progress) if records is None else records
     results = {"config": asdict(config), "summary": summarize(records, config.first_k),
                "series": series(records, config.first_k),
                "episodes": _episode_list(records[BASELINE]),
                "joints": list(TopicMap.load(config.topic_map).joints)}
+    if fleet is not None:
+        results["fleet"] = fleet
     write_report(Path(config.report), results)
     return results
 
@@ -261,56 +310,3 @@ def _episode_list(records: list[StepRecord]) -> list[dict]:
         seen.setdefault((r.bag, r.episode), 0)
         seen[(r.bag, r.episode)] += 1
     return [{"bag": bag, "episode": episode, "steps": n} for (bag, episode), n in seen.items()]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add `dysta-ros eval` arguments."""
-    parser.add_argument("bags", nargs="+", metavar="BAG", help="rosbag2 directories or files")
-    parser.add_argument("--strategies", default=",".join(available_strategies()),
-                        help="comma-separated; `full` is always run as the yardstick")
-    parser.add_argument("--checkpoint", "--model", dest="model", default="tiny",
-                        help="checkpoint directory or preset name (default: tiny, random weights)")
-    parser.add_argument("--vlm", default=None, metavar="DIR",
-                        help="a LeRobot SmolVLA checkpoint's backbone config + tokenizer directory")
-    parser.add_argument("--topic-map", default="sim_arm",
-                        help="bag topic mapping: a name in config/bag_topics/ or a YAML path")
-    parser.add_argument("--rate", type=float, default=0.0,
-                        help="policy steps per second (default: 1 / the model's action dt)")
-    parser.add_argument("--first-k", type=int, default=4, help="chunk actions compared (default 4)")
-    parser.add_argument("--max-steps", type=int, default=0, help="per episode (default: all)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads (0: torch's default); fewer than the free cores, or "
-                             "speedups measure contention")
-    parser.add_argument("--param", action="append", default=[], metavar="STRATEGY.KEY=VALUE",
-                        help="strategy parameter over its YAML, repeatable, e.g. --param full.history=8")
-    parser.add_argument("--report", default="eval_report", help="report directory")
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
-    parser.add_argument("--time", choices=["header", "receive"], default="header",
-                        help="clock that places bag messages: header stamps (default) or "
-                             "receive times (for bags whose stamps use another clock)")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Evaluate; print where the report is (or the JSON summary); return the exit status."""
-    try:
-        config = EvalConfig(bags=args.bags, strategies=[s for s in args.strategies.split(",") if s],
-                            model=args.model, vlm=args.vlm, topic_map=args.topic_map, rate_hz=args.rate,
-                            first_k=args.first_k, max_steps=args.max_steps, device=args.device,
-                            dtype=args.dtype, seed=args.seed, report=args.report, threads=args.threads,
-                            time=args.time,
-                            params=parse_param_overrides(args.param, [BASELINE, *args.strategies.split(",")]))
-        results = evaluate(config, progress=not args.json)
-    except (BagError, ConfigError, CheckpointError) as exc:
-        print(f"dysta-ros eval: {exc}", file=sys.stderr)
-        return exit_status(exc)
-    if args.json:
-        print(json.dumps(results["summary"], indent=2))
-    else:
-        from dysta_ros.evaluation.open_loop_report import summary_table
-
-        print(summary_table(results["summary"]))
-        print(f"\nreport: {Path(config.report) / 'report.md'}")
-    return 0

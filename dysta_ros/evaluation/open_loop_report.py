@@ -174,4 +174,22 @@ def write_report(directory: Path, results: dict) -> None:
     failures = {n: s["errors"] for n, s in results["series"].items() if s["errors"]}
     if failures:
         text += ["## Failed steps", ""] + [f"- {n}: {'; '.join(e)}" for n, e in failures.items()] + [""]
-    (directory / "report.md").write_text("\n".join(text))
+    (directory / "report.md").write_text("\n".join(text) + fleet_section(results.get("fleet")))
+
+
+def fleet_section(fleet: dict | None, always: bool = False) -> str:
+    """Return the report's section on how the tasks ran: only when on Ray or something went wrong."""
+    if not fleet or not (always or fleet["engine"] != "serial" or fleet["retried"] or fleet["failed"]):
+        return ""
+    text = ["", "## Tasks", "",
+            f"{fleet['tasks']} task(s) (one per bag and checkpoint) on {fleet['engine']}"
+            f"{' at ' + fleet['address'] if fleet['address'] else ''}: {len(fleet['workers'])} worker "
+            f"process(es), {fleet['model_loads']} model load(s), {fleet['seconds']:.1f} s.", ""]
+    if fleet["retried"]:
+        text += ["Retried (the worker died):", ""] + [
+            f"- {r['bag']} / `{r['checkpoint']}`, attempt {r['attempt']}: {r['error']}"
+            for r in fleet["retried"]] + [""]
+    if fleet["failed"]:
+        text += ["**Failed: these bags have no results**", ""] + [
+            f"- {r['bag']} / `{r['checkpoint']}`: {r['error']}" for r in fleet["failed"]] + [""]
+    return "\n".join(text) + "\n"

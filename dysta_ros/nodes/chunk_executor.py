@@ -20,7 +20,14 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from dysta_ros.errors import ConfigError, InputError
-from dysta_ros.execution import BLENDINGS, EXECUTOR_RANGES, ChunkExecutor, ExecutorConfig, describe_excess
+from dysta_ros.execution import (
+    BLENDINGS,
+    EXECUTOR_RANGES,
+    ChunkExecutor,
+    ExecutorConfig,
+    StaleChunkError,
+    describe_excess,
+)
 from dysta_ros.msg import ActionChunk
 from dysta_ros.nodes import conversions as conv
 from dysta_ros.nodes import params as P
@@ -122,6 +129,10 @@ class ChunkExecutorNode(Node):
             return self.report_rejection(msg, exc)
         try:
             self.core.on_chunk(chunk, self.now())
+        except StaleChunkError as exc:  # late, not wrong: a WARN, and the deadman is not fed
+            self.board.set("chunks", WARN, f"dropped chunk {msg.sequence}: {exc}", **self.core.counts)
+            self.get_logger().warning(f"dropped chunk {msg.sequence}: {exc}", throttle_duration_sec=1.0)
+            return
         except InputError as exc:
             return self.report_rejection(msg, exc)
         self.board.set("chunks", OK, f"chunk {msg.sequence} accepted ({msg.strategy})", **self.core.counts)

@@ -93,6 +93,8 @@ def stats_to_msg(stats: types.StepStats, stamp: float):
     for stage, ms in stats.stage_ms.items():
         setattr(msg, f"{stage}_ms", float(ms))
     msg.flops_ratio = float(stats.flops_ratio)
+    msg.stat_keys = list(stats.strategy_stats)
+    msg.stat_values = [float(v) for v in stats.strategy_stats.values()]
     return msg
 
 

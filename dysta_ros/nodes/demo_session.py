@@ -56,7 +56,8 @@ class DemoSession:
         # episode down instead of the clock running on while the arm waits for stale chunks.
         self.sim = SimNode(image_width=args.image_size, image_height=args.image_size, publish_clock=True)
         self.values = node_values(argparse.Namespace(
-            strategy=args.strategies[0], model="tiny", vlm="", threads=None, robot="sim_arm",
+            strategy=args.strategies[0], model="tiny", vlm=getattr(args, "vlm", None) or "", threads=None,
+            robot="sim_arm",
             device=args.device, dtype=None,
             instruction=None, dry_run=False, params_file=None,
             param=[f"policy_node:cpu_threads={getattr(args, 'threads', 0)}"]))

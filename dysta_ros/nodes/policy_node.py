@@ -24,15 +24,18 @@ from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
+from dysta_ros.clock_sync import CLOCK_SYNC_MODES
 from dysta_ros.errors import ConfigError, DystaError, InferenceError, InputError
 from dysta_ros.execution import EStopLatch, limit_trajectory
 from dysta_ros.msg import ActionChunk, TokenStats
 from dysta_ros.nodes import conversions as conv
 from dysta_ros.nodes import params as P
+from dysta_ros.nodes.clock_offset import ClockOffsetClient
 from dysta_ros.nodes.diagnostics import ERROR, OK, WARN, CoreLogBridge, StatusBoard, to_message
 from dysta_ros.nodes.image_conversion import image_to_rgb
 from dysta_ros.nodes.inference_loop import InferenceLoop
 from dysta_ros.nodes.inputs import LatestInputs
+from dysta_ros.nodes.robot_link import compressed_topic
 from dysta_ros.nodes.spin import run_node
 from dysta_ros.nodes.step_report import StepReport
 from dysta_ros.robot import config_path, load_robot_config, load_yaml
@@ -60,6 +63,10 @@ PARAMS = [
             read_only=True),
     P.Param("camera_topics", [], "topics of the model's cameras, in its order (empty: robot config)",
             read_only=True),
+    P.Param("camera_transport", "raw", "compressed: subscribe to each camera topic's /compressed "
+            "stream (robot_link's, from a policy host)", read_only=True, choices=("raw", "compressed")),
+    P.Param("clock_sync", "assume", "assume: clocks synchronised (chrony/PTP); estimate: the robot's "
+            "clock from round trips to robot_link (a policy host)", read_only=True, choices=CLOCK_SYNC_MODES),
     P.Param("inference_rate_hz", 10.0, "most policy steps per second", low=0.1, high=1000.0),
     P.Param("max_image_age_s", 0.5, "hold when a camera's latest frame is older", low=0.001, high=60.0),
     P.Param("max_state_age_s", 0.5, "hold when the latest joint state is older", low=0.001, high=60.0),
@@ -124,6 +131,7 @@ class PolicyNode(LifecycleNode):
                        characters=len(self.values["instruction"]))
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(self.values["diagnostic_period_s"], self.publish_diagnostics)
+        self.clock = ClockOffsetClient(self, self.values["clock_sync"], self.values["diagnostic_period_s"])
         self.runtime = None
         self.report = StepReport()
         self.loop: InferenceLoop | None = None
@@ -198,6 +206,8 @@ class PolicyNode(LifecycleNode):
                 vlm=v["vlm"] or None)
             self.check_model_fits_robot()
             topics = v["camera_topics"] or self.robot.camera_topics(self.runtime.spec.camera_names)
+            if v["camera_transport"] == "compressed":
+                topics = [compressed_topic(t) for t in topics]
             if len(topics) != len(self.runtime.spec.camera_names):
                 raise ConfigError(f"camera_topics: the model takes {len(self.runtime.spec.camera_names)} "
                                   f"cameras {self.runtime.spec.camera_names}, got {len(topics)} topics")
@@ -409,7 +419,8 @@ class PolicyNode(LifecycleNode):
         return stamp if stamp > 0 else self.now()  # an unstamped message is as old as its arrival
 
     def now(self) -> float:
-        return self.get_clock().now().nanoseconds * 1e-9
+        """Seconds on the robot's clock, the one observation stamps are on (clock_sync)."""
+        return self.get_clock().now().nanoseconds * 1e-9 + self.clock.offset_s
 
     def on_instruction(self, msg):
         if len(msg.data) > MAX_INSTRUCTION_CHARS:

@@ -1,5 +1,7 @@
 """`dysta-ros run`: policy_node + chunk_executor in one process, for machines without `ros2 launch`.
 
+`--role robot` / `--role policy-host` run the two halves of an offboard deployment instead.
+
 The same YAML files as the launch file (config/dysta_nodes.yaml, config/strategies/<strategy>.yaml,
 config/robots/<robot>.yaml), both nodes on one multi-threaded executor (as a component
 container runs them); the policy node is configured and activated here, and Ctrl-C
@@ -17,7 +19,11 @@ import yaml
 from dysta_ros.errors import ConfigError
 from dysta_ros.robot import config_dirs, load_yaml
 
-NODES = ("policy_node", "chunk_executor")
+NODES = ("policy_node", "chunk_executor", "robot_link")
+# --role: which nodes this process runs. `both` is one machine; `robot` and `policy-host` split
+# them across a network (robot_link compresses the cameras and answers clock pings).
+ROLES = {"both": ("policy_node", "chunk_executor"), "robot": ("chunk_executor", "robot_link"),
+         "policy-host": ("policy_node",)}
 WILDCARD = "/**"  # a parameter that came from a `/**` section: applies where declared
 # rclpy declares these on every node itself; `--param policy_node:use_sim_time=true` sets them
 BUILTINS = {"use_sim_time": bool}
@@ -45,6 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads, policy_node's cpu_threads (default: the params file's; "
                              "0 = torch's default, one per core)")
+    parser.add_argument("--role", default="both", choices=tuple(ROLES),
+                        help="both: policy and executor here; robot: chunk_executor + robot_link "
+                             "(compressed cameras, clock pings); policy-host: policy_node on the "
+                             "compressed cameras, robot clock estimated from round trips")
     parser.add_argument("--duration", type=float, default=0.0, help="seconds to run (0: until Ctrl-C)")
 
 
@@ -89,6 +99,9 @@ def node_values(args) -> dict[str, dict]:
     values["policy_node"].update(strategy=args.strategy, model=args.model, vlm=args.vlm, robot=args.robot,
                                  autostart=False)  # configured and activated below
     values["chunk_executor"]["robot"] = args.robot
+    values["robot_link"]["robot"] = args.robot
+    if getattr(args, "role", "both") == "policy-host":  # the cameras and the clock are the robot's
+        values["policy_node"].update(camera_transport="compressed", clock_sync="estimate")
     for name in ("device", "dtype", "instruction"):
         if getattr(args, name) is not None:
             values["policy_node"][name] = getattr(args, name)
@@ -107,10 +120,10 @@ def node_values(args) -> dict[str, dict]:
 
 def declared_params() -> dict[str, list]:
     """Return the parameters each node declares, by node."""
-    from dysta_ros.nodes import chunk_executor, policy_node
+    from dysta_ros.nodes import chunk_executor, policy_node, robot_link
 
     return {"policy_node": policy_node.PARAMS + policy_node.strategy_params_from_yaml(),
-            "chunk_executor": list(chunk_executor.PARAMS)}
+            "chunk_executor": list(chunk_executor.PARAMS), "robot_link": list(robot_link.PARAMS)}
 
 
 def to_parameters(values: dict, declared, node: str = "the node") -> list:
@@ -150,9 +163,10 @@ def run(args) -> int:
     import rclpy
     from rclpy.lifecycle import TransitionCallbackReturn
 
-    from dysta_ros.nodes import chunk_executor, policy_node
+    from dysta_ros.nodes import chunk_executor, policy_node, robot_link
     from dysta_ros.nodes.spin import share_the_gil_finely, spin_nodes
 
+    role = ROLES[getattr(args, "role", "both")]
     try:
         values = node_values(args)
         declared = declared_params()
@@ -160,22 +174,27 @@ def run(args) -> int:
     except ConfigError as exc:
         print(f"dysta-ros run: {exc}", file=sys.stderr)
         return 2
-    share_the_gil_finely()  # policy and executor share this process
+    share_the_gil_finely()  # the nodes share this process
     rclpy.init()
-    policy = policy_node.PolicyNode(parameter_overrides=overrides["policy_node"])
-    try:
-        executor_node = chunk_executor.ChunkExecutorNode(parameter_overrides=overrides["chunk_executor"])
-    except ConfigError as exc:
-        print(f"dysta-ros run: chunk_executor: {exc}", file=sys.stderr)
-        policy.destroy_node()
-        rclpy.try_shutdown()
-        return 2
-    if (policy.trigger_configure() != TransitionCallbackReturn.SUCCESS
-            or policy.trigger_activate() != TransitionCallbackReturn.SUCCESS):
+    makers = {"policy_node": policy_node.PolicyNode, "chunk_executor": chunk_executor.ChunkExecutorNode,
+              "robot_link": robot_link.RobotLinkNode}
+    nodes = []
+    for name in role:
+        try:
+            nodes.append(makers[name](parameter_overrides=overrides[name]))
+        except ConfigError as exc:
+            print(f"dysta-ros run: {name}: {exc}", file=sys.stderr)
+            for node in nodes:
+                node.destroy_node()
+            rclpy.try_shutdown()
+            return 2
+    policy = next((n for n in nodes if isinstance(n, policy_node.PolicyNode)), None)
+    if policy is not None and (policy.trigger_configure() != TransitionCallbackReturn.SUCCESS
+                               or policy.trigger_activate() != TransitionCallbackReturn.SUCCESS):
         # policy_node logged the reason as one line; a non-zero exit says it did not run.
-        for node in (policy, executor_node):
+        for node in nodes:
             node.destroy_node()
         rclpy.try_shutdown()
         return 1
     deadline = time.monotonic() + args.duration if args.duration > 0 else None
-    return spin_nodes([policy, executor_node], until=deadline)
+    return spin_nodes(nodes, until=deadline)

@@ -8,6 +8,7 @@ AttentionPlan, and `sample_actions` integrates the expert over the recorded pref
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 from transformers import (
@@ -25,6 +26,10 @@ from transformers import (
 from dysta_ros.policy.action_expert import ActionExpert
 from dysta_ros.policy.attention import AttentionPlan, install_query_dropping, register_attention
 from dysta_ros.policy.config import BackboneConfig, PolicyConfig, VisionConfig
+from dysta_ros.policy.contract import ModelSpec
+from dysta_ros.policy.families import FAMILIES
+from dysta_ros.policy.preprocess import prepare_observation
+from dysta_ros.tokens.flops import full_flops
 from dysta_ros.tokens.learned import Disentangler, RecacheGate, default_gate_hidden
 
 BACKBONES = {
@@ -73,7 +78,13 @@ def build_backbone(cfg: BackboneConfig) -> nn.Module:
 
 
 class VLAModel(nn.Module):
-    """Weights and pure tensor functions of the policy; the runtime owns history and caches."""
+    """Weights and pure tensor functions of the policy; the runtime owns history and caches.
+
+    The first family behind the model contract (policy/contract.py): multi-frame, causal prefix.
+    """
+
+    family_name = "dysta_vla"
+    capabilities = FAMILIES["dysta_vla"].capabilities
 
     def __init__(self, cfg: PolicyConfig):
         super().__init__()
@@ -97,6 +108,48 @@ class VLAModel(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.projector.weight.dtype
+
+    @property
+    def spec(self) -> ModelSpec:
+        cfg = self.cfg
+        size = cfg.vision.image_size
+        return ModelSpec(
+            camera_keys=tuple(cfg.camera_names), camera_names=tuple(cfg.camera_names),
+            image_size=(size, size), state_dim=cfg.state_dim, action_dim=cfg.action_dim,
+            horizon=cfg.horizon, dt=cfg.dt,
+            noise_shape=(cfg.horizon, cfg.action_dim), tokens_per_frame=cfg.tokens_per_frame,
+            grid=cfg.vision.grid, action_space=cfg.action_space, default_history=cfg.history,
+            preset=cfg.preset,
+            normalization={"state": "MEAN_STD" if cfg.state_std else "IDENTITY",
+                           "action": "MEAN_STD" if cfg.action_std else "IDENTITY"},
+        )
+
+    def preprocess(self, obs) -> tuple[torch.Tensor, np.ndarray, str]:
+        """Validate obs; return pixels (C, 3, S, S) on the model's device, state (S,), instruction."""
+        cfg = self.cfg
+        pixels, state, instruction = prepare_observation(
+            obs, cfg.camera_names, cfg.vision.image_size, cfg.state_dim
+        )
+        return torch.from_numpy(pixels).to(self.device, self.dtype), state, instruction
+
+    def normalization_tensors(self, name: str, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, std = getattr(self.cfg, f"{name}_mean"), getattr(self.cfg, f"{name}_std")
+        return (torch.tensor(mean or [0.0] * dim, device=self.device),
+                torch.tensor(std or [1.0] * dim, device=self.device))
+
+    def embed_observed_state(self, state: np.ndarray) -> torch.Tensor:
+        """State in robot units (S,) -> normalised -> its backbone token (1, W)."""
+        mean, std = self.normalization_tensors("state", self.cfg.state_dim)
+        normalised = (torch.from_numpy(state).to(self.device) - mean) / std
+        return self.embed_state(normalised.to(self.dtype))
+
+    def actions_to_robot(self, normalised: torch.Tensor) -> np.ndarray:
+        """Normalised actions (H, A) -> robot units, float32 numpy."""
+        mean, std = self.normalization_tensors("action", self.cfg.action_dim)
+        return (normalised.float() * std + mean).cpu().numpy().astype(np.float32)
+
+    def full_flops(self, length: int) -> float:
+        return full_flops(self.cfg.backbone, length)  # causal: each token attends to those before it
 
     def encode_frame(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode one frame's cameras (C, 3, S, S) -> vision features (C*n, Cv) and tokens (C*n, W)."""

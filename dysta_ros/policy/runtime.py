@@ -9,7 +9,6 @@ same noise on the same step.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections import deque
@@ -22,62 +21,68 @@ from dysta_ros.errors import CheckpointError, ConfigError, DystaError, Inference
 from dysta_ros.policy.checkpoint import load_checkpoint
 from dysta_ros.policy.config import PRESETS, preset_config
 from dysta_ros.policy.devices import DTYPES, check_device
-from dysta_ros.policy.families import FAMILIES, REAL_SIZES, SmolVLARuntime, family_of, load_smolvla_policy
+from dysta_ros.policy.contract import PolicyModel
+from dysta_ros.policy.families import FAMILIES, REAL_SIZES, family_of, load_smolvla_policy
 from dysta_ros.policy.model import VLAModel
-from dysta_ros.policy.preprocess import prepare_observation
 from dysta_ros.policy.speed import SpeedOptions, split_speed_options
 from dysta_ros.policy.vision_reuse import ChangedTokenEncoder, siglip_tower
 from dysta_ros.policy.timing import StageTimer
 from dysta_ros.policy.tokenizer import model_tokenizer
 from dysta_ros.tokens import build_strategy, strategy_class
 from dysta_ros.tokens.base import Frame, StepContext, check_history
-from dysta_ros.tokens.flops import full_flops
 from dysta_ros.types import ActionChunk, Observation, RuntimeSpec, StepStats
 
 log = logging.getLogger(__name__)
 
 
 class PolicyRuntime:
-    """Holds the model, the history window, the strategy's caches and the step counter."""
+    """Holds the model, the history window, the strategy's caches and the step counter.
+
+    `model` is any family behind the model contract (policy/contract.py): this package's
+    VLAModel or a LeRobot SmolVLA's SmolVLABackend; a strategy the family cannot run is refused.
+    """
 
     def __init__(
         self,
-        model: VLAModel,
+        model: PolicyModel,
         strategy: str = "full",
         strategy_params: dict | None = None,
         history: int | None = None,
         seed: int = 0,
         tokenizer=None,
     ):
-        cfg = model.cfg
+        self.family = FAMILIES[model.family_name]
+        self.family.check_strategy(strategy)
+        if strategy in self.family.approximated:  # said once, where it is built: nothing pretends
+            log.warning("%s on %s is an approximation: %s", strategy, self.family.name,
+                        self.family.approximated[strategy])
+        self.options = speed_options(model, strategy, strategy_params)
+        if self.options.compute_dtype:  # SmolVLA: the same weights in another dtype (a copy, made once)
+            model = model.in_dtype(getattr(torch, self.options.compute_dtype))
         self.model = model.eval()
-        self.strategy = build_strategy(strategy, strategy_params, cfg)
-        self.history = check_history(history or self.strategy.params.history or cfg.history)
+        self.strategy = build_strategy(strategy, strategy_params, model.cfg)
+        spec = model.spec
+        self.history = check_history(history or self.strategy.params.history or spec.default_history)
+        if self.history > 1 and not model.capabilities.history_frames:
+            raise ConfigError(f"history {self.history}: {self.family.name} is single-frame (history 1)")
         self.seed = int(seed)
         self.tokenizer = tokenizer or model_tokenizer(model)
-        self.options = own_vla_options(strategy, strategy_params)
         self.spec = RuntimeSpec(
-            camera_names=list(cfg.camera_names),
-            image_size=cfg.vision.image_size,
-            state_dim=cfg.state_dim,
-            action_dim=cfg.action_dim,
-            horizon=cfg.horizon,
-            dt=cfg.dt,
-            action_space=cfg.action_space,
-            preset=cfg.preset,
+            camera_names=list(spec.camera_names),
+            image_size=max(spec.image_size),
+            state_dim=spec.state_dim,
+            action_dim=spec.action_dim,
+            horizon=spec.horizon,
+            dt=spec.dt,
+            action_space=spec.action_space,
+            preset=spec.preset,
             strategy=strategy,
             history=self.history,
-            tokens_per_frame=cfg.tokens_per_frame,
+            tokens_per_frame=spec.tokens_per_frame,
+            state_names=list(spec.state_names),
+            action_names=list(spec.action_names),
         )
-        self._stats_tensors()
         self.reset()
-
-    def _stats_tensors(self) -> None:
-        cfg, device = self.model.cfg, self.model.device
-        self.state_mean = torch.tensor(cfg.state_mean or [0.0] * cfg.state_dim, device=device)
-        self.state_std = torch.tensor(cfg.state_std or [1.0] * cfg.state_dim, device=device)
-        self.action_mean = torch.tensor(cfg.action_mean or [0.0] * cfg.action_dim, device=device)
-        self.action_std = torch.tensor(cfg.action_std or [1.0] * cfg.action_dim, device=device)
 
     def reset(self) -> None:
         """Start a new episode or instruction: history, caches and sequence cleared."""
@@ -86,6 +91,8 @@ class PolicyRuntime:
         self.sequence = 0
         self._text_cache: tuple[str, torch.Tensor] | None = None
         self.vision_encoders: dict[int, ChangedTokenEncoder] = {}  # per camera, for vision_reuse
+        self.kept_frames: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # camera -> (pixels, hidden)
+        self.previous_chunk: torch.Tensor | None = None  # normalized, padded: what warm_start starts from
         self.strategy.reset()
 
     def _text_embeds(self, instruction: str) -> torch.Tensor:
@@ -95,21 +102,19 @@ class PolicyRuntime:
         return self._text_cache[1]
 
     def noise(self, sequence: int) -> torch.Tensor:
-        """The flow's starting noise (H, A) for step `sequence`: the same for every strategy."""
+        """The flow's starting noise (spec.noise_shape) for step `sequence`: the same for every strategy."""
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + sequence)
-        noise = torch.randn(self.spec.horizon, self.spec.action_dim, generator=generator)
+        noise = torch.randn(*self.model.spec.noise_shape, generator=generator)
         return noise.to(self.model.device, self.model.dtype)
 
     def step(self, obs: Observation, noise: torch.Tensor | None = None) -> tuple[ActionChunk, StepStats]:
         """Run one policy step; InputError leaves everything untouched, InferenceError resets caches.
 
-        `noise` (horizon, action_dim) replaces the seeded flow noise, to compare with another run.
+        `noise` (spec.noise_shape) replaces the seeded flow noise, to compare with another run.
         """
         start_wall = time.time()
         timer = StageTimer(self.model.device)
-        pixels, state, instruction = prepare_observation(
-            obs, self.spec.camera_names, self.spec.image_size, self.spec.state_dim
-        )
+        pixels, state, instruction = self.model.preprocess(obs)
         timer.lap("preprocess")
         saved_frames, saved_count = list(self.frames), self.frame_count
         try:
@@ -134,12 +139,13 @@ class PolicyRuntime:
             inference_end=time.time(),
         )
         stats.stage_ms = timer.finish()
+        stats.part_ms = dict(timer.parts)
         self.sequence += 1
         return chunk, stats
 
-    def _infer(self, pixels: np.ndarray, state: np.ndarray, instruction: str, timer: StageTimer, noise=None):
+    def _infer(self, pixels, state: np.ndarray, instruction: str, timer: StageTimer, noise=None):
         model, device, dtype = self.model, self.model.device, self.model.dtype
-        features, tokens, vision_share = self._encode(torch.from_numpy(pixels).to(device, dtype))
+        features, tokens, vision_share = self._encode(pixels, timer)  # (N, Cv), (N, W)
         frame = Frame(features=features, tokens=tokens, index=self.frame_count)
         self.frame_count += 1
         if not self.frames:  # a new episode: the window starts full of its first frame
@@ -147,13 +153,12 @@ class PolicyRuntime:
         else:
             self.frames.append(frame)
         timer.lap("vision")
-        state_t = (torch.from_numpy(state).to(device) - self.state_mean) / self.state_std
         ctx = StepContext(
             model=model,
             frames=list(self.frames),
             text=self._text_embeds(instruction),
-            state=model.embed_state(state_t.to(dtype)),
-            grid=model.cfg.vision.grid,
+            state=model.embed_observed_state(state),
+            grid=model.spec.grid,
             cameras=len(self.spec.camera_names),
         )
         result = self.strategy.build_prefix(ctx)
@@ -161,58 +166,108 @@ class PolicyRuntime:
         timer.lap("backbone")
         timer.ms["backbone"] -= result.gate_ms
         noise = self.noise(self.sequence) if noise is None else torch.as_tensor(noise).to(device, dtype)
-        normalised = model.sample_actions(result.records, ctx.full_length, noise)
-        actions = (normalised.float() * self.action_std + self.action_mean).cpu().numpy()
+        if isinstance(model, VLAModel):
+            normalized = model.sample_actions(result.records, ctx.full_length, noise)
+        else:  # SmolVLA reads the flow's speed options
+            normalized = model.sample_actions(result.records, ctx.full_length, noise, self.options,
+                                              self.previous_chunk)
+            self.previous_chunk = normalized
+        start = timer.now()
+        actions = model.actions_to_robot(normalized)
+        timer.part("postprocess", start)
         timer.lap("action_head")
         if not np.isfinite(actions).all():
             raise InferenceError("the model produced non-finite actions; the chunk is dropped")
-        full = full_flops(model.cfg.backbone, ctx.full_length)
+        full = model.full_flops(ctx.full_length)
         stats = StepStats(
             strategy=self.spec.strategy,
             sequence=self.sequence,
             context_tokens=result.context_tokens,
             recomputed_tokens=ctx.computed_tokens,
-            static_l1_tokens=result.static_l1_tokens,
-            static_l2_tokens=result.static_l2_tokens,
             dynamic_tokens=result.dynamic_tokens,
             history_frames=len(self.frames),
             frames_attended=result.frames_attended,
-            recached_l1=result.recached_l1,
-            recached_l2=result.recached_l2,
             flops_ratio=self.strategy.flops(ctx) / full,
+            strategy_stats=dict(result.stats),
             vision_recomputed=vision_share,
         )
-        return actions.astype(np.float32), stats
+        stats.fill_message_fields()
+        return actions, stats
 
 
-    def _encode(self, pixels: torch.Tensor):
-        """Return (features (N, Cv), tokens (N, W), share of the vision work done) of a frame's cameras."""
-        if not self.options.vision_reuse:
-            features, tokens = self.model.encode_frame(pixels)
+    def _encode(self, pixels, timer: StageTimer):
+        """Return (features (N, Cv), tokens (N, W), share of the vision work done) of a frame's cameras.
+
+        frame_cache (exact): a camera whose pixels equal the kept ones takes its kept vision
+        hidden state; vision_reuse (approximate): each other camera through its changed-token
+        encoder. SmolVLA caches by default; this package's VLA only with vision_reuse on.
+        """
+        options, model = self.options, self.model
+        cache = options.frame_cache and (options.vision_reuse or model.family_name == "smolvla")
+        if not (cache or options.vision_reuse):
+            features, tokens = model.encode_frame(pixels)
             return features, tokens, 1.0
         hidden, shares = [], []
-        for camera in range(pixels.shape[0]):
-            encoder = self.vision_encoders.get(camera)
-            if encoder is None:
-                options = self.options
-                encoder = self.vision_encoders[camera] = ChangedTokenEncoder(
-                    siglip_tower(self.model.vision), options.vision_threshold, options.vision_refresh)
-            hidden.append(encoder.encode(pixels[camera : camera + 1])[0])
-            shares.append(encoder.last.recomputed_fraction)
-        features = torch.cat(hidden)  # (C*n, Cv): cameras concatenated, as encode_frame gives them
-        return features, self.model.projector(features), float(np.mean(shares))
+        for camera, image in enumerate(camera_images(model, pixels)):
+            kept = self.kept_frames.get(camera)
+            if cache and kept is not None and torch.equal(kept[0], image):
+                hidden.append(kept[1])
+                shares.append(0.0)
+                continue
+            if options.vision_reuse:
+                encoder = self.vision_encoders.get(camera)
+                if encoder is None:
+                    encoder = self.vision_encoders[camera] = ChangedTokenEncoder(
+                        siglip_tower(vision_tower(model)), options.vision_threshold, options.vision_refresh)
+                hidden.append(encoder.encode(image))
+                shares.append(encoder.last.recomputed_fraction)
+            else:
+                hidden.append(vision_tower(model)(pixel_values=image).last_hidden_state)
+                shares.append(1.0)
+            if cache:
+                self.kept_frames[camera] = (image.clone(), hidden[-1])
+        start = timer.now()
+        features, tokens = tokens_from_hidden(model, hidden)
+        timer.part("connector", start)
+        return features, tokens, float(np.mean(shares))
 
 
-def own_vla_options(strategy: str, strategy_params: dict | None) -> SpeedOptions:
-    """The speed options this package's own VLA reads (vision_reuse so far); the others are refused."""
+def camera_images(model, pixels) -> list[torch.Tensor]:
+    """One (1, 3, h, w) tensor per camera, from what the family's preprocess returned."""
+    if isinstance(pixels, (list, tuple)):  # SmolVLA: one resized frame per camera
+        return list(pixels)
+    return [pixels[i : i + 1] for i in range(len(pixels))]  # this package's VLA: (C, 3, S, S)
+
+
+def vision_tower(model):
+    """The family's SigLIP-like vision transformer (what changed-token reuse runs through)."""
+    return model.vision if isinstance(model, VLAModel) else model.vision_tower()
+
+
+def tokens_from_hidden(model, hidden: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-camera vision hidden states (1, n, Cv) -> what encode_frame returns (features, tokens)."""
+    if isinstance(model, VLAModel):
+        features = torch.cat(hidden)
+        features = features.reshape(-1, features.shape[-1])  # (C*n, Cv): cameras concatenated
+        return features, model.projector(features)
+    return model.tokens_from_hidden(hidden)
+
+
+def speed_options(model, strategy: str, strategy_params: dict | None) -> SpeedOptions:
+    """The speed options among the strategy's params (YAML + overrides) that the family reads.
+
+    SmolVLA reads them all; this package's own VLA the vision ones (the rest are refused).
+    """
     from dysta_ros.tokens import strategy_defaults
 
     options, _ = split_speed_options({**strategy_defaults(strategy), **(strategy_params or {})})
-    unread = {k: v for k, v in dataclasses.asdict(options).items()
-              if k in OWN_VLA_UNREAD and v != getattr(SpeedOptions(), k)}
-    if unread:
-        raise ConfigError(f"speed option(s) {sorted(unread)} run on SmolVLA models only; this package's own "
-                          f"VLA reads {', '.join(sorted(OWN_VLA_READS))}")
+    if isinstance(model, VLAModel):
+        unread = [k for k in OWN_VLA_UNREAD if getattr(options, k) != getattr(SpeedOptions(), k)]
+        if unread:
+            raise ConfigError(f"speed option(s) {unread} run on SmolVLA models only; this package's own "
+                              f"VLA reads {', '.join(OWN_VLA_READS)}")
+    if options.cuda_graphs and str(model.device) == "cpu":
+        raise ConfigError("speed option cuda_graphs needs a CUDA device; this model runs on the CPU")
     return options
 
 
@@ -230,15 +285,13 @@ def build_model(
 ) -> tuple[VLAModel, object]:
     """Return (model, tokenizer) from a preset name (seeded random init) or a checkpoint directory.
 
-    A LeRobot SmolVLA directory gives (SmolVLA policy, None): its tokenizer lives in the policy,
-    read from `vlm` (the backbone's config and tokenizer) or the offline Hugging Face cache.
+    A LeRobot SmolVLA directory gives (SmolVLABackend, its tokenizer): the same model contract,
+    its backbone config and tokenizer read from `vlm` or the offline Hugging Face cache.
     """
     check_device(device, dtype)
     torch_dtype = DTYPES[dtype]
-    if isinstance(model, VLAModel):
+    if isinstance(model, PolicyModel):  # already built (a node switching strategy)
         return model, model_tokenizer(model)
-    if hasattr(model, "predict"):  # an already loaded SmolVLA policy (a node switching strategy)
-        return model, None
     if model in PRESETS:
         torch.manual_seed(seed)
         vla = VLAModel(preset_config(model, overrides))
@@ -246,7 +299,10 @@ def build_model(
     if model in REAL_SIZES:  # a LeRobot SmolVLA of that size, random weights, no download
         from dysta_ros.policy.smolvla.realsize import real_size_policy
 
-        return real_size_policy(model, seed=seed, device=device, dtype=torch_dtype), None
+        from dysta_ros.policy.smolvla.backend import SmolVLABackend
+
+        backend = SmolVLABackend(real_size_policy(model, seed=seed, device=device, dtype=torch_dtype))
+        return backend, backend.tokenizer
     path = Path(model)
     if not path.is_dir():
         raise ConfigError(
@@ -258,7 +314,10 @@ def build_model(
             "overrides apply to presets only; a checkpoint's config is what it was trained with"
         )
     if family_of(path) == "smolvla":
-        return load_smolvla_policy(path, vlm=vlm or None, device=device, dtype=torch_dtype), None
+        from dysta_ros.policy.smolvla.backend import SmolVLABackend
+
+        backend = SmolVLABackend(load_smolvla_policy(path, vlm=vlm or None, device=device, dtype=torch_dtype))
+        return backend, backend.tokenizer
     if vlm:
         raise ConfigError(f"vlm {vlm!r} applies to LeRobot SmolVLA checkpoints; {path} is this "
                           "package's own checkpoint, which carries its tokenizer")
@@ -295,11 +354,11 @@ def build_runtime(
     overrides: dict | None = None,
     threads: int = 0,
     vlm: str | None = None,
-) -> PolicyRuntime | SmolVLARuntime:
+) -> PolicyRuntime:
     """Build a runtime from a preset name, a checkpoint directory or an already built model.
 
-    A LeRobot SmolVLA checkpoint (with `vlm`, see build_model) gives a SmolVLARuntime with the
-    same boundary; the strategies it cannot run are refused here, before anything loads.
+    A LeRobot SmolVLA checkpoint (with `vlm`, see build_model) runs in the same runtime; the
+    strategies its family cannot run are refused here, before anything loads.
 
     `threads` > 0 sets torch's CPU threads for the process: more than the cores left free by the
     rest of the robot (sim, rendering, drivers) makes every step many times slower.
@@ -319,12 +378,7 @@ def runtime_around(
     history: int | None = None,
     seed: int = 0,
     tokenizer=None,
-) -> PolicyRuntime | SmolVLARuntime:
-    """Return the runtime of the model's family around a model from build_model (and its tokenizer)."""
-    if not isinstance(model, VLAModel):  # a SmolVLA policy: single-frame, its own tokenizer
-        from dysta_ros.tokens import strategy_defaults
-
-        options, _ = split_speed_options({**strategy_defaults(strategy), **(strategy_params or {})})
-        return SmolVLARuntime(model, strategy=strategy, seed=seed, options=options)
+) -> PolicyRuntime:
+    """Return the runtime around a model from build_model (and its tokenizer)."""
     return PolicyRuntime(model, strategy=strategy, strategy_params=strategy_params, history=history,
                          seed=seed, tokenizer=tokenizer)

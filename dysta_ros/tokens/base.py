@@ -73,7 +73,7 @@ class Frame:
 class StepContext:
     """The inputs of one step and the means to run the backbone on them."""
 
-    model: Any  # VLAModel (not imported: tokens/ stays free of the model's weight)
+    model: Any  # a PolicyModel (policy/contract.py); tokens/ never imports a family
     frames: list[Frame]  # T frames, slot 0 = oldest
     text: torch.Tensor  # (n_text, W)
     state: torch.Tensor  # (1, W)
@@ -137,14 +137,11 @@ class PrefixResult:
 
     records: dict[int, tuple[torch.Tensor, torch.Tensor]]
     context_tokens: int
-    static_l1_tokens: int = 0
-    static_l2_tokens: int = 0
     dynamic_tokens: int = 0
     frames_attended: int = 0
-    recached_l1: bool = False
-    recached_l2: bool = False
     gate_ms: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, float] = field(default_factory=dict)  # the strategy's own numbers -> StepStats
+    extra: dict[str, Any] = field(default_factory=dict)  # the strategy's own non-scalar facts (anchors)
 
 
 class Strategy:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from dysta_ros.errors import ConfigError
 from dysta_ros.policy.attention import AttentionPlan
 from dysta_ros.tokens.base import PrefixResult, StepContext, Strategy, StrategyParams
+from dysta_ros.tokens.full import full_layout
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +177,7 @@ class DystaStrategy(Strategy):
 
     def reset(self) -> None:
         self.static_kv = None  # per layer (1, Hkv, s1+s2 (+ n_text with cache_language), D)
+        self.cached_length = None  # the layout length static_kv was built for (bidirectional form)
         self.cached_text = None  # the language tokens in static_kv (cache_language)
         self.reference = None  # (N, Cv) features the gate compares against
         self.change_ema = None  # (N,)
@@ -257,6 +259,12 @@ class DystaStrategy(Strategy):
                 "from training's and actions may degrade (train with `--param dysta.KEY=VALUE`)",
                 ", ".join(f"{k}={trained[k]}" for k in differ), ", ".join(f"{k}={ours[k]}" for k in differ))
 
+    def step_stats(self, refresh_l1: bool, refresh_l2: bool) -> dict[str, float]:
+        """DySta's numbers of a step: static tokens per level and the levels re-cached."""
+        l1, l2, _ = self.groups
+        return {"static_l1_tokens": len(l1), "static_l2_tokens": len(l2),
+                "recached_l1": float(refresh_l1), "recached_l2": float(refresh_l2)}
+
     # --- one step ------------------------------------------------------------------------
     def dynamic_plan(self, ctx: StepContext, static: int, queries: int) -> AttentionPlan:
         """Return the plan of the step's own call: `queries` tokens after the `static` cached ones."""
@@ -265,6 +273,83 @@ class DystaStrategy(Strategy):
                              prefix_order=ctx.arange(0, static) if cached else None)
 
     def build_prefix(self, ctx: StepContext) -> PrefixResult:
+        if not ctx.model.capabilities.causal_prefix:
+            return self.build_bidirectional(ctx)
+        refresh_l1, refresh_l2, gate_ms = self.decide(ctx)
+        current = ctx.frames[-1]
+        l1, l2, dynamic = self.groups
+        if refresh_l1:
+            self.reference = current.features.clone()
+            self.build_static(ctx, current, "l1")
+            self.age = 0
+        elif refresh_l2:
+            self.reference[l2] = current.features[l2]
+            self.build_static(ctx, current, "l2")
+        self.age += 1
+        static = len(l1) + len(l2) + (ctx.text.shape[0] if self.params.cache_language else 0)
+        slots = self.frames_for_dynamic(ctx)
+        dynamic_tokens = [ctx.frames[k].tokens[dynamic] for k in slots]  # T' x (d, W)
+        layout = self.context_layout(ctx)
+        embeds, positions = layout.step_tokens(dynamic_tokens, slots, dynamic, ctx.text, ctx.state)  # (Q, W)
+        plan = self.dynamic_plan(ctx, static, embeds.shape[0])
+        ctx.run(embeds, positions, plan)
+        return PrefixResult(
+            records=plan.records,
+            context_tokens=static + embeds.shape[0],
+            dynamic_tokens=len(dynamic) * len(slots),
+            frames_attended=len(slots),
+            gate_ms=gate_ms,
+            stats=self.step_stats(refresh_l1, refresh_l2),
+        )
+
+    def build_bidirectional(self, ctx: StepContext) -> PrefixResult:
+        """DySta on a single-frame family whose prefix is bidirectional (SmolVLA): an approximation.
+
+        The same split, gate and refreshes, across consecutive steps of the one frame. An L1
+        refresh runs the whole `full` layout and caches every token's K/V; between refreshes the
+        static tokens keep their cached K/V and only the dynamic tokens, the language and the
+        state are recomputed, attending to every key (an L2 refresh recomputes L2 too). What is
+        approximated: in a bidirectional prefix a static token's K/V depend on every token it
+        attends to, the dynamic ones included, which changed since the cache was built. On an
+        unchanged frame the cached K/V are what `full` computes, so the step is `full`'s.
+        """
+        if self.params.gate == "learned" or self.params.cache_language or ctx.history != 1:
+            raise ConfigError("dysta on a bidirectional single-frame prefix takes gate change (no trained "
+                              "Disentangler/RecacheGate), cache_language false and history 1")
+        refresh_l1, refresh_l2, gate_ms = self.decide(ctx)
+        current = ctx.frames[-1]
+        l1, l2, dynamic = self.groups
+        embeds, positions = full_layout(ctx)
+        length = embeds.shape[0]
+        if self.static_kv is None or self.cached_length != length:
+            refresh_l1 = refresh_l2 = True  # nothing cached for this layout (first step, new instruction)
+        if refresh_l1:
+            self.reference = current.features.clone()
+            self.age = 0
+            recompute, reuse = positions, {}
+        else:
+            if refresh_l2:
+                self.reference[l2] = current.features[l2]
+            computed = torch.ones(length, dtype=torch.bool, device=ctx.device)
+            computed[l1 if refresh_l2 else torch.cat([l1, l2])] = False  # one frame: patch = position
+            recompute = computed.nonzero().flatten()
+            reuse = dict(buffer=self.static_kv, buffer_order=positions, write_index=recompute)
+        self.age += 1
+        plan = ctx.run(embeds[recompute], positions[recompute], AttentionPlan(query_order=recompute, **reuse))
+        # Kept for the next step: the static tokens' K/V stay as cached; the rest are overwritten then.
+        self.static_kv = [plan.records[i] for i in range(len(plan.records))]
+        self.cached_length = length
+        return PrefixResult(
+            records=plan.records,
+            context_tokens=length,
+            dynamic_tokens=len(dynamic),
+            frames_attended=1,
+            gate_ms=gate_ms,
+            stats=self.step_stats(refresh_l1, refresh_l2),
+        )
+
+    def decide(self, ctx: StepContext) -> tuple[bool, bool, float]:
+        """Run the gate on the newest frame: (refresh L1, refresh L2, its milliseconds); groups set on L1."""
         model, current = ctx.model, ctx.frames[-1]
         gate_start = time.perf_counter()
         trained = bool(getattr(model, "has_learned_dysta", False))
@@ -286,31 +371,4 @@ class DystaStrategy(Strategy):
             refresh_l2 = True  # a new instruction: the cached language (after L1) is rebuilt with L2
         if refresh_l1:
             self.groups = self.select_groups(model, current.features)
-        gate_ms = (time.perf_counter() - gate_start) * 1e3
-        l1, l2, dynamic = self.groups
-        if refresh_l1:
-            self.reference = current.features.clone()
-            self.build_static(ctx, current, "l1")
-            self.age = 0
-        elif refresh_l2:
-            self.reference[l2] = current.features[l2]
-            self.build_static(ctx, current, "l2")
-        self.age += 1
-        static = len(l1) + len(l2) + (ctx.text.shape[0] if self.params.cache_language else 0)
-        slots = self.frames_for_dynamic(ctx)
-        dynamic_tokens = [ctx.frames[k].tokens[dynamic] for k in slots]  # T' x (d, W)
-        layout = self.context_layout(ctx)
-        embeds, positions = layout.step_tokens(dynamic_tokens, slots, dynamic, ctx.text, ctx.state)  # (Q, W)
-        plan = self.dynamic_plan(ctx, static, embeds.shape[0])
-        ctx.run(embeds, positions, plan)
-        return PrefixResult(
-            records=plan.records,
-            context_tokens=static + embeds.shape[0],
-            static_l1_tokens=len(l1),
-            static_l2_tokens=len(l2),
-            dynamic_tokens=len(dynamic) * len(slots),
-            frames_attended=len(slots),
-            recached_l1=refresh_l1,
-            recached_l2=refresh_l2,
-            gate_ms=gate_ms,
-        )
+        return refresh_l1, refresh_l2, (time.perf_counter() - gate_start) * 1e3

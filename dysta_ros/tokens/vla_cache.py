@@ -180,8 +180,6 @@ class VlaCacheStrategy(Strategy):
             context_tokens=length,
             dynamic_tokens=visual,
             frames_attended=ctx.history,
-            extra={
-                "reused": sum(reused_per_layer) / self.layers,  # mean over layers
-                "reused_per_layer": reused_per_layer,
-            },
+            stats={"reused_tokens": sum(reused_per_layer) / self.layers},  # mean over layers
+            extra={"reused_per_layer": reused_per_layer},
         )

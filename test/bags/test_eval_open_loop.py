@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import matplotlib.image
 import numpy as np
@@ -27,6 +28,15 @@ def results(bag, tmp_path_factory):
     config = EvalConfig(bags=[str(bag)], strategies=["dysta", "vla_cache"], max_steps=5,
                         report=str(report))
     return evaluate(config, progress=False), report
+
+
+def test_eval_runs_a_lerobot_checkpoint_with_its_approximations_beside_full(bag, tmp_path):
+    # test/data/smolvla_sim has the bag's features (camera "main", six joints)
+    sim = Path(__file__).parents[1] / "data" / "smolvla_sim"
+    config = EvalConfig(bags=[str(bag)], strategies=["full", "vla_cache", "dysta"], max_steps=3,
+                        model=str(sim / "checkpoint"), vlm=str(sim / "vlm"), report=str(tmp_path))
+    summary = evaluate(config, progress=False)["summary"]
+    assert all(summary[name]["steps"] > 0 and summary[name]["failed_steps"] == 0 for name in summary)
 
 
 def test_eval_writes_the_report_files(results):

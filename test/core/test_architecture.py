@@ -142,3 +142,17 @@ def test_building_a_model_registers_the_plan_attention():
     AttentionInterface._global_mapping.pop(ATTENTION_NAME, None)  # as in a fresh process
     VLAModel(PRESETS["tiny"])
     assert AttentionInterface._global_mapping[ATTENTION_NAME] is plan_attention
+
+
+# Modules that build or load a model family: strategies reach a model only through the contract.
+FAMILY_MODULES = ("dysta_ros.policy.model", "dysta_ros.policy.checkpoint", "dysta_ros.policy.action_expert",
+                  "dysta_ros.policy.runtime", "dysta_ros.policy.families", "dysta_ros.policy.smolvla")
+
+
+def test_strategies_never_import_a_model_family():
+    offences = [f"{name} imports {dep}" for name, deps in import_graph().items()
+                if name.startswith("dysta_ros.tokens") for dep in deps
+                if dep.startswith(FAMILY_MODULES)]
+    assert not offences, "\n".join(offences)
+    # the check itself sees such an import: the VLA family's model imports tokens, not the reverse
+    assert any(d.startswith("dysta_ros.tokens") for d in import_graph()["dysta_ros.policy.model"])

@@ -146,13 +146,13 @@ def test_bench_runs_speed_options_beside_full_on_a_smolvla_checkpoint(tmp_path, 
     data = json.loads(out.read_text())
     rows = {r["strategy"]: r for r in data["runs"]}
     assert list(rows) == ["full", "full+reference", "full+vision", "full+steps5"]
-    # LeRobot's padded layout gives full's actions; fewer steps move them, by a measured amount
-    assert rows["full+reference"]["action_dev_max"] <= 1e-4
-    assert rows["full+reference"]["context_tokens"] > rows["full"]["context_tokens"]
+    # without the frame cache: full's actions; fewer steps move them, by a measured amount
+    assert rows["full+reference"]["action_dev_max"] <= 1e-5
     assert rows["full+steps5"]["action_dev_mean"] > 1e-4
     assert rows["full+vision"]["vision_recomputed"] < 1.0
-    for stage in ("preprocess", "vision", "connector", "backbone", "action_head", "postprocess"):
-        assert stage in rows["full"]["stage_ms_p50"]
+    for stage in ("preprocess", "vision", "backbone", "action_head"):
+        assert rows["full"]["stage_ms_p50"][stage] > 0
+    assert set(rows["full"]["part_ms_p50"]) == {"connector", "postprocess"}
     assert data["meta"]["camera_size"] == [48, 64] and data["meta"]["peak_rss_mb"] > 0
 
 

@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 
 from dysta_ros.errors import ConfigError, InputError
 from dysta_ros.execution import (
-    ChunkBlender, ChunkExecutor, ExecutorConfig, TimedChunk, clip_to_limits, clip_to_workspace,
-    describe_excess, limit_trajectory, prepare_actions, weighted_mean,
+    ChunkBlender, ChunkExecutor, ExecutorConfig, StaleChunkError, TimedChunk, clip_to_limits,
+    clip_to_workspace, describe_excess, limit_trajectory, prepare_actions, weighted_mean,
 )
 from dysta_ros.robot import RobotConfig, Workspace, load_robot_config
 from dysta_ros.types import ActionChunk
@@ -188,6 +188,23 @@ def test_deadman_holds_when_chunks_stop(robot):
     assert executor.tick(now=0.2).command is not None
     tick = executor.tick(now=0.5)  # plan left, but no fresh chunk for 0.5 s
     assert tick.command is None and tick.hold_reason.startswith("deadman")
+
+
+def test_a_chunk_older_than_the_deadman_is_dropped_counted_and_does_not_feed_it(robot):
+    executor = ChunkExecutor(ExecutorConfig(control_rate_hz=10.0, max_chunk_age_s=0.3), robot)
+    executor.on_joint_state(JOINTS, [0.0] * 6, now=10.0)
+    executor.on_chunk(ramp_chunk(9.9, horizon=50), now=10.0)  # 0.1 s old: taken
+    # a slow link delivers chunks whose observation is 0.4 s old: each is dropped, none feeds
+    # the deadman, so the robot holds once the last fresh chunk is 0.3 s old
+    for now in (10.1, 10.2, 10.3, 10.4):
+        with pytest.raises(StaleChunkError, match="0.400 s old on arrival"):
+            executor.on_chunk(ramp_chunk(now - 0.4, horizon=50), now=now)
+    assert executor.counts["stale"] == 4 and executor.counts["rejected"] == 0
+    assert executor.counts["accepted"] == 1
+    assert executor.tick(now=10.4).hold_reason.startswith("deadman")
+    executor.on_joint_state(JOINTS, [0.0] * 6, now=10.5)
+    executor.on_chunk(ramp_chunk(10.45, horizon=50), now=10.5)  # a fresh one: motion resumes
+    assert executor.tick(now=10.5).command is not None
 
 
 def test_first_command_needs_fresh_joint_states(robot):

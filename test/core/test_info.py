@@ -41,8 +41,13 @@ def test_lerobot_checkpoint_info_from_config_and_header(tmp_path, capsys):
     assert info["camera_names"] == ["top"] and (info["state_dim"], info["action_dim"]) == (7, 7)
     assert (info["chunk_size"], info["flow_steps"]) == (50, 10)
     assert info["parameters"] == 12 + 5 + 2 and info["dtype_layout"] == {"F32": 1, "F16": 2}
+    strategies = info["strategies"]
+    assert strategies["full"] == "exact"
+    assert strategies["gotohunt"].startswith("refused: gotohunt needs history")
+    assert strategies["vla_cache"].startswith("approximated:") and "bidirectional" in strategies["dysta"]
     assert main(["info", str(tmp_path)]) == 0
-    assert "observation.images.top" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "observation.images.top" in out and "vla_cache       approximated:" in out
 
 
 def test_info_refuses_a_missing_or_truncated_weights_file(tmp_path):

@@ -125,6 +125,44 @@ def test_other_configuration_matches_lerobot():
     assert passed(run_cases(other, policy))
 
 
+def test_fewer_expert_layers_and_an_empty_camera_match_lerobot():
+    # num_expert_layers 2 of 4 kept backbone layers (the expert runs beside layers 0 and 2, self-
+    # attention at 0, cross at 2), empty_cameras 1 (LeRobot's all-padding placeholder image), one
+    # real camera "main" and six joints: the sim arm's features
+    sim = DATA / "smolvla_sim"
+    policy = load_smolvla(sim / "checkpoint", sim / "vlm")
+    assert policy.spec.camera_names == ("main",)  # the placeholder is no camera to feed
+    assert len(policy.model.vlm_with_expert.lm_expert.layers) == 2
+    assert policy.cfg.expert_layer_map() == [(0, 0), (2, 1)]
+    meta, arrays = load_cases(sim)
+    for index in range(len(meta["cases"])):
+        _, info = _predict(policy, meta, arrays, index)
+        assert np.abs(info["actions_normalized"] - arrays[f"case{index}.actions_normalized"][0]).max() <= 1e-5
+    assert passed(run_cases(sim, policy))
+
+
+@pytest.mark.parametrize("change, error", [
+    ({"num_expert_layers": 3}, "num_expert_layers 3 does not divide num_vlm_layers 4"),
+    ({"self_attn_every_n_layers": 3}, "backbone layer 3 has no expert layer but is a self-attention layer"),
+    ({"self_attn_every_n_layers": 2, "num_expert_layers": 4},
+     None),  # one expert layer per backbone layer: any schedule runs
+    ({"empty_cameras": -1}, "empty_cameras must be an integer >= 0"),
+])
+def test_expert_layer_configurations_lerobot_cannot_run_are_refused(change, error):
+    import json
+
+    from dysta_ros.errors import CheckpointError
+    from dysta_ros.policy.smolvla.config import parse_smolvla_config
+
+    path = DATA / "smolvla_sim" / "checkpoint" / "config.json"
+    data = {**json.loads(path.read_text()), **change}
+    if error is None:
+        assert parse_smolvla_config(data, path).expert_layer_map() == [(i, i) for i in range(4)]
+        return
+    with pytest.raises(CheckpointError, match=error):
+        parse_smolvla_config(data, path)
+
+
 def test_bad_inputs_are_refused(tiny):
     from dysta_ros.errors import InputError
 

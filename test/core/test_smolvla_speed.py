@@ -169,10 +169,11 @@ def test_speed_options_are_validated_and_split_from_strategy_keys():
 
 
 def test_cuda_graphs_are_refused_on_a_cpu_policy(tiny):
-    from dysta_ros.policy.families import SmolVLARuntime
+    from dysta_ros.policy.runtime import runtime_around
+    from dysta_ros.policy.smolvla.backend import SmolVLABackend
 
     with pytest.raises(ConfigError, match="cuda_graphs needs a CUDA device"):
-        SmolVLARuntime(tiny, options=SpeedOptions(cuda_graphs=True))
+        runtime_around(SmolVLABackend(tiny), "full", {"cuda_graphs": True})
     with pytest.raises(ConfigError, match="cuda_graphs needs a CUDA device"):
         tiny.graphed_denoiser()
 
@@ -200,3 +201,31 @@ def test_changed_token_reuse_runs_on_the_own_vla_vision_tower_too():
     assert np.abs(approx.actions - ref.actions).max() < 0.1 * np.abs(ref.actions).max()
     with pytest.raises(ConfigError, match="SmolVLA models only"):
         runtime_around(model, "full", {"denoise_steps": 5}, tokenizer=tokenizer)
+
+
+def test_the_runtime_reads_the_speed_options_for_smolvla(tiny, cases):
+    from dysta_ros.policy.runtime import runtime_around
+    from dysta_ros.policy.smolvla.backend import SmolVLABackend
+    from dysta_ros.types import Observation
+
+    meta, arrays = cases
+    images, state, task, _ = _inputs(tiny, meta, arrays, 0)
+    obs = Observation(stamp=0.0, images=images, state=state, instruction=task)
+    backend = SmolVLABackend(tiny)
+    cached = runtime_around(backend, "full", {})
+    plain = runtime_around(backend, "full", {"frame_cache": False})
+    plain_chunks = []
+    for _ in range(2):
+        (a, stats), (b, _) = cached.step(obs), plain.step(obs)
+        plain_chunks.append(b.actions)
+    scale = np.abs(b.actions).max()
+    assert stats.vision_recomputed == 0.0 and np.abs(a.actions - b.actions).max() <= 1e-5 * scale
+    warm = runtime_around(backend, "full", {"warm_start": True, "warm_start_time": 0.5})
+    first, _ = warm.step(obs)
+    second, _ = warm.step(obs)
+    assert np.abs(first.actions - plain_chunks[0]).max() <= 1e-5 * scale  # nothing to start from yet
+    assert not np.allclose(second.actions, plain_chunks[1], atol=1e-3 * scale)
+    half = runtime_around(backend, "full", {"compute_dtype": "bfloat16"})
+    assert half.model.dtype == torch.bfloat16 and backend.dtype == torch.float32
+    low, _ = half.step(obs)
+    assert 0 < np.abs(low.actions - plain_chunks[0]).max() < 0.1 * scale

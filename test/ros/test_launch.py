@@ -81,7 +81,9 @@ def test_executables_exist_and_named_files_exist_for_every_argument_value(path):
 @pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
 def test_strategy_choices_are_the_registered_strategies_and_includes_pass_declared_args(path):
     root = ET.parse(path).getroot()
-    assert args_of(root)["strategy"] == available_strategies()
+    runs_policy = any(node.attrib["exec"] == "policy_node" for node in root.iter("node"))
+    if runs_policy or root.find("include") is not None:  # robot_side.launch.xml runs no policy
+        assert args_of(root)["strategy"] == available_strategies()
     for include in root.iter("include"):
         included = ET.parse(include.attrib["file"].replace(SHARE, str(REPO))).getroot()
         declared = set(args_of(included))
@@ -89,9 +91,22 @@ def test_strategy_choices_are_the_registered_strategies_and_includes_pass_declar
         assert passed <= declared, f"{path.name} passes undeclared args {passed - declared}"
 
 
-def test_robot_launch_is_dry_run_by_default():
-    root = ET.parse(REPO / "launch" / "robot.launch.xml").getroot()
+@pytest.mark.parametrize("name", ["robot.launch.xml", "robot_side.launch.xml"])
+def test_robot_launch_is_dry_run_by_default(name):
+    root = ET.parse(REPO / "launch" / name).getroot()
     assert args_of(root)["dry_run"] == ["true"]
+
+
+def test_the_offboard_split_runs_each_node_on_one_side_only():
+    def executables(name):
+        return {n.attrib["exec"] for n in ET.parse(REPO / "launch" / name).getroot().iter("node")}
+
+    assert executables("robot_side.launch.xml") == {"chunk_executor", "robot_link"}
+    assert executables("policy_host.launch.xml") == {"policy_node"}
+    host = {p.attrib["name"]: p.attrib["value"]
+            for p in ET.parse(REPO / "launch" / "policy_host.launch.xml").getroot().iter("param")
+            if "name" in p.attrib}
+    assert host["camera_transport"] == "compressed"  # raw frames never cross the link
 
 
 @pytest.mark.parametrize("strategy", available_strategies())
@@ -115,9 +130,10 @@ def declared():
     rclpy = pytest.importorskip("rclpy")
     from dysta_ros.nodes.chunk_executor import ChunkExecutorNode
     from dysta_ros.nodes.policy_node import PolicyNode
+    from dysta_ros.nodes.robot_link import RobotLinkNode
 
     rclpy.init()
-    nodes = [PolicyNode(), ChunkExecutorNode()]
+    nodes = [PolicyNode(), ChunkExecutorNode(), RobotLinkNode()]
     names = {node.get_name(): set(node.list_parameters([], 0).names) for node in nodes}
     for node in nodes:
         node.destroy_node()

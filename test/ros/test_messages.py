@@ -48,6 +48,7 @@ PUBLISHER = textwrap.dedent(
     stats.preprocess_ms, stats.vision_ms, stats.gate_ms = 1.5, 20.0, 0.5
     stats.backbone_ms, stats.action_head_ms, stats.total_ms = 80.0, 30.0, 132.0
     stats.flops_ratio = 0.25
+    stats.stat_keys, stats.stat_values = ["static_l1_tokens", "reused_tokens"], [133.0, 12.5]
     image = Image()
     image.header.stamp.sec = 12
     image.height, image.width, image.encoding, image.step = 2, 3, "rgb8", 9
@@ -115,6 +116,7 @@ def test_messages_cross_process_boundary_field_by_field(ros_node):
               stats.total_ms)
     assert stages == pytest.approx((1.5, 20.0, 0.5, 80.0, 30.0, 132.0))
     assert stats.flops_ratio == pytest.approx(0.25)
+    assert dict(zip(stats.stat_keys, stats.stat_values)) == {"static_l1_tokens": 133.0, "reused_tokens": 12.5}
 
     image = received["image"]
     assert (image.height, image.width, image.encoding, image.step) == (2, 3, "rgb8", 9)

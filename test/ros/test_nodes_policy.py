@@ -363,7 +363,8 @@ def test_trajectories_keep_to_the_joint_limits_and_stop_on_estop(ros):
 
         # Non-finite actions (here: corrupt de-normalisation statistics) send nothing.
         errors = node.errors
-        node.runtime.action_std[0] = float("nan")
+        cfg = node.runtime.model.cfg
+        cfg.action_std = [float("nan")] + [1.0] * (cfg.action_dim - 1)
         probe.publishing_until(good_frame, lambda: node.errors >= errors + 1)
         sent = node.trajectory_counts["sent"]
         probe.publishing_until(good_frame, lambda: node.errors >= errors + 4)

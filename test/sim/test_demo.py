@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,6 +67,21 @@ def test_demo_runs_expert_and_tiny_policy_episodes_over_ros(tmp_path):
     assert learned["policy"] == "tiny" and learned["strategy"] == "dysta"
     assert learned["policy_steps"] > 0 and learned["reason"]  # the random policy ran until the end
     assert (report / "steps.png").stat().st_size > 0 and (report / "camera.png").stat().st_size > 0
+
+
+def test_demo_drives_the_sim_arm_with_a_lerobot_checkpoint(tmp_path):
+    # test/data/smolvla_sim: a LeRobot-saved SmolVLA whose features are the sim arm's (camera
+    # "main", six joints); --model and --vlm as run and bench take them
+    report, sim = tmp_path / "report", Path(__file__).parents[1] / "data" / "smolvla_sim"
+    command = [sys.executable, "-m", "dysta_ros.cli", "demo", "--policy", "expert",
+               "--model", f"{sim}/checkpoint",
+               "--vlm", f"{sim}/vlm", "--strategy", "full", "--episodes", "1", "--episode-seconds", "2",
+               "--image-size", "64", "--report", str(report)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert result.returncode == 0, result.stderr[-3000:]
+    learned = json.loads((report / "summary.json").read_text())["episodes"][1]
+    assert learned["policy"] == f"{sim}/checkpoint" and learned["strategy"] == "full"
+    assert learned["policy_steps"] > 0 and learned["chunks"] > 0
 
 
 def test_speedup_compares_strategies_of_the_same_checkpoint_path():

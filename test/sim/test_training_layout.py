@@ -63,7 +63,7 @@ def training_forward(rt, reference, state):
     embeds, positions = dysta_context(layout, static, groups, tokens, text, model.embed_state(state)[None])
     records = backbone_records(model, embeds, positions)
     normalised = model.sample_actions(records, layout.full_length, rt.noise(rt.sequence - 1))
-    return (normalised * rt.action_std + rt.action_mean).numpy(), records
+    return model.actions_to_robot(normalised), records
 
 
 @torch.inference_mode()
@@ -88,7 +88,8 @@ def test_training_context_gives_the_actions_the_strategy_runs(model, cache_langu
             reference = rt.frames[-1]
         else:
             assert not stats.recached_l1 and not stats.recached_l2
-        state = (torch.as_tensor(obs.state, dtype=torch.float32) - rt.state_mean) / rt.state_std
+        mean, std = rt.model.normalization_tensors("state", rt.model.cfg.state_dim)
+        state = (torch.as_tensor(obs.state, dtype=torch.float32) - mean) / std
         actions, records = training_forward(rt, reference, state)
         np.testing.assert_allclose(chunk.actions, actions, atol=1e-5)
         # Token by token, the same K/V in the same order: the same tokens at the same positions.

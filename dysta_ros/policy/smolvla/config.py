@@ -166,6 +166,8 @@ class SmolVLAConfig:
     feature_types: dict[str, str]
     vlm_model_name: str
     raw: dict = field(repr=False, compare=False)
+    num_expert_layers: int = 0  # expert layers E (0: one per kept backbone layer); E divides num_vlm_layers
+    empty_cameras: int = 0  # LeRobot's placeholder cameras: all-padding images, masked out of the prefix
 
     @property
     def camera_names(self) -> tuple[str, ...]:
@@ -175,8 +177,23 @@ class SmolVLAConfig:
         """Return the normalization mode of a feature key (by its LeRobot feature type)."""
         return self.normalization_mapping.get(self.feature_types.get(feature, ""), "IDENTITY")
 
+    def expert_layer_map(self) -> list[tuple[int, int]]:
+        """Return (backbone layer, expert layer) pairs: the expert runs beside every m-th backbone layer.
+
+        With E expert layers over V kept backbone layers, m = V / E and expert layer j sits at
+        backbone layer j * m, reading that layer's K/V; between them its hidden state passes
+        unchanged (as in LeRobot 0.4.4).
+        """
+        experts = self.num_expert_layers or self.num_vlm_layers
+        step = self.num_vlm_layers // experts
+        return [(j * step, j) for j in range(experts)]
+
     def is_self_attention(self, layer: int) -> bool:
-        """Say whether expert layer `layer` attends to the prefix plus itself (else cross-attends)."""
+        """Say whether layer `layer` attends to the prefix plus itself (else cross-attends).
+
+        LeRobot shapes expert layer j's projections by j and runs backbone layer i's attention by i;
+        parse_smolvla_config refuses a checkpoint where the two disagree.
+        """
         if "cross" not in self.attention_mode:
             return True
         return self.self_attn_every_n_layers > 0 and layer % self.self_attn_every_n_layers == 0
@@ -236,13 +253,21 @@ def parse_smolvla_config(data: dict, path: Path) -> SmolVLAConfig:
         )
     num_vlm_layers = _positive(data, "num_vlm_layers", path)
     num_expert_layers = data.get("num_expert_layers", 0)
-    if num_expert_layers not in (0, -1, num_vlm_layers):
-        raise CheckpointError(
-            f"{path}: num_expert_layers {num_expert_layers} != num_vlm_layers "
-            f"{num_vlm_layers} is not supported yet"
-        )
-    if data.get("empty_cameras", 0):
-        raise CheckpointError(f"{path}: empty_cameras {data['empty_cameras']} is not supported yet")
+    if not isinstance(num_expert_layers, int) or isinstance(num_expert_layers, bool):
+        raise CheckpointError(f"{path}: num_expert_layers must be an integer, got {num_expert_layers!r}")
+    num_expert_layers = max(num_expert_layers, 0)  # <= 0: one expert layer per backbone layer
+    if num_expert_layers and num_vlm_layers % num_expert_layers:
+        raise CheckpointError(f"{path}: num_expert_layers {num_expert_layers} does not divide num_vlm_layers "
+                              f"{num_vlm_layers} (LeRobot requires it)")
+    empty_cameras = data.get("empty_cameras", 0)
+    if not isinstance(empty_cameras, int) or isinstance(empty_cameras, bool) or empty_cameras < 0:
+        raise CheckpointError(f"{path}: empty_cameras must be an integer >= 0, got {empty_cameras!r}")
+    # LeRobot adds its placeholder cameras as input features; they never come from a robot.
+    placeholders = {f"{CAMERA_PREFIX}empty_camera_{i}" for i in range(empty_cameras)}
+    kept = [(key, shape) for key, shape in zip(cameras, shapes) if key not in placeholders]
+    if not kept:
+        raise CheckpointError(f"{path}: input_features has only placeholder cameras {sorted(placeholders)}")
+    cameras, shapes = [k for k, _ in kept], [s for _, s in kept]
     if data.get("adapt_to_pi_aloha") or data.get("add_image_special_tokens"):
         raise CheckpointError(f"{path}: adapt_to_pi_aloha / add_image_special_tokens are not supported yet")
     attention_mode = _get(data, "attention_mode", str, path)
@@ -253,7 +278,7 @@ def parse_smolvla_config(data: dict, path: Path) -> SmolVLAConfig:
             f"{path}: state/action dims {state_dim}/{action_dim} exceed "
             f"max_state_dim/max_action_dim {max_state_dim}/{max_action_dim}"
         )
-    return SmolVLAConfig(
+    config = SmolVLAConfig(
         camera_keys=tuple(cameras),
         camera_shapes=tuple(shapes),
         state_dim=state_dim,
@@ -278,7 +303,24 @@ def parse_smolvla_config(data: dict, path: Path) -> SmolVLAConfig:
         feature_types=types,
         vlm_model_name=str(data.get("vlm_model_name", "")),
         raw=data,
+        num_expert_layers=num_expert_layers,
+        empty_cameras=empty_cameras,
     )
+    paired = {backbone_layer for backbone_layer, _ in config.expert_layer_map()}
+    lone = [i for i in range(num_vlm_layers) if i not in paired and config.is_self_attention(i)]
+    if lone:
+        raise CheckpointError(
+            f"{path}: num_expert_layers {num_expert_layers} with self_attn_every_n_layers "
+            f"{config.self_attn_every_n_layers}: backbone layer {lone[0]} has no expert layer but is a "
+            f"self-attention layer (LeRobot cannot run it either)")
+    for backbone_layer, expert_layer in config.expert_layer_map():
+        if config.is_self_attention(backbone_layer) != config.is_self_attention(expert_layer):
+            raise CheckpointError(
+                f"{path}: num_expert_layers {num_expert_layers} with self_attn_every_n_layers "
+                f"{config.self_attn_every_n_layers}: expert layer {expert_layer} is shaped for "
+                f"{'self' if config.is_self_attention(expert_layer) else 'cross'}-attention but runs at "
+                f"backbone layer {backbone_layer} as the other kind (LeRobot cannot run it either)")
+    return config
 
 
 def expert_intermediate_size(hidden: int, multiplier: int = 4, multiple_of: int = 256) -> int:

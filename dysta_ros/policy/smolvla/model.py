@@ -141,7 +141,7 @@ class Expert(nn.Module):
         super().__init__()
         kv_width = expert.num_key_value_heads * expert.head_dim
         layers = []
-        for i in range(cfg.num_vlm_layers):
+        for i in range(cfg.num_expert_layers or cfg.num_vlm_layers):
             layer = LlamaDecoderLayer(expert, i)
             if not cfg.is_self_attention(i):  # cross layers read (already rotated) backbone K/V
                 layer.self_attn.k_proj = nn.Linear(kv_width, kv_width, bias=expert.attention_bias)
@@ -294,6 +294,39 @@ class SmolVLAModel(nn.Module):
                 hidden = _mlp_block(layer, hidden, out)
         return cache
 
+    def prefix_forward_rows(self, embs, positions, allowed, base_kv, write, rows_per_layer=None,
+                            observe=None):
+        """Recompute some prefix tokens against the others' given K/V; return per-layer (key, value).
+
+        What K/V reuse builds on (policy/smolvla/backend.py): embs (B, Q, W) at positions (B, Q)
+        are computed; their rotated keys and values overwrite slots `write` (Q,) of base_kv (per
+        layer (B, P, G, D)) and they attend to all P keys under allowed (B, Q, P). rows_per_layer:
+        per layer the ascending rows of the Q tokens it computes, each within the layer above's (a
+        dropped token keeps base_kv's K/V from there on); None = every row. observe(index, q, keys,
+        rows) sees each attending layer's rotated queries (B, Q_l, H, D) and assembled keys.
+        """
+        layers = self.vlm_with_expert.vlm.model.text_model.layers
+        every = torch.arange(embs.shape[1], device=embs.device)
+        hidden, cache, previous = embs, [], every
+        for index, layer in enumerate(layers):
+            rows = every if rows_per_layer is None else rows_per_layer[index]
+            if len(rows) != len(previous):
+                hidden = hidden[:, torch.searchsorted(previous, rows)]
+            previous = rows
+            last = index == len(layers) - 1
+            q, k, v = _project(layer, hidden, self.head_dim, with_query=not last)
+            base_k, base_v = base_kv[index]
+            slots = write[rows]
+            keys = base_k.index_copy(1, slots, apply_rope(k, positions[:, rows]).to(base_k.dtype))
+            values = base_v.index_copy(1, slots, v.to(base_v.dtype))
+            cache.append((keys, values))
+            if not last:
+                q = apply_rope(q, positions[:, rows])
+                if observe is not None:
+                    observe(index, q, keys, rows)
+                hidden = _mlp_block(layer, hidden, attention(q, keys, values, mask_bias(allowed[:, rows])))
+        return cache
+
     # -- action expert -----------------------------------------------------------------------
     def expert_context(self, prefix_kv, prefix_pad_mask: torch.Tensor):
         """Return what denoising needs from the prefix, once per chunk.
@@ -303,8 +336,9 @@ class SmolVLAModel(nn.Module):
         them (LeRobot recomputes it at every step; it depends only on the prefix).
         """
         context = []
-        for index, layer in enumerate(self.vlm_with_expert.lm_expert.layers):
-            key, value = prefix_kv[index]
+        experts = self.vlm_with_expert.lm_expert.layers
+        for index, expert_index in self.cfg.expert_layer_map():  # backbone layer, its expert layer
+            layer, (key, value) = experts[expert_index], prefix_kv[index]
             if not self.cfg.is_self_attention(index):
                 attn = layer.self_attn
                 flat_k = key.reshape(*key.shape[:2], -1).to(attn.k_proj.weight.dtype)  # (B, P, G*D)
@@ -334,7 +368,7 @@ class SmolVLAModel(nn.Module):
         offset = prefix_pad_mask.long().sum(dim=1, keepdim=True)  # (B, 1)
         steps = torch.arange(chunk, device=device)[None]  # (1, C)
         buffers = []
-        for index, (key, value) in enumerate(context):
+        for (index, _), (key, value) in zip(self.cfg.expert_layer_map(), context):
             if self.cfg.is_self_attention(index):
                 k_buf = key.new_empty(batch, prefix_len + chunk, *key.shape[2:])
                 v_buf = value.new_empty(batch, prefix_len + chunk, *value.shape[2:])
@@ -376,8 +410,9 @@ class SmolVLAModel(nn.Module):
         hidden = self.embed_suffix(x_t, None, time_emb)  # (B, C, We)
         batch, chunk = hidden.shape[:2]
         start = plan.prefix_len
-        for index, layer in enumerate(self.vlm_with_expert.lm_expert.layers):
-            key, value = plan.buffers[index]
+        experts = self.vlm_with_expert.lm_expert.layers
+        for (index, expert_index), (key, value) in zip(self.cfg.expert_layer_map(), plan.buffers):
+            layer = experts[expert_index]
             if self.cfg.is_self_attention(index):
                 q, k, v = _project(layer, hidden, self.head_dim)
                 key[:, start:] = rotate(k, plan.self_rope)  # the action part of the step's K/V

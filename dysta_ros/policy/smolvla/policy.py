@@ -118,16 +118,11 @@ class SmolVLAPolicy:
         mask[0, : len(ids)] = True
         return tokens.to(self.device), mask.to(self.device)
 
-    def prepare_inputs(self, images: dict, state, task: str, skip=frozenset()) -> dict:
-        """Return pixels per camera (model order), language tokens and the padded normalized state.
+    def prepare_pixels(self, images: dict, skip=frozenset()) -> list[torch.Tensor | None]:
+        """Return each camera's frame (1, 3, h, w) resized-with-padding, in SigLIP's [-1, 1] (model order).
 
         Cameras in `skip` (their tokens are reused) get None instead of pixels.
         """
-        missing = [n for n in self.spec.camera_names if n not in images]
-        if missing:
-            raise InputError(
-                f"images: missing camera(s) {missing}; the checkpoint needs {list(self.spec.camera_names)}"
-            )
         pixels = []
         for name in self.spec.camera_names:
             frame = np.asarray(images[name])
@@ -141,12 +136,30 @@ class SmolVLAPolicy:
             image = torch.from_numpy(np.ascontiguousarray(frame)).to(self.device).permute(2, 0, 1)[None]
             image = resize_with_pad(image.float() / 255.0, *self.cfg.resize)
             pixels.append((image * 2.0 - 1.0).to(self.dtype))  # SigLIP range; padding becomes -1
-        state = np.asarray(state, dtype=np.float32).reshape(-1)
-        if state.shape[0] != self.cfg.state_dim or not np.isfinite(state).all():
-            raise InputError(f"state: expected {self.cfg.state_dim} finite values, got {state.tolist()}")
+        return pixels
+
+    def normalize_state(self, state: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the normalized state (state_dim,) and it zero-padded to (1, max_state_dim)."""
         normalized = self.files.state_normalizer.forward(torch.from_numpy(state)).to(self.device)
         padded = torch.zeros(1, self.cfg.max_state_dim, dtype=torch.float32, device=self.device)
         padded[0, : self.cfg.state_dim] = normalized
+        return normalized, padded
+
+    def prepare_inputs(self, images: dict, state, task: str, skip=frozenset()) -> dict:
+        """Return pixels per camera (model order), language tokens and the padded normalized state.
+
+        Cameras in `skip` (their tokens are reused) get None instead of pixels.
+        """
+        missing = [n for n in self.spec.camera_names if n not in images]
+        if missing:
+            raise InputError(
+                f"images: missing camera(s) {missing}; the checkpoint needs {list(self.spec.camera_names)}"
+            )
+        pixels = self.prepare_pixels(images, skip)
+        state = np.asarray(state, dtype=np.float32).reshape(-1)
+        if state.shape[0] != self.cfg.state_dim or not np.isfinite(state).all():
+            raise InputError(f"state: expected {self.cfg.state_dim} finite values, got {state.tolist()}")
+        normalized, padded = self.normalize_state(state)
         tokens, mask = self.tokenize(task)
         return {
             "pixels": pixels,
@@ -247,13 +260,14 @@ class SmolVLAPolicy:
         noise = self.make_noise(noise)
         timer.lap("preprocess")
         vision_hidden, image_tokens, reuse = self._encode(names, inputs["pixels"], reused, options, session)
-        timer.lap("vision")
+        connector_start = timer.now()
         connect = self.model.connect
         image_tokens = [connect(h) if t is None else t for h, t in zip(vision_hidden, image_tokens)]
         for name, hidden, tokens in zip(names, vision_hidden, image_tokens):
             if options.frame_cache and name not in reused:
                 session.keep_frame(name, images[name], hidden, tokens)
-        timer.lap("connector")
+        timer.part("connector", connector_start)
+        timer.lap("vision")
         embs, pad_mask, flags = self.embed_prefix(image_tokens, inputs, drop_pads=options.drop_pads)
         prefix_kv, context = self.prefix_forward(embs, pad_mask, flags)
         timer.lap("backbone")
@@ -269,12 +283,13 @@ class SmolVLAPolicy:
         else:
             x0 = self.denoise(context, pad_mask, noise, record, steps=steps, start_time=start)
         session.previous = x0
-        timer.lap("action_head")
+        post_start = timer.now()
         raw, normalized = self.postprocess(x0)
-        timer.lap("postprocess")
+        timer.part("postprocess", post_start)
+        timer.lap("action_head")
         info = {"actions_normalized": normalized, "prefix_tokens": int(embs.shape[1]),
                 "frames_reused": len(reused), **reuse,
-                **{f"{k}_ms": v for k, v in timer.ms.items() if k != "total"}}
+                **{f"{k}_ms": v for k, v in {**timer.ms, **timer.parts}.items() if k != "total"}}
         if return_intermediates:
             inter = {
                 "lang_tokens": inputs["lang_tokens"],
