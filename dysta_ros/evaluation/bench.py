@@ -380,7 +380,7 @@ def run(args: argparse.Namespace) -> int:
         set_threads(args.threads)
         model_name = args.model or args.checkpoint or args.preset
         model, tokenizer = build_model(model_name, args.device, args.dtype, args.seed, vlm=args.vlm)
-        smolvla = tokenizer is None
+        smolvla = getattr(model, "family_name", "") == "smolvla"
         # The cameras and state the frames need, from the model's own spec (any family)
         cfg = runtime_around(model, strategies[0], params.get(strategies[0]), seed=args.seed,
                              tokenizer=tokenizer).spec

@@ -173,3 +173,12 @@ def test_bench_reads_frames_from_a_bag(tmp_path):
     data = json.loads(out.read_text())
     assert data["meta"]["frames"] == str(bag) and data["meta"]["camera_size"] == [24, 24]
     assert main(["bench", "--preset", "tiny", "--frames", str(tmp_path / "none"), "--quiet"]) == 2
+
+
+def test_bench_gives_smolvla_two_480x640_cameras_by_default(tmp_path):
+    data_dir = Path(__file__).parents[1] / "data" / "smolvla_tiny"
+    out = tmp_path / "default_size.json"
+    assert main(["bench", "--model", str(data_dir / "checkpoint"), "--vlm", str(data_dir / "vlm"),
+                 "--strategies", "full", "--history", "1", "--steps", "1", "--warmup", "0",
+                 "--json", str(out), "--quiet"]) == 0
+    assert json.loads(out.read_text())["meta"]["camera_size"] == [480, 640]
