@@ -453,7 +453,9 @@ def test_a_core_warning_reaches_diagnostics(ros):
         probe.publishing_until(good_frame, lambda: (probe.status("core") or (0,))[0] == 1)
         level, message = probe.status("core")
         assert "cache_language" in message and "trained" in message
-        assert probe.chunks  # a warning, not a hold: the policy keeps stepping
+        # A warning, not a hold: the policy keeps stepping. The warning is raised inside the
+        # step that then publishes its chunk, so wait for that chunk rather than read at once.
+        probe.publishing_until(good_frame, lambda: len(probe.chunks) > 0)
     finally:
         probe.spin.remove_node(node)
         node.close()
