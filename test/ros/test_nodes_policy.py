@@ -415,10 +415,14 @@ def test_trajectories_keep_to_the_joint_limits_and_stop_on_estop(ros):
         # comes of a frame sent after the corruption (a step that began before it used older frames).
         errors = node.errors
         cfg = node.runtime.model.cfg
+        action_std = cfg.action_std
         cfg.action_std = [float("nan")] + [1.0] * (cfg.action_dim - 1)
         corrupted = probe.publishing_until(good_frame, lambda: node.errors >= errors + 4)
         assert not chunk_stamps(probe) & set(corrupted)
         # Deactivating stops the controller too: the executor's deadman (no chunk) stops it.
+        # Moving again first (good statistics back), so the stop is deactivate's doing.
+        cfg.action_std, moved = action_std, len(probe.commands)
+        probe.publishing_until(good_frame, lambda: any(c.points for c in probe.commands[moved:]))
         count = len(probe.commands)
         assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
         assert spin_until(probe.spin, lambda: any(not c.points for c in probe.commands[count:]))
