@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("dysta_ros.nodes.demo_session", "closed loop in MuJoCo over real ROS topics, with a report"),
     "bench": ("dysta_ros.evaluation.bench", "strategies side by side on the same frames: speed, deviation"),
     "profile-entropy": ("dysta_ros.evaluation.entropy", "attention entropy per layer -> GoToHunt layers"),
+    "convert": ("dysta_ros.bags.convert", "LeRobot dataset <-> rosbag2 bag, either way"),
     "bag-info": ("dysta_ros.bags.inspect", "what a bag holds: topics, counts, rates, episodes"),
     "eval": ("dysta_ros.evaluation.fleet", "open-loop replay of rosbags: action error per strategy"),
     "record": ("dysta_ros.nodes.recorder", "record expert episodes from the sim to a rosbag2 (MCAP)"),
