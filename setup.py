@@ -38,6 +38,9 @@ setup(
     extras_require={
         "test": ["pytest", "pytest-timeout", "hypothesis", "ruff"],
         "fleet": ["ray==2.58.0"],  # `dysta-ros eval --ray`: bags x checkpoints as Ray tasks
+        # `dysta-ros convert` (LeRobot datasets <-> bags): parquet and mp4 (AV1/h264) video;
+        # floors as LeRobot's own (it pins av<16), tested with pyarrow 25.0.1 and av 18.1.0
+        "lerobot": ["pyarrow>=21", "av>=15"],
     },
     zip_safe=False,
     entry_points=ENTRY_POINTS,

@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("dysta_ros.nodes.demo_session", "closed loop in MuJoCo over real ROS topics, with a report"),
     "bench": ("dysta_ros.evaluation.bench", "strategies side by side on the same frames: speed, deviation"),
     "profile-entropy": ("dysta_ros.evaluation.entropy", "attention entropy per layer -> GoToHunt layers"),
+    "convert": ("dysta_ros.bags.convert", "LeRobot dataset <-> rosbag2 bag, either way"),
     "bag-info": ("dysta_ros.bags.inspect", "what a bag holds: topics, counts, rates, episodes"),
     "eval": ("dysta_ros.evaluation.fleet", "open-loop replay of rosbags: action error per strategy"),
     "record": ("dysta_ros.nodes.recorder", "record expert episodes from the sim to a rosbag2 (MCAP)"),
@@ -27,6 +28,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "latency": ("dysta_ros.nodes.latency", "ROS-layer camera-to-chunk latency beyond model time"),
     "link": ("dysta_ros.nodes.link_bench", "robot + policy host over loopback or an impaired link, measured"),
     "load": ("dysta_ros.nodes.load_test", "hold policy_node under camera load: memory, frame age, drops"),
+    "tracking": ("dysta_ros.nodes.tracking", "how closely the sim arm follows the executor's plan, per "
+                 "trajectory scheme"),
     "train": ("dysta_ros.training.train", "behaviour cloning with DySta's learned parts"),
     "parity": ("dysta_ros.evaluation.parity", "our SmolVLA vs recorded LeRobot cases: max action errors"),
     "info": ("dysta_ros.info", "what a checkpoint directory holds: family, cameras, dims, dtypes"),

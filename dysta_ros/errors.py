@@ -21,6 +21,10 @@ class BagError(DystaError, ValueError):
     """A rosbag2 file cannot be read; the message names the file."""
 
 
+class DatasetError(DystaError, ValueError):
+    """A LeRobot dataset cannot be read or written; the message names the file."""
+
+
 class InferenceError(DystaError, RuntimeError):
     """The model failed during a step (out of memory, device error); the step is dropped."""
 

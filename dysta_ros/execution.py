@@ -34,6 +34,8 @@ EXECUTOR_RANGES = {
     "ensemble_decay": (0.0, 10.0),
     "max_chunk_age_s": (0.001, 60.0),
     "max_state_age_s": (0.001, 60.0),
+    "trajectory_lookahead_s": (0.0, 5.0),
+    "trajectory_rate_hz": (0.1, 1000.0),
 }
 
 
@@ -55,6 +57,11 @@ class ExecutorConfig:
     max_state_age_s: float = 0.5  # joint states older than this cannot anchor the velocity limit
     latency_compensation: bool = True  # False: a chunk's action 0 is for its arrival time
     command_output: str = ""  # one of COMMAND_OUTPUTS; "" takes the robot config's
+    # joint_trajectory output: each trajectory carries the plan this far ahead (0: one point),
+    # sent at this rate; a JointTrajectoryController replans on every message, so a short
+    # trajectory per control period makes it stutter (see `ChunkExecutor.lookahead`).
+    trajectory_lookahead_s: float = 0.3
+    trajectory_rate_hz: float = 10.0
     dry_run: bool = False  # log commands instead of publishing them
 
     def __post_init__(self):
@@ -215,20 +222,18 @@ def clip_to_limits(target: np.ndarray, reference: np.ndarray, period: float,
     return command, bool(np.any(np.abs(command - target) > 1e-12))
 
 
-def limit_trajectory(chunk: ActionChunk, start: np.ndarray,
-                     robot: RobotConfig) -> tuple[np.ndarray, int]:
-    """Return a joint chunk's actions (H, D), in `robot.joints` order, held to the joint limits.
+def limit_path(targets: np.ndarray, start: np.ndarray, period: float,
+               robot: RobotConfig) -> tuple[np.ndarray, int]:
+    """Return joint targets (N, D) one `period` apart, each held to the limits from the one before.
 
-    Each point is clipped as chunk_executor clips a command (`clip_to_limits`): one dt of
-    velocity from the point before (the first from `start`, the measured positions), then
-    the position limits. Return the points and how many were changed; raise InputError for a
-    chunk `prepare_actions` refuses (non-finite values, unknown joints, ...).
+    Each point is clipped as a command is (`clip_to_limits`): one period of velocity from the
+    point before (the first from `start`), then the position limits. Return the points and how
+    many were changed.
     """
-    actions = prepare_actions(chunk, robot.joints, "joint_position")  # (H, D)
-    limited = np.empty_like(actions)  # (H, D)
+    limited = np.empty((len(targets), len(start)), dtype=np.float64)  # (N, D)
     reference, clamped = np.asarray(start, dtype=np.float64), 0
-    for k, target in enumerate(actions):
-        limited[k], changed = clip_to_limits(target, reference, chunk.dt, robot)
+    for k, target in enumerate(np.asarray(targets, dtype=np.float64)):
+        limited[k], changed = clip_to_limits(target, reference, period, robot)
         clamped += changed
         reference = limited[k]
     return limited, clamped
@@ -444,6 +449,25 @@ class ChunkExecutor:
         self.last_command, self.last_command_time = target, now
         self.counts["commands"] += 1
         return Tick(target, "", clipped, excess)
+
+    def lookahead(self, now: float, command: np.ndarray) -> np.ndarray:
+        """Return trajectory points (N, D): `command` (this tick's, for `now + period`), then the plan.
+
+        The blended plan is sampled every period up to `trajectory_lookahead_s` ahead, each
+        point held to the joint limits from the point before (`clip_to_limits`, as a command is
+        from the last), and cut where the plan runs out. Point j is meant for `now + (j + 1) *
+        period`. Sent at `trajectory_rate_hz`, the controller always has the next stretch of the
+        plan and interpolates it itself, instead of replanning towards one point each period.
+        """
+        period = self.config.period
+        targets = []
+        for j in range(1, max(1, int(round(self.config.trajectory_lookahead_s / period)))):
+            target = self.blender.target(now + (j + 1) * period)
+            if target is None or not np.all(np.isfinite(target)):
+                break
+            targets.append(target)
+        ahead, _ = limit_path(np.reshape(targets, (-1, len(command))), command, period, self.robot)
+        return np.vstack([np.asarray(command, dtype=np.float64)[None, :], ahead])  # (N, D)
 
     @property
     def bounded(self) -> bool:

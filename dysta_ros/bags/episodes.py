@@ -58,9 +58,17 @@ def _check_clocks(source: str, states: list, clock: str, topic: str) -> None:
                     "times instead", source, topic, gap, clock, other, other)
 
 
+HOLD_TOLERANCE_S = 1e-6  # a sample stamped this close after a step counts as there
+
+
 def hold_indices(sample_times: np.ndarray, query_times: np.ndarray) -> np.ndarray:
-    """Return, per query time, the index of the newest sample not later than it (-1: none)."""
-    return np.searchsorted(sample_times, query_times, side="right") - 1
+    """Return, per query time, the index of the newest sample not later than it (-1: none).
+
+    Samples on the step grid itself (a dataset's frames at k / fps) land a nanosecond either
+    side of the steps after rounding to ns: within HOLD_TOLERANCE_S they count as on time.
+    """
+    return np.searchsorted(sample_times, np.asarray(query_times) + HOLD_TOLERANCE_S,
+                           side="right") - 1
 
 
 @dataclass
@@ -334,7 +342,7 @@ def _build_episode(source, index, window, images, states, actions, instructions,
     # recorded action to compare with); they end with the last frame or joint state
     first = max([frames_[0].stamp for frames_ in frames.values()] + [state_times[0], times[0]])
     last = min([frames_[-1].stamp for frames_ in frames.values()] + [state_times[-1]])
-    steps = np.arange(first, last + 1e-9, 1.0 / rate_hz)
+    steps = np.arange(first, last + HOLD_TOLERANCE_S, 1.0 / rate_hz)
     if not len(steps):
         return None
     frame_indices = {camera: hold_indices(np.asarray([f.stamp for f in frames_]), steps)

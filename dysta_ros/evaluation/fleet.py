@@ -277,6 +277,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time", choices=["header", "receive"], default="header",
                         help="clock that places bag messages: header stamps (default) or "
                              "receive times (for bags whose stamps use another clock)")
+    parser.add_argument("--window-s", type=float, default=0.3,
+                        help="task-critical windows: seconds either side of a gripper change or "
+                             "large acceleration of the recorded actions")
+    parser.add_argument("--gripper-joint", default="auto",
+                        help="joint whose open/close changes are critical events (auto: the first "
+                             "named *gripper*; none: off)")
+    parser.add_argument("--accel-quantile", type=float, default=0.95,
+                        help="recorded accelerations above this quantile of an episode's are "
+                             "critical events (1: off)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -287,6 +296,8 @@ def run(args: argparse.Namespace) -> int:
                             model=args.model[0], vlm=args.vlm, topic_map=args.topic_map, rate_hz=args.rate,
                             first_k=args.first_k, max_steps=args.max_steps, device=args.device,
                             dtype=args.dtype, seed=args.seed, report=args.report, threads=args.threads,
+                            window_s=args.window_s, gripper_joint=args.gripper_joint,
+                            accel_quantile=args.accel_quantile,
                             time=args.time,
                             params=parse_param_overrides(args.param, [BASELINE, *args.strategies.split(",")]))
         if args.retries < 0 or args.ray_cpus < 0:

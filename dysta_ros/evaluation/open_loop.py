@@ -4,7 +4,8 @@ Each observation of a bag is fed to one runtime per strategy in the same loop (t
 rotates per step so no strategy always runs first), so step times compare like with like.
 Per strategy: action error against the recorded actions over the first k actions of each
 chunk, deviation from `full` on the same steps (pruning error, apart from model error), step
-time and speedup, tokens, and how often the static cache was rebuilt.
+time and speedup, tokens, and how often the static cache was rebuilt; and the metrics of
+open_loop_metrics.py: error in task-critical windows, chunk-boundary discontinuity.
 """
 
 from __future__ import annotations
@@ -23,6 +24,13 @@ from dysta_ros.bags.episodes import Episode, check_bag
 from dysta_ros.errors import ConfigError, InferenceError, InputError
 from dysta_ros.tokens import available_strategies
 from dysta_ros.types import STAGES, StepStats
+from dysta_ros.evaluation.open_loop_metrics import (
+    CriticalWindows,
+    chunk_boundaries,
+    critical_events,
+    window_errors,
+    window_tags,
+)
 
 if TYPE_CHECKING:  # torch: imported to evaluate, so `dysta-ros eval --help` stays instant
     from dysta_ros.policy.runtime import PolicyRuntime
@@ -49,6 +57,9 @@ class EvalConfig:
     params: dict[str, dict] = field(default_factory=dict)  # strategy -> overrides of its YAML
     threads: int = 0  # torch CPU threads; 0: torch's default
     time: str = "header"  # which clock places bag messages: header stamps or receive times
+    window_s: float = 0.3  # task-critical windows: seconds either side of an event
+    gripper_joint: str = "auto"  # the joint whose changes are events (auto: *gripper*; none)
+    accel_quantile: float = 0.95  # accelerations above this quantile of an episode's are events
 
     def __post_init__(self):
         if not self.bags:
@@ -64,6 +75,12 @@ class EvalConfig:
             raise ConfigError(f"first_k must be >= 1, got {self.first_k}")
         if self.rate_hz < 0 or self.max_steps < 0:
             raise ConfigError("rate_hz and max_steps must be >= 0 (0 means: the default)")
+        CriticalWindows(self.window_s, self.gripper_joint, self.accel_quantile)  # validates
+
+    @property
+    def windows(self) -> CriticalWindows:
+        """Return the task-critical window settings."""
+        return CriticalWindows(self.window_s, self.gripper_joint, self.accel_quantile)
 
 
 @dataclass
@@ -79,6 +96,8 @@ class StepRecord:
     step_ms: float = 0.0
     stats: StepStats | None = None
     error: str = ""
+    stamp: float = 0.0  # the chunk's stamp (bag time): action k is meant for stamp + k * dt
+    dt: float = 0.0
 
 
 def _check_compatible(runtime: PolicyRuntime, topic_map: TopicMap, episode: Episode) -> None:
@@ -195,6 +214,7 @@ def _step(runtime: PolicyRuntime, episode: Episode, step: int, observation, firs
         return record
     record.step_ms = (time.perf_counter() - started) * 1e3
     record.actions, record.stats = chunk.actions, stats
+    record.stamp, record.dt = float(chunk.stamp), float(chunk.dt)
     record.targets = episode.recorded_actions(chunk.stamp + np.arange(first_k) * chunk.dt)
     return record
 
@@ -262,6 +282,92 @@ def summarize(records: dict[str, list[StepRecord]], first_k: int) -> dict[str, d
     return summary
 
 
+def _chunk_runs(records: list[StepRecord]) -> list[list[tuple[float, float, np.ndarray]]]:
+    """Return consecutive predicted chunks per episode; a failed step ends a run."""
+    runs, previous = [], None
+    for record in records:
+        key = (record.bag, record.episode, record.step - 1)
+        if record.actions is None:
+            previous = None
+            continue
+        if previous != key:
+            runs.append([])
+        runs[-1].append((record.stamp, record.dt, record.actions))
+        previous = (record.bag, record.episode, record.step)
+    return runs
+
+
+def _critical_tags(baseline: list[StepRecord], joints, windows: CriticalWindows):
+    """Return (per step of `baseline`, the kinds of event near it; the events found).
+
+    Events come from the recorded actions at the steps' times (each step's first target), so
+    they are found from the records alone, wherever the steps ran.
+    """
+    episodes: dict[tuple, list[int]] = {}
+    for i, record in enumerate(baseline):
+        episodes.setdefault((record.bag, record.episode), []).append(i)
+    tags: list[tuple[str, ...]] = [()] * len(baseline)
+    found = []
+    for (bag, episode), indices in episodes.items():
+        usable = [i for i in indices
+                  if len(baseline[i].targets) and np.isfinite(baseline[i].targets[0]).all()]
+        if not usable:
+            continue
+        times = np.asarray([baseline[i].time_s for i in usable])
+        values = np.stack([baseline[i].targets[0] for i in usable])
+        events = critical_events(times, values, joints, windows)
+        found += [{"bag": bag, "episode": episode, "kind": kind, "time_s": round(t, 4)}
+                  for kind, t in events]
+        for i, tag in zip(indices, window_tags([baseline[i].time_s for i in indices], events,
+                                               windows.window_s)):
+            tags[i] = tag
+    return tags, found
+
+
+def add_window_and_boundary_metrics(results: dict, records: dict[str, list[StepRecord]],
+                                    config: EvalConfig) -> dict:
+    """Add the metrics of open_loop_metrics.py to evaluation results.
+
+    Each strategy's summary gets its error in task-critical windows and its chunk-boundary
+    discontinuity; the results get the events found and the per-joint plot's data.
+    """
+    tags, events = _critical_tags(records[BASELINE], results.get("joints") or (), config.windows)
+    by_step = {(r.bag, r.episode, r.step): tag for r, tag in zip(records[BASELINE], tags)}
+    for name, steps in records.items():
+        per_step_mse, _ = _errors(steps, config.first_k)
+        results["summary"][name]["critical_windows"] = window_errors(
+            per_step_mse, [by_step.get((r.bag, r.episode, r.step), ()) for r in steps],
+            config.window_s)
+        results["summary"][name]["chunk_boundary"] = chunk_boundaries(_chunk_runs(steps))
+    results["critical_events"] = events
+    results["joint_plot"] = joint_plot_data(records, config.first_k, by_step)
+    return results
+
+
+def joint_plot_data(records: dict[str, list[StepRecord]], first_k: int, tags: dict) -> dict:
+    """Return the first episode's recorded and predicted actions, for the per-joint plot.
+
+    Per strategy, each step's first k actions at their times (the step time is the
+    inference point); the recorded action at each step time; the critical tags per step.
+    """
+    baseline = records[BASELINE]
+    if not baseline:
+        return {}
+    first = (baseline[0].bag, baseline[0].episode)
+    mine = [r for r in baseline if (r.bag, r.episode) == first]
+    data = {"bag": first[0], "episode": first[1], "time_s": [r.time_s for r in mine],
+            "recorded": [[float(x) if np.isfinite(x) else None for x in r.targets[0]]
+                         if len(r.targets) else None for r in mine],
+            "critical": [list(tags.get((r.bag, r.episode, r.step), ())) for r in mine],
+            "strategies": {}}
+    for name, steps in records.items():
+        chosen = [r for r in steps if (r.bag, r.episode) == first and r.actions is not None]
+        data["strategies"][name] = {
+            "time_s": [r.time_s for r in chosen], "dt": chosen[0].dt if chosen else 0.0,
+            "actions": [r.actions[:first_k].tolist() for r in chosen]}
+    return data
+
+
 def _mean(values) -> float | None:
     return float(np.mean(values)) if len(values) else None
 
@@ -298,6 +404,7 @@ def evaluate(config: EvalConfig, progress: bool = True,
                "series": series(records, config.first_k),
                "episodes": _episode_list(records[BASELINE]),
                "joints": list(TopicMap.load(config.topic_map).joints)}
+    add_window_and_boundary_metrics(results, records, config)
     if fleet is not None:
         results["fleet"] = fleet
     write_report(Path(config.report), results)

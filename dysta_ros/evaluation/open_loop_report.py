@@ -10,7 +10,8 @@ import numpy as np
 from dysta_ros.plots import pyplot, save_png
 from dysta_ros.types import STAGES
 
-PLOTS = {"latency": "latency.png", "error": "error_over_time.png", "recache": "recache_events.png"}
+PLOTS = {"latency": "latency.png", "error": "error_over_time.png", "recache": "recache_events.png",
+         "joints": "joint_actions.png"}
 
 
 def _fmt(value, digits: int = 4) -> str:
@@ -52,6 +53,77 @@ def _stage_table(summary: dict[str, dict]) -> str:
     for name, s in summary.items():
         lines.append(f"| {name} | " + " | ".join(_fmt(s["stage_ms_p50"][st], 3) for st in STAGES) + " |")
     return "\n".join(lines)
+
+
+def _critical_table(summary: dict[str, dict]) -> str:
+    lines = ["| strategy | steps in windows | MSE in windows | gripper | acceleration | elsewhere | "
+             "in / elsewhere |", "|---|---|---|---|---|---|---|"]
+    for name, s in summary.items():
+        w = s["critical_windows"]
+        lines.append(f"| {name} | {w['steps']['critical']} | {_fmt(w['mse']['critical'])} | "
+                     f"{_fmt(w['mse']['gripper'])} | {_fmt(w['mse']['acceleration'])} | "
+                     f"{_fmt(w['mse']['elsewhere'])} | {_fmt(w['critical_over_elsewhere'], 3)} |")
+    return "\n".join(lines)
+
+
+def _boundary_table(summary: dict[str, dict]) -> str:
+    lines = ["| strategy | boundaries | jump mean | jump p90 | jump max | overlap RMSE |",
+             "|---|---|---|---|---|---|"]
+    for name, s in summary.items():
+        b = s["chunk_boundary"]
+        lines.append(f"| {name} | {b['boundaries']} | {_fmt(b['jump_mean'])} | "
+                     f"{_fmt(b['jump_p90'])} | {_fmt(b['jump_max'])} | "
+                     f"{_fmt(b['overlap_rmse_mean'])} |")
+    return "\n".join(lines)
+
+
+def _plot_joints(results: dict, path: Path) -> None:
+    """Plot recorded vs predicted actions per joint for the first episode, as GR00T's eval does.
+
+    Each chunk's first k actions are drawn from its inference point (a dot); task-critical
+    steps are shaded.
+    """
+    data = results.get("joint_plot") or {}
+    recorded = [v for v in data.get("recorded", []) if v]
+    dims = max((len(v) for v in recorded), default=0)
+    plt = pyplot()
+    if not dims:
+        fig, ax = plt.subplots(figsize=(6, 2))
+        ax.text(0.5, 0.5, "no step to plot", ha="center", va="center")
+        save_png(fig, path, dpi=100)
+        return
+    joints = results.get("joints") or []
+    names = joints if len(joints) == dims else [f"dim {d}" for d in range(dims)]
+    columns = 1 if dims <= 8 else 2
+    rows = -(-dims // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(11 * columns, 1.9 * rows + 1),
+                             squeeze=False, sharex=True)
+    times = np.asarray(data["time_s"])
+    truth = np.asarray([v or [None] * dims for v in data["recorded"]], dtype=float)  # None: NaN
+    period = float(np.median(np.diff(times))) if len(times) > 1 else 0.1
+    colours = pyplot().rcParams["axes.prop_cycle"].by_key()["color"]
+    for d in range(dims):
+        ax = axes[d % rows, d // rows]
+        for t, tags in zip(times, data["critical"]):
+            if tags:
+                ax.axvspan(t - period / 2, t + period / 2, color="tab:red", alpha=0.08, linewidth=0)
+        ax.plot(times, truth[:, d], color="black", linewidth=1.6, label="recorded")
+        for i, (name, strategy) in enumerate(data["strategies"].items()):
+            colour = colours[i % len(colours)]
+            for j, (t, chunk) in enumerate(zip(strategy["time_s"], strategy["actions"])):
+                chunk = np.asarray(chunk)
+                ax.plot(t + np.arange(len(chunk)) * strategy["dt"], chunk[:, d], color=colour,
+                        linewidth=0.9, alpha=0.8, label=name if j == 0 else None)
+            starts = np.asarray([np.asarray(c)[0, d] for c in strategy["actions"]])
+            ax.scatter(strategy["time_s"], starts, color=colour, s=10, zorder=3,
+                       label=f"{name} inference points" if d == 0 else None)
+        ax.set_ylabel(names[d], fontsize=8)
+    for ax in axes[-1]:
+        ax.set_xlabel("seconds into the episode")
+    axes[0, 0].legend(fontsize=7, loc="upper right")
+    axes[0, 0].set_title(f"{data['bag']} episode {data['episode']}: recorded vs predicted "
+                         f"actions per joint (dots: inference points; shaded: task-critical)")
+    save_png(fig, path, dpi=90)
 
 
 def _plot_latency(results: dict, path: Path) -> None:
@@ -117,12 +189,13 @@ def _plot_recache(results: dict, path: Path) -> None:
 
 
 def write_report(directory: Path, results: dict) -> None:
-    """Write report.md, results.json and the three PNG plots into `directory`."""
+    """Write report.md, results.json and the PNG plots into `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "results.json").write_text(json.dumps(results, indent=1))
     _plot_latency(results, directory / PLOTS["latency"])
     _plot_error(results, directory / PLOTS["error"])
     _plot_recache(results, directory / PLOTS["recache"])
+    _plot_joints(results, directory / PLOTS["joints"])
     config, summary = results["config"], results["summary"]
     episodes = results["episodes"]
     joints = results.get("joints", [])
@@ -152,6 +225,23 @@ def write_report(directory: Path, results: dict) -> None:
         "",
         _per_dim_table(summary, "deviation_from_full", joints),
         "",
+        "## Task-critical windows (action MSE)",
+        "",
+        f"Steps within {config.get('window_s', 0.3)} s of a gripper change or of a large "
+        "acceleration of the recorded actions (above the episode's "
+        f"{config.get('accel_quantile', 0.95)} quantile): where tasks are won or lost. "
+        f"{len(results.get('critical_events', []))} event(s) found.",
+        "",
+        _critical_table(summary),
+        "",
+        "## Chunk boundaries",
+        "",
+        "Between consecutive chunks: the jump (L2) from the old chunk's action to the new "
+        "chunk's first action for the same instant, and the RMS difference over every instant "
+        "both chunks plan for.",
+        "",
+        _boundary_table(summary),
+        "",
         "## Median milliseconds per stage",
         "",
         _stage_table(summary),
@@ -163,6 +253,8 @@ def write_report(directory: Path, results: dict) -> None:
         f"![error over time]({PLOTS['error']})",
         "",
         f"![recache events]({PLOTS['recache']})",
+        "",
+        f"![actions per joint]({PLOTS['joints']})",
         "",
         "## Episodes",
         "",

@@ -113,8 +113,10 @@ def evaluate(
     trained = {}
     if Path(model).is_dir() and family_of(model) == "dysta_vla":
         trained = read_config(model)[1].get("training", {})
-    execute_steps = int(execute_steps or trained.get("frame_stride", 4))
     vla, tokenizer = build_model(model, vlm=vlm)
+    # a LeRobot checkpoint says how many of a chunk's actions it executes (n_action_steps)
+    n_action_steps = getattr(getattr(vla, "spec", None), "n_action_steps", None)
+    execute_steps = int(execute_steps or trained.get("frame_stride") or n_action_steps or 4)
     params = parse_param_overrides(param_overrides or [], sorted({name for name, _ in specs.values()}))
     runtimes = {spec: runtime_around(vla, name, params[name], spec_history or history, tokenizer=tokenizer)
                 for spec, (name, spec_history) in specs.items()}
@@ -128,7 +130,7 @@ def evaluate(
                     run_episode(env, runtime, task, seed, execute_steps, keep_observations=False))
     finally:
         env.close()
-    results = [summarise(spec, params[specs[spec][0]], runs[spec], runtimes[spec].history)
+    results = [summarise(spec, params[specs[spec][0]], runs[spec], runtimes[spec].spec.history)
                for spec in specs]
     baseline = next((r for r in results if specs[r.strategy][0] == "full"), None)
     if baseline is not None:
@@ -138,7 +140,7 @@ def evaluate(
         "model": str(model),
         "task": task,
         "seeds": [seed_start, seed_start + episodes - 1],
-        "history": runtimes[strategies[0]].history,  # of the first row; each row has its own
+        "history": runtimes[strategies[0]].spec.history,  # of the first row; each row has its own
         "execute_steps": execute_steps,
         "learned_dysta": bool(getattr(vla, "has_learned_dysta", False)),
         "results": [asdict(r) for r in results],
@@ -231,7 +233,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated strategies; `name@T` gives one its own history, e.g. full@2")
     parser.add_argument("--history", type=int, default=None, help="frames T (default: the checkpoint's)")
     parser.add_argument("--execute-steps", type=int, default=None,
-                        help="actions executed per chunk (default: the checkpoint's frame stride)")
+                        help="actions executed per chunk (default: the checkpoint's frame stride, "
+                             "a LeRobot checkpoint's n_action_steps)")
     parser.add_argument("--param", action="append", default=[], metavar="STRATEGY.KEY=VALUE",
                         help="strategy parameter override, repeatable (e.g. dysta.delta_l1=0.3)")
     parser.add_argument("--threads", type=int, default=1,

@@ -6,7 +6,6 @@ All decisions (latency compensation, blending, limits, workspace, e-stop, deadma
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 
 import numpy as np
@@ -20,46 +19,15 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from dysta_ros.errors import ConfigError, InputError
-from dysta_ros.execution import (
-    BLENDINGS,
-    EXECUTOR_RANGES,
-    ChunkExecutor,
-    ExecutorConfig,
-    StaleChunkError,
-    describe_excess,
-)
+from dysta_ros.execution import ChunkExecutor, ExecutorConfig, StaleChunkError, describe_excess
 from dysta_ros.msg import ActionChunk
 from dysta_ros.nodes import conversions as conv
 from dysta_ros.nodes import params as P
 from dysta_ros.nodes.diagnostics import ERROR, OK, WARN, StatusBoard, to_message
+from dysta_ros.nodes.executor_params import CONFIG_FIELDS, PARAMS
 from dysta_ros.nodes.spin import run_node
-from dysta_ros.robot import COMMAND_OUTPUTS, load_robot_config
+from dysta_ros.robot import load_robot_config
 
-DEFAULTS = ExecutorConfig()  # the parameters' defaults and ranges are the config's own
-
-
-def config_param(name: str, description: str, **kwargs) -> P.Param:
-    """Return the ROS parameter of ExecutorConfig field `name`: its default and range from there."""
-    low, high = EXECUTOR_RANGES.get(name, (None, None))
-    return P.Param(name, getattr(DEFAULTS, name), description, low=low, high=high, **kwargs)
-
-
-PARAMS = [
-    P.Param("robot", "sim_arm", "robot config name (config/robots/<name>.yaml) or YAML path",
-            read_only=True),
-    config_param("control_rate_hz", "commands per second", read_only=True),
-    config_param("blending", "how overlapping chunks combine", choices=BLENDINGS),
-    config_param("ensemble_decay", "temporal_ensemble: chunk i (0 = oldest) weighs exp(-decay*i)"),
-    config_param("max_chunk_age_s", "deadman: hold when no valid chunk came for this long"),
-    config_param("max_state_age_s", "joint states older than this cannot start motion"),
-    config_param("latency_compensation", "skip actions whose time (stamp + k*dt) has passed"),
-    config_param("command_output", "override the robot config's output", read_only=True,
-                 choices=("",) + COMMAND_OUTPUTS),
-    config_param("dry_run", "log commands instead of publishing them"),
-    P.Param("diagnostic_period_s", 1.0, "seconds between /diagnostics messages", read_only=True,
-            low=0.01, high=60.0),
-]
-CONFIG_FIELDS = {f.name for f in dataclasses.fields(ExecutorConfig)}
 OUTPUT_TYPES = {"joint_trajectory": JointTrajectory, "forward_position": Float64MultiArray,
                 "ee_pose": PoseStamped, "ee_twist": TwistStamped}
 
@@ -103,6 +71,7 @@ class ChunkExecutorNode(Node):
         self.create_timer(self.core.config.period, self.on_tick)
         self.board.set("chunks", WARN, "no chunk yet")
         self.clamps_reported = 0  # clamps already on /diagnostics: a WARN outlives its tick
+        self.ticks_to_trajectory = 0  # joint_trajectory: control ticks until the next one is due
         self.report_workspace()
         self.get_logger().info(f"{self.output} -> {self.robot.command_topics[self.output]} at "
                                f"{values['control_rate_hz']} Hz, blending {values['blending']}"
@@ -175,6 +144,7 @@ class ChunkExecutorNode(Node):
             self.board.set("commands", level, f"holding: {tick.hold_reason}", **self.core.counts)
             if self.holding is None:  # was commanding: stop the controller where it is
                 self.publish_hold(now)
+            self.ticks_to_trajectory = 0  # resuming sends a trajectory at once
             self.holding = tick.hold_reason
             return
         self.holding = None
@@ -189,11 +159,29 @@ class ChunkExecutorNode(Node):
             self.get_logger().info(f"dry run: {self.output} {np.round(tick.command, 4).tolist()}",
                                    throttle_duration_sec=1.0)
             return
-        self.command_pub.publish(self.command_msg(tick.command, now))
+        if self.output == "joint_trajectory":
+            self.publish_trajectory(tick.command, now)
+        else:
+            self.command_pub.publish(self.command_msg(tick.command, now))
+
+    def publish_trajectory(self, command: np.ndarray, now: float):
+        """Send the plan ahead (`ChunkExecutor.lookahead`) at trajectory_rate_hz, from this tick's command.
+
+        Counted in control ticks (every round(control_rate / trajectory_rate)-th, at least every
+        one), so each trajectory starts at most that many ticks of velocity from the last one's
+        start, however the clock runs. Stamped `now`: point j is for `now + (j + 1) * period`, so a
+        controller that starts it later (transport) skips what has passed, as for any trajectory.
+        """
+        self.ticks_to_trajectory -= 1
+        if self.ticks_to_trajectory > 0:
+            return
+        config = self.core.config
+        self.ticks_to_trajectory = max(1, round(config.control_rate_hz / config.trajectory_rate_hz))
+        points = self.core.lookahead(now, command)
+        times = [(j + 1) * config.period for j in range(len(points))]
+        self.command_pub.publish(conv.trajectory_msg(self.robot.joints, points, times, now))
 
     def command_msg(self, command: np.ndarray, now: float):
-        if self.output == "joint_trajectory":
-            return conv.trajectory_msg(self.robot.joints, command[None, :], [self.core.config.period])
         if self.output == "forward_position":
             return Float64MultiArray(data=command.tolist())
         if self.output == "ee_pose":

@@ -39,6 +39,7 @@ from dysta_ros.nodes import chunk_executor, policy_node
 from dysta_ros.nodes.conversions import CAMERA_QOS, ESTOP_QOS, LATCHED_QOS, RELIABLE_QOS, SIM_TIME, to_seconds
 from dysta_ros.nodes.image_conversion import image_to_rgb
 from dysta_ros.nodes.run import node_values, to_parameters
+from dysta_ros.nodes.service_calls import call_service, wait_for
 from dysta_ros.nodes.sim_node import OUTCOME_TOPIC, SimNode
 from dysta_ros.nodes.spin import share_the_gil_finely
 
@@ -118,16 +119,7 @@ class DemoSession:
 
     # --- services ---------------------------------------------------------------------------------
     def call(self, client, request, what: str):
-        if not client.wait_for_service(timeout_sec=SERVICE_TIMEOUT_S):
-            raise TimeoutError(f"{what}: service {client.srv_name} did not appear "
-                               f"in {SERVICE_TIMEOUT_S:.0f} s")
-        future = client.call_async(request)
-        deadline = time.monotonic() + SERVICE_TIMEOUT_S
-        while not future.done():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{what}: no reply from {client.srv_name}")
-            time.sleep(0.005)
-        return future.result()
+        return call_service(client, request, what, SERVICE_TIMEOUT_S)
 
     def set_parameters(self, client, what: str, **values) -> None:
         request = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg()
@@ -181,13 +173,13 @@ class DemoSession:
             self.episode_number = json.loads(reply.message)["episode"]
             self.reset_stamp = self.node.get_clock().now().nanoseconds * 1e-9
             self.record, self.started = record, time.monotonic()
-        self.wait_for(lambda: bool(record.frames), "a camera frame after the reset", 10.0)
+        wait_for(lambda: bool(record.frames), "a camera frame after the reset", 10.0)
         self.call(self.clear_estop, Trigger.Request(), "chunk_executor clear_estop")
         if learned:
             self.transition(Transition.TRANSITION_ACTIVATE)
         try:
             # On a busy machine the sim runs slower than the wall clock: wait as long as frames come.
-            self.wait_for(lambda: self.outcome is not None, "the episode outcome", STALL_TIMEOUT_S,
+            wait_for(lambda: self.outcome is not None, "the episode outcome", STALL_TIMEOUT_S,
                           lambda: progress.set_postfix_str(self.progress_line(record), refresh=True),
                           alive=lambda: len(record.frames))
         finally:
@@ -207,21 +199,6 @@ class DemoSession:
             line += f" | step {last.total_ms:.0f} ms | tokens {last.context_tokens}"
         return line
 
-    def wait_for(self, condition, what: str, timeout_s: float, on_wait=None, alive=None) -> None:
-        """Wait until `condition()`; raise TimeoutError after `timeout_s` without progress.
-
-        Progress is `condition()` turning true, or (with `alive`) a change of `alive()`.
-        """
-        deadline, last = time.monotonic() + timeout_s, alive() if alive else None
-        while not condition():
-            if alive is not None and alive() != last:
-                deadline, last = time.monotonic() + timeout_s, alive()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"waited {timeout_s:.0f} s for {what}")
-            if on_wait is not None:
-                on_wait()
-            time.sleep(0.1)
-
     def close(self) -> None:
         self.hold()
         self.executor.shutdown()
@@ -239,7 +216,7 @@ def run_episodes(args: argparse.Namespace, runs: list[tuple[str, str, int]]) -> 
     session = None
     try:
         session = DemoSession(args)
-        session.wait_for(lambda: session.estop.get_subscription_count() > 0, "chunk_executor", 30.0)
+        wait_for(lambda: session.estop.get_subscription_count() > 0, "chunk_executor", 30.0)
         episodes = []
         with tqdm(total=len(runs), desc="demo", unit="episode") as progress:
             for policy, strategy, seed in runs:

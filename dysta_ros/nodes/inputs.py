@@ -176,6 +176,11 @@ class LatestInputs:
         with self._lock:
             self._instruction = text
 
+    def state_stamp(self) -> float | None:
+        """Return the stamp of the joint state held (None before the first)."""
+        with self._lock:
+            return None if self._state is None else self._state.stamp
+
     @property
     def instruction(self) -> str:
         with self._lock:

@@ -114,9 +114,11 @@ def measure(args) -> dict:
     from dysta_ros.msg import ActionChunk
     from dysta_ros.nodes import conversions as conv
     from dysta_ros.nodes.spin import share_the_gil_finely
+    from dysta_ros.nodes.transport import use_large_frame_transport
 
     topics = [f"/latency/cam{i}/image_raw" for i in range(args.cameras)]
     share_the_gil_finely()  # the probe and policy_node share this process
+    use_large_frame_transport()  # the probe's camera frames, and policy_node (a child) inherits it
     rclpy.init()
     node = rclpy.create_node("latency_probe")
     publish = camera_publisher(node, topics, args.width, args.height)

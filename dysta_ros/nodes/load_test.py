@@ -29,6 +29,10 @@ from dysta_ros.nodes.latency import (
 from dysta_ros.plots import pyplot, save_png
 
 
+# policy_node's per-camera counters (see nodes/inputs.py) this report takes from /diagnostics
+COUNTS = ("received", "used", "dropped", "missed", "out_of_order")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_load_arguments(parser, cameras=3, seconds=300.0, strategy="full")
     # 128 px frames, 8 history frames: the tiny model takes longer per step than a camera period.
@@ -62,9 +66,11 @@ def measure(args) -> dict:
     from dysta_ros.msg import ActionChunk
     from dysta_ros.nodes import conversions as conv
     from dysta_ros.nodes.spin import share_the_gil_finely
+    from dysta_ros.nodes.transport import use_large_frame_transport
 
     topics = [f"/load/cam{i}/image_raw" for i in range(args.cameras)]
     share_the_gil_finely()  # the probe and policy_node share this process
+    use_large_frame_transport()  # the probe's camera frames, and policy_node (a child) inherits it
     rclpy.init()
     node = rclpy.create_node("load_probe")
     publish = camera_publisher(node, topics, args.width, args.height)
@@ -83,8 +89,7 @@ def measure(args) -> dict:
                 values = {kv.key: kv.value for kv in status.values}
                 for topic in topics:
                     if f"{topic}.received" in values:
-                        counts[topic] = {k: int(values[f"{topic}.{k}"])
-                                         for k in ("received", "dropped", "out_of_order")}
+                        counts[topic] = {k: int(values[f"{topic}.{k}"]) for k in COUNTS}
 
     def on_timer():
         sent["frames"] = publish() - sent["base"]
@@ -131,6 +136,8 @@ def summarise(args, chunks, memory, counts, start_counts, frames_sent, alive) ->
     for topic, c in counts.items():
         base = start_counts.get(topic, {k: 0 for k in c})
         cameras[topic] = {k: c[k] - base[k] for k in c}
+        # Each camera served: the share of its frames that reached the node's callback.
+        cameras[topic]["delivered"] = cameras[topic]["received"] / frames_sent if frames_sent else 0.0
     return {
         "config": vars(args), "alive": alive, "seconds": args.seconds, "frames_sent_per_camera": frames_sent,
         "chunks": len(chunks), "steps_per_s": len(chunks) / args.seconds,
@@ -174,11 +181,23 @@ def plot(report: dict, path: Path):
     save_png(fig, path, dpi=100)
 
 
+def camera_table(report: dict) -> str:
+    """Return the per-camera delivery table (markdown), as README shows it."""
+    # (`missed`, read from stamp gaps, stays in load.json: a publisher's timer jitter blurs it;
+    # received / sent is exact)
+    lines = ["| camera | sent | received | delivered | used | dropped |", "|---|---|---|---|---|---|"]
+    for topic, c in sorted(report["cameras"].items()):
+        lines.append(f"| `{topic}` | {report['frames_sent_per_camera']} | {c['received']} | "
+                     f"{100 * c['delivered']:.1f} % | {c['used']} | {c['dropped']} |")
+    return "\n".join(lines)
+
+
 def run(args) -> int:
     """Measure, write the report, print the figures."""
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     report = measure(args)
     print(json.dumps({k: v for k, v in report.items() if k not in ("series", "config")}, indent=1))
+    print(camera_table(report))
     write_report(report, args.out, "load", plot)
     return 0 if report["alive"] else 1
 

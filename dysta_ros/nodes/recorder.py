@@ -11,7 +11,6 @@ Messages are written as the raw CDR bytes that arrived, stamped with their recei
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import threading
@@ -21,23 +20,20 @@ import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from std_msgs.msg import Bool, String
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
 from dysta_ros.bags.rosbag import BagWriter, TopicQos
 from dysta_ros.errors import BagError, ConfigError
-from dysta_ros.nodes.conversions import ESTOP_QOS, SIM_TIME
+from dysta_ros.nodes.conversions import SIM_TIME
 from dysta_ros.nodes.bag_player import message_class
+from dysta_ros.nodes.episode_driver import EPISODE_TOPIC, LATCHED_QOS, EpisodeDriver, record_episodes
 from dysta_ros.nodes.spin import share_the_gil_finely
 from dysta_ros.robot import load_robot_config
 
-EPISODE_TOPIC = "/dysta/episode"  # the recorder's own start/end events, JSON in std_msgs/String
 OUTCOME_TOPIC = "/dysta/episode_outcome"
 INSTRUCTION_TOPIC = "/dysta/instruction"
 LATCHED = {INSTRUCTION_TOPIC, OUTCOME_TOPIC, EPISODE_TOPIC}
 SENSORS_QOS = qos_profile_sensor_data  # best effort: matches best-effort and reliable publishers
-LATCHED_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
-                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
 RELIABLE_QOS = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 
 
@@ -114,69 +110,6 @@ class RecorderNode(Node):
             self.counts[topic] += 1
 
 
-class EpisodeDriver(Node):
-    """Start sim episodes one after another and mark their start and outcome on /dysta/episode."""
-
-    def __init__(self, set_seed):
-        super().__init__("episode_driver")
-        self._set_seed = set_seed  # the sim's next episode uses its `seed` parameter
-        self._events = self.create_publisher(String, EPISODE_TOPIC, LATCHED_QOS)
-        self._reset = self.create_client(_trigger_type(), "/sim_node/reset")
-        # Between episodes the executor is held, as an operator would: the last episode's plan
-        # must not drive the arm of the next (it would head for where the old target was).
-        self._estop = self.create_publisher(Bool, "/dysta/estop", ESTOP_QOS)
-        self._clear_estop = self.create_client(_trigger_type(), "/dysta/clear_estop")
-        self.outcomes: dict[int, dict] = {}
-        self.create_subscription(String, OUTCOME_TOPIC, self._on_outcome, LATCHED_QOS)
-
-    def _on_outcome(self, msg: String) -> None:
-        outcome = json.loads(msg.data)
-        self.outcomes[int(outcome.get("episode", -1))] = outcome
-
-    def run_episode(self, index: int, seed: int, timeout_s: float) -> dict:
-        """Reset the sim, mark the start, wait for the outcome (or the timeout), mark the end."""
-        self._set_seed(seed)
-        self._estop.publish(Bool(data=True))
-        response = self._call(self._reset, "sim_node's ~/reset")
-        if not response.success:
-            raise ConfigError(f"sim reset failed: {response.message}")
-        started = json.loads(response.message)
-        self._call(self._clear_estop, "chunk_executor's /dysta/clear_estop")
-        self._events.publish(String(data=json.dumps({"event": "start", "index": index, **started})))
-        sim_episode = int(started["episode"])
-        finished = _wait(lambda: sim_episode in self.outcomes, timeout_s)
-        outcome = self.outcomes.get(sim_episode) or {"success": False, "reason": "timeout"}
-        self._events.publish(String(data=json.dumps({"event": "end", "index": index, **outcome})))
-        return outcome if finished else {**outcome, "reason": "timeout"}
-
-
-    def _call(self, client, what: str):
-        """Call a Trigger service (spun by the main thread) and return its response."""
-        if not client.wait_for_service(timeout_sec=30.0):
-            raise ConfigError(f"{what} service did not appear within 30 s")
-        future = client.call_async(_trigger_type().Request())
-        _wait(future.done, 30.0)
-        if future.result() is None:
-            raise ConfigError(f"{what}: no answer")
-        return future.result()
-
-
-def _trigger_type():
-    from std_srvs.srv import Trigger
-
-    return Trigger
-
-
-def _wait(condition, timeout_s: float) -> bool:
-    """Wait (the main thread spins the executor) until condition() or the timeout."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add `dysta-ros record` arguments."""
     parser.add_argument("--out", required=True, help="bag directory to create")
@@ -219,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
             for node in nodes:
                 executor.add_node(node)
             if args.task is not None:
-                worker = threading.Thread(target=_record_episodes, args=(nodes[-1], args, outcome),
+                worker = threading.Thread(target=record_episodes, args=(nodes[-1], args, outcome),
                                           daemon=True)
                 worker.start()
                 while worker.is_alive():
@@ -283,19 +216,3 @@ def _sim_nodes(args) -> list[Node]:
         Parameter("robot", value=args.robot), SIM_TIME])
     driver = EpisodeDriver(lambda seed: sim.set_parameters([Parameter("seed", value=seed)]))
     return [sim, executor_node, driver]
-
-
-def _record_episodes(driver: EpisodeDriver, args, outcome: dict) -> None:
-    """Run the episodes (on a worker thread while the main thread spins); set outcome['status']."""
-    successes = 0
-    try:
-        for index in range(args.episodes):
-            result = driver.run_episode(index, args.seed + index, args.episode_timeout)
-            successes += bool(result.get("success"))
-            print(f"episode {index + 1}/{args.episodes}: {result.get('reason', '?')} "
-                  f"({'success' if result.get('success') else 'failure'})", flush=True)
-    except ConfigError as exc:
-        print(f"dysta-ros record: {exc}", file=sys.stderr)
-        outcome["status"] = 1
-        return
-    print(f"{successes}/{args.episodes} episodes succeeded")

@@ -165,6 +165,7 @@ def run(args) -> int:
 
     from dysta_ros.nodes import chunk_executor, policy_node, robot_link
     from dysta_ros.nodes.spin import share_the_gil_finely, spin_nodes
+    from dysta_ros.nodes.transport import use_large_frame_transport
 
     role = ROLES[getattr(args, "role", "both")]
     try:
@@ -175,6 +176,7 @@ def run(args) -> int:
         print(f"dysta-ros run: {exc}", file=sys.stderr)
         return 2
     share_the_gil_finely()  # the nodes share this process
+    use_large_frame_transport()
     rclpy.init()
     makers = {"policy_node": policy_node.PolicyNode, "chunk_executor": chunk_executor.ChunkExecutorNode,
               "robot_link": robot_link.RobotLinkNode}

@@ -10,6 +10,7 @@ import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 
 from dysta_ros.errors import ConfigError
+from dysta_ros.nodes.transport import use_large_frame_transport
 
 REFUSED_EXIT_CODE = 2  # a configuration refused at start-up (as argparse exits on a bad argument)
 GIL_SWITCH_INTERVAL_S = 0.0005
@@ -37,6 +38,7 @@ def refuse_to_start(name: str, exc: ConfigError) -> int:
 def run_node(name: str, make_node, executor_class=MultiThreadedExecutor, args=None) -> int:
     """Start the node `make_node()` makes and spin it; a refused configuration exits 2, no traceback."""
     share_the_gil_finely()
+    use_large_frame_transport()
     rclpy.init(args=args)
     try:
         node = make_node()

@@ -7,6 +7,7 @@ the joint state, and for every step the expert's next `horizon` joint targets (t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,8 @@ class Demo:
     instruction: str
     task: str
     source: str  # "sim:reach:7" or the bag path and episode index
+    # pixels above are the own VLA's view; a SmolVLA demo holds the raw frames (N, C, H, W, 3)
+    # uint8 instead, preprocessed per batch by SmolVLA's own code (training/smolvla.py)
 
     def __len__(self) -> int:
         return len(self.states)
@@ -53,12 +56,15 @@ def collect_sim_demos(
     seed_start: int = 0,
     action_noise: float = 0.03,
     render_size: int = 128,
+    frames: Callable[[Observation], np.ndarray] | None = None,
 ) -> list[Demo]:
     """Run the scripted expert for `episodes` seeds per task, perturbing what it executes.
 
     The label is always the expert's clean plan from the measured state; the executed target
     gets seeded Gaussian noise (std drawn per episode up to `action_noise` rad), so the demos
     cover the states a learned policy drifts into and show how to recover from them.
+    `frames` (observation -> uint8 array) replaces what is stored per step as pixels; by
+    default the own VLA's preprocessed view of `camera_names`.
     """
     from dysta_ros.sim.env import SimConfig, SimEnv
     from dysta_ros.sim.expert import ExpertConfig, ScriptedExpert
@@ -75,7 +81,8 @@ def collect_sim_demos(
             observation = env.reset(task, seed)
             pixels, states, chunks = [], [], []
             while not env.outcome.done:
-                image, state = observation_pixels(observation, camera_names, image_size, joints)
+                image, state = observation_pixels(observation, camera_names, image_size, joints) \
+                    if frames is None else (frames(observation), observation.state.astype(np.float32))
                 plan = expert.plan(state.astype(np.float64), horizon)  # (H, 6)
                 pixels.append(image)
                 states.append(state)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from dysta_ros.tokens import parse_param_overrides
 from dysta_ros.tokens.dysta import DystaParams, layout_params
 from dysta_ros.training.data import Demo, bag_demos, collect_sim_demos, normalisation_stats
 from dysta_ros.training.objectives import WindowSampler, training_losses
+from dysta_ros.training.schedule import learning_rate
 
 STATE_JSON, STATE_TENSORS, LOG_JSON, CURVES_PNG = (
     "training_state.json", "training_state.safetensors", "train_log.json", "training.png")
@@ -87,14 +87,6 @@ class TrainConfig:
         """The fields that decide the model and the data; a resume must not change them."""
         free = ("out", "steps", "save_every", "threads")  # a run may be moved or extended
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in free}
-
-
-def learning_rate(cfg: TrainConfig, step: int) -> float:
-    """Linear warm-up, then cosine decay to a tenth of lr at cfg.steps."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def load_demos(cfg: TrainConfig, model_cfg):
@@ -266,6 +258,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--bags", nargs="+", metavar="BAG", help="rosbag2 files of expert episodes")
     source.add_argument("--sim-episodes", type=int, metavar="N", help="expert episodes per task from the sim")
     parser.add_argument("--task", default="reach", help="comma-separated sim tasks (reach,memory)")
+    parser.add_argument("--family", choices=("dysta_vla", "smolvla"), default="dysta_vla",
+                        help="dysta_vla: this package's VLA with DySta's learned parts; smolvla: a "
+                             "SmolVLA-architecture policy on the sim arm, saved in LeRobot's checkpoint "
+                             "format (LeRobot's flow-matching objective; --set vision.KEY / text.KEY / "
+                             "policy.KEY / scale_factor change its shape)")
+    parser.add_argument("--vlm", default=None, metavar="DIR",
+                        help="smolvla: a backbone dir whose tokenizer (tokenizer.json, "
+                             "tokenizer_config.json) the policy uses; copied into OUT/vlm")
     parser.add_argument("--preset", default="tiny", help="model preset to start from")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="model config override, repeatable (e.g. vision.patch_size=8)")
@@ -297,12 +297,45 @@ def check_out(out: str, resume: bool, force: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         check_out(args.out, args.resume, args.force)
+        if args.family == "smolvla":
+            return run_smolvla(args)
         cfg = train_config(args)
         record = Trainer(cfg, resume=args.resume).run()
     except DystaError as exc:  # a bad flag, bag, checkpoint or resume state: one line, not a traceback
         print(f"dysta-ros train: {exc}", file=sys.stderr)
         return exit_status(exc)
     print(json.dumps({"out": cfg.out, **record}))
+    return 0
+
+
+def run_smolvla(args: argparse.Namespace) -> int:
+    """`--family smolvla`: sim demos with the raw camera frames, then LeRobot's objective and layout."""
+    from dysta_ros.sim.env import CAMERAS
+    from dysta_ros.training.smolvla import SmolVLATrainConfig, SmolVLATrainer, apply_shape_overrides, \
+        SIM_REACH_SHAPE, raw_frames, vlm_config
+
+    for flag, given in (("--bags", args.bags), ("--resume", args.resume), ("--param", args.param)):
+        if given:
+            raise ConfigError(f"{flag}: not available with --family smolvla (sim demos, one fresh run)")
+    if not args.vlm:
+        raise ConfigError("--vlm DIR: --family smolvla needs a backbone dir with tokenizer.json "
+                          "(e.g. test/data/smolvla_tiny/vlm)")
+    tasks = [t for t in args.task.split(",") if t]
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown or args.sim_episodes < 1:
+        raise ConfigError(f"--task / --sim-episodes: unknown tasks {unknown} or no episodes "
+                          f"({args.sim_episodes}); tasks: {', '.join(TASKS)}")
+    cfg = SmolVLATrainConfig(out=args.out, tokenizer_dir=args.vlm, overrides=parse_overrides(args.overrides),
+                             steps=args.steps, batch=args.batch, lr=args.lr, warmup=args.warmup,
+                             weight_decay=args.weight_decay, seed=args.seed, threads=args.threads)
+    shape = apply_shape_overrides(SIM_REACH_SHAPE, cfg.overrides)  # a bad --set or --vlm fails
+    vlm_config(shape, Path(args.vlm))                                # before the demos are made
+    cameras = list(CAMERAS)
+    demos = collect_sim_demos(tasks, args.sim_episodes, cameras, 0, shape["policy"]["chunk_size"],
+                              seed_start=args.sim_seed_start, action_noise=args.action_noise,
+                              frames=raw_frames(cameras))
+    record = SmolVLATrainer(cfg, demos, cameras).run()
+    print(json.dumps({"out": cfg.out, "episodes": len(demos), **record}))
     return 0
 
 

@@ -126,3 +126,23 @@ def test_cli_json_and_a_damaged_bag(bag, tmp_path):
                             text=True, timeout=300)
     assert result.returncode == 1
     assert str(damaged) in result.stderr and "Traceback" not in result.stderr
+
+
+def test_eval_reports_critical_windows_chunk_boundaries_and_per_joint_plots(results):
+    values, report = results
+    for name in ("full", "dysta", "vla_cache"):
+        summary = values["summary"][name]
+        windows, boundary = summary["critical_windows"], summary["chunk_boundary"]
+        assert windows["steps"]["critical"] + windows["steps"]["elsewhere"] == 10
+        # the expert's actions accelerate: steps near it lie in windows (5 steps: most of them)
+        assert windows["steps"]["critical"] > 0 and windows["mse"]["critical"] is not None
+        assert boundary["boundaries"] == 8  # 5 steps in each of 2 episodes, chunks overlapping
+        assert boundary["jump_mean"] >= 0 and len(boundary["jump_per_dim"]) == 6
+    assert {e["kind"] for e in values["critical_events"]} <= {"gripper", "acceleration"}
+    assert values["critical_events"]
+    plot = values["joint_plot"]
+    assert len(plot["time_s"]) == 5 and len(plot["strategies"]["full"]["actions"]) == 5
+    text = (report / "report.md").read_text()
+    assert "## Task-critical windows" in text and "## Chunk boundaries" in text
+    image = matplotlib.image.imread(report / "joint_actions.png")
+    assert image.shape[0] > 400  # one row per joint

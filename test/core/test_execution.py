@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from dysta_ros.errors import ConfigError, InputError
 from dysta_ros.execution import (
     ChunkBlender, ChunkExecutor, ExecutorConfig, StaleChunkError, TimedChunk, clip_to_limits,
-    clip_to_workspace, describe_excess, limit_trajectory, prepare_actions, weighted_mean,
+    clip_to_workspace, describe_excess, limit_path, prepare_actions, weighted_mean,
 )
 from dysta_ros.robot import RobotConfig, Workspace, load_robot_config
 from dysta_ros.types import ActionChunk
@@ -147,6 +147,44 @@ def test_targets_clip_to_position_and_velocity_limits(robot):
     for k in range(1, 40):
         tick = executor.tick(now=0.1 * k)
     np.testing.assert_allclose(tick.command, robot.upper)  # then the position limit
+
+
+def test_the_trajectory_lookahead_is_the_blended_plan_ahead_within_the_limits(robot):
+    config = ExecutorConfig(control_rate_hz=20.0, blending="latest", trajectory_lookahead_s=0.3)
+    executor = ChunkExecutor(config, robot)
+    executor.on_joint_state(JOINTS, [0.0] * 6, now=0.0)
+    executor.on_chunk(ramp_chunk(0.0, horizon=20, slope=0.01), now=0.0)  # joint k*0.01 at 0.1 k s
+    tick = executor.tick(now=0.0)
+    points = executor.lookahead(0.0, tick.command)  # (6, 6): 0.3 s at 20 Hz
+    assert points.shape == (6, 6)
+    np.testing.assert_allclose(points[0], tick.command)
+    # point j is the plan at (j + 1) periods from now: a ramp of 0.01 per 0.1 s
+    np.testing.assert_allclose(points[:, 0], 0.01 * (np.arange(1, 7) * 0.05) / 0.1, atol=1e-9)
+    # A plan out of reach: every point one period of velocity from the one before, within limits.
+    far = ExecutorConfig(control_rate_hz=20.0, blending="latest", trajectory_lookahead_s=1.0)
+    executor = ChunkExecutor(far, robot)
+    executor.on_joint_state(JOINTS, list(robot.lower + 0.01), now=0.0)
+    executor.on_chunk(ramp_chunk(0.0, horizon=50, offset=100.0), now=0.0)
+    tick = executor.tick(now=0.0)
+    points = executor.lookahead(0.0, tick.command)
+    steps = np.diff(np.vstack([robot.lower + 0.01, points]), axis=0)
+    assert len(points) == 20 and np.all(np.abs(steps) <= robot.max_velocity * 0.05 + 1e-9)
+    assert np.all(points >= robot.lower) and np.all(points <= robot.upper)
+    np.testing.assert_allclose(steps[1:], np.tile(robot.max_velocity * 0.05, (19, 1)))  # it does move
+    # The plan runs out: the trajectory stops where the plan does (0.4 s left -> 8 points).
+    executor.on_chunk(ramp_chunk(4.5, horizon=10), now=4.5)
+    executor.on_joint_state(JOINTS, [0.0] * 6, now=5.0)
+    tick = executor.tick(now=5.0)
+    assert len(executor.lookahead(5.0, tick.command)) == 8
+
+
+def test_a_zero_lookahead_sends_the_one_command():
+    robot = load_robot_config("sim_arm")
+    executor = ChunkExecutor(ExecutorConfig(control_rate_hz=20.0, trajectory_lookahead_s=0.0), robot)
+    executor.on_joint_state(JOINTS, [0.0] * 6, now=0.0)
+    executor.on_chunk(ramp_chunk(0.0, horizon=20, slope=0.01), now=0.0)
+    tick = executor.tick(now=0.0)
+    np.testing.assert_allclose(executor.lookahead(0.0, tick.command), tick.command[None, :])
 
 
 @settings(max_examples=60, deadline=None)
@@ -482,7 +520,12 @@ def test_executor_sends_a_unit_quaternion_when_chunks_disagree_in_sign():
     assert np.linalg.norm(command[3:]) == pytest.approx(1.0) and same_rotation(command[3:], Q)
 
 
-# publish_trajectory's chunks: the executor's limits on every point -------------------------
+# A path of joint targets (a chunk's, the lookahead's): the executor's limits on every point -----
+
+
+def limit_trajectory(chunk, start, robot):
+    """A chunk's actions, validated and in the robot's joint order, held to the limits from `start`."""
+    return limit_path(prepare_actions(chunk, robot.joints, "joint_position"), start, chunk.dt, robot)
 
 
 def test_trajectory_points_keep_to_the_limits_from_the_measured_state(robot):

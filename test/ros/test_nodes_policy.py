@@ -24,7 +24,7 @@ from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image, JointState  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
-from dysta_ros.execution import limit_trajectory  # noqa: E402
+from dysta_ros.execution import TimedChunk, limit_path  # noqa: E402
 from dysta_ros.msg import ActionChunk, TokenStats  # noqa: E402
 from dysta_ros.nodes import conversions as conv  # noqa: E402
 from dysta_ros.nodes.image_conversion import rgb_to_image  # noqa: E402
@@ -116,6 +116,38 @@ def chunk_stamps(probe):
     return {conv.to_seconds(c.header.stamp) for c in probe.chunks}
 
 
+def executor_node(**values):
+    """chunk_executor composed into the test's process, as `dysta-ros run` composes it."""
+    from dysta_ros.nodes.chunk_executor import ChunkExecutorNode
+
+    values = {"diagnostic_period_s": 0.1, "blending": "latest", "max_state_age_s": 5.0, **values}
+    return ChunkExecutorNode(parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
+
+
+def planned_points(trajectory, chunk, start, robot, period):
+    """The points chunk_executor sends from `start` on `chunk` alone (blending latest).
+
+    Point j is the chunk's plan at the trajectory's stamp + (j + 1) periods (action k is for
+    the observation stamp + k dt), then held to the limits: the first from `start`, each from
+    the one before. Returns (the limited points, the plan they were limited from).
+    """
+    actions = np.array(conv.msg_to_chunk(chunk).actions, dtype=np.float64)  # chunk.names == JOINTS
+    timed = TimedChunk(conv.to_seconds(chunk.header.stamp), chunk.dt, actions, 0.0)
+    now = conv.to_seconds(trajectory.header.stamp)
+    plan = np.array([timed.sample(now + (j + 1) * period) for j in range(len(trajectory.points))])
+    return limit_path(plan, start, period, robot)[0], plan
+
+
+def explaining_chunk(probe, trajectory, start, robot, period):
+    """Return the chunk whose plan, from `start`, gives exactly this trajectory (None if none does)."""
+    points = np.array([p.positions for p in trajectory.points])
+    for chunk in probe.chunks:
+        expected, plan = planned_points(trajectory, chunk, start, robot, period)
+        if np.allclose(points, expected, rtol=0, atol=1e-9):
+            return chunk, plan
+    return None
+
+
 @pytest.fixture
 def ros():
     rclpy.init()
@@ -204,10 +236,12 @@ def test_compressed_camera_with_autostart_survives_a_corrupt_jpeg(ros):
     node = PolicyNode(parameter_overrides=[
         Parameter("autostart", value=True), Parameter("camera_topics", value=[topic]),
         Parameter("strategy", value="full"), Parameter("diagnostic_period_s", value=0.1),
-        Parameter("max_image_age_s", value=2.0), Parameter("inference_rate_hz", value=50.0),
-        Parameter("publish_trajectory", value=True)])
+        Parameter("max_image_age_s", value=2.0), Parameter("inference_rate_hz", value=50.0)])
+    executor = executor_node()
     probe = Probe(topic, CompressedImage)
     probe.spin.add_node(node)
+    probe.spin.add_node(executor)
+    robot, period = load_robot_config("sim_arm"), executor.core.config.period
     ok, jpeg = cv2.imencode(".jpeg", RNG.integers(0, 255, (48, 64, 3), dtype=np.uint8))
     assert ok
 
@@ -224,15 +258,14 @@ def test_compressed_camera_with_autostart_survives_a_corrupt_jpeg(ros):
         future = get_state.call_async(GetState.Request())
         assert spin_until(probe.spin, future.done)
         assert future.result().current_state.label == "active"
-        probe.publishing_until(good, lambda: len(probe.chunks) >= 1 and probe.commands)
-        # publish_trajectory: the chunk as a JointTrajectory, stamped with the observation, held
-        # to the joint limits from the measured state (test_trajectory_... below forces clamps)
-        trajectory = probe.commands[0]
-        chunk = next(c for c in probe.chunks if c.header.stamp == trajectory.header.stamp)
+        probe.publishing_until(good, lambda: len(probe.chunks) >= 1 and any(c.points for c in probe.commands))
+        # The composed executor sends the plan of a chunk ahead as a JointTrajectory: the
+        # lookahead's points, held to the joint limits from the measured state (the first
+        # trajectory) (test_trajectories_... below forces clamps).
+        trajectory = next(c for c in probe.commands if c.points)
         assert trajectory.joint_names == JOINTS
-        assert len(trajectory.points) == chunk.horizon
-        expected, _ = limit_trajectory(conv.msg_to_chunk(chunk), probe.state(), load_robot_config("sim_arm"))
-        np.testing.assert_allclose(trajectory.points[1].positions, expected[1], rtol=1e-12)
+        assert len(trajectory.points) == round(executor.core.config.trajectory_lookahead_s / period)
+        assert explaining_chunk(probe, trajectory, probe.state(), robot, period) is not None
         bad = probe.publishing_until(corrupt, lambda: (s := probe.status("inputs")) is not None
                                      and s[0] == 2 and "truncated JPEG" in s[1])
         assert not chunk_stamps(probe) & set(bad)
@@ -258,7 +291,9 @@ def test_compressed_camera_with_autostart_survives_a_corrupt_jpeg(ros):
     finally:
         node.close()
         probe.spin.remove_node(node)
+        probe.spin.remove_node(executor)
         node.destroy_node()
+        executor.destroy_node()
         probe.close()
 
 
@@ -308,6 +343,7 @@ def test_a_value_refused_at_start_up_fails_configure_until_it_is_set(ros):
 
 
 def test_trajectories_keep_to_the_joint_limits_and_stop_on_estop(ros):
+    """policy_node's chunks reach the robot through chunk_executor only, composed in one process."""
     from std_msgs.msg import Bool
     from std_srvs.srv import Trigger
 
@@ -317,33 +353,46 @@ def test_trajectories_keep_to_the_joint_limits_and_stop_on_estop(ros):
     node = PolicyNode(parameter_overrides=[
         Parameter("autostart", value=True), Parameter("strategy", value="full"),
         Parameter("diagnostic_period_s", value=0.1), Parameter("max_image_age_s", value=2.0),
-        Parameter("inference_rate_hz", value=50.0), Parameter("publish_trajectory", value=True)])
+        Parameter("inference_rate_hz", value=50.0)])
+    executor = executor_node()
+    period = executor.core.config.period
     probe = Probe()
     probe.positions = list((robot.lower + 0.05)[::-1])  # the arm at its lower limits: far from any plan
     probe.spin.add_node(node)
+    probe.spin.add_node(executor)
     estop = probe.node.create_publisher(Bool, "/dysta/estop", conv.ESTOP_QOS)
 
     def moving():
         return [c for c in probe.commands if c.points]
 
+    def executor_status(name):
+        for array in reversed(probe.diagnostics):
+            for status in array.status:
+                if status.name == f"chunk_executor: {name}":
+                    return status.level[0], status.message
+        return None
+
     try:
         probe.publishing_until(good_frame, lambda: len(moving()) >= 2)
-        clamped = 0
+        # The first trajectory starts from the measured state, on one chunk's plan, exactly.
+        first = moving()[0]
+        chunk, plan = explaining_chunk(probe, first, probe.state(), robot, period)
+        points = np.array([p.positions for p in first.points])  # (N, 6)
+        clamped = int(np.sum(np.any(np.abs(points - plan) > 1e-12, axis=1)))
         for trajectory in moving():
-            chunk = next(c for c in probe.chunks if c.header.stamp == trajectory.header.stamp)
-            expected, count = limit_trajectory(conv.msg_to_chunk(chunk), probe.state(), robot)
-            points = np.array([p.positions for p in trajectory.points])  # (H, 6)
-            np.testing.assert_allclose(points, expected, rtol=0, atol=1e-12)
-            steps = np.diff(np.vstack([probe.state(), points]), axis=0)
-            assert np.all(np.abs(steps) <= robot.max_velocity * chunk.dt + 1e-9)
+            points = np.array([p.positions for p in trajectory.points])  # (N, 6)
+            steps = np.diff(points, axis=0)
+            assert np.all(np.abs(steps) <= robot.max_velocity * period + 1e-9)
             assert np.all(points >= robot.lower) and np.all(points <= robot.upper)
-            clamped += count
+        first_step = np.array(first.points[0].positions) - probe.state()
+        assert np.all(np.abs(first_step) <= robot.max_velocity * period + 1e-9)
         assert clamped > 0  # the test is only worth it if the limits bit
-        assert spin_until(probe.spin, lambda: "points to the joint limits" in probe.status("trajectory")[1])
-        assert probe.status("trajectory")[0] == 1
+        assert spin_until(probe.spin,
+                          lambda: "clipped to limits" in (executor_status("commands") or (0, ""))[1])
+        assert executor_status("commands")[0] == 0  # commanding, clipped: not a fault
 
         # E-stop: the controller is told to stop (an empty trajectory) and nothing moves after it,
-        # while chunks keep coming; only /policy_node/clear_estop releases it.
+        # while chunks keep coming; only /dysta/clear_estop releases it.
         assert spin_until(probe.spin, lambda: estop.get_subscription_count() > 0)
         sent = len(probe.commands)
         estop.publish(Bool(data=True))
@@ -353,30 +402,36 @@ def test_trajectories_keep_to_the_joint_limits_and_stop_on_estop(ros):
         stopped, chunks = len(probe.commands), len(probe.chunks)
         probe.publishing_until(good_frame, lambda: len(probe.chunks) >= chunks + 3)
         assert all(not c.points for c in probe.commands[stop:])
-        level, message = probe.status("trajectory")
-        assert level == 2 and "e-stop engaged" in message and "/policy_node/clear_estop" in message
+        assert spin_until(probe.spin, lambda: "e-stop" in (executor_status("commands") or (0, ""))[1])
+        level, message = executor_status("commands")
+        assert level == 2 and "e-stop engaged" in message and "/dysta/clear_estop" in message
         estop.publish(Bool(data=False))  # not a release
         probe.publishing_until(good_frame, lambda: len(probe.chunks) >= chunks + 5)
         assert all(not c.points for c in probe.commands[stop:])
-        assert probe.call(Trigger, "/policy_node/clear_estop", Trigger.Request()).message == "e-stop released"
+        assert probe.call(Trigger, "/dysta/clear_estop", Trigger.Request()).message == "e-stop released"
         probe.publishing_until(good_frame, lambda: any(c.points for c in probe.commands[stopped:]))
 
-        # Non-finite actions (here: corrupt de-normalisation statistics) send nothing.
+        # Non-finite actions (here: corrupt de-normalisation statistics) send nothing: no chunk
+        # comes of a frame sent after the corruption (a step that began before it used older frames).
         errors = node.errors
         cfg = node.runtime.model.cfg
+        action_std = cfg.action_std
         cfg.action_std = [float("nan")] + [1.0] * (cfg.action_dim - 1)
-        probe.publishing_until(good_frame, lambda: node.errors >= errors + 1)
-        sent = node.trajectory_counts["sent"]
-        probe.publishing_until(good_frame, lambda: node.errors >= errors + 4)
-        assert node.trajectory_counts["sent"] == sent
-        # Deactivating stops the controller too: it would otherwise play the last chunk out.
+        corrupted = probe.publishing_until(good_frame, lambda: node.errors >= errors + 4)
+        assert not chunk_stamps(probe) & set(corrupted)
+        # Deactivating stops the controller too: the executor's deadman (no chunk) stops it.
+        # Moving again first (good statistics back), so the stop is deactivate's doing.
+        cfg.action_std, moved = action_std, len(probe.commands)
+        probe.publishing_until(good_frame, lambda: any(c.points for c in probe.commands[moved:]))
         count = len(probe.commands)
         assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
         assert spin_until(probe.spin, lambda: any(not c.points for c in probe.commands[count:]))
     finally:
         node.close()
         probe.spin.remove_node(node)
+        probe.spin.remove_node(executor)
         node.destroy_node()
+        executor.destroy_node()
         probe.close()
 
 
@@ -402,7 +457,9 @@ def test_a_core_warning_reaches_diagnostics(ros):
         probe.publishing_until(good_frame, lambda: (probe.status("core") or (0,))[0] == 1)
         level, message = probe.status("core")
         assert "cache_language" in message and "trained" in message
-        assert probe.chunks  # a warning, not a hold: the policy keeps stepping
+        # A warning, not a hold: the policy keeps stepping. The warning is raised inside the
+        # step that then publishes its chunk, so wait for that chunk rather than read at once.
+        probe.publishing_until(good_frame, lambda: len(probe.chunks) > 0)
     finally:
         probe.spin.remove_node(node)
         node.close()

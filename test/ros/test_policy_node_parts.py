@@ -1,4 +1,5 @@
-"""policy_node's plain parts, without ROS: the inference loop and the step report."""
+"""policy_node's plain parts, without a ROS graph: the inference loop, the step report, camera inputs,
+raw frames and the parameter checks."""
 
 import threading
 from types import SimpleNamespace
@@ -65,3 +66,107 @@ def test_step_report_measures_rate_overhead_and_ages():
     assert report.stepped(stats, 1.0, 1.0, 1.0, 1.0)["errors"] == 2
     report.reset()
     assert report.steps == report.errors == 0
+
+
+def test_camera_inputs_take_the_robot_configs_topics_or_the_given_ones_and_their_types():
+    import pytest
+    from sensor_msgs.msg import CompressedImage, Image
+
+    from dysta_ros.errors import ConfigError
+    from dysta_ros.nodes.policy_step import camera_inputs
+    from dysta_ros.robot import load_robot_config
+
+    robot = load_robot_config("sim_arm")
+    assert camera_inputs(["wrist", "main"], robot, []) == {
+        "/wrist_camera/image_raw": ("wrist", Image), "/camera/image_raw": ("main", Image)}
+    # a policy host on robot_link's JPEG streams
+    assert camera_inputs(["main"], robot, [], "compressed") == {
+        "/camera/image_raw/compressed": ("main", CompressedImage)}
+    assert camera_inputs(["main"], robot, ["/cam/image_raw/compressed"]) == {
+        "/cam/image_raw/compressed": ("main", CompressedImage)}
+    with pytest.raises(ConfigError, match="the model takes 2 cameras"):
+        camera_inputs(["main", "wrist"], robot, ["/only/one"])
+
+
+def test_a_raw_frames_stamp_is_read_from_its_bytes_and_it_decodes_only_when_asked():
+    import numpy as np
+    import pytest
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import CompressedImage, Image
+
+    from dysta_ros.errors import InputError
+    from dysta_ros.nodes.image_conversion import rgb_to_image
+    from dysta_ros.nodes.raw_frames import decode, header_stamp
+
+    image = rgb_to_image(np.arange(48 * 64 * 3, dtype=np.uint8).reshape(48, 64, 3) % 251, Image)
+    for frame_id in ("", "c", "camera_optical_frame"):  # string lengths shift what follows
+        image.header.stamp.sec, image.header.stamp.nanosec = 1_700_000_123, 456_789_000
+        image.header.frame_id = frame_id
+        data = serialize_message(image)
+        assert header_stamp(data, Image) == pytest.approx(1_700_000_123.456789, abs=1e-6)
+        back = decode(data, Image)
+        assert (back.height, back.width, back.encoding, back.header.frame_id) == (48, 64, "rgb8", frame_id)
+        assert bytes(back.data) == bytes(image.data)
+    jpeg = CompressedImage(format="jpeg", data=b"\xff\xd8 not really")
+    jpeg.header.stamp.sec = 42
+    assert header_stamp(serialize_message(jpeg), CompressedImage) == 42.0
+    # little-endian CDR as rclpy writes it; a big-endian body is read big-endian
+    assert serialize_message(image)[:2] == b"\x00\x01"
+    import struct
+
+    assert header_stamp(b"\x00\x00\x00\x00" + struct.pack(">iI", 7, 500_000_000), Image) == 7.5
+    with pytest.raises(InputError, match="cannot deserialize a Image of 3 bytes"):
+        decode(b"\x00\x01\x00", Image)
+    with pytest.raises(InputError):
+        header_stamp(b"\x00\x09\x00\x00", Image)  # not plain CDR, and not decodable
+
+
+def test_strategy_parameters_are_checked_when_set_and_a_fixed_refusal_clears():
+    import pytest
+
+    from dysta_ros.nodes.policy_params import PARAMS, PolicyParameters
+
+    parameters = PolicyParameters({"inference_rate_hz": "inference_rate_hz must be in [0.1, 1000.0]"})
+    values = {p.name: p.default for p in parameters.params}
+    assert "refused at start-up; set a valid value" in parameters.start_refusals()
+    assert not parameters.check(values, {"inference_rate_hz": 5.0})  # no rebuild for a rate
+    assert parameters.start_refusals() == ""
+    assert parameters.check(values, {"strategy": "gotohunt"})  # a strategy change rebuilds
+    with pytest.raises(Exception, match="l1_fraction"):
+        parameters.check(values, {"dysta.l1_fraction": 1.5})  # refused now, not at the next step
+    assert {p.name for p in PARAMS} >= {"camera_transport", "clock_sync", "strategy"}
+
+
+def test_an_image_read_in_place_has_the_fields_deserializing_gives():
+    import numpy as np
+    import pytest
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import Image
+
+    from dysta_ros.errors import InputError
+    from dysta_ros.nodes.image_conversion import image_to_rgb, rgb_to_image
+    from dysta_ros.nodes.raw_frames import decode, image_view
+
+    rng = np.random.default_rng(3)
+    for encoding, frame_id, (height, width), pad in (("rgb8", "", (48, 64), 0), ("bgr8", "cam", (5, 7), 3),
+                                                      ("mono8", "a_longer_frame_id", (9, 13), 1),
+                                                      ("rgba8", "x" * 5, (4, 6), 0)):
+        rgb = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+        image = rgb_to_image(rgb, Image, encoding)
+        if pad:  # row padding: step longer than a row
+            rows = np.frombuffer(bytes(image.data), np.uint8).reshape(height, -1)
+            image.data = np.hstack([rows, np.zeros((height, pad), np.uint8)]).tobytes()
+            image.step += pad
+        image.header.frame_id, image.header.stamp.sec, image.is_bigendian = frame_id, 77, 0
+        view = image_view(serialize_message(image))
+        for field in ("height", "width", "encoding", "is_bigendian", "step"):
+            assert getattr(view, field) == getattr(image, field), (encoding, field)
+        assert bytes(view.data) == bytes(image.data) and view.header.frame_id == frame_id
+        assert view.header.stamp.sec == 77
+        in_place = image_to_rgb(decode(serialize_message(image), Image))
+        np.testing.assert_array_equal(in_place, image_to_rgb(image))
+    # cut short: not read in place, and deserializing refuses it with a clear error
+    data = serialize_message(image)[:-10]
+    assert image_view(data) is None
+    with pytest.raises(InputError, match="cannot deserialize"):
+        decode(data, Image)

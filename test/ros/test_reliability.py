@@ -33,6 +33,7 @@ from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
 from dysta_ros import types  # noqa: E402
+from dysta_ros.execution import ExecutorConfig  # noqa: E402
 from dysta_ros.msg import ActionChunk  # noqa: E402
 from dysta_ros.nodes import conversions as conv  # noqa: E402
 from dysta_ros.nodes.image_conversion import CHANNELS, rgb_to_image  # noqa: E402
@@ -132,34 +133,62 @@ class System:
 
 
 class CommandWatch:
-    """Checks every command the executor sends: finite, in limits, one period of velocity."""
+    """Checks every trajectory the executor sends: finite, in limits, one period of velocity.
+
+    Each trajectory holds the plan ahead, point j for its stamp + (j + 1) periods (at most
+    `trajectory_lookahead_s` of them): every point one period of velocity from the one before,
+    the first from the previous trajectory's first by as many periods as the control ticks
+    between them (each tick's command moves at most one period from the last; a trajectory goes
+    out every control_rate / trajectory_rate ticks), or from the measured state after a hold.
+    The command publisher keeps one message (a newer trajectory, or hold, supersedes an unsent
+    one), so how many were sent since the last one seen is read from the stamps, in whole
+    sendings; a hold not seen restarted from the measured state within as many ticks.
+    """
 
     def __init__(self):
         self.moving = 0
         self.holds = 0
+        self.holding = False
         self.violations: list[str] = []
-        self.previous: np.ndarray | None = None
+        self.previous: tuple[float, np.ndarray] | None = None  # the last trajectory's (stamp, first point)
 
     def __call__(self, msg: JointTrajectory):
+        self.holding = not msg.points  # the last message seen is a hold
         if not msg.points:
             self.holds += 1
             self.previous = None  # the executor restarts from measured joint states
             return
         self.moving += 1
-        if list(msg.joint_names) != JOINTS or len(msg.points) != 1:
-            self.violations.append(f"malformed command {msg.joint_names} with {len(msg.points)} points")
+        period = 1.0 / CONTROL_RATE
+        times = [conv.to_seconds(p.time_from_start) for p in msg.points]
+        most = round(ExecutorConfig().trajectory_lookahead_s * CONTROL_RATE)  # the points of 0.3 s
+        if (list(msg.joint_names) != JOINTS or not 1 <= len(msg.points) <= most
+                or not np.allclose(times, period * np.arange(1, len(times) + 1))):
+            self.violations.append(f"malformed command {msg.joint_names} with {len(msg.points)} points "
+                                   f"at {times}")
             return
-        command = np.array(msg.points[0].positions)
-        step = ROBOT.max_velocity / CONTROL_RATE + 1e-9
-        if not np.all(np.isfinite(command)):
-            self.violations.append(f"non-finite command {command}")
-        elif np.any(command < ROBOT.lower) or np.any(command > ROBOT.upper):
-            self.violations.append(f"command outside position limits {command}")
+        points = np.array([p.positions for p in msg.points])  # (N, D)
+        step = ROBOT.max_velocity * period + 1e-9
+        every = max(1, round(CONTROL_RATE / ExecutorConfig().trajectory_rate_hz))  # ticks per trajectory
+        stamp = conv.to_seconds(msg.header.stamp)
+        since = 0.0 if self.previous is None else stamp - self.previous[0]
+        sendings = max(1, round(since / (every * period)))
+        ticks = every * sendings
+        if not np.all(np.isfinite(points)):
+            self.violations.append(f"non-finite command {points}")
+        elif np.any(points < ROBOT.lower) or np.any(points > ROBOT.upper):
+            self.violations.append(f"command outside position limits {points}")
+        elif np.any(np.abs(np.diff(points, axis=0)) > step):
+            self.violations.append(f"trajectory moves faster than the velocity limit: {points}")
         # From the last command while continuing, or from the measured state after a hold.
-        elif not any(np.all(np.abs(command - ref) <= step)
-                     for ref in (self.previous, STATE) if ref is not None):
-            self.violations.append(f"command moves faster than the velocity limit: {command}")
-        self.previous = command
+        elif not any(np.all(np.abs(points[0] - ref) <= reach)
+                     for ref, reach in ((self.previous and self.previous[1], ticks * step),
+                                        (STATE, ticks * step)) if ref is not None):
+            moved = np.inf if self.previous is None else np.max(np.abs(points[0] - self.previous[1]) / step)
+            from_state = np.max(np.abs(points[0] - STATE) / step)
+            self.violations.append(f"command moves faster than the velocity limit: {moved:.2f} periods "
+                                   f"of it in {ticks} ticks, {from_state:.2f} from the state")
+        self.previous = (stamp, points[0])
 
 
 class Probe:
@@ -428,7 +457,12 @@ def test_stamps_from_the_future_or_the_past_hold_and_do_not_block_later_frames(r
 
 
 def test_a_joint_state_from_the_future_holds_and_does_not_block_later_ones(rig):
-    _, probe, _ = rig
+    system, probe, clock = rig
+    # Frames count as bad only once a future-stamped state has reached the node: camera and
+    # state topics arrive independently, so the first frames sent with it may still pair with
+    # the last good state (and rightly make a chunk).
+    probe.publishing_until(lambda: (system.policy.inputs.state_stamp() or 0.0) > clock.now() + 50.0,
+                           state_offset_s=100.0)
     probe.holds_on("policy_node", "inputs", WARN, "/joint_states (stamp", state_offset_s=100.0)
     probe.recovers()
 
@@ -492,10 +526,14 @@ def test_a_live_strategy_switch_over_the_parameter_service_keeps_stepping(rig):
 
 
 def wait_until_idle(probe):
-    """Stop the cameras: the policy holds, the executor's deadman holds; return once both say so."""
+    """Stop the cameras: the policy holds, the executor's deadman holds; return once both say so.
+
+    And once its hold reached the watch: a trajectory sent before it may arrive after the
+    diagnostics that report the hold (another topic), never after the hold (same publisher).
+    """
     since = len(probe.diagnostics)
     assert probe.until(lambda: (s := probe.status("chunk_executor", "commands", since)) is not None
-                       and "deadman" in s[1]), probe.report()
+                       and "deadman" in s[1] and probe.watch.holding), probe.report()
 
 
 @pytest.mark.parametrize("fields, text", [

@@ -25,5 +25,10 @@ def test_load_command_holds_three_cameras_and_writes_its_report(tmp_path):
         # The policy steps at 5 Hz on 30 Hz cameras: most frames are dropped, none queued.
         used = counts["received"] - counts["dropped"] - counts["out_of_order"]
         assert counts["dropped"] > used > 0
+        # Every camera's delivery is counted and reported (the figures themselves: README).
+        # (the frame held last is neither used nor dropped yet)
+        assert used - 1 <= counts["used"] <= used and counts["missed"] >= 0
+        assert 0 < counts["delivered"] <= 1.0 and counts["received"] <= report["frames_sent_per_camera"]
+    assert "| /load/cam2/image_raw" in result.stdout.replace("`", "")
     assert (tmp_path / "load.png").stat().st_size > 1000
     assert "frame_age_at_start_ms" in result.stdout

@@ -119,6 +119,27 @@ def test_a_trajectory_moves_the_arm_to_its_last_point(ros):
     assert spin_until(executor, lambda: np.allclose(joint_positions(probe), goal, atol=0.02))
 
 
+def test_a_multi_point_trajectory_is_followed_through_its_points_not_jumped_to_the_last(ros):
+    """JTC semantics: out to +0.4 rad and back to the start; a follower that jumped to the last
+    point would never leave the start, one that interpolates passes near +0.4 on the way."""
+    sim, probe, executor = ros
+    reset(ros, "reach", 3)
+    publisher = probe.node.create_publisher(type(trajectory_msg(JOINTS, np.zeros((0, 6)), [])),
+                                            "/joint_trajectory_controller/joint_trajectory", RELIABLE_QOS)
+    assert spin_until(executor, lambda: publisher.get_subscription_count() > 0)
+    start = joint_positions(probe)
+    out = start + np.array([0.4, 0.0, 0.0, 0.0, 0.0, 0.0])
+    points = np.stack([start + (out - start) * f for f in (0.5, 1.0, 0.5, 0.0)])  # (4, 6)
+    publisher.publish(trajectory_msg(JOINTS, points, [0.4, 0.8, 1.2, 1.6]))
+    seen = []
+
+    def back_after_going_out():
+        seen.append(joint_positions(probe)[0] - start[0])
+        return max(seen) > 0.2 and abs(seen[-1]) < 0.02  # samples may miss the +0.4 peak itself
+
+    assert spin_until(executor, back_after_going_out), (max(seen), seen[-1])
+
+
 def test_bad_commands_are_refused_and_the_arm_holds(ros):
     sim, probe, executor = ros
     reset(ros, "reach", 2)
