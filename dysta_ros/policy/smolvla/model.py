@@ -405,7 +405,18 @@ class SmolVLAModel(nn.Module):
         fused = self.action_time_mlp_in(torch.cat([action_emb, time_emb], dim=2))
         return self.action_time_mlp_out(F.silu(fused))
 
-    def velocity(self, plan: DenoisePlan, x_t: torch.Tensor, time_emb: torch.Tensor) -> torch.Tensor:
+    def velocity(self, context, prefix_pad_mask: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
+        """Return the flow velocity (B, C, A) at x_t, t (B,) given the chunk's expert context.
+
+        One call, its own plan (what training differentiates through); denoising builds the plan
+        once per chunk and calls planned_velocity.
+        """
+        cfg = self.cfg
+        time_emb = sinusoidal_time_embedding(t, self.expert_width, cfg.min_period, cfg.max_period)
+        plan = self.denoise_plan(context, prefix_pad_mask, x_t.shape[1])
+        return self.planned_velocity(plan, x_t, time_emb.to(self.action_in_proj.weight.dtype))
+
+    def planned_velocity(self, plan: DenoisePlan, x_t: torch.Tensor, time_emb: torch.Tensor) -> torch.Tensor:
         """Return the flow velocity (B, C, A) at x_t with time embedding (B, We) under the chunk's plan."""
         hidden = self.embed_suffix(x_t, None, time_emb)  # (B, C, We)
         batch, chunk = hidden.shape[:2]
@@ -448,7 +459,7 @@ class SmolVLAModel(nn.Module):
         x_t = noise.to(self.action_in_proj.weight.dtype)
         batch = noise.shape[0]
         for k in range(steps):
-            v_t = self.velocity(plan, x_t, time_embs[k : k + 1].expand(batch, -1))
+            v_t = self.planned_velocity(plan, x_t, time_embs[k : k + 1].expand(batch, -1))
             if record is not None:
                 record.setdefault("v_t", []).append(v_t.clone())
                 record.setdefault("timesteps", []).append(
