@@ -19,6 +19,7 @@ setup(
     description="Fast multi-frame VLA policies for ROS 2 (DySta, GoToHunt, VLA-Cache)",
     license="Apache-2.0",
     packages=find_packages(include=["dysta_ros", "dysta_ros.*"]),
+    package_data={"dysta_ros.policy.smolvla": ["smolvla_base.json"]},  # the real-size geometry
     python_requires=">=3.10",
     install_requires=[
         "numpy",

@@ -65,6 +65,9 @@ class StepStats:
     recached_l2: bool = False
     stage_ms: dict[str, float] = field(default_factory=lambda: {s: 0.0 for s in STAGES})
     flops_ratio: float = 1.0  # backbone FLOPs relative to `full` on the same history
+    vision_recomputed: float = 1.0  # share of the vision encoder's token work done this step
+    # parts of stages worth their own column: connector (of vision), postprocess (of action_head)
+    part_ms: dict[str, float] = field(default_factory=dict)
     # The strategy's own statistics, key -> number (TokenStats stat_keys / stat_values): what a
     # strategy reports travels here, not as fields of every layer.
     strategy_stats: dict[str, float] = field(default_factory=dict)

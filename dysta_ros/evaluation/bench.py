@@ -34,9 +34,10 @@ def parse_list(text: str, cast=str) -> list:
     return [cast(item.strip()) for item in text.split(",") if item.strip()]
 
 
-def synthetic_observations(count: int, camera_names: list[str], state_dim: int, seed: int = 0):
+def synthetic_observations(count: int, camera_names: list[str], state_dim: int, seed: int = 0,
+                           size: tuple[int, int] = (240, 320)):
     """Structured frames (static table, moving arm and block) for every camera, a slow state."""
-    cameras = {name: structured_frames(count, 240, 320, seed=seed + i) for i, name in enumerate(camera_names)}
+    cameras = {name: structured_frames(count, *size, seed=seed + i) for i, name in enumerate(camera_names)}
     return [
         Observation(
             stamp=0.1 * t,
@@ -48,12 +49,17 @@ def synthetic_observations(count: int, camera_names: list[str], state_dim: int, 
     ]
 
 
-def sim_observations(count: int, camera_names: list[str], seed: int = 0):
-    """Frames rendered by the MuJoCo sim while its scripted expert works on the reach task."""
+def sim_observations(count: int, camera_names: list[str], seed: int = 0, size: tuple[int, int] = (224, 224),
+                     state_dim: int | None = None):
+    """Frames rendered by the MuJoCo sim while its scripted expert works on the reach task.
+
+    The scene is static but for the arm (and what the wrist camera sees as it moves).
+    `state_dim`: a model with another state size gets the sim's joints cut or zero-padded.
+    """
     from dysta_ros.sim.env import SimConfig, SimEnv
     from dysta_ros.sim.expert import ScriptedExpert
 
-    env = SimEnv(SimConfig(image_width=224, image_height=224))
+    env = SimEnv(SimConfig(image_width=size[1], image_height=size[0]))
     try:
         obs = env.reset("reach", seed=seed)
         expert = ScriptedExpert(env)
@@ -69,14 +75,39 @@ def sim_observations(count: int, camera_names: list[str], seed: int = 0):
     missing = [name for name in camera_names if name not in observations[0].images]
     if missing:
         raise ConfigError(f"the sim renders {sorted(observations[0].images)}, the model needs {missing}")
+    if state_dim is not None:
+        for o in observations:
+            state = np.zeros(state_dim, np.float32)
+            kept = min(state_dim, len(o.state))
+            state[:kept] = np.asarray(o.state, np.float32)[:kept]
+            o.state = state
     return observations
+
+
+def bag_observations(path: str, count: int, camera_names: list[str]):
+    """The first `count` observations of a bag's episodes (10 Hz, zero-order hold), in order."""
+    from dysta_ros.bags import load_episodes
+
+    observations = []
+    for episode in load_episodes(path):
+        observations.extend(episode.observation(i) for i in range(len(episode)))
+        if len(observations) >= count:
+            break
+    if len(observations) < count:
+        raise ConfigError(f"{path}: holds {len(observations)} observations; the bench needs {count} "
+                          "(--warmup + --steps)")
+    missing = [name for name in camera_names if name not in observations[0].images]
+    if missing:
+        raise ConfigError(f"{path}: the bag has cameras {sorted(observations[0].images)}, "
+                          f"the model needs {missing}")
+    return observations[:count]
 
 
 def percentile(values, q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else float("nan")
 
 
-def summarize(records: dict[str, list], history: int) -> list[dict]:
+def summarize(records: dict[str, list], history: int, peaks: dict | None = None) -> list[dict]:
     """One JSON row per strategy from its measured (chunk, stats) records."""
     baseline = records.get(BASELINE)
     action_range = None
@@ -96,6 +127,9 @@ def summarize(records: dict[str, list], history: int) -> list[dict]:
             "step_ms_p50": percentile(totals, 50),
             "step_ms_p90": percentile(totals, 90),
             "stage_ms_p50": {stage: percentile([s.stage_ms[stage] for s in stats], 50) for stage in STAGES},
+            # parts of the stages above (connector: of vision; postprocess: of action_head)
+            "part_ms_p50": {part: percentile([s.part_ms.get(part, 0.0) for s in stats], 50)
+                            for part in dict.fromkeys(k for s in stats for k in s.part_ms)},
             "speedup": None,
             "action_dev_mean": None,
             "action_dev_max": None,
@@ -107,6 +141,8 @@ def summarize(records: dict[str, list], history: int) -> list[dict]:
             # the warm-up steps built the caches: every measured step counts
             "recache_rate": recache_rate([stats], skip_first=False),
             "recache_rate_l1": float(np.mean([s.recached_l1 for s in stats])),
+            "vision_recomputed": float(np.mean([s.vision_recomputed for s in stats])),
+            "peak_memory_mb": peaks.get(name) if peaks else None,
         }
         if baseline:
             row["speedup"] = speedup(base_p50, row["step_ms_p50"])
@@ -130,39 +166,65 @@ def run_bench(
     params: dict[str, dict] | None = None,
     seed: int = 0,
     progress: bool = True,
+    variants: dict[str, tuple[str, dict]] | None = None,
 ) -> list[dict]:
-    """Step every strategy on the same observations, interleaved; return the JSON rows."""
-    from dysta_ros.policy.runtime import build_runtime  # torch: imported to run, not for --help
+    """Step every strategy (and variant) on the same observations, interleaved; return the JSON rows.
+
+    `variants`: extra rows, label -> (strategy, params), e.g. "full+vision" -> ("full", {...}).
+    """
+    import torch
+
+    from dysta_ros.policy.runtime import runtime_around  # torch: imported to run, not for --help
 
     params = params or {}
+    runs = {name: (name, params.get(name)) for name in strategies}
+    runs.update(variants or {})
+    cuda = torch.cuda.is_available() and str(getattr(model, "device", "cpu")).startswith("cuda")
     rows = []
-    total = len(histories) * len(observations) * len(strategies)
+    total = len(histories) * len(observations) * len(runs)
     with tqdm(total=total, desc="bench", unit="step", disable=not progress, file=sys.stderr) as bar:
         for history in histories:
-            runtimes = {
-                name: build_runtime(model, name, params.get(name), history=history, seed=seed)
-                for name in strategies
-            }
-            records: dict[str, list] = {name: [] for name in strategies}
+            runtimes = {label: runtime_around(model, name, values, history=history, seed=seed,
+                                              tokenizer=tokenizer_of(model))
+                        for label, (name, values) in runs.items()}
+            records: dict[str, list] = {label: [] for label in runs}
+            peaks: dict[str, float] = {}
             for index, obs in enumerate(observations):
                 # Interleaved: every strategy sees this frame before the next one is shown, so
                 # load from other processes hits all strategies alike.
-                for name, runtime in runtimes.items():
+                for label, runtime in runtimes.items():
+                    if cuda:
+                        torch.cuda.reset_peak_memory_stats()
                     result = runtime.step(obs)
+                    if cuda:
+                        peaks[label] = max(peaks.get(label, 0.0), torch.cuda.max_memory_allocated() / 2**20)
                     if index >= warmup:
-                        records[name].append(result)
-                    bar.set_postfix(T=history, strategy=name)
+                        records[label].append(result)
+                    bar.set_postfix(T=history, run=label)
                     bar.update()
-            rows.extend(summarize(records, history))
+            rows.extend(summarize(records, history, peaks))
     return rows
 
 
+def tokenizer_of(model):
+    """The tokenizer the runtime needs: this package's own VLA carries one, SmolVLA its own inside."""
+    from dysta_ros.policy.model import VLAModel
+    from dysta_ros.policy.tokenizer import model_tokenizer
+
+    return model_tokenizer(model) if isinstance(model, VLAModel) else None
+
+
+PLOTTED_STAGES = ("preprocess", "vision", "gate", "backbone", "action_head")
+
+
 def format_table(rows: list[dict]) -> str:
-    """A fixed-width table of the rows, one line per (history, strategy)."""
+    """A fixed-width table of the rows, one line per (history, strategy or variant)."""
+    width = max([15, *(len(r["strategy"]) for r in rows)])
     header = (
-        f"{'T':>3} {'strategy':<15} {'p50 ms':>8} {'p90 ms':>8} {'speedup':>7} {'context':>7} "
+        f"{'T':>3} {'run':<{width}} {'p50 ms':>8} {'p90 ms':>8} {'speedup':>7} {'context':>7} "
         f"{'recomp':>7} {'flops':>6} {'recache':>7} {'dev mean':>8} {'dev max':>8}  "
-        f"{'vision':>6} {'gate':>5} {'backbone':>8} {'head':>6}"
+        f"{'prep':>5} {'vision':>6} {'conn':>5} {'gate':>5} {'backbone':>8} {'head':>6} {'post':>5} "
+        f"{'vis%':>5}"
     )
     lines = [header, "-" * len(header)]
 
@@ -170,13 +232,15 @@ def format_table(rows: list[dict]) -> str:
         return format(value, spec) if value is not None else "-".rjust(len(format(0.0, spec)))
 
     for r in rows:
-        st = r["stage_ms_p50"]
+        st, parts = r["stage_ms_p50"], r.get("part_ms_p50", {})
         lines.append(
-            f"{r['history']:>3} {r['strategy']:<15} {r['step_ms_p50']:>8.1f} {r['step_ms_p90']:>8.1f} "
+            f"{r['history']:>3} {r['strategy']:<{width}} {r['step_ms_p50']:>8.1f} {r['step_ms_p90']:>8.1f} "
             f"{fmt(r['speedup'], '7.2f')} {r['context_tokens']:>7.0f} {r['recomputed_tokens']:>7.0f} "
             f"{r['flops_ratio']:>6.3f} {r['recache_rate']:>7.2f} {fmt(r['action_dev_mean'], '8.4f')} "
-            f"{fmt(r['action_dev_max'], '8.4f')}  {st['vision']:>6.1f} {st['gate']:>5.1f} "
-            f"{st['backbone']:>8.1f} {st['action_head']:>6.1f}"
+            f"{fmt(r['action_dev_max'], '8.4f')}  {st['preprocess']:>5.1f} {st['vision']:>6.1f} "
+            f"{parts.get('connector', 0.0):>5.1f} {st['gate']:>5.1f} {st['backbone']:>8.1f} "
+            f"{st['action_head']:>6.1f} "
+            f"{parts.get('postprocess', 0.0):>5.1f} {100 * r.get('vision_recomputed', 1.0):>5.0f}"
         )
     return "\n".join(lines)
 
@@ -188,8 +252,10 @@ def plot(rows: list[dict], path: Path, title: str) -> Path:
     fig, (bars, growth) = plt.subplots(1, 2, figsize=(14, 5), gridspec_kw={"width_ratios": [2, 1]})
     labels = [f"T={r['history']}\n{r['strategy']}" for r in rows]
     bottom = np.zeros(len(rows))
-    for stage in ("preprocess", "vision", "gate", "backbone", "action_head"):
-        values = np.array([r["stage_ms_p50"][stage] for r in rows])
+    for stage in PLOTTED_STAGES:
+        values = np.array([r["stage_ms_p50"].get(stage, 0.0) for r in rows])
+        if not values.any():
+            continue
         bars.bar(range(len(rows)), values, bottom=bottom, label=stage)
         bottom += values
     for i, r in enumerate(rows):
@@ -213,6 +279,8 @@ def plot(rows: list[dict], path: Path, title: str) -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # a preset, smolvla_base (LeRobot SmolVLA at its real size, random weights, no download) or a
+    # checkpoint directory
     add_model_argument(parser, default="small")
     parser.add_argument("--vlm", default=None, metavar="DIR",
                         help="a LeRobot SmolVLA checkpoint's backbone config + tokenizer directory")
@@ -224,8 +292,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--frames",
         default="synthetic",
-        choices=["synthetic", "sim"],
-        help="structured synthetic scene, or MuJoCo renders of the reach task",
+        metavar="synthetic|sim|BAG",
+        help="structured synthetic scene, MuJoCo renders of the reach task, or a rosbag2 path",
+    )
+    parser.add_argument("--camera-size", default=None, metavar="HxW",
+                        help="camera frames' size for synthetic/sim frames (default: 480x640 for SmolVLA, "
+                             "else the model's image size)")
+    parser.add_argument(
+        "--options",
+        default="",
+        metavar="SET,SET",
+        help="speed-option sets of config/speed_options.yaml run beside `full` (rows full+SET), "
+             "e.g. exact,vision,steps5,warm,bf16,best",
     )
     parser.add_argument(
         "--param",
@@ -240,10 +318,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    height, sep, width = text.lower().partition("x")
+    if not sep or not height.isdigit() or not width.isdigit() or int(height) < 16 or int(width) < 16:
+        raise ConfigError(f"--camera-size {text!r}: expected HxW, e.g. 480x640")
+    return int(height), int(width)
+
+
+def option_variants(names: list[str]) -> dict[str, tuple[str, dict]]:
+    """Rows `full+SET` of the named speed-option sets (config/speed_options.yaml)."""
+    from dysta_ros.policy.speed import load_option_sets, option_sets_file
+
+    sets = load_option_sets()
+    unknown = [n for n in names if n not in sets]
+    if unknown:
+        raise ConfigError(f"--options: unknown set(s) {unknown}; {option_sets_file()} defines "
+                          f"{', '.join(sets)}")
+    return {f"{BASELINE}+{name}": (BASELINE, dict(sets[name])) for name in names}
+
+
+def load_observations(frames: str, count: int, spec, size, seed: int):
+    if frames == "sim":
+        return sim_observations(count, spec.camera_names, seed, size, spec.state_dim)
+    if frames == "synthetic":
+        return synthetic_observations(count, spec.camera_names, spec.state_dim, seed, size)
+    if not Path(frames).exists():
+        raise ConfigError(f"--frames {frames!r}: not synthetic, sim or an existing bag path")
+    return bag_observations(frames, count, spec.camera_names)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def run(args: argparse.Namespace) -> int:
     import torch  # imported to run, so `dysta-ros bench --help` stays instant
 
-    from dysta_ros.policy.runtime import build_model, build_runtime, set_threads
+    from dysta_ros.policy.runtime import build_model, runtime_around, set_threads
 
     try:
         strategies = args.strategies
@@ -256,16 +370,18 @@ def run(args: argparse.Namespace) -> int:
         if not histories or min(histories) < 1 or args.steps < 1 or args.warmup < 0:
             raise ConfigError("--history needs values >= 1, --steps >= 1, --warmup >= 0")
         params = parse_param_overrides(args.param, strategies)
+        variants = option_variants(parse_list(args.options))
         set_threads(args.threads)
-        model, _ = build_model(args.model, args.device, args.dtype, args.seed,
-                               vlm=args.vlm)
+        model_name = args.model
+        model, tokenizer = build_model(model_name, args.device, args.dtype, args.seed, vlm=args.vlm)
+        smolvla = getattr(model, "family_name", "") == "smolvla"
         # The cameras and state the frames need, from the model's own spec (any family)
-        cfg = build_runtime(model, strategies[0], params.get(strategies[0]), seed=args.seed).spec
+        cfg = runtime_around(model, strategies[0], params.get(strategies[0]), seed=args.seed,
+                             tokenizer=tokenizer).spec
+        size = parse_size(args.camera_size) if args.camera_size else (
+            (480, 640) if smolvla else (cfg.image_size, cfg.image_size))
         count = args.warmup + args.steps
-        if args.frames == "sim":
-            observations = sim_observations(count, cfg.camera_names, args.seed)
-        else:
-            observations = synthetic_observations(count, cfg.camera_names, cfg.state_dim, args.seed)
+        observations = load_observations(args.frames, count, cfg, size, args.seed)
         started = time.time()
         rows = run_bench(
             model,
@@ -276,32 +392,36 @@ def run(args: argparse.Namespace) -> int:
             params,
             args.seed,
             progress=not (args.quiet or json_to_stdout(args)),
+            variants=variants,
         )
     except DystaError as exc:
         print(f"dysta-ros bench: {exc}", file=sys.stderr)
         return exit_status(exc)
     meta = {
+        "model": model_name,
         "preset": cfg.preset,
-        "model": args.model,
         "device": args.device,
         "dtype": args.dtype,
         "threads": torch.get_num_threads(),
         "frames": args.frames,
+        "camera_size": list(observations[0].images[cfg.camera_names[0]].shape[:2]),
         "steps": args.steps,
         "warmup": args.warmup,
         "tokens_per_frame": cfg.tokens_per_frame,
         "params": params,
+        "options": {label: values for label, (_, values) in variants.items()},
         "instruction": INSTRUCTION,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
         "seconds": round(time.time() - started, 1),
         "command": "dysta-ros bench " + " ".join(sys.argv[2:]),
     }
-    if not json_to_stdout(args):
-        print(format_table(rows))
+    out = sys.stderr if json_to_stdout(args) else sys.stdout  # stdout is the JSON's then
+    print(format_table(rows), file=out)
+    print(f"peak memory (process RSS): {meta['peak_rss_mb']:.0f} MB", file=out)
     json_file = args.json if args.json and not json_to_stdout(args) else None
     plot_path = Path(args.plot) if args.plot else (Path(json_file).with_suffix(".png") if json_file else None)
     write_json(args.json, result_document(rows, meta))
     if plot_path:
-        title = f"{cfg.preset} on {args.device}/{args.dtype}, {args.frames} frames, {args.steps} steps"
-        print(f"wrote {plot(rows, plot_path, title)}",
-              file=sys.stderr if json_to_stdout(args) else sys.stdout)
+        title = f"{model_name} on {args.device}/{args.dtype}, {args.frames} frames, {args.steps} steps"
+        print(f"wrote {plot(rows, plot_path, title)}", file=out)
     return 0

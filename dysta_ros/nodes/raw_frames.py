@@ -10,8 +10,10 @@ the inference thread deserializes the frames of the set it steps on (`decode`).
 from __future__ import annotations
 
 import struct
+from types import SimpleNamespace
 
 from rclpy.serialization import deserialize_message
+from sensor_msgs.msg import Image
 
 from dysta_ros.errors import InputError
 
@@ -36,8 +38,65 @@ def header_stamp(data: bytes, msg_type) -> float:
 
 
 def decode(data: bytes, msg_type):
-    """Return the message of `msg_type` serialized in `data`, or raise InputError."""
+    """Return the message of `msg_type` serialized in `data`, or raise InputError.
+
+    An Image in plain CDR is read in place (`image_view`): its pixels are not copied.
+    """
+    if msg_type is Image:
+        view = image_view(data)
+        if view is not None:
+            return view
     try:
         return deserialize_message(data, msg_type)
     except Exception as exc:  # noqa: BLE001 - rclpy raises plain exceptions for bad CDR
         raise InputError(f"cannot deserialize a {msg_type.__name__} of {len(data)} bytes: {exc}") from exc
+
+
+def image_view(data: bytes) -> SimpleNamespace | None:
+    """Return a serialized sensor_msgs/Image's fields, `data` a view of the bytes (no copy).
+
+    Plain CDR only, whose fields here all align to at most 4 bytes (from the body's start):
+    header (stamp, frame_id), height, width, encoding, is_bigendian, step, data. None when
+    the bytes are not that (another encapsulation, or lengths that do not fit): the caller
+    deserializes them in full, which refuses a broken message with its own error.
+    """
+    if len(data) < 4 or data[0] != 0 or data[1] not in PLAIN_ENCAPSULATIONS:
+        return None
+    order = "<" if data[1] & 1 else ">"
+    body = memoryview(data)[4:]
+    uint32 = struct.Struct(order + "I")
+    position = 8  # after the stamp
+
+    def align() -> None:
+        nonlocal position
+        position += -position % 4
+
+    def number() -> int:
+        nonlocal position
+        align()
+        if position + 4 > len(body):
+            raise ValueError("truncated")
+        (value,) = uint32.unpack_from(body, position)
+        position += 4
+        return value
+
+    def chunk(size: int) -> memoryview:
+        nonlocal position
+        if position + size > len(body):
+            raise ValueError("truncated")
+        position += size
+        return body[position - size:position]
+
+    try:
+        frame_id = bytes(chunk(number())).rstrip(b"\0").decode()
+        height, width = number(), number()
+        encoding = bytes(chunk(number())).rstrip(b"\0").decode()
+        is_bigendian = chunk(1)[0]
+        step = number()
+        pixels = chunk(number())
+    except (ValueError, UnicodeDecodeError):
+        return None
+    sec, nanosec = struct.unpack_from(order + STAMP.format, body, 0)
+    header = SimpleNamespace(stamp=SimpleNamespace(sec=sec, nanosec=nanosec), frame_id=frame_id)
+    return SimpleNamespace(header=header, height=height, width=width, encoding=encoding,
+                           is_bigendian=is_bigendian, step=step, data=pixels)

@@ -20,6 +20,8 @@ from dysta_ros.policy.jsonfile import read_json_file
 CONFIG_FILE = "config.json"
 # LeRobot configs have no control rate; chunks then say this and the README states it.
 DEFAULT_DT = 1.0 / 30.0
+# LeRobot SmolVLA sizes built with random weights by name (policy/smolvla/realsize.py), no download
+REAL_SIZES = ("smolvla_base",)
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,10 @@ from dysta_ros.policy.checkpoint import load_checkpoint
 from dysta_ros.policy.config import PRESETS, preset_config
 from dysta_ros.policy.devices import DTYPES, check_device
 from dysta_ros.policy.contract import PolicyModel
-from dysta_ros.policy.families import FAMILIES, family_of, load_smolvla_policy
+from dysta_ros.policy.families import FAMILIES, REAL_SIZES, family_of, load_smolvla_policy
 from dysta_ros.policy.model import VLAModel
+from dysta_ros.policy.speed import SpeedOptions, split_speed_options
+from dysta_ros.policy.vision_reuse import ChangedTokenEncoder, siglip_tower
 from dysta_ros.policy.timing import StageTimer
 from dysta_ros.policy.tokenizer import model_tokenizer
 from dysta_ros.tokens import build_strategy, strategy_class
@@ -54,6 +56,9 @@ class PolicyRuntime:
         if strategy in self.family.approximated:  # said once, where it is built: nothing pretends
             log.warning("%s on %s is an approximation: %s", strategy, self.family.name,
                         self.family.approximated[strategy])
+        self.options = speed_options(model, strategy, strategy_params)
+        if self.options.compute_dtype:  # SmolVLA: the same weights in another dtype (a copy, made once)
+            model = model.in_dtype(getattr(torch, self.options.compute_dtype))
         self.model = model.eval()
         self.strategy = build_strategy(strategy, strategy_params, model.cfg)
         spec = model.spec
@@ -85,6 +90,9 @@ class PolicyRuntime:
         self.frame_count = 0
         self.sequence = 0
         self._text_cache: tuple[str, torch.Tensor] | None = None
+        self.vision_encoders: dict[int, ChangedTokenEncoder] = {}  # per camera, for vision_reuse
+        self.kept_frames: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # camera -> (pixels, hidden)
+        self.previous_chunk: torch.Tensor | None = None  # normalized, padded: what warm_start starts from
         self.strategy.reset()
 
     def _text_embeds(self, instruction: str) -> torch.Tensor:
@@ -131,12 +139,13 @@ class PolicyRuntime:
             inference_end=time.time(),
         )
         stats.stage_ms = timer.finish()
+        stats.part_ms = dict(timer.parts)
         self.sequence += 1
         return chunk, stats
 
     def _infer(self, pixels, state: np.ndarray, instruction: str, timer: StageTimer, noise=None):
         model, device, dtype = self.model, self.model.device, self.model.dtype
-        features, tokens = model.encode_frame(pixels)  # (N, Cv), (N, W)
+        features, tokens, vision_share = self._encode(pixels, timer)  # (N, Cv), (N, W)
         frame = Frame(features=features, tokens=tokens, index=self.frame_count)
         self.frame_count += 1
         if not self.frames:  # a new episode: the window starts full of its first frame
@@ -157,7 +166,15 @@ class PolicyRuntime:
         timer.lap("backbone")
         timer.ms["backbone"] -= result.gate_ms
         noise = self.noise(self.sequence) if noise is None else torch.as_tensor(noise).to(device, dtype)
-        actions = model.actions_to_robot(model.sample_actions(result.records, ctx.full_length, noise))
+        if isinstance(model, VLAModel):
+            normalized = model.sample_actions(result.records, ctx.full_length, noise)
+        else:  # SmolVLA reads the flow's speed options
+            normalized = model.sample_actions(result.records, ctx.full_length, noise, self.options,
+                                              self.previous_chunk)
+            self.previous_chunk = normalized
+        start = timer.now()
+        actions = model.actions_to_robot(normalized)
+        timer.part("postprocess", start)
         timer.lap("action_head")
         if not np.isfinite(actions).all():
             raise InferenceError("the model produced non-finite actions; the chunk is dropped")
@@ -172,9 +189,90 @@ class PolicyRuntime:
             frames_attended=result.frames_attended,
             flops_ratio=self.strategy.flops(ctx) / full,
             strategy_stats=dict(result.stats),
+            vision_recomputed=vision_share,
         )
         stats.fill_message_fields()
         return actions, stats
+
+
+    def _encode(self, pixels, timer: StageTimer):
+        """Return (features (N, Cv), tokens (N, W), share of the vision work done) of a frame's cameras.
+
+        frame_cache (exact): a camera whose pixels equal the kept ones takes its kept vision
+        hidden state; vision_reuse (approximate): each other camera through its changed-token
+        encoder. SmolVLA caches by default; this package's VLA only with vision_reuse on.
+        """
+        options, model = self.options, self.model
+        cache = options.frame_cache and (options.vision_reuse or model.family_name == "smolvla")
+        if not (cache or options.vision_reuse):
+            features, tokens = model.encode_frame(pixels)
+            return features, tokens, 1.0
+        hidden, shares = [], []
+        for camera, image in enumerate(camera_images(model, pixels)):
+            kept = self.kept_frames.get(camera)
+            if cache and kept is not None and torch.equal(kept[0], image):
+                hidden.append(kept[1])
+                shares.append(0.0)
+                continue
+            if options.vision_reuse:
+                encoder = self.vision_encoders.get(camera)
+                if encoder is None:
+                    encoder = self.vision_encoders[camera] = ChangedTokenEncoder(
+                        siglip_tower(vision_tower(model)), options.vision_threshold, options.vision_refresh)
+                hidden.append(encoder.encode(image))
+                shares.append(encoder.last.recomputed_fraction)
+            else:
+                hidden.append(vision_tower(model)(pixel_values=image).last_hidden_state)
+                shares.append(1.0)
+            if cache:
+                self.kept_frames[camera] = (image.clone(), hidden[-1])
+        start = timer.now()
+        features, tokens = tokens_from_hidden(model, hidden)
+        timer.part("connector", start)
+        return features, tokens, float(np.mean(shares))
+
+
+def camera_images(model, pixels) -> list[torch.Tensor]:
+    """One (1, 3, h, w) tensor per camera, from what the family's preprocess returned."""
+    if isinstance(pixels, (list, tuple)):  # SmolVLA: one resized frame per camera
+        return list(pixels)
+    return [pixels[i : i + 1] for i in range(len(pixels))]  # this package's VLA: (C, 3, S, S)
+
+
+def vision_tower(model):
+    """The family's SigLIP-like vision transformer (what changed-token reuse runs through)."""
+    return model.vision if isinstance(model, VLAModel) else model.vision_tower()
+
+
+def tokens_from_hidden(model, hidden: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-camera vision hidden states (1, n, Cv) -> what encode_frame returns (features, tokens)."""
+    if isinstance(model, VLAModel):
+        features = torch.cat(hidden)
+        features = features.reshape(-1, features.shape[-1])  # (C*n, Cv): cameras concatenated
+        return features, model.projector(features)
+    return model.tokens_from_hidden(hidden)
+
+
+def speed_options(model, strategy: str, strategy_params: dict | None) -> SpeedOptions:
+    """The speed options among the strategy's params (YAML + overrides) that the family reads.
+
+    SmolVLA reads them all; this package's own VLA the vision ones (the rest are refused).
+    """
+    from dysta_ros.tokens import strategy_defaults
+
+    options, _ = split_speed_options({**strategy_defaults(strategy), **(strategy_params or {})})
+    if isinstance(model, VLAModel):
+        unread = [k for k in OWN_VLA_UNREAD if getattr(options, k) != getattr(SpeedOptions(), k)]
+        if unread:
+            raise ConfigError(f"speed option(s) {unread} run on SmolVLA models only; this package's own "
+                              f"VLA reads {', '.join(OWN_VLA_READS)}")
+    if options.cuda_graphs and str(model.device) == "cpu":
+        raise ConfigError("speed option cuda_graphs needs a CUDA device; this model runs on the CPU")
+    return options
+
+
+OWN_VLA_READS = ("vision_reuse", "vision_threshold", "vision_refresh")
+OWN_VLA_UNREAD = ("denoise_steps", "warm_start", "compute_dtype", "cuda_graphs")
 
 
 def build_model(
@@ -198,10 +296,18 @@ def build_model(
         torch.manual_seed(seed)
         vla = VLAModel(preset_config(model, overrides))
         return vla.to(device=device, dtype=torch_dtype), model_tokenizer(vla)
+    if model in REAL_SIZES:  # a LeRobot SmolVLA of that size, random weights, no download
+        from dysta_ros.policy.smolvla.realsize import real_size_policy
+
+        from dysta_ros.policy.smolvla.backend import SmolVLABackend
+
+        backend = SmolVLABackend(real_size_policy(model, seed=seed, device=device, dtype=torch_dtype))
+        return backend, backend.tokenizer
     path = Path(model)
     if not path.is_dir():
         raise ConfigError(
-            f"model {model!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint directory"
+            f"model {model!r} is neither a preset ({', '.join([*PRESETS, *REAL_SIZES])}) nor a "
+            "checkpoint directory"
         )
     if overrides:
         raise ConfigError(

@@ -16,6 +16,7 @@ import torch
 
 from dysta_ros.errors import ConfigError
 from dysta_ros.policy.attention import AttentionPlan
+from dysta_ros.policy.speed import SPEED_KEYS
 from dysta_ros.tokens.flops import backbone_flops
 
 
@@ -45,7 +46,8 @@ class StrategyParams:
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None, strategy: str):
         """Build from flat keys (YAML / ROS parameters); unknown keys name the allowed ones."""
-        values = dict(values or {})
+        # speed options (policy/speed.py) may stand beside a strategy's keys; they are not its own
+        values = {k: v for k, v in (values or {}).items() if k not in SPEED_KEYS}
         allowed = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - set(allowed))
         if unknown:

@@ -1,6 +1,7 @@
 """`dysta-ros bench` and `profile-entropy` on the tiny preset: schema, like-for-like, schedule."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,3 +133,52 @@ def test_profile_entropy_prints_a_layer_entropy_line_vla_cache_accepts(tmp_path,
     model, _ = build_model("tiny")
     assert len(profile) == model.cfg.backbone.layers and all(0.0 <= e <= 1.0 for e in profile)
     assert build_strategy("vla_cache", {"layer_entropy": profile}, model.cfg).params.layer_entropy == profile
+
+
+def test_bench_runs_speed_options_beside_full_on_a_smolvla_checkpoint(tmp_path, capsys):
+    data_dir = Path(__file__).parents[1] / "data" / "smolvla_tiny"
+    out = tmp_path / "smolvla.json"
+    code = main(["bench", "--model", str(data_dir / "checkpoint"), "--vlm", str(data_dir / "vlm"),
+                 "--strategies", "full", "--history", "1", "--steps", "2", "--warmup", "1",
+                 "--camera-size", "48x64", "--options", "reference,vision,steps5",
+                 "--json", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    data = json.loads(out.read_text())
+    rows = {r["strategy"]: r for r in data["runs"]}
+    assert list(rows) == ["full", "full+reference", "full+vision", "full+steps5"]
+    # without the frame cache: full's actions; fewer steps move them, by a measured amount
+    assert rows["full+reference"]["action_dev_max"] <= 1e-5
+    assert rows["full+steps5"]["action_dev_mean"] > 1e-4
+    assert rows["full+vision"]["vision_recomputed"] < 1.0
+    for stage in ("preprocess", "vision", "backbone", "action_head"):
+        assert rows["full"]["stage_ms_p50"][stage] > 0
+    assert set(rows["full"]["part_ms_p50"]) == {"connector", "postprocess"}
+    assert data["meta"]["camera_size"] == [48, 64] and data["meta"]["peak_rss_mb"] > 0
+
+
+def test_bench_refuses_options_the_model_family_does_not_read(capsys):
+    assert main(["bench", "--preset", "tiny", "--strategies", "full", "--options", "steps5", "--quiet"]) == 2
+    assert "SmolVLA" in capsys.readouterr().err
+    assert main(["bench", "--preset", "tiny", "--options", "nosuch", "--quiet"]) == 2
+    assert "speed_options.yaml" in capsys.readouterr().err
+
+
+def test_bench_reads_frames_from_a_bag(tmp_path):
+    from bag_helpers import BagSpec, write_episode_bag
+
+    bag = write_episode_bag(tmp_path / "bag", BagSpec(episodes=1, seconds=0.6))
+    out = tmp_path / "bag.json"
+    assert main(["bench", "--preset", "tiny", "--strategies", "full,dysta", "--history", "1", "--steps", "2",
+                 "--warmup", "1", "--frames", str(bag), "--json", str(out), "--quiet"]) == 0
+    data = json.loads(out.read_text())
+    assert data["meta"]["frames"] == str(bag) and data["meta"]["camera_size"] == [24, 24]
+    assert main(["bench", "--preset", "tiny", "--frames", str(tmp_path / "none"), "--quiet"]) == 2
+
+
+def test_bench_gives_smolvla_two_480x640_cameras_by_default(tmp_path):
+    data_dir = Path(__file__).parents[1] / "data" / "smolvla_tiny"
+    out = tmp_path / "default_size.json"
+    assert main(["bench", "--model", str(data_dir / "checkpoint"), "--vlm", str(data_dir / "vlm"),
+                 "--strategies", "full", "--history", "1", "--steps", "1", "--warmup", "0",
+                 "--json", str(out), "--quiet"]) == 0
+    assert json.loads(out.read_text())["meta"]["camera_size"] == [480, 640]

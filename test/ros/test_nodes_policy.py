@@ -415,10 +415,14 @@ def test_trajectories_keep_to_the_joint_limits_and_stop_on_estop(ros):
         # comes of a frame sent after the corruption (a step that began before it used older frames).
         errors = node.errors
         cfg = node.runtime.model.cfg
+        action_std = cfg.action_std
         cfg.action_std = [float("nan")] + [1.0] * (cfg.action_dim - 1)
         corrupted = probe.publishing_until(good_frame, lambda: node.errors >= errors + 4)
         assert not chunk_stamps(probe) & set(corrupted)
         # Deactivating stops the controller too: the executor's deadman (no chunk) stops it.
+        # Moving again first (good statistics back), so the stop is deactivate's doing.
+        cfg.action_std, moved = action_std, len(probe.commands)
+        probe.publishing_until(good_frame, lambda: any(c.points for c in probe.commands[moved:]))
         count = len(probe.commands)
         assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
         assert spin_until(probe.spin, lambda: any(not c.points for c in probe.commands[count:]))
@@ -453,7 +457,9 @@ def test_a_core_warning_reaches_diagnostics(ros):
         probe.publishing_until(good_frame, lambda: (probe.status("core") or (0,))[0] == 1)
         level, message = probe.status("core")
         assert "cache_language" in message and "trained" in message
-        assert probe.chunks  # a warning, not a hold: the policy keeps stepping
+        # A warning, not a hold: the policy keeps stepping. The warning is raised inside the
+        # step that then publishes its chunk, so wait for that chunk rather than read at once.
+        probe.publishing_until(good_frame, lambda: len(probe.chunks) > 0)
     finally:
         probe.spin.remove_node(node)
         node.close()

@@ -31,13 +31,17 @@ def bench_args(**changes) -> argparse.Namespace:
     return args
 
 
-def check_the_split_worked(result: dict) -> None:
+def check_the_split_worked(result: dict, late_chunks_possible: bool = False) -> None:
     assert result["chunks"] > 0 and result["commands"] > 0
     # the policy host saw the cameras only as robot_link's JPEG streams, smaller than raw
     for topic, size in result["camera_frame_bytes"].items():
         assert 0 < size < result["raw_frame_bytes"], topic
     counts = result["executor_counts"]
-    assert counts["accepted"] > 0 and counts["rejected"] == 0
+    assert counts["accepted"] > 0
+    if not late_chunks_possible:
+        assert counts["rejected"] == 0
+    else:  # a chunk the lossy link delivered after its last action is refused, never executed
+        assert counts["rejected"] < counts["accepted"]
 
 
 def test_loopback_split():
@@ -50,7 +54,7 @@ def test_loopback_split():
 @pytest.mark.skipif(NO_NAMESPACES is not None, reason=f"no network namespaces: {NO_NAMESPACES}")
 def test_impaired_link_between_namespaces_holds_on_a_cut_and_resumes_on_a_fresh_chunk():
     result = link_bench.run_variant(bench_args(), impaired=True)
-    check_the_split_worked(result)
+    check_the_split_worked(result, late_chunks_possible=True)
     link = result["link_counts"]
     assert link["forwarded"] > 0 and link["lost"] > 0  # the traffic really crossed the lossy link
     clock = result["clock"]  # both namespaces share this kernel's clock: the true offset is 0

@@ -135,3 +135,38 @@ def test_strategy_parameters_are_checked_when_set_and_a_fixed_refusal_clears():
     with pytest.raises(Exception, match="l1_fraction"):
         parameters.check(values, {"dysta.l1_fraction": 1.5})  # refused now, not at the next step
     assert {p.name for p in PARAMS} >= {"camera_transport", "clock_sync", "strategy"}
+
+
+def test_an_image_read_in_place_has_the_fields_deserializing_gives():
+    import numpy as np
+    import pytest
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import Image
+
+    from dysta_ros.errors import InputError
+    from dysta_ros.nodes.image_conversion import image_to_rgb, rgb_to_image
+    from dysta_ros.nodes.raw_frames import decode, image_view
+
+    rng = np.random.default_rng(3)
+    for encoding, frame_id, (height, width), pad in (("rgb8", "", (48, 64), 0), ("bgr8", "cam", (5, 7), 3),
+                                                      ("mono8", "a_longer_frame_id", (9, 13), 1),
+                                                      ("rgba8", "x" * 5, (4, 6), 0)):
+        rgb = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+        image = rgb_to_image(rgb, Image, encoding)
+        if pad:  # row padding: step longer than a row
+            rows = np.frombuffer(bytes(image.data), np.uint8).reshape(height, -1)
+            image.data = np.hstack([rows, np.zeros((height, pad), np.uint8)]).tobytes()
+            image.step += pad
+        image.header.frame_id, image.header.stamp.sec, image.is_bigendian = frame_id, 77, 0
+        view = image_view(serialize_message(image))
+        for field in ("height", "width", "encoding", "is_bigendian", "step"):
+            assert getattr(view, field) == getattr(image, field), (encoding, field)
+        assert bytes(view.data) == bytes(image.data) and view.header.frame_id == frame_id
+        assert view.header.stamp.sec == 77
+        in_place = image_to_rgb(decode(serialize_message(image), Image))
+        np.testing.assert_array_equal(in_place, image_to_rgb(image))
+    # cut short: not read in place, and deserializing refuses it with a clear error
+    data = serialize_message(image)[:-10]
+    assert image_view(data) is None
+    with pytest.raises(InputError, match="cannot deserialize"):
+        decode(data, Image)

@@ -150,7 +150,7 @@ def test_a_multi_point_trajectory_is_followed_through_its_points_not_jumped_to_t
 
     def back_after_going_out():
         seen.append(joint_positions(probe)[0] - start[0])
-        return max(seen) > 0.3 and abs(seen[-1]) < 0.02
+        return max(seen) > 0.2 and abs(seen[-1]) < 0.02  # samples may miss the +0.4 peak itself
 
     assert spin_until(executor, back_after_going_out), (max(seen), seen[-1])
 

@@ -24,6 +24,7 @@ from dysta_ros.policy.attention import _record_entropy
 from dysta_ros.policy.contract import BackboneShape, ModelShape, ModelSpec
 from dysta_ros.policy.families import DEFAULT_DT, FAMILIES
 from dysta_ros.policy.preprocess import check_image, check_state
+from dysta_ros.policy.smolvla.policy import warm_start_noise
 from dysta_ros.tokens.flops import backbone_flops
 from dysta_ros.types import Observation
 
@@ -102,6 +103,21 @@ class SmolVLABackend:
         features = torch.cat([t[0] for t in tokens])  # (N, W), cameras in model order
         scale = torch.tensor(self.width**0.5, dtype=features.dtype, device=features.device)
         return features, features * scale
+
+    def vision_tower(self):
+        """The SigLIP tower (what the runtime's frame cache and changed-token reuse run through)."""
+        return self.net.vlm_with_expert.vlm.model.vision_model
+
+    def tokens_from_hidden(self, hidden: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-camera vision hidden states (1, n, Cv) -> what encode_frame returns."""
+        features = torch.cat([self.net.connect(h)[0] for h in hidden])  # (N, W), cameras in model order
+        scale = torch.tensor(self.width**0.5, dtype=features.dtype, device=features.device)
+        return features, features * scale
+
+    def in_dtype(self, dtype: torch.dtype) -> SmolVLABackend:
+        """This checkpoint computing in `dtype` (speed option compute_dtype; the copy is made once)."""
+        policy = self.policy.in_dtype(dtype)
+        return self if policy is self.policy else SmolVLABackend(policy)
 
     def embed_text(self, token_ids: torch.Tensor) -> torch.Tensor:
         embed = self.net.vlm_with_expert.vlm.model.text_model.embed_tokens
@@ -191,12 +207,28 @@ class SmolVLABackend:
         return backbone_flops(self.cfg.backbone, layers * length, pairs)
 
     # -- action head -------------------------------------------------------------------------
-    def sample_actions(self, records, prefix_length: int, noise: torch.Tensor) -> torch.Tensor:
-        """Denoise noise (chunk, max_action_dim) over the per-layer prefix K/V -> (chunk, max_action_dim)."""
+    def sample_actions(self, records, prefix_length: int, noise: torch.Tensor, options=None,
+                       previous: torch.Tensor | None = None) -> torch.Tensor:
+        """Denoise noise (chunk, max_action_dim) over the per-layer prefix K/V -> (chunk, max_action_dim).
+
+        `options` (SpeedOptions): denoise_steps, warm_start from `previous` (the last chunk,
+        normalized and padded), cuda_graphs. None: the checkpoint's own schedule.
+        """
         kv = [records[i] for i in range(len(records))]
         pad = torch.ones(1, kv[0][0].shape[1], dtype=torch.bool, device=self.device)
         context = self.net.expert_context(kv, pad)
-        return self.policy.denoise(context, pad, self.policy.make_noise(noise))[0]
+        noise = self.policy.make_noise(noise)
+        steps, start = (options.denoise_steps if options else 0), 1.0
+        if options is not None and options.warm_start and previous is not None:
+            start = options.warm_start_time
+            noise = warm_start_noise(previous[None].to(noise.dtype), noise, start, options.warm_start_shift)
+            steps = steps or max(1, round(self.policy.cfg.num_steps * start))
+        if options is not None and options.cuda_graphs:
+            steps = steps or self.policy.cfg.num_steps
+            x0 = self.policy.graphed_denoiser()(context, pad, noise, steps, start)
+        else:
+            x0 = self.policy.denoise(context, pad, noise, steps=steps, start_time=start)
+        return x0[0]
 
     def actions_to_robot(self, normalized: torch.Tensor) -> np.ndarray:
         raw, _ = self.policy.postprocess(normalized[None])

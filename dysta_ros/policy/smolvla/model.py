@@ -9,6 +9,7 @@ Shapes: B batch, P prefix tokens, C chunk, H query heads, G KV heads, D head_dim
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -23,32 +24,51 @@ from dysta_ros.policy.smolvla.config import SmolVLAConfig, VLMConfig, expert_int
 ROPE_BASE = 10_000.0  # SmolVLA's own rotary base; the backbone's rope setting is never read
 
 
-def apply_rope(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Rotate x (B, T, heads, D) by positions (B, T), half-split, in fp32."""
-    half = x.shape[-1] // 2
-    dtype = x.dtype
-    x = x.float()
-    exponents = (2.0 / x.shape[-1]) * torch.arange(half, dtype=torch.float32, device=x.device)
+def rope_tables(positions: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (cos, sin), each (B, T, 1, D/2) fp32, of positions (B, T): once per chunk, not per layer."""
+    half = head_dim // 2
+    exponents = (2.0 / head_dim) * torch.arange(half, dtype=torch.float32, device=positions.device)
     timescale = ROPE_BASE**exponents  # (D/2,)
     radians = positions[..., None].float() / timescale[None, None, :]  # (B, T, D/2)
     radians = radians[..., None, :]  # (B, T, 1, D/2)
-    sin, cos = torch.sin(radians), torch.cos(radians)
+    return torch.cos(radians), torch.sin(radians)
+
+
+def rotate(x: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotate x (B, T, heads, D) by rope_tables' (cos, sin), half-split, in fp32."""
+    cos, sin = tables
+    half = x.shape[-1] // 2
+    dtype = x.dtype
+    x = x.float()
     x1, x2 = x[..., :half], x[..., half:]
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(dtype)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """SDPA over (B, T, H, D) queries and (B, S, G, D) keys/values under a bool (B, T, S) mask.
+def apply_rope(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Rotate x (B, T, heads, D) by positions (B, T), half-split, in fp32."""
+    return rotate(x, rope_tables(positions, x.shape[-1]))
+
+
+def mask_bias(allowed: torch.Tensor) -> torch.Tensor:
+    """Return the additive fp32 bias (B, 1, T, S) of a bool (B, T, S) mask: 0 or the fp32 minimum.
 
     LeRobot replaces masked scores by the float32 minimum before an fp32 softmax; adding the
     minimum gives the same probabilities (|score| is far below its ulp), and keeps fully masked
-    rows (pad queries) finite, as LeRobot's are. GQA: query head h reads KV head h // (H/G).
+    rows (pad queries) finite, as LeRobot's are.
+    """
+    bias = torch.zeros(allowed.shape, dtype=torch.float32, device=allowed.device)
+    bias.masked_fill_(~allowed, torch.finfo(torch.float32).min)
+    return bias[:, None]
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """SDPA over (B, T, H, D) queries and (B, S, G, D) keys/values under mask_bias' (B, 1, T, S).
+
+    Scores and softmax in fp32, as LeRobot's. GQA: query head h reads KV head h // (H/G).
     """
     out_dtype = v.dtype
     q, k, v = (t.float().transpose(1, 2) for t in (q, k, v))  # (B, heads, T|S, D)
-    bias = torch.zeros(allowed.shape, dtype=torch.float32, device=q.device)
-    bias.masked_fill_(~allowed, torch.finfo(torch.float32).min)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias[:, None], enable_gqa=True)  # (B, H, T, D)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=True)  # (B, H, T, D)
     return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1).to(out_dtype)  # (B, T, H*D)
 
 
@@ -198,16 +218,23 @@ class SmolVLAModel(nn.Module):
         self.action_out_proj = nn.Linear(expert.hidden_size, cfg.max_action_dim)
         self.action_time_mlp_in = nn.Linear(2 * expert.hidden_size, expert.hidden_size)
         self.action_time_mlp_out = nn.Linear(expert.hidden_size, expert.hidden_size)
+        self._time_cache: dict = {}  # step schedule -> time embeddings (they depend on nothing else)
 
     # -- prefix ------------------------------------------------------------------------------
     def encode_image(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (vision last hidden (B, N, Wv), image tokens (B, N/s^2, W)) of (B, 3, h, w) pixels."""
-        inner = self.vlm_with_expert.vlm.model
-        hidden = inner.vision_model(
-            pixel_values=pixels.to(inner.vision_model.embeddings.patch_embedding.weight.dtype),
-            patch_attention_mask=None,
-        ).last_hidden_state
-        return hidden, inner.connector(hidden)
+        hidden = self.vision_hidden(pixels)
+        return hidden, self.connect(hidden)
+
+    def vision_hidden(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Return the vision tower's last hidden (B, N, Wv) of (B, 3, h, w) pixels (SDPA attention)."""
+        tower = self.vlm_with_expert.vlm.model.vision_model
+        return tower(pixel_values=pixels.to(tower.embeddings.patch_embedding.weight.dtype),
+                     patch_attention_mask=None).last_hidden_state
+
+    def connect(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Return image tokens (B, N/s^2, W): pixel shuffle + projection of the vision hidden."""
+        return self.vlm_with_expert.vlm.model.connector(hidden)
 
     def embed_prefix(
         self,
@@ -249,19 +276,21 @@ class SmolVLAModel(nn.Module):
     def prefix_forward(self, embs: torch.Tensor, pad_mask: torch.Tensor, block_flags: torch.Tensor):
         """Run the kept text layers over the prefix; return per-layer (key, value), each (B, P, G, D).
 
-        Keys are stored after rotation, as LeRobot caches them.
+        Keys are stored after rotation, as LeRobot caches them. The mask bias and the rotary
+        tables are built once for all layers.
         """
-        allowed = self.attention_2d(pad_mask, block_flags)  # (B, P, P)
+        bias = mask_bias(self.attention_2d(pad_mask, block_flags))  # (B, 1, P, P)
         positions = torch.cumsum(pad_mask.long(), dim=1) - 1  # pads repeat the previous id
+        tables = rope_tables(positions, self.head_dim)
         layers = self.vlm_with_expert.vlm.model.text_model.layers
         hidden, cache = embs, []
         for index, layer in enumerate(layers):
             last = index == len(layers) - 1
             q, k, v = _project(layer, hidden, self.head_dim, with_query=not last)
-            k = apply_rope(k, positions)
+            k = rotate(k, tables)
             cache.append((k, v))
             if not last:  # the last layer's output is never read: only its K/V
-                out = attention(apply_rope(q, positions), k, v, allowed)
+                out = attention(rotate(q, tables), k, v, bias)
                 hidden = _mlp_block(layer, hidden, out)
         return cache
 
@@ -295,7 +324,7 @@ class SmolVLAModel(nn.Module):
                 q = apply_rope(q, positions[:, rows])
                 if observe is not None:
                     observe(index, q, keys, rows)
-                hidden = _mlp_block(layer, hidden, attention(q, keys, values, allowed[:, rows]))
+                hidden = _mlp_block(layer, hidden, attention(q, keys, values, mask_bias(allowed[:, rows])))
         return cache
 
     # -- action expert -----------------------------------------------------------------------
@@ -319,22 +348,15 @@ class SmolVLAModel(nn.Module):
             context.append((key, value))
         return context
 
-    def embed_suffix(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Return the expert's input tokens (B, C, We) for noisy actions (B, C, A) at time t (B,)."""
-        action_emb = self.action_in_proj(x_t)  # (B, C, We)
-        time_emb = sinusoidal_time_embedding(t, self.expert_width, self.cfg.min_period, self.cfg.max_period)
-        time_emb = time_emb.to(action_emb.dtype)[:, None, :].expand_as(action_emb)
-        fused = self.action_time_mlp_in(torch.cat([action_emb, time_emb], dim=2))
-        return self.action_time_mlp_out(F.silu(fused))
+    def denoise_plan(self, context, prefix_pad_mask: torch.Tensor, chunk: int) -> DenoisePlan:
+        """Return everything the denoising steps share, built once per chunk.
 
-    def velocity(
-        self, context, prefix_pad_mask: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
-    ) -> torch.Tensor:
-        """Return the flow velocity (B, C, A) at x_t, t given the chunk's expert context."""
-        hidden = self.embed_suffix(x_t, t)  # (B, C, We)
-        batch, chunk = hidden.shape[:2]
-        prefix_len = prefix_pad_mask.shape[1]
-        causal = torch.ones(chunk, chunk, dtype=torch.bool, device=hidden.device).tril()
+        Masks (as fp32 biases), rotary tables, and for self-attention layers a key/value buffer
+        holding the prefix part once: each step writes only its action part into it.
+        """
+        batch, prefix_len = prefix_pad_mask.shape
+        device = prefix_pad_mask.device
+        causal = torch.ones(chunk, chunk, dtype=torch.bool, device=device).tril()
         self_allowed = torch.cat(
             [
                 prefix_pad_mask[:, None, :].expand(batch, chunk, prefix_len),
@@ -344,38 +366,116 @@ class SmolVLAModel(nn.Module):
         )  # (B, C, P+C)
         cross_allowed = prefix_pad_mask[:, None, :].expand(batch, chunk, prefix_len)  # (B, C, P)
         offset = prefix_pad_mask.long().sum(dim=1, keepdim=True)  # (B, 1)
-        steps = torch.arange(chunk, device=hidden.device)[None]  # (1, C)
+        steps = torch.arange(chunk, device=device)[None]  # (1, C)
+        buffers = []
+        for (index, _), (key, value) in zip(self.cfg.expert_layer_map(), context):
+            if self.cfg.is_self_attention(index):
+                k_buf = key.new_empty(batch, prefix_len + chunk, *key.shape[2:])
+                v_buf = value.new_empty(batch, prefix_len + chunk, *value.shape[2:])
+                k_buf[:, :prefix_len], v_buf[:, :prefix_len] = key, value
+                buffers.append((k_buf, v_buf))
+            else:
+                buffers.append((key, value))
+        return DenoisePlan(
+            buffers=buffers,
+            prefix_len=prefix_len,
+            self_bias=mask_bias(self_allowed),
+            cross_bias=mask_bias(cross_allowed),
+            self_rope=rope_tables(offset + steps, self.head_dim),  # continue after the valid prefix
+            cross_rope=rope_tables(steps.expand(batch, chunk), self.head_dim),
+        )
+
+    def time_embeddings(self, times: tuple[float, ...], device) -> torch.Tensor:
+        """Return the sinusoidal embeddings (steps, We) of the step times, cached per schedule."""
+        key = (times, str(device), self.action_in_proj.weight.dtype)
+        cached = self._time_cache.get(key)
+        if cached is None:
+            t = torch.tensor(times, dtype=torch.float32, device=device)
+            emb = sinusoidal_time_embedding(t, self.expert_width, self.cfg.min_period, self.cfg.max_period)
+            cached = self._time_cache[key] = emb.to(self.action_in_proj.weight.dtype)
+        return cached
+
+    def embed_suffix(self, x_t: torch.Tensor, t: torch.Tensor, time_emb: torch.Tensor | None = None):
+        """Return the expert's input tokens (B, C, We) for noisy actions (B, C, A) at time t (B,)."""
+        action_emb = self.action_in_proj(x_t)  # (B, C, We)
+        if time_emb is None:
+            cfg = self.cfg
+            time_emb = sinusoidal_time_embedding(t, self.expert_width, cfg.min_period, cfg.max_period)
+        time_emb = time_emb.to(action_emb.dtype)[:, None, :].expand_as(action_emb)
+        fused = self.action_time_mlp_in(torch.cat([action_emb, time_emb], dim=2))
+        return self.action_time_mlp_out(F.silu(fused))
+
+    def velocity(self, context, prefix_pad_mask: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
+        """Return the flow velocity (B, C, A) at x_t, t (B,) given the chunk's expert context.
+
+        One call, its own plan (what training differentiates through); denoising builds the plan
+        once per chunk and calls planned_velocity.
+        """
+        cfg = self.cfg
+        time_emb = sinusoidal_time_embedding(t, self.expert_width, cfg.min_period, cfg.max_period)
+        plan = self.denoise_plan(context, prefix_pad_mask, x_t.shape[1])
+        return self.planned_velocity(plan, x_t, time_emb.to(self.action_in_proj.weight.dtype))
+
+    def planned_velocity(self, plan: DenoisePlan, x_t: torch.Tensor, time_emb: torch.Tensor) -> torch.Tensor:
+        """Return the flow velocity (B, C, A) at x_t with time embedding (B, We) under the chunk's plan."""
+        hidden = self.embed_suffix(x_t, None, time_emb)  # (B, C, We)
+        batch, chunk = hidden.shape[:2]
+        start = plan.prefix_len
         experts = self.vlm_with_expert.lm_expert.layers
-        for (index, expert_index), (key, value) in zip(self.cfg.expert_layer_map(), context):
+        for (index, expert_index), (key, value) in zip(self.cfg.expert_layer_map(), plan.buffers):
             layer = experts[expert_index]
             if self.cfg.is_self_attention(index):
-                positions = offset + steps  # continue after the valid prefix tokens
                 q, k, v = _project(layer, hidden, self.head_dim)
-                k = torch.cat([key, apply_rope(k, positions).to(key.dtype)], dim=1)
-                v = torch.cat([value, v.to(value.dtype)], dim=1)
-                out = attention(apply_rope(q, positions), k, v, self_allowed)
+                key[:, start:] = rotate(k, plan.self_rope)  # the action part of the step's K/V
+                value[:, start:] = v
+                out = attention(rotate(q, plan.self_rope), key, value, plan.self_bias)
             else:
                 x = layer.input_layernorm(hidden).to(layer.self_attn.q_proj.weight.dtype)
                 q = layer.self_attn.q_proj(x).view(batch, chunk, -1, self.head_dim)
-                out = attention(apply_rope(q, steps.expand(batch, chunk)), key, value, cross_allowed)
+                out = attention(rotate(q, plan.cross_rope), key, value, plan.cross_bias)
             hidden = _mlp_block(layer, hidden, out)
         hidden = self.vlm_with_expert.lm_expert.norm(hidden)
         return self.action_out_proj(hidden.to(self.action_out_proj.weight.dtype))  # (B, C, A)
 
     def denoise(
-        self, context, prefix_pad_mask: torch.Tensor, noise: torch.Tensor, record=None
+        self,
+        context,
+        prefix_pad_mask: torch.Tensor,
+        noise: torch.Tensor,
+        record=None,
+        steps: int = 0,
+        start_time: float = 1.0,
     ) -> torch.Tensor:
-        """Integrate the flow from t = 1 (noise) to 0 with Euler; return x_0 (B, C, A)."""
-        steps = self.cfg.num_steps
-        dt = -1.0 / steps
+        """Integrate the flow with Euler from t = start_time (x = noise there) to 0; return x_0 (B, C, A).
+
+        `steps` = 0 takes the checkpoint's num_steps; from t = 1 that is LeRobot's schedule.
+        """
+        steps = steps or self.cfg.num_steps
+        dt = -start_time / steps
+        # t afresh each step, in float64 then rounded once: a running float32 sum drifts 1e-7
+        times = tuple(start_time + k * dt for k in range(steps))
+        time_embs = self.time_embeddings(times, noise.device)
+        plan = self.denoise_plan(context, prefix_pad_mask, noise.shape[1])
         x_t = noise.to(self.action_in_proj.weight.dtype)
         batch = noise.shape[0]
         for k in range(steps):
-            # afresh each step, in float64 then rounded once: a running float32 sum drifts 1e-7
-            t = torch.full((batch,), 1.0 + k * dt, dtype=torch.float32, device=noise.device)
-            v_t = self.velocity(context, prefix_pad_mask, x_t, t)
+            v_t = self.planned_velocity(plan, x_t, time_embs[k : k + 1].expand(batch, -1))
             if record is not None:
-                record.setdefault("v_t", []).append(v_t)
-                record.setdefault("timesteps", []).append(t)
+                record.setdefault("v_t", []).append(v_t.clone())
+                record.setdefault("timesteps", []).append(
+                    torch.full((batch,), times[k], dtype=torch.float32, device=noise.device)
+                )
             x_t = x_t + dt * v_t
         return x_t
+
+
+@dataclass
+class DenoisePlan:
+    """What every denoising step of one chunk shares (SmolVLAModel.denoise_plan)."""
+
+    buffers: list  # per expert layer (key, value): prefix + action slots, or the cross layer's context
+    prefix_len: int
+    self_bias: torch.Tensor  # (B, 1, C, P+C)
+    cross_bias: torch.Tensor  # (B, 1, C, P)
+    self_rope: tuple[torch.Tensor, torch.Tensor]
+    cross_rope: tuple[torch.Tensor, torch.Tensor]

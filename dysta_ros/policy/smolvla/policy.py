@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -9,11 +10,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dysta_ros.errors import CheckpointError, InputError
+from dysta_ros.errors import CheckpointError, ConfigError, InputError
 from dysta_ros.policy.smolvla.checkpoint import CheckpointFiles, map_weights, read_checkpoint
 from dysta_ros.policy.smolvla.config import ACTION_KEY, STATE_KEY
 from dysta_ros.policy.smolvla.model import SmolVLAModel
+from dysta_ros.policy.speed import SpeedOptions
 from dysta_ros.policy.timing import StageTimer
+from dysta_ros.policy.vision_reuse import ChangedTokenEncoder, siglip_tower
 
 
 @dataclass(frozen=True)
@@ -115,8 +118,11 @@ class SmolVLAPolicy:
         mask[0, : len(ids)] = True
         return tokens.to(self.device), mask.to(self.device)
 
-    def prepare_pixels(self, images: dict) -> list[torch.Tensor]:
-        """Return each camera's frame (1, 3, h, w) resized-with-padding, in SigLIP's [-1, 1] (model order)."""
+    def prepare_pixels(self, images: dict, skip=frozenset()) -> list[torch.Tensor | None]:
+        """Return each camera's frame (1, 3, h, w) resized-with-padding, in SigLIP's [-1, 1] (model order).
+
+        Cameras in `skip` (their tokens are reused) get None instead of pixels.
+        """
         pixels = []
         for name in self.spec.camera_names:
             frame = np.asarray(images[name])
@@ -124,6 +130,9 @@ class SmolVLAPolicy:
                 raise InputError(
                     f"images[{name!r}]: expected HxWx3 uint8 RGB, got {frame.dtype} {frame.shape}"
                 )
+            if name in skip:
+                pixels.append(None)
+                continue
             image = torch.from_numpy(np.ascontiguousarray(frame)).to(self.device).permute(2, 0, 1)[None]
             image = resize_with_pad(image.float() / 255.0, *self.cfg.resize)
             pixels.append((image * 2.0 - 1.0).to(self.dtype))  # SigLIP range; padding becomes -1
@@ -136,14 +145,17 @@ class SmolVLAPolicy:
         padded[0, : self.cfg.state_dim] = normalized
         return normalized, padded
 
-    def prepare_inputs(self, images: dict, state, task: str) -> dict:
-        """Return pixels per camera (model order), language tokens and the padded normalized state."""
+    def prepare_inputs(self, images: dict, state, task: str, skip=frozenset()) -> dict:
+        """Return pixels per camera (model order), language tokens and the padded normalized state.
+
+        Cameras in `skip` (their tokens are reused) get None instead of pixels.
+        """
         missing = [n for n in self.spec.camera_names if n not in images]
         if missing:
             raise InputError(
                 f"images: missing camera(s) {missing}; the checkpoint needs {list(self.spec.camera_names)}"
             )
-        pixels = self.prepare_pixels(images)
+        pixels = self.prepare_pixels(images, skip)
         state = np.asarray(state, dtype=np.float32).reshape(-1)
         if state.shape[0] != self.cfg.state_dim or not np.isfinite(state).all():
             raise InputError(f"state: expected {self.cfg.state_dim} finite values, got {state.tolist()}")
@@ -162,11 +174,21 @@ class SmolVLAPolicy:
         hidden, tokens = zip(*(self.model.encode_image(p) for p in pixels))
         return list(hidden), list(tokens)
 
-    def embed_prefix(self, image_tokens, inputs: dict):
-        """Return prefix (embeddings, pad mask, block flags)."""
-        return self.model.embed_prefix(
+    def embed_prefix(self, image_tokens, inputs: dict, drop_pads: bool = False):
+        """Return prefix (embeddings, pad mask, block flags).
+
+        drop_pads: leave out the slots that are padding in every batch row. Exact: pads are
+        masked as keys everywhere, their own outputs are never read, and position ids count
+        valid tokens only, so every valid token sees the same numbers.
+        """
+        embs, pad_mask, flags = self.model.embed_prefix(
             image_tokens, inputs["lang_tokens"], inputs["lang_mask"], inputs["state_padded"]
         )
+        if drop_pads:
+            keep = pad_mask.any(dim=0)
+            if not bool(keep.all()):
+                embs, pad_mask, flags = embs[:, keep], pad_mask[:, keep], flags[:, keep]
+        return embs, pad_mask, flags
 
     def prefix_forward(self, embs, pad_mask, block_flags):
         """Return per-layer prefix (key, value) and the expert's per-chunk context from them."""
@@ -185,9 +207,10 @@ class SmolVLAPolicy:
             raise InputError(f"noise: expected shape {shape} (or {shape[1:]}), got {tuple(noise.shape)}")
         return noise.to(self.device)
 
-    def denoise(self, context, pad_mask, noise: torch.Tensor, record=None) -> torch.Tensor:
+    def denoise(self, context, pad_mask, noise: torch.Tensor, record=None, steps: int = 0,
+                start_time: float = 1.0) -> torch.Tensor:
         """Return x_0 (1, chunk, max_action_dim) from the chunk's expert context and noise."""
-        return self.model.denoise(context, pad_mask, noise, record)
+        return self.model.denoise(context, pad_mask, noise, record, steps=steps, start_time=start_time)
 
     def postprocess(self, x0: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Return (raw actions, normalized actions), each (chunk, action_dim) float32."""
@@ -195,25 +218,78 @@ class SmolVLAPolicy:
         raw = self.files.action_normalizer.inverse(normalized)
         return raw.numpy().astype(np.float32), normalized.numpy().astype(np.float32)
 
+    def in_dtype(self, dtype: torch.dtype) -> SmolVLAPolicy:
+        """Return this policy computing in `dtype` (a copy, made once; itself if already so)."""
+        if dtype == self.dtype:
+            return self
+        copies = self.__dict__.setdefault("_copies", {})
+        if dtype not in copies:
+            model = copy.deepcopy(self.model).to(dtype)
+            model._time_cache = {}
+            copies[dtype] = SmolVLAPolicy(self.files, model, self.device)
+        return copies[dtype]
+
+    def graphed_denoiser(self):
+        """The CUDA-graph replay of the denoising loop (made on first use; CUDA only)."""
+        if self.device.type != "cuda":
+            raise ConfigError(f"cuda_graphs needs a CUDA device; this policy runs on {self.device}")
+        if "_graphs" not in self.__dict__:
+            from dysta_ros.policy.smolvla.graphs import GraphedDenoiser
+
+            self._graphs = GraphedDenoiser(self.model)
+        return self._graphs
+
     # -- one call ----------------------------------------------------------------------------
     @torch.inference_mode()
-    def predict(self, images: dict, state, task: str, noise=None, return_intermediates: bool = False):
-        """Return (raw action chunk (chunk, action_dim) float32, info) for one observation."""
+    def predict(self, images: dict, state, task: str, noise=None, return_intermediates: bool = False,
+                options: SpeedOptions | None = None, session: SmolVLASession | None = None):
+        """Return (raw action chunk (chunk, action_dim) float32, info) for one observation.
+
+        `options` picks the speed options (default: the exact savings); `session` holds what
+        they keep between calls (frame cache, vision references, the previous chunk), one per
+        runtime. return_intermediates runs LeRobot's own layout (pads kept, no caches).
+        """
+        options = options or SpeedOptions()
+        if return_intermediates:
+            options, session = SpeedOptions(frame_cache=False, drop_pads=False), None
+        session = session if session is not None else SmolVLASession()
         timer = StageTimer(self.device)
-        inputs = self.prepare_inputs(images, state, task)
+        names = self.spec.camera_names
+        reused = {n for n in names if options.frame_cache and session.same_frame(n, images.get(n))}
+        inputs = self.prepare_inputs(images, state, task, skip=reused)
         noise = self.make_noise(noise)
         timer.lap("preprocess")
-        vision_hidden, image_tokens = self.encode_images(inputs["pixels"])
+        vision_hidden, image_tokens, reuse = self._encode(names, inputs["pixels"], reused, options, session)
+        connector_start = timer.now()
+        connect = self.model.connect
+        image_tokens = [connect(h) if t is None else t for h, t in zip(vision_hidden, image_tokens)]
+        for name, hidden, tokens in zip(names, vision_hidden, image_tokens):
+            if options.frame_cache and name not in reused:
+                session.keep_frame(name, images[name], hidden, tokens)
+        timer.part("connector", connector_start)
         timer.lap("vision")
-        embs, pad_mask, flags = self.embed_prefix(image_tokens, inputs)
+        embs, pad_mask, flags = self.embed_prefix(image_tokens, inputs, drop_pads=options.drop_pads)
         prefix_kv, context = self.prefix_forward(embs, pad_mask, flags)
         timer.lap("backbone")
         record = {} if return_intermediates else None
-        x0 = self.denoise(context, pad_mask, noise, record)
-        timer.lap("action_head")
+        start, steps = 1.0, options.denoise_steps
+        if options.warm_start and session.previous is not None:
+            start = options.warm_start_time
+            noise = warm_start_noise(session.previous, noise.to(session.previous.dtype), start,
+                                     options.warm_start_shift)
+            steps = steps or max(1, round(self.cfg.num_steps * start))
+        if options.cuda_graphs and record is None:
+            x0 = self.graphed_denoiser()(context, pad_mask, noise, steps or self.cfg.num_steps, start)
+        else:
+            x0 = self.denoise(context, pad_mask, noise, record, steps=steps, start_time=start)
+        session.previous = x0
+        post_start = timer.now()
         raw, normalized = self.postprocess(x0)
-        info = {"actions_normalized": normalized,
-                **{f"{k}_ms": timer.ms[k] for k in ("preprocess", "vision", "backbone", "action_head")}}
+        timer.part("postprocess", post_start)
+        timer.lap("action_head")
+        info = {"actions_normalized": normalized, "prefix_tokens": int(embs.shape[1]),
+                "frames_reused": len(reused), **reuse,
+                **{f"{k}_ms": v for k, v in {**timer.ms, **timer.parts}.items() if k != "total"}}
         if return_intermediates:
             inter = {
                 "lang_tokens": inputs["lang_tokens"],
@@ -241,6 +317,79 @@ class SmolVLAPolicy:
                 inter[f"kv.layer{layer}.key"], inter[f"kv.layer{layer}.value"] = k, v
             info["intermediates"] = {k: v.detach().cpu() for k, v in inter.items()}
         return raw, info
+
+    def _encode(self, names, pixels, reused, options: SpeedOptions, session: SmolVLASession):
+        """Return per camera (vision hidden, image tokens or None = still to connect), and reuse stats.
+
+        Cameras of an unchanged frame take their stored hidden and tokens; with vision_reuse
+        each other camera goes through its changed-token encoder; the rest are encoded in one
+        batch (the cameras share a size).
+        """
+        hidden: list = [None] * len(names)
+        tokens: list = [None] * len(names)
+        todo = []
+        fractions = []  # per camera: share of the vision tower's token-wise work done
+        for i, name in enumerate(names):
+            if name in reused:
+                hidden[i], tokens[i] = session.frames[name][1:]
+                fractions.append(0.0)
+            elif options.vision_reuse:
+                encoder = session.encoder(name, self.model, options)
+                hidden[i] = encoder.encode(pixels[i])
+                fractions.append(encoder.last.recomputed_fraction)
+            else:
+                todo.append(i)
+                fractions.append(1.0)
+        if todo:
+            batch = self.model.vision_hidden(torch.cat([pixels[i] for i in todo]))
+            for j, i in enumerate(todo):
+                hidden[i] = batch[j : j + 1]
+        return hidden, tokens, {"vision_recomputed": float(np.mean(fractions))}
+
+
+def warm_start_noise(previous: torch.Tensor, noise: torch.Tensor, t: float, shift: int) -> torch.Tensor:
+    """Return x_t = t * noise + (1 - t) * the previous chunk shifted by `shift` executed actions.
+
+    The flow's path from actions (t = 0) to noise (t = 1) is linear, so re-noising the part of
+    the previous chunk still ahead to time t starts the new one where the old one expected to
+    be; the last action fills the shifted-out end.
+    """
+    if shift:
+        tail = previous[:, -1:].expand(-1, min(shift, previous.shape[1]), -1)
+        previous = torch.cat([previous[:, shift:], tail], dim=1)[:, : noise.shape[1]]
+    return t * noise + (1.0 - t) * previous
+
+
+class SmolVLASession:
+    """What one runtime keeps between steps for the speed options; reset() forgets it all."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.frames: dict[str, tuple[np.ndarray, torch.Tensor, torch.Tensor]] = {}
+        self.encoders: dict[str, ChangedTokenEncoder] = {}
+        self.previous: torch.Tensor | None = None  # the last chunk's x_0 (normalized, padded)
+
+    def same_frame(self, name: str, frame) -> bool:
+        """True when camera `name` shows exactly (byte for byte) the frame whose tokens are kept."""
+        kept = self.frames.get(name)
+        if kept is None or frame is None:
+            return False
+        frame = np.asarray(frame)
+        same_kind = frame.shape == kept[0].shape and frame.dtype == kept[0].dtype
+        return same_kind and np.array_equal(frame, kept[0])
+
+    def keep_frame(self, name: str, frame, hidden: torch.Tensor, tokens: torch.Tensor) -> None:
+        self.frames[name] = (np.array(frame, copy=True), hidden, tokens)
+
+    def encoder(self, name: str, model, options: SpeedOptions) -> ChangedTokenEncoder:
+        encoder = self.encoders.get(name)
+        if encoder is None:
+            tower = siglip_tower(model.vlm_with_expert.vlm.model.vision_model)
+            encoder = self.encoders[name] = ChangedTokenEncoder(tower, options.vision_threshold,
+                                                                options.vision_refresh)
+        return encoder
 
 
 def load_smolvla(

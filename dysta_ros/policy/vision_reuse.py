@@ -1,0 +1,184 @@
+"""Changed-token reuse inside a ViT across a camera's frames (after Eventful Transformers).
+
+Eventful Transformers (arXiv 2308.13494) keep, per token-wise operation of every block, the
+input each token had when it was last computed and that computation's output. A new frame
+recomputes a token-wise operation only for the tokens whose input moved by more than a
+threshold (relative L2 change here) since then; the others keep their stored output. Token-wise
+here: LayerNorm + Q/K/V projection, the attention output projection, LayerNorm + MLP.
+Attention mixes every token: with sparse_queries (the default) only the queries whose input moved
+attend afresh, over all keys (the others keep their output, so what a moved key adds to a still
+token waits for the refresh); without, every query attends afresh with the (partly stored) Q/K/V.
+Every `refresh` frames, a full encode resets the references, so errors cannot accumulate.
+
+Approximate: a token below the threshold keeps an output computed from a slightly different
+input. With threshold 0 every changed token is recomputed and the encode is the full one
+(test/test_vision_reuse.py checks both). The patch embedding runs on every patch: it is cheap,
+and its output is what the first gate compares.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class TowerBlock:
+    """The parts of one pre-norm ViT block that changed-token reuse calls."""
+
+    norm1: nn.Module
+    q: nn.Linear
+    k: nn.Linear
+    v: nn.Linear
+    out: nn.Linear
+    heads: int
+    norm2: nn.Module
+    mlp: nn.Module  # token-wise (B, N, C) -> (B, N, C)
+
+
+@dataclass
+class Tower:
+    """A pre-norm ViT as changed-token reuse sees it: embed -> blocks -> final norm."""
+
+    embed: object  # pixels (B, 3, H, W) -> tokens (B, N, C)
+    blocks: list[TowerBlock]
+    final_norm: nn.Module
+
+
+def siglip_tower(vision_model) -> Tower:
+    """The SmolVLM/SigLIP vision transformer (transformers' SmolVLMVisionTransformer) as a Tower."""
+    embeddings = vision_model.embeddings
+
+    def embed(pixels: torch.Tensor) -> torch.Tensor:
+        patches = embeddings.patch_embedding(pixels.to(embeddings.patch_embedding.weight.dtype))
+        tokens = patches.flatten(2).transpose(1, 2)  # (B, N, C)
+        # a full, unmasked image has position ids 0..N-1 (transformers' bucketing reduces to that)
+        return tokens + embeddings.position_embedding.weight[: tokens.shape[1]]
+
+    blocks = [
+        TowerBlock(layer.layer_norm1, layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
+                   layer.self_attn.out_proj, layer.self_attn.num_heads, layer.layer_norm2, layer.mlp)
+        for layer in vision_model.encoder.layers
+    ]
+    return Tower(embed, blocks, vision_model.post_layernorm)
+
+
+class _Gate:
+    """One token-wise operation with its per-token reference input and stored output."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.reference: torch.Tensor | None = None  # (N, C_in) input when each token was last computed
+        self.reference_sq: torch.Tensor | None = None  # (N,) its squared norm, kept with it
+        self.output: torch.Tensor | None = None  # (N, C_out)
+        self.fired: torch.Tensor | None = None  # indices recomputed by the last call
+
+    def full(self, x: torch.Tensor) -> torch.Tensor:
+        self.reference, self.output = x.clone(), self.fn(x)
+        self.reference_sq = (x * x).sum(-1)
+        self.fired = None  # all
+        return self.output
+
+    def __call__(self, x: torch.Tensor, threshold: float, counts: list[int]) -> torch.Tensor:
+        """Map x (N, C_in) to (N, C_out), recomputing the tokens whose input moved beyond threshold."""
+        change = x - self.reference
+        fired = ((change * change).sum(-1) > (threshold * threshold) * self.reference_sq).nonzero().squeeze(1)
+        counts[0] += int(fired.numel())
+        counts[1] += x.shape[0]
+        self.fired = fired
+        if fired.numel():
+            moved = x[fired]
+            self.reference[fired] = moved
+            self.reference_sq[fired] = (moved * moved).sum(-1)
+            self.output[fired] = self.fn(moved)
+        return self.output
+
+
+@dataclass
+class ReuseStats:
+    """What the last encode of one camera recomputed."""
+
+    full: bool = True
+    recomputed_fraction: float = 1.0  # token-wise operations recomputed / all, over the blocks
+
+
+@dataclass
+class ChangedTokenEncoder:
+    """Per-camera state of changed-token reuse over one Tower (one image at a time, batch 1)."""
+
+    tower: Tower
+    threshold: float
+    refresh: int
+    sparse_queries: bool = True  # attention afresh only for moved queries (else for all of them)
+    frames_since_full: int = 0
+    gates: list | None = None
+    attended: list = field(default_factory=list)  # per block: the stored attention output (N, C)
+    last: ReuseStats = field(default_factory=ReuseStats)
+
+    def reset(self) -> None:
+        self.gates, self.frames_since_full = None, 0
+
+    def _gates(self) -> list[tuple[_Gate, _Gate, _Gate]]:
+        gates = []
+        for block in self.tower.blocks:
+            gates.append((_Gate(lambda x, b=block: _qkv(b, x)), _Gate(block.out),
+                          _Gate(lambda x, b=block: b.mlp(b.norm2(x)))))
+        return gates
+
+    @torch.inference_mode()
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Return the last hidden (1, N, C) of pixels (1, 3, H, W), reusing unchanged tokens."""
+        if pixels.shape[0] != 1:
+            raise ValueError(f"changed-token reuse encodes one image at a time, got batch {pixels.shape[0]}")
+        x = self.tower.embed(pixels)[0]  # (N, C)
+        full = self.gates is None or self.frames_since_full + 1 >= self.refresh
+        if full:
+            self.gates, self.frames_since_full = self._gates(), 0
+            self.attended = [None] * len(self.tower.blocks)
+        else:
+            self.frames_since_full += 1
+        counts = [0, 0]
+        for index, (block, (qkv_gate, out_gate, mlp_gate)) in enumerate(zip(self.tower.blocks, self.gates)):
+            if full:
+                attended = self.attended[index] = _attend(qkv_gate.full(x), block.heads)
+                h = x + out_gate.full(attended)
+                x = h + mlp_gate.full(h)
+                continue
+            qkv = qkv_gate(x, self.threshold, counts)
+            attended = self.attended[index]
+            if self.sparse_queries:
+                # only the queries whose input moved attend afresh (over all keys); the others
+                # keep their attention output: what the moved keys/values add to them is dropped
+                if qkv_gate.fired.numel():
+                    attended[qkv_gate.fired] = _attend(qkv, block.heads, qkv_gate.fired)
+            else:
+                attended = self.attended[index] = _attend(qkv, block.heads)
+            h = x + out_gate(attended, self.threshold, counts)
+            x = h + mlp_gate(h, self.threshold, counts)
+        self.last = ReuseStats(full=full, recomputed_fraction=1.0 if full else counts[0] / max(counts[1], 1))
+        return self.tower.final_norm(x)[None]
+
+
+def _qkv(block: TowerBlock, x: torch.Tensor) -> torch.Tensor:
+    normed = block.norm1(x)
+    return torch.cat([block.q(normed), block.k(normed), block.v(normed)], dim=-1)  # (n, 3C)
+
+
+def _attend(qkv: torch.Tensor, heads: int, queries: torch.Tensor | None = None) -> torch.Tensor:
+    """Unmasked multi-head SDPA over all N tokens of packed (N, 3C) q|k|v; return (Q, C).
+
+    `queries`: the token indices whose rows are wanted (default all).
+    """
+    width = qkv.shape[1] // 3
+    q, k, v = qkv.split(width, dim=-1)
+    if queries is not None:
+        q = q[queries]
+
+    def heads_first(t):
+        return t.reshape(t.shape[0], heads, -1).transpose(0, 1)[None]  # (1, heads, T, D)
+
+    out = F.scaled_dot_product_attention(heads_first(q), heads_first(k), heads_first(v))  # (1, heads, Q, D)
+    return out[0].transpose(0, 1).reshape(q.shape[0], width)

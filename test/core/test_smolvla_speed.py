@@ -1,0 +1,231 @@
+"""SmolVLA speed options: each exact saving against LeRobot's recorded cases; what approximate ones do."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dysta_ros.errors import ConfigError
+from dysta_ros.evaluation.parity import load_cases
+from dysta_ros.policy.smolvla import load_smolvla
+from dysta_ros.policy.smolvla.policy import SmolVLASession, warm_start_noise
+from dysta_ros.policy.speed import SpeedOptions, split_speed_options
+from dysta_ros.policy.vision_reuse import ChangedTokenEncoder, siglip_tower
+
+DATA = Path(__file__).parents[1] / "data"
+TINY, OTHER = DATA / "smolvla_tiny", DATA / "smolvla_other"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_smolvla(TINY / "checkpoint", TINY / "vlm")
+
+
+@pytest.fixture(scope="module")
+def cases():
+    return load_cases(TINY)
+
+
+def _inputs(policy, meta, arrays, index):
+    images = {n: arrays[f"case{index}.image.{n}"] for n in policy.spec.camera_names}
+    return images, arrays[f"case{index}.state"], meta["cases"][index]["task"], arrays[f"case{index}.noise"]
+
+
+@pytest.mark.parametrize("fixture", [TINY, OTHER])
+def test_the_default_path_without_pads_matches_lerobot(fixture):
+    # the default path drops padded language slots and uses the per-chunk denoising plan
+    policy = load_smolvla(fixture / "checkpoint", fixture / "vlm")
+    meta, arrays = load_cases(fixture)
+    dropped = []
+    for index in range(len(meta["cases"])):
+        images, state, task, noise = _inputs(policy, meta, arrays, index)
+        _, info = policy.predict(images, state, task, noise=torch.from_numpy(noise))
+        _, padded = policy.predict(images, state, task, noise=torch.from_numpy(noise),
+                                   return_intermediates=True)
+        ref = arrays[f"case{index}.actions_normalized"][0]
+        assert np.abs(info["actions_normalized"] - ref).max() <= 1e-5
+        layout = padded["intermediates"]["prefix_pad_mask"]
+        assert info["prefix_tokens"] == int(layout.sum()) <= layout.shape[1]
+        dropped.append(layout.shape[1] - info["prefix_tokens"])
+    if fixture == TINY:  # max_length padding: the pads of the short tasks really left
+        assert max(dropped) > 30
+
+
+def test_an_identical_frame_reuses_its_tokens_exactly(tiny, cases):
+    meta, arrays = cases
+    images, state, task, noise = _inputs(tiny, meta, arrays, 0)
+    other_images, other_state, _, other_noise = _inputs(tiny, meta, arrays, 1)
+    session = SmolVLASession()
+    tiny.predict(images, state, task, noise=torch.from_numpy(noise), session=session)
+    # same frames, another state and noise: both cameras reused, numbers as a fresh encode
+    mixed = {"front": images["front"].copy(), "wrist": other_images["wrist"]}
+    _, warm = tiny.predict(mixed, other_state, task, noise=torch.from_numpy(other_noise), session=session)
+    _, fresh = tiny.predict(mixed, other_state, task, noise=torch.from_numpy(other_noise))
+    assert warm["frames_reused"] == 1 and fresh["frames_reused"] == 0
+    assert np.abs(warm["actions_normalized"] - fresh["actions_normalized"]).max() <= 1e-6
+    changed = {n: f.copy() for n, f in mixed.items()}
+    changed["front"][0, 0, 0] ^= 1  # one byte differs: not the same frame
+    _, again = tiny.predict(changed, other_state, task, noise=torch.from_numpy(other_noise), session=session)
+    assert again["frames_reused"] == 1  # the wrist frame is still the kept one
+
+
+def test_changed_token_reuse_at_threshold_zero_is_the_full_encode(tiny, cases):
+    meta, arrays = cases
+    images, state, task, _ = _inputs(tiny, meta, arrays, 0)
+    first = tiny.prepare_inputs(images, state, task)["pixels"][0]
+    second = first.clone()
+    second[..., 40:72, 40:72] += 0.3  # a moved object: a few patches change
+    tower = siglip_tower(tiny.model.vlm_with_expert.vlm.model.vision_model)
+    with torch.inference_mode():
+        exact = ChangedTokenEncoder(tower, threshold=0.0, refresh=100, sparse_queries=False)
+        assert torch.allclose(exact.encode(first), tiny.model.vision_hidden(first), atol=1e-5)
+        reused = exact.encode(second)
+        assert not exact.last.full and exact.last.recomputed_fraction < 1.0
+        assert (reused - tiny.model.vision_hidden(second)).abs().max() <= 1e-5
+        # above zero: fewer tokens, a small measured error, and the refresh period forces a full encode
+        loose = ChangedTokenEncoder(tower, threshold=0.2, refresh=2)
+        loose.encode(first)
+        approx = loose.encode(second)
+        assert loose.last.recomputed_fraction < exact.last.recomputed_fraction
+        error = (approx - tiny.model.vision_hidden(second)).abs().max()
+        assert 0 < error < 0.5 * tiny.model.vision_hidden(second).abs().max()
+        loose.encode(second)
+        assert loose.last.full
+
+
+def test_vision_reuse_option_moves_actions_little_and_counts_its_work(tiny, cases):
+    meta, arrays = cases
+    images, state, task, noise = _inputs(tiny, meta, arrays, 0)
+    options = SpeedOptions(vision_reuse=True, vision_threshold=0.05, frame_cache=False)
+    session = SmolVLASession()
+    tiny.predict(images, state, task, noise=torch.from_numpy(noise), options=options, session=session)
+    moved = {n: f.copy() for n, f in images.items()}
+    moved["front"][20:40, 20:40] = 255 - moved["front"][20:40, 20:40]
+    _, approx = tiny.predict(moved, state, task, noise=torch.from_numpy(noise), options=options,
+                             session=session)
+    _, exact = tiny.predict(moved, state, task, noise=torch.from_numpy(noise))
+    assert approx["vision_recomputed"] < 1.0
+    assert np.abs(approx["actions_normalized"] - exact["actions_normalized"]).max() < 0.1
+
+
+def test_fewer_steps_follow_the_euler_schedule(tiny, cases):
+    meta, arrays = cases
+    images, state, task, noise = _inputs(tiny, meta, arrays, 0)
+    inputs = tiny.prepare_inputs(images, state, task)
+    with torch.inference_mode():
+        _, tokens = tiny.encode_images(inputs["pixels"])
+        embs, pad, flags = tiny.embed_prefix(tokens, inputs)
+        _, context = tiny.prefix_forward(embs, pad, flags)
+        record = {}
+        x5 = tiny.denoise(context, pad, torch.from_numpy(noise), record, steps=5)
+        x10 = tiny.denoise(context, pad, torch.from_numpy(noise))
+    assert torch.stack(record["timesteps"])[:, 0].tolist() == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.2])
+    rebuilt = torch.from_numpy(noise) - 0.2 * torch.stack(record["v_t"]).sum(0)
+    assert torch.allclose(rebuilt, x5, atol=1e-5)
+    assert 0 < (x5 - x10).abs().max() < (x10 - torch.from_numpy(noise)).abs().max()
+
+
+def test_warm_start_re_noises_the_shifted_tail():
+    previous = torch.arange(5.0).view(1, 5, 1).expand(1, 5, 2)
+    noise = torch.ones(1, 5, 2)
+    x = warm_start_noise(previous, noise, 0.25, shift=2)
+    assert x[0, :, 0].tolist() == pytest.approx([0.25 + 0.75 * v for v in (2, 3, 4, 4, 4)])
+    assert torch.equal(warm_start_noise(previous, noise, 1.0, shift=1), noise)
+
+
+def test_warm_start_option_uses_the_previous_chunk(tiny, cases):
+    meta, arrays = cases
+    images, state, task, noise = _inputs(tiny, meta, arrays, 0)
+    session, options = SmolVLASession(), SpeedOptions(warm_start=True, warm_start_time=0.5)
+    _, first = tiny.predict(images, state, task, noise=torch.from_numpy(noise), options=options,
+                            session=session)
+    _, cold = tiny.predict(images, state, task, noise=torch.from_numpy(noise))
+    assert np.array_equal(first["actions_normalized"], cold["actions_normalized"])  # nothing to start from
+    _, second = tiny.predict(images, state, task, noise=torch.from_numpy(noise), options=options,
+                             session=session)
+    assert not np.array_equal(second["actions_normalized"], cold["actions_normalized"])
+
+
+def test_bf16_copy_is_made_once_and_stays_close(tiny, cases):
+    meta, arrays = cases
+    images, state, task, noise = _inputs(tiny, meta, arrays, 0)
+    half = tiny.in_dtype(torch.bfloat16)
+    assert half is tiny.in_dtype(torch.bfloat16) and tiny.in_dtype(torch.float32) is tiny
+    assert half.dtype == torch.bfloat16 and tiny.dtype == torch.float32
+    _, low = half.predict(images, state, task, noise=torch.from_numpy(noise))
+    _, ref = tiny.predict(images, state, task, noise=torch.from_numpy(noise))
+    assert 0 < np.abs(low["actions_normalized"] - ref["actions_normalized"]).max() < 0.1
+
+
+def test_speed_options_are_validated_and_split_from_strategy_keys():
+    options, rest = split_speed_options({"history": 2, "denoise_steps": 5, "vision_reuse": True})
+    assert rest == {"history": 2} and options.denoise_steps == 5 and not options.exact
+    assert SpeedOptions().exact and SpeedOptions(drop_pads=False).exact
+    with pytest.raises(ConfigError, match="denoise_steps"):
+        SpeedOptions(denoise_steps=-1)
+    with pytest.raises(ConfigError, match="unknown key"):
+        SpeedOptions.from_dict({"vision_reus": True})
+
+
+def test_cuda_graphs_are_refused_on_a_cpu_policy(tiny):
+    from dysta_ros.policy.runtime import runtime_around
+    from dysta_ros.policy.smolvla.backend import SmolVLABackend
+
+    with pytest.raises(ConfigError, match="cuda_graphs needs a CUDA device"):
+        runtime_around(SmolVLABackend(tiny), "full", {"cuda_graphs": True})
+    with pytest.raises(ConfigError, match="cuda_graphs needs a CUDA device"):
+        tiny.graphed_denoiser()
+
+
+def test_changed_token_reuse_runs_on_the_own_vla_vision_tower_too():
+    from dysta_ros.evaluation.bench import synthetic_observations
+    from dysta_ros.policy.runtime import build_model, runtime_around
+
+    model, tokenizer = build_model("tiny")
+    size = model.cfg.vision.image_size
+    pixels = torch.randn(1, 3, size, size)
+    moved = pixels.clone()
+    moved[..., :8, :8] += 1.0
+    with torch.inference_mode():
+        exact = ChangedTokenEncoder(siglip_tower(model.vision), 0.0, 100, sparse_queries=False)
+        exact.encode(pixels)
+        assert (exact.encode(moved) - model.vision(pixel_values=moved).last_hidden_state).abs().max() <= 1e-5
+        assert exact.last.recomputed_fraction < 1.0
+    observations = synthetic_observations(3, model.cfg.camera_names, model.cfg.state_dim, size=(size, size))
+    reuse = runtime_around(model, "full", {"vision_reuse": True}, tokenizer=tokenizer)
+    full = runtime_around(model, "full", {}, tokenizer=tokenizer)
+    for obs in observations:
+        (approx, stats), (ref, _) = reuse.step(obs), full.step(obs)
+    assert stats.vision_recomputed < 1.0
+    assert np.abs(approx.actions - ref.actions).max() < 0.1 * np.abs(ref.actions).max()
+    with pytest.raises(ConfigError, match="SmolVLA models only"):
+        runtime_around(model, "full", {"denoise_steps": 5}, tokenizer=tokenizer)
+
+
+def test_the_runtime_reads_the_speed_options_for_smolvla(tiny, cases):
+    from dysta_ros.policy.runtime import runtime_around
+    from dysta_ros.policy.smolvla.backend import SmolVLABackend
+    from dysta_ros.types import Observation
+
+    meta, arrays = cases
+    images, state, task, _ = _inputs(tiny, meta, arrays, 0)
+    obs = Observation(stamp=0.0, images=images, state=state, instruction=task)
+    backend = SmolVLABackend(tiny)
+    cached = runtime_around(backend, "full", {})
+    plain = runtime_around(backend, "full", {"frame_cache": False})
+    plain_chunks = []
+    for _ in range(2):
+        (a, stats), (b, _) = cached.step(obs), plain.step(obs)
+        plain_chunks.append(b.actions)
+    scale = np.abs(b.actions).max()
+    assert stats.vision_recomputed == 0.0 and np.abs(a.actions - b.actions).max() <= 1e-5 * scale
+    warm = runtime_around(backend, "full", {"warm_start": True, "warm_start_time": 0.5})
+    first, _ = warm.step(obs)
+    second, _ = warm.step(obs)
+    assert np.abs(first.actions - plain_chunks[0]).max() <= 1e-5 * scale  # nothing to start from yet
+    assert not np.allclose(second.actions, plain_chunks[1], atol=1e-3 * scale)
+    half = runtime_around(backend, "full", {"compute_dtype": "bfloat16"})
+    assert half.model.dtype == torch.bfloat16 and backend.dtype == torch.float32
+    low, _ = half.step(obs)
+    assert 0 < np.abs(low.actions - plain_chunks[0]).max() < 0.1 * scale
