@@ -26,6 +26,8 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.parameter_client import AsyncParameterClient  # noqa: E402
+
+from dysta_ros.nodes.topics import NAMESPACE  # noqa: E402
 from rosgraph_msgs.msg import Clock  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image, JointState  # noqa: E402
 from std_msgs.msg import Bool, String  # noqa: E402
@@ -485,7 +487,8 @@ def test_a_one_megabyte_instruction_is_refused_and_the_previous_one_kept(rig):
 def set_remote(probe, node_name: str, name: str, value):
     """Set one parameter over the node's set_parameters service; return (successful, reason)."""
     if node_name not in probe.parameter_clients:
-        probe.parameter_clients[node_name] = AsyncParameterClient(probe.node, node_name)
+        # the nodes live in their default namespace (/dysta): the service is /dysta/<node>/...
+        probe.parameter_clients[node_name] = AsyncParameterClient(probe.node, f"{NAMESPACE}/{node_name}")
     client = probe.parameter_clients[node_name]
     assert client.wait_for_services(timeout_sec=10.0)
     future = client.set_parameters([Parameter(name, value=value)])
