@@ -61,7 +61,9 @@ def test_impaired_link_between_namespaces_holds_on_a_cut_and_resumes_on_a_fresh_
     assert clock["mode"] == "estimate" and "estimated from round trips" in clock["message"]
     assert abs(float(clock["offset_s"])) <= float(clock["uncertainty_s"]) + 1e-6
     cut = result["cut"]
-    assert cut["hold_reasons"] == ["deadman"]  # held, and said why
+    # held, and said why (the plan may also run out while the deadman holds, under load)
+    assert "deadman" in cut["hold_reasons"]
+    assert set(cut["hold_reasons"]) <= {"deadman", "the plan has run out"}
     assert cut["commands_after_deadman_hold"] == 0  # nothing moved until the link came back
     # moved again, and only once a chunk of an observation taken after the cut had arrived
     assert cut["resumed_after_restore_s"] is not None

@@ -28,7 +28,9 @@ def test_load_command_holds_three_cameras_and_writes_its_report(tmp_path):
         # Every camera's delivery is counted and reported (the figures themselves: README).
         # (the frame held last is neither used nor dropped yet)
         assert used - 1 <= counts["used"] <= used and counts["missed"] >= 0
-        assert 0 < counts["delivered"] <= 1.0 and counts["received"] <= report["frames_sent_per_camera"]
+        # the sent count is read a moment before the received one: a frame or two in flight
+        sent = report["frames_sent_per_camera"]
+        assert 0 < counts["delivered"] <= 1.05 and counts["received"] <= sent + max(2, sent // 50)
     assert "| /load/cam2/image_raw" in result.stdout.replace("`", "")
     assert (tmp_path / "load.png").stat().st_size > 1000
     assert "frame_age_at_start_ms" in result.stdout

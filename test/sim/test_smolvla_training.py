@@ -157,6 +157,6 @@ def test_demo_drives_the_sim_arm_with_the_shipped_smolvla_over_ros(tmp_path):
                "--episodes", "1", "--report", str(report)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=dict(os.environ))
     assert result.returncode == 0, result.stderr[-3000:]
-    (episode,) = json.loads((report / "summary.json").read_text())["episodes"]
+    (episode,) = json.loads((report / "summary.json").read_text())["meta"]["episodes"]
     assert episode["strategy"] == "full" and episode["policy_steps"] > 0 and episode["chunks"] > 0
     assert episode["reason"]  # ended by the sim's judge (over ROS timing varies: success is not asserted)
