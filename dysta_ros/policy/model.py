@@ -29,6 +29,7 @@ from dysta_ros.policy.config import BackboneConfig, PolicyConfig, VisionConfig
 from dysta_ros.policy.contract import ModelSpec
 from dysta_ros.policy.families import FAMILIES
 from dysta_ros.policy.preprocess import prepare_observation
+from dysta_ros.policy.vision_reuse import encode_full
 from dysta_ros.tokens.flops import full_flops
 from dysta_ros.tokens.learned import Disentangler, RecacheGate, default_gate_hidden
 
@@ -153,7 +154,7 @@ class VLAModel(nn.Module):
 
     def encode_frame(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode one frame's cameras (C, 3, S, S) -> vision features (C*n, Cv) and tokens (C*n, W)."""
-        features = self.vision(pixel_values=pixels).last_hidden_state  # (C, n, Cv)
+        features = encode_full(self.vision, pixels)  # (C, n, Cv)
         features = features.reshape(-1, features.shape[-1])  # (C*n, Cv): cameras concatenated
         return features, self.projector(features)  # (N, Cv), (N, W)
 

@@ -25,7 +25,8 @@ from dysta_ros.policy.contract import PolicyModel
 from dysta_ros.policy.families import FAMILIES, REAL_SIZES, family_of, load_smolvla_policy
 from dysta_ros.policy.model import VLAModel
 from dysta_ros.policy.speed import SpeedOptions, split_speed_options
-from dysta_ros.policy.vision_reuse import ChangedTokenEncoder, siglip_tower
+from dysta_ros.policy.kernels import side_by_side
+from dysta_ros.policy.vision_reuse import ChangedTokenEncoder, encode_full, siglip_tower
 from dysta_ros.policy.timing import StageTimer
 from dysta_ros.policy.tokenizer import model_tokenizer
 from dysta_ros.tokens import build_strategy, strategy_class
@@ -207,29 +208,38 @@ class PolicyRuntime:
         if not (cache or options.vision_reuse):
             features, tokens = model.encode_frame(pixels)
             return features, tokens, 1.0
-        hidden, shares = [], []
-        for camera, image in enumerate(camera_images(model, pixels)):
+        images = camera_images(model, pixels)
+        hidden: list = [None] * len(images)
+        shares = [0.0] * len(images)
+        todo = []
+        for camera, image in enumerate(images):
             kept = self.kept_frames.get(camera)
             if cache and kept is not None and torch.equal(kept[0], image):
-                hidden.append(kept[1])
-                shares.append(0.0)
-                continue
-            if options.vision_reuse:
-                encoder = self.vision_encoders.get(camera)
-                if encoder is None:
-                    encoder = self.vision_encoders[camera] = ChangedTokenEncoder(
-                        siglip_tower(vision_tower(model)), options.vision_threshold, options.vision_refresh)
-                hidden.append(encoder.encode(image))
-                shares.append(encoder.last.recomputed_fraction)
+                hidden[camera] = kept[1]
             else:
-                hidden.append(vision_tower(model)(pixel_values=image).last_hidden_state)
-                shares.append(1.0)
+                todo.append(camera)
+        jobs = [self._camera_job(camera, images[camera]) for camera in todo]
+        done = side_by_side(jobs) if options.camera_threads else [job() for job in jobs]
+        for camera, (camera_hidden, share) in zip(todo, done):
+            hidden[camera], shares[camera] = camera_hidden, share
             if cache:
-                self.kept_frames[camera] = (image.clone(), hidden[-1])
+                self.kept_frames[camera] = (images[camera].clone(), camera_hidden)
         start = timer.now()
         features, tokens = tokens_from_hidden(model, hidden)
         timer.part("connector", start)
         return features, tokens, float(np.mean(shares))
+
+
+    def _camera_job(self, camera: int, image: torch.Tensor):
+        """What encodes one camera's frame: () -> (vision hidden (1, n, Cv), share of the work done)."""
+        tower = vision_tower(self.model)
+        if not self.options.vision_reuse:
+            return lambda: (encode_full(tower, image), 1.0)
+        encoder = self.vision_encoders.get(camera)
+        if encoder is None:
+            encoder = self.vision_encoders[camera] = ChangedTokenEncoder(
+                siglip_tower(tower), self.options.vision_threshold, self.options.vision_refresh)
+        return lambda: (encoder.encode(image), encoder.last.recomputed_fraction)
 
 
 def camera_images(model, pixels) -> list[torch.Tensor]:

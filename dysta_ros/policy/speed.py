@@ -25,6 +25,7 @@ class SpeedOptions:
     # exact
     frame_cache: bool = True  # a byte-identical camera frame reuses its vision tokens
     drop_pads: bool = True  # padded language slots leave the prefix (they are masked anyway)
+    camera_threads: bool = True  # cameras encoded side by side, each on its share of the CPU threads
     # approximate: vision reuse (Eventful-Transformers style, see policy/vision_reuse.py)
     vision_reuse: bool = False
     vision_threshold: float = 0.1  # a token is recomputed when its input moved > this x its norm
@@ -59,7 +60,8 @@ class SpeedOptions:
     def exact(self) -> bool:
         """True when nothing approximate is on (the actions are `full`'s)."""
         return self == dataclasses.replace(SpeedOptions(), frame_cache=self.frame_cache,
-                                           drop_pads=self.drop_pads, cuda_graphs=self.cuda_graphs)
+                                           drop_pads=self.drop_pads, cuda_graphs=self.cuda_graphs,
+                                           camera_threads=self.camera_threads)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> SpeedOptions:

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dysta_ros.policy import kernels
+
 
 @dataclass
 class TowerBlock:
@@ -38,6 +40,20 @@ class TowerBlock:
     norm2: nn.Module
     mlp: nn.Module  # token-wise (B, N, C) -> (B, N, C)
 
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The block over x (B, N, C), through policy/kernels' fused paths (the module's numbers)."""
+        batch, tokens, width = x.shape
+        normed = kernels.layer_norm(self.norm1, x)
+
+        def heads_first(linear):  # (B, heads, N, D), a strided view: SDPA reads it in place
+            return kernels.linear(normed, linear).view(batch, tokens, self.heads, -1).transpose(1, 2)
+
+        q, k, v = heads_first(self.q), heads_first(self.k), heads_first(self.v)
+        attended = F.scaled_dot_product_attention(q, k, v)
+        attended = attended.transpose(1, 2).reshape(batch, tokens, width)
+        x = kernels.linear(attended, self.out, residual=x)
+        return kernels.mlp(self.mlp, kernels.layer_norm(self.norm2, x), residual=x)
+
 
 @dataclass
 class Tower:
@@ -47,6 +63,13 @@ class Tower:
     blocks: list[TowerBlock]
     final_norm: nn.Module
 
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Return the last hidden (B, N, C) of pixels (B, 3, H, W), every token computed (exact)."""
+        x = self.embed(pixels)
+        for block in self.blocks:
+            x = block(x)
+        return kernels.layer_norm(self.final_norm, x)
+
 
 def siglip_tower(vision_model) -> Tower:
     """The SmolVLM/SigLIP vision transformer (transformers' SmolVLMVisionTransformer) as a Tower."""
@@ -55,8 +78,12 @@ def siglip_tower(vision_model) -> Tower:
     def embed(pixels: torch.Tensor) -> torch.Tensor:
         patches = embeddings.patch_embedding(pixels.to(embeddings.patch_embedding.weight.dtype))
         tokens = patches.flatten(2).transpose(1, 2)  # (B, N, C)
+        positions = embeddings.position_embedding.weight
+        if tokens.shape[1] != positions.shape[0]:
+            raise ValueError(f"{tokens.shape[1]} patches, but the tower was made for {positions.shape[0]}: "
+                             f"frames must be the tower's image size")
         # a full, unmasked image has position ids 0..N-1 (transformers' bucketing reduces to that)
-        return tokens + embeddings.position_embedding.weight[: tokens.shape[1]]
+        return tokens + positions
 
     blocks = [
         TowerBlock(layer.layer_norm1, layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
@@ -64,6 +91,20 @@ def siglip_tower(vision_model) -> Tower:
         for layer in vision_model.encoder.layers
     ]
     return Tower(embed, blocks, vision_model.post_layernorm)
+
+
+def encode_full(vision_model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """Return the vision model's last hidden (B, N, C) of pixels (B, 3, H, W), every token computed.
+
+    Through the fused Tower (exact) when autograd is off and the frames are the tower's own size
+    (what its position table was made for); otherwise the transformers module itself.
+    """
+    embeddings = vision_model.embeddings
+    size = getattr(embeddings, "image_size", None)
+    if torch.is_grad_enabled() or pixels.shape[-2:] != (size, size):
+        dtype = embeddings.patch_embedding.weight.dtype
+        return vision_model(pixel_values=pixels.to(dtype)).last_hidden_state
+    return siglip_tower(vision_model)(pixels)
 
 
 class _Gate:

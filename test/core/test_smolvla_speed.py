@@ -229,3 +229,20 @@ def test_the_runtime_reads_the_speed_options_for_smolvla(tiny, cases):
     assert half.model.dtype == torch.bfloat16 and backend.dtype == torch.float32
     low, _ = half.step(obs)
     assert 0 < np.abs(low.actions - plain_chunks[0]).max() < 0.1 * scale
+
+
+@pytest.mark.parametrize("camera_threads", [True, False])
+def test_cameras_side_by_side_or_batched_give_lerobots_actions(tiny, cases, camera_threads):
+    # two threads, so the two cameras really are encoded side by side (one thread each)
+    meta, arrays = cases
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for index in range(len(meta["cases"])):
+            images, state, task, noise = _inputs(tiny, meta, arrays, index)
+            options = SpeedOptions(camera_threads=camera_threads, frame_cache=False)
+            _, info = tiny.predict(images, state, task, noise=torch.from_numpy(noise), options=options)
+            reference = arrays[f"case{index}.actions_normalized"][0]
+            assert np.abs(info["actions_normalized"] - reference).max() <= 1e-5
+    finally:
+        torch.set_num_threads(before)

@@ -19,7 +19,9 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMS
 from transformers.models.smolvlm.configuration_smolvlm import SmolVLMConfig, SmolVLMVisionConfig
 from transformers.models.smolvlm.modeling_smolvlm import SmolVLMConnector, SmolVLMVisionTransformer
 
+from dysta_ros.policy import kernels
 from dysta_ros.policy.smolvla.config import SmolVLAConfig, VLMConfig, expert_intermediate_size
+from dysta_ros.policy.vision_reuse import encode_full
 
 ROPE_BASE = 10_000.0  # SmolVLA's own rotary base; the backbone's rope setting is never read
 
@@ -74,13 +76,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
 
 def _mlp_block(layer: nn.Module, hidden: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
     """Apply o_proj + residual, then the post-attention norm + gated MLP + residual."""
-    hidden = layer.self_attn.o_proj(attn_out.to(layer.self_attn.o_proj.weight.dtype)) + hidden
-    return layer.mlp(layer.post_attention_layernorm(hidden)) + hidden
+    o_proj = layer.self_attn.o_proj
+    hidden = kernels.linear(attn_out.to(o_proj.weight.dtype), o_proj, residual=hidden)
+    normed = kernels.rms_norm(layer.post_attention_layernorm, hidden)
+    return kernels.gated_mlp(layer.mlp, normed, residual=hidden)
 
 
 def _project(layer: nn.Module, hidden: torch.Tensor, head_dim: int, with_query: bool = True):
     """Return the layer's (q, k, v) of normed hidden (B, T, W), each (B, T, heads, D)."""
-    x = layer.input_layernorm(hidden).to(layer.self_attn.k_proj.weight.dtype)
+    x = kernels.rms_norm(layer.input_layernorm, hidden).to(layer.self_attn.k_proj.weight.dtype)
     shape = (*x.shape[:-1], -1, head_dim)
     q = layer.self_attn.q_proj(x).view(shape) if with_query else None
     return q, layer.self_attn.k_proj(x).view(shape), layer.self_attn.v_proj(x).view(shape)
@@ -228,9 +232,7 @@ class SmolVLAModel(nn.Module):
 
     def vision_hidden(self, pixels: torch.Tensor) -> torch.Tensor:
         """Return the vision tower's last hidden (B, N, Wv) of (B, 3, h, w) pixels (SDPA attention)."""
-        tower = self.vlm_with_expert.vlm.model.vision_model
-        return tower(pixel_values=pixels.to(tower.embeddings.patch_embedding.weight.dtype),
-                     patch_attention_mask=None).last_hidden_state
+        return encode_full(self.vlm_with_expert.vlm.model.vision_model, pixels)
 
     def connect(self, hidden: torch.Tensor) -> torch.Tensor:
         """Return image tokens (B, N/s^2, W): pixel shuffle + projection of the vision hidden."""
@@ -430,11 +432,11 @@ class SmolVLAModel(nn.Module):
                 value[:, start:] = v
                 out = attention(rotate(q, plan.self_rope), key, value, plan.self_bias)
             else:
-                x = layer.input_layernorm(hidden).to(layer.self_attn.q_proj.weight.dtype)
+                x = kernels.rms_norm(layer.input_layernorm, hidden).to(layer.self_attn.q_proj.weight.dtype)
                 q = layer.self_attn.q_proj(x).view(batch, chunk, -1, self.head_dim)
                 out = attention(rotate(q, plan.cross_rope), key, value, plan.cross_bias)
             hidden = _mlp_block(layer, hidden, out)
-        hidden = self.vlm_with_expert.lm_expert.norm(hidden)
+        hidden = kernels.rms_norm(self.vlm_with_expert.lm_expert.norm, hidden)
         return self.action_out_proj(hidden.to(self.action_out_proj.weight.dtype))  # (B, C, A)
 
     def denoise(

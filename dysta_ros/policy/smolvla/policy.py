@@ -16,6 +16,7 @@ from dysta_ros.policy.smolvla.config import ACTION_KEY, STATE_KEY
 from dysta_ros.policy.smolvla.model import SmolVLAModel
 from dysta_ros.policy.speed import SpeedOptions
 from dysta_ros.policy.timing import StageTimer
+from dysta_ros.policy.kernels import side_by_side
 from dysta_ros.policy.vision_reuse import ChangedTokenEncoder, siglip_tower
 
 
@@ -322,8 +323,8 @@ class SmolVLAPolicy:
         """Return per camera (vision hidden, image tokens or None = still to connect), and reuse stats.
 
         Cameras of an unchanged frame take their stored hidden and tokens; with vision_reuse
-        each other camera goes through its changed-token encoder; the rest are encoded in one
-        batch (the cameras share a size).
+        each other camera goes through its changed-token encoder; the rest are encoded side by
+        side on the CPU threads (camera_threads), else in one batch (the cameras share a size).
         """
         hidden: list = [None] * len(names)
         tokens: list = [None] * len(names)
@@ -340,7 +341,11 @@ class SmolVLAPolicy:
             else:
                 todo.append(i)
                 fractions.append(1.0)
-        if todo:
+        if todo and options.camera_threads:
+            jobs = [lambda i=i: self.model.vision_hidden(pixels[i]) for i in todo]
+            for i, camera_hidden in zip(todo, side_by_side(jobs)):
+                hidden[i] = camera_hidden
+        elif todo:
             batch = self.model.vision_hidden(torch.cat([pixels[i] for i in todo]))
             for j, i in enumerate(todo):
                 hidden[i] = batch[j : j + 1]

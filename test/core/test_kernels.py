@@ -1,0 +1,129 @@
+"""policy/kernels and the fused vision tower: the modules' own numbers, in fewer kernels (exact)."""
+
+import pytest
+import torch
+from transformers import LlamaConfig
+from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
+from transformers.models.smolvlm.configuration_smolvlm import SmolVLMVisionConfig
+from transformers.models.smolvlm.modeling_smolvlm import SmolVLMVisionMLP, SmolVLMVisionTransformer
+
+from dysta_ros.policy import kernels
+from dysta_ros.policy.config import VisionConfig
+from dysta_ros.policy.model import build_vision
+from dysta_ros.policy.vision_reuse import encode_full
+
+TOL = 1e-5  # fp32: only the summation order differs
+
+
+def _randomise(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():  # norms away from 1 and biases away from 0, so both count
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.2 + (1.0 if p.ndim == 1 else 0.0))
+    return module.eval()
+
+
+def test_linear_with_a_residual_is_the_module_plus_the_residual():
+    layer = _randomise(torch.nn.Linear(24, 40))
+    x, residual = torch.randn(2, 7, 24), torch.randn(2, 7, 40)
+    kept = residual.clone()
+    with torch.inference_mode():
+        out = kernels.linear(x, layer, residual=residual)
+        assert torch.allclose(out, layer(x) + residual, atol=TOL)
+        assert torch.equal(residual, kept)  # the residual is an input, never written
+        assert torch.allclose(kernels.linear(x, layer), layer(x), atol=TOL)
+
+
+@pytest.mark.parametrize("act", ["gelu_pytorch_tanh", "gelu"])
+def test_the_siglip_mlp_fused_with_its_activation_is_the_module(act):
+    cfg = SmolVLMVisionConfig(hidden_size=32, intermediate_size=64, hidden_act=act)
+    mlp = _randomise(SmolVLMVisionMLP(cfg))
+    assert kernels.gelu_kind(mlp.activation_fn) == ("tanh" if act.endswith("tanh") else "none")
+    x, residual = torch.randn(1, 9, 32), torch.randn(1, 9, 32)
+    with torch.inference_mode():
+        assert torch.allclose(kernels.mlp(mlp, x, residual), mlp(x) + residual, atol=TOL)
+
+
+def test_the_llama_mlp_and_rmsnorm_are_the_modules():
+    cfg = LlamaConfig(hidden_size=32, intermediate_size=48, hidden_act="silu", num_attention_heads=4,
+                      num_key_value_heads=4)
+    mlp, norm = _randomise(LlamaMLP(cfg)), _randomise(LlamaRMSNorm(32, eps=1e-5))
+    x, residual = torch.randn(1, 5, 32) * 3, torch.randn(1, 5, 32)
+    with torch.inference_mode():
+        assert torch.allclose(kernels.gated_mlp(mlp, x, residual), mlp(x) + residual, atol=TOL)
+        assert torch.allclose(kernels.rms_norm(norm, x), norm(x), atol=TOL)
+
+
+def test_with_autograd_on_the_fused_paths_leave_gradients_intact():
+    cfg = LlamaConfig(hidden_size=16, intermediate_size=24, hidden_act="silu", num_attention_heads=4,
+                      num_key_value_heads=4)
+    mlp = _randomise(LlamaMLP(cfg))
+    x = torch.randn(1, 3, 16, requires_grad=True)
+    kernels.gated_mlp(mlp, x, torch.zeros(1, 3, 16)).sum().backward()
+    fused_grad = x.grad.clone()
+    x.grad = None
+    mlp(x).sum().backward()
+    assert torch.allclose(fused_grad, x.grad, atol=TOL)
+
+
+def test_the_fused_smolvlm_tower_is_transformers_tower():
+    cfg = SmolVLMVisionConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=3,
+                              num_attention_heads=4, image_size=64, patch_size=16)
+    cfg._attn_implementation = "sdpa"
+    tower = _randomise(SmolVLMVisionTransformer(cfg))
+    pixels = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.inference_mode():
+        reference = tower(pixel_values=pixels, patch_attention_mask=None).last_hidden_state
+        fused = encode_full(tower, pixels)
+    assert fused.shape == reference.shape == (2, 16, 48)
+    assert (fused - reference).abs().max() <= TOL * reference.abs().max()
+
+
+def test_the_fused_siglip_tower_of_this_packages_vla_is_transformers_tower():
+    vision = _randomise(build_vision(VisionConfig(image_size=32, patch_size=8, width=32, layers=2, heads=4,
+                                                  mlp_width=64)))
+    pixels = torch.rand(3, 3, 32, 32)
+    with torch.inference_mode():
+        reference = vision(pixel_values=pixels).last_hidden_state
+        fused = encode_full(vision, pixels)
+    assert (fused - reference).abs().max() <= TOL * reference.abs().max()
+
+
+def test_frames_of_another_size_take_the_module_not_a_wrong_position_table():
+    cfg = SmolVLMVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                              num_attention_heads=4, image_size=64, patch_size=16)
+    cfg._attn_implementation = "sdpa"
+    tower = _randomise(SmolVLMVisionTransformer(cfg))
+    pixels = torch.rand(1, 3, 32, 48)  # fewer patches than positions: transformers buckets them
+    with torch.inference_mode():
+        reference = tower(pixel_values=pixels, patch_attention_mask=None).last_hidden_state
+        assert torch.allclose(encode_full(tower, pixels), reference, atol=TOL)
+
+
+def test_side_by_side_runs_each_job_on_its_own_thread_and_gives_the_same_numbers():
+    import threading
+
+    layer = _randomise(torch.nn.Linear(64, 64))
+    inputs = [torch.randn(32, 64) for _ in range(3)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = []
+
+        def job(x):
+            seen.append((threading.get_ident(), torch.get_num_threads(), torch.is_inference_mode_enabled()))
+            return layer(x)
+
+        with torch.inference_mode():
+            results = kernels.side_by_side([lambda x=x: job(x) for x in inputs])
+        assert len({ident for ident, _, _ in seen}) >= 2  # really side by side
+        assert all(threads == 1 and inference for _, threads, inference in seen)  # one thread each
+        assert torch.get_num_threads() == 2  # the caller's count again
+        for x, out in zip(inputs, results):
+            assert torch.allclose(out, layer(x), atol=TOL)
+        # autograd carries over: a gradient flows through a worker's result
+        x = torch.randn(4, 64, requires_grad=True)
+        kernels.side_by_side([lambda: layer(x).sum(), lambda: layer(x).sum()])[0].backward()
+        assert x.grad is not None and x.grad.abs().sum() > 0
+    finally:
+        torch.set_num_threads(before)
