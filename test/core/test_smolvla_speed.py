@@ -238,7 +238,7 @@ def test_cameras_side_by_side_or_batched_give_lerobots_actions(tiny, cases, came
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        for index in range(len(meta["cases"])):
+        for index in range(2):
             images, state, task, noise = _inputs(tiny, meta, arrays, index)
             options = SpeedOptions(camera_threads=camera_threads, frame_cache=False)
             _, info = tiny.predict(images, state, task, noise=torch.from_numpy(noise), options=options)
