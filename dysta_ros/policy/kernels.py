@@ -11,8 +11,8 @@ Only summation order may differ from the modules: within ~1e-6 in fp32
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import torch
@@ -55,11 +55,11 @@ def gelu_kind(activation: nn.Module) -> str | None:
     return None
 
 
-def mlp(module: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    """Return residual + module(x) for a fc1 -> activation -> fc2 MLP (SigLIP's), fused where known."""
+def mlp(module: nn.Module, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """Return module(x) (+ residual) for a fc1 -> activation -> fc2 MLP (SigLIP's), fused where known."""
     kind = gelu_kind(getattr(module, "activation_fn", None))
     if kind is None or not hasattr(module, "fc1"):
-        return residual + module(x)
+        return module(x) if residual is None else residual + module(x)
     return linear(linear_gelu(x, module.fc1, kind), module.fc2, residual)
 
 
@@ -91,23 +91,37 @@ def side_by_side(jobs: list[Callable[[], T]]) -> list[T]:
 
     Two images on two cores: one thread each keeps both cores on large GEMMs without the
     synchronisation a two-thread GEMM of one image pays (the same numbers: each job's arithmetic
-    is what one thread would do alone). Autograd and inference mode carry over to the workers.
-    One job, one thread, or not on the CPU: the jobs run one after the other.
+    is what one thread would do alone). Autograd and inference mode carry over to the workers;
+    the caller's thread is one of them. One job or one thread: the jobs run one after the other.
     """
     threads = torch.get_num_threads()
     workers = min(len(jobs), threads)
     if workers < 2:
         return [job() for job in jobs]
     grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
-    share = threads // workers
+    results: list = [None] * len(jobs)
+    errors: list[BaseException] = []
 
-    def run(job):
-        torch.set_num_threads(share)  # this worker's OpenMP team
-        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
-            return job()
+    def run(indices: range) -> None:
+        torch.set_num_threads(threads // workers)  # this worker's OpenMP team
+        try:
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                for index in indices:
+                    results[index] = jobs[index]()
+        except BaseException as exc:  # handed to the caller below
+            errors.append(exc)
 
+    shares = [range(worker, len(jobs), workers) for worker in range(workers)]
+    helpers = [threading.Thread(target=run, args=(share,), name="dysta-side-by-side", daemon=True)
+               for share in shares[1:]]
+    for helper in helpers:
+        helper.start()
     try:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dysta-camera") as pool:
-            return list(pool.map(run, jobs))
+        run(shares[0])
     finally:
+        for helper in helpers:
+            helper.join()
         torch.set_num_threads(threads)  # MKL's count is process-wide: the caller's again
+    if errors:
+        raise errors[0]
+    return results

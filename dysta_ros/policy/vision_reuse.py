@@ -166,7 +166,7 @@ class ChangedTokenEncoder:
         gates = []
         for block in self.tower.blocks:
             gates.append((_Gate(lambda x, b=block: _qkv(b, x)), _Gate(block.out),
-                          _Gate(lambda x, b=block: b.mlp(b.norm2(x)))))
+                          _Gate(lambda x, b=block: kernels.mlp(b.mlp, kernels.layer_norm(b.norm2, x)))))
         return gates
 
     @torch.inference_mode()
@@ -204,7 +204,7 @@ class ChangedTokenEncoder:
 
 
 def _qkv(block: TowerBlock, x: torch.Tensor) -> torch.Tensor:
-    normed = block.norm1(x)
+    normed = kernels.layer_norm(block.norm1, x)
     return torch.cat([block.q(normed), block.k(normed), block.v(normed)], dim=-1)  # (n, 3C)
 
 

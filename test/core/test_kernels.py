@@ -118,6 +118,7 @@ def test_side_by_side_runs_each_job_on_its_own_thread_and_gives_the_same_numbers
             results = kernels.side_by_side([lambda x=x: job(x) for x in inputs])
         assert len({ident for ident, _, _ in seen}) >= 2  # really side by side
         assert all(threads == 1 and inference for _, threads, inference in seen)  # one thread each
+        assert len(seen) == 3
         assert torch.get_num_threads() == 2  # the caller's count again
         for x, out in zip(inputs, results):
             assert torch.allclose(out, layer(x), atol=TOL)
@@ -125,5 +126,19 @@ def test_side_by_side_runs_each_job_on_its_own_thread_and_gives_the_same_numbers
         x = torch.randn(4, 64, requires_grad=True)
         kernels.side_by_side([lambda: layer(x).sum(), lambda: layer(x).sum()])[0].backward()
         assert x.grad is not None and x.grad.abs().sum() > 0
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_side_by_side_hands_a_workers_error_to_the_caller_and_restores_the_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        def broken():
+            raise ValueError("camera 2 is broken")
+
+        with pytest.raises(ValueError, match="camera 2"):
+            kernels.side_by_side([lambda: 1, broken])
+        assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
