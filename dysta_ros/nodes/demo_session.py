@@ -57,7 +57,9 @@ class DemoSession:
         self.args = args
         # Sim time (/clock) for every node, as `dysta-ros record` does: a loaded machine slows the
         # episode down instead of the clock running on while the arm waits for stale chunks.
-        self.sim = SimNode(image_width=args.image_size, image_height=args.image_size, publish_clock=True)
+        # auto_reset off: the session resets each episode itself, with the seed it chose
+        self.sim = SimNode(image_width=args.image_size, image_height=args.image_size, publish_clock=True,
+                           auto_reset=False)
         self.values = node_values(argparse.Namespace(
             strategy=args.strategies[0], model="tiny", vlm=getattr(args, "vlm", None) or "",
             threads=args.threads, robot="sim_arm", device=args.device, dtype=args.dtype,

@@ -211,8 +211,9 @@ def _sim_nodes(args) -> list[Node]:
 
     # Sim time (/clock) for every node: a loaded machine slows the episode down instead of
     # making the executor drop the expert's chunks as stale.
+    # auto_reset off: the episode driver resets each episode with its own seed
     sim = SimNode(robot=args.robot, task=args.task, seed=args.seed, expert=True, publish_clock=True,
-                  image_width=args.image_size, image_height=args.image_size)
+                  auto_reset=False, image_width=args.image_size, image_height=args.image_size)
     executor_node = ChunkExecutorNode(parameter_overrides=[
         Parameter("robot", value=args.robot), SIM_TIME])
     driver = EpisodeDriver(lambda seed: sim.set_parameters([Parameter("seed", value=seed)]))

@@ -54,8 +54,7 @@ def measure(scheme: str, args) -> dict:
     from dysta_ros.nodes.sim_node import SimNode
 
     rclpy.init()
-    sim = SimNode(image_width=32, image_height=32, camera_rate_hz=1.0, expert=True, auto_reset=True,
-                  task=args.task)
+    sim = SimNode(image_width=32, image_height=32, camera_rate_hz=1.0, expert=True, task=args.task)
     values = {"control_rate_hz": 50.0, **SCHEMES[scheme]}
     executor_node = ChunkExecutorNode(parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
     probe = rclpy.create_node("tracking_probe")
