@@ -7,13 +7,9 @@ import dataclasses
 import sys
 
 from dysta_ros.cli_options import add_json_argument, add_model_argument, add_runtime_arguments, write_json
-from dysta_ros.errors import ConfigError, DystaError, exit_status
+from dysta_ros.errors import DystaError, exit_status
 from dysta_ros.results import result_document
 from dysta_ros.training.config import TrainConfig
-
-# What the trainer runs on today: its batches, noise generator and optimizer live on the CPU in
-# float32. Other values are refused by name rather than ignored.
-TRAIN_DEVICES, TRAIN_DTYPES = ("cpu",), ("float32",)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=defaults[name])
     for name in ("lr", "gate_lambda", "action_noise", "weight_decay"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=defaults[name])
+    # --dtype bfloat16/float16: mixed precision (autocast) over float32 weights (training/precision.py)
     add_runtime_arguments(parser)
     parser.add_argument("--param", action="append", default=[], metavar="dysta.KEY=VALUE",
                         help="DySta layout to train, repeatable: dysta.cache_language=true, "
@@ -50,21 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_json_argument(parser)
 
 
-def check_train_device(device: str, dtype: str) -> None:
-    """Refuse a device/dtype the trainer does not run on (after the common check names bad ones)."""
-    from dysta_ros.policy.devices import check_device
-
-    check_device(device, dtype)
-    if device not in TRAIN_DEVICES or dtype not in TRAIN_DTYPES:
-        raise ConfigError(f"--device {device} --dtype {dtype}: train runs on "
-                          f"{'/'.join(TRAIN_DEVICES)} in {'/'.join(TRAIN_DTYPES)} only")
-
-
 def run(args: argparse.Namespace) -> int:
+    from dysta_ros.policy.devices import check_device
     from dysta_ros.training.train import Trainer, check_out, run_smolvla, train_config
 
     try:
-        check_train_device(args.device, args.dtype)
+        check_device(args.device, args.dtype)  # before any demo is collected: one line, exit 2
         check_out(args.out, args.resume, args.force)
         if args.family == "smolvla":
             record = run_smolvla(args)

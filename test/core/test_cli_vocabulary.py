@@ -107,7 +107,12 @@ def test_bench_json_on_stdout_is_the_one_shape(capsys):
     assert document["meta"]["model"] == "tiny" and document["meta"]["threads"] == 1
 
 
-def test_train_refuses_a_device_it_does_not_run_on(tmp_path, capsys):
-    code = main(["train", "--sim-episodes", "1", "--out", str(tmp_path / "r"), "--dtype", "bfloat16"])
-    assert code == 2 and "train runs on cpu in float32 only" in capsys.readouterr().err
+def test_train_refuses_a_device_that_is_not_here_in_one_line_before_any_demo(tmp_path, capsys):
+    import torch
+
+    wanted = "cuda:7" if torch.cuda.is_available() else "cuda"  # absent either way
+    for device, says in ((wanted, "available here: cpu"), ("gpu", "'gpu' is not a torch device")):
+        code = main(["train", "--sim-episodes", "1", "--out", str(tmp_path / "r"), "--device", device])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and err.count("\n") == 0 and err.startswith("dysta-ros train: ") and says in err
     assert not (tmp_path / "r").exists()
