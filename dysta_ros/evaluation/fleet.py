@@ -37,7 +37,7 @@ from dysta_ros.evaluation.open_loop import (
     loaded_runtimes,
     run_open_loop,
 )
-from dysta_ros.results import result_document
+from dysta_ros.results import command_line, result_document
 from dysta_ros.tokens import parse_param_overrides
 
 log = logging.getLogger(__name__)
@@ -311,7 +311,7 @@ def run(args: argparse.Namespace) -> int:
         [{"model": model, "strategy": name, **summary}
          for model, table in summaries.items() if table for name, summary in table.items()],
         {**(next(iter(per_checkpoint.values())) or {}).get("config", {}), "models": list(summaries),
-         "fleet": results["fleet"], "command": " ".join(["dysta-ros", *sys.argv[1:]])}))
+         "fleet": results["fleet"], "command": command_line()}))
     if not json_to_stdout(args):
         from dysta_ros.evaluation.open_loop_report import summary_table
 

@@ -32,6 +32,7 @@ from std_srvs.srv import Trigger
 from tqdm import tqdm
 
 from dysta_ros.cli_options import json_to_stdout, write_json
+from dysta_ros.results import command_line
 from dysta_ros.errors import EXIT_CONFIG, EXIT_FAILURE, ConfigError, DystaError
 from dysta_ros.evaluation.demo import (EXPERT, EpisodeRecord, StepRecord, add_arguments, check_arguments,
                                       format_table, plan, summary_document, summary_rows, write_report)
@@ -255,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
     print("report: " + ", ".join(str(p) for p in paths.values() if p.exists()), file=out)
     write_json(args.json, summary_document(episodes, {
         "task": args.task, "seed": args.seed, "device": args.device, "dtype": args.dtype,
-        "threads": args.threads, "command": " ".join(["dysta-ros", *sys.argv[1:]])}))
+        "threads": args.threads, "command": command_line()}))
     return 0
 
 

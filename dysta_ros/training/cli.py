@@ -8,7 +8,7 @@ import sys
 
 from dysta_ros.cli_options import add_json_argument, add_model_argument, add_runtime_arguments, write_json
 from dysta_ros.errors import DystaError, exit_status
-from dysta_ros.results import result_document
+from dysta_ros.results import command_line, result_document
 from dysta_ros.training.config import TrainConfig
 
 
@@ -66,6 +66,6 @@ def run(args: argparse.Namespace) -> int:
                                {"family": args.family, "model": args.model, "steps": args.steps,
                                 "device": args.device,
                                 "dtype": args.dtype, "threads": args.threads,
-                                "command": " ".join(["dysta-ros", *sys.argv[1:]])})
+                                "command": command_line()})
     write_json(args.json or "-", document)  # the last losses: stdout unless a FILE was given
     return 0
