@@ -12,7 +12,6 @@ listed in the report and makes the exit status non-zero; nothing is dropped sile
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -237,9 +236,22 @@ def _write_index(directory: Path, configs: list[EvalConfig], per_checkpoint: dic
         link = f"{Path(config.report).name}/report.md"
         text += [f"Full report: [{link}]({link})", "", summary_table(results["summary"]), ""]
     (directory / "report.md").write_text("\n".join(text) + fleet_section(fleet_log, always=True))
-    index = {"checkpoints": {c.model: (per_checkpoint[c.model] or {}).get("summary") for c in configs},
-             "fleet": fleet_log}
-    (directory / "results.json").write_text(json.dumps(index, indent=1))
+    write_json(str(directory / "results.json"), fleet_document(configs, per_checkpoint, fleet_log))
+
+
+def fleet_document(configs: list[EvalConfig], per_checkpoint: dict, fleet_log: dict) -> dict:
+    """Every checkpoint's strategies in the one shape: what `eval --json` and the index results.json hold.
+
+    One run per (checkpoint, strategy): `model`, `strategy` and the summary's fields (a checkpoint
+    whose every task failed has none); `meta`: the first evaluated checkpoint's settings, `models`,
+    the `fleet` log and the command.
+    """
+    runs = [{"model": config.model, "strategy": name, **summary}
+            for config in configs if per_checkpoint[config.model]
+            for name, summary in per_checkpoint[config.model]["summary"].items()]
+    first = next((results for results in per_checkpoint.values() if results), {})
+    return result_document(runs, {**first.get("config", {}), "models": [c.model for c in configs],
+                                  "fleet": fleet_log, "command": command_line()})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -307,11 +319,7 @@ def run(args: argparse.Namespace) -> int:
         return exit_status(exc)
     per_checkpoint = results["checkpoints"]
     summaries = {model: r and r["summary"] for model, r in per_checkpoint.items()}
-    write_json(args.json, result_document(
-        [{"model": model, "strategy": name, **summary}
-         for model, table in summaries.items() if table for name, summary in table.items()],
-        {**(next(iter(per_checkpoint.values())) or {}).get("config", {}), "models": list(summaries),
-         "fleet": results["fleet"], "command": command_line()}))
+    write_json(args.json, fleet_document(configs, per_checkpoint, results["fleet"]))
     if not json_to_stdout(args):
         from dysta_ros.evaluation.open_loop_report import summary_table
 

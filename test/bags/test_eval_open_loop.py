@@ -49,8 +49,14 @@ def test_eval_writes_the_report_files(results):
         image = matplotlib.image.imread(report / png)
         assert image.shape[0] > 100 and image.shape[1] > 100
         assert image[..., :3].std() > 0  # something is drawn
-    assert json.loads((report / "results.json").read_text())["summary"].keys() == {
-        "full", "dysta", "vla_cache"}
+    # results.json in the one shape: a run per strategy (the summary's fields and per-step series)
+    saved = json.loads((report / "results.json").read_text())
+    assert set(saved) == {"runs", "meta"}
+    assert [r["strategy"] for r in saved["runs"]] == ["full", "dysta", "vla_cache"]
+    full = saved["runs"][0]
+    assert full["speedup"] == 1.0 and full["step_ms_p50"] > 0
+    assert len(full["series"]["step_ms"]) == full["steps"]
+    assert saved["meta"]["model"] == "tiny" and saved["meta"]["episodes"] and saved["meta"]["joints"]
 
 
 def test_eval_values_are_sane(results):

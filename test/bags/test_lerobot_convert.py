@@ -132,8 +132,7 @@ def test_eval_runs_on_a_converted_dataset(tmp_path, capsys):
                    "--json"])
     out = capsys.readouterr().out
     assert status == 0, out
-    results = json.loads((tmp_path / "report" / "results.json").read_text())
-    summary = results["summary"]["full"]
+    (summary,) = json.loads((tmp_path / "report" / "results.json").read_text())["runs"]  # full
     assert summary["steps"] == 6 and summary["failed_steps"] == 0
     assert summary["action_error"]["mse"] is not None and np.isfinite(summary["action_error"]["mse"])
 
