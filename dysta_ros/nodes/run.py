@@ -16,8 +16,8 @@ import time
 
 import yaml
 
-from dysta_ros.cli_options import (add_json_argument, add_model_argument, add_runtime_arguments, free_cores,
-                                   json_to_stdout, write_json)
+from dysta_ros.cli_options import (add_json_argument, add_model_argument, add_runtime_arguments,
+                                   add_strategy_argument, free_cores, json_to_stdout, write_json)
 from dysta_ros.errors import ConfigError
 from dysta_ros.results import command_line, result_document
 from dysta_ros.robot import config_dirs, load_yaml
@@ -33,9 +33,7 @@ BUILTINS = {"use_sim_time": bool}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from dysta_ros.tokens import available_strategies
-
-    parser.add_argument("--strategy", default="dysta", choices=available_strategies(), help="token strategy")
+    add_strategy_argument(parser, default="dysta")
     add_model_argument(parser, default="tiny")
     parser.add_argument("--vlm", default="", metavar="DIR",
                         help="a LeRobot SmolVLA checkpoint's backbone config + tokenizer directory")

@@ -55,6 +55,18 @@ def test_strategies_comma_separated_and_repeated_add_up():
     assert parse("demo", "--model", "expert,tiny", "--model", "small").model == ["expert", "tiny", "small"]
 
 
+@pytest.mark.parametrize("name", ["run", "latency", "load"])
+def test_commands_that_run_one_strategy_take_it_in_the_same_syntax(name, capsys):
+    assert parse(name, "--strategies", "full").strategy == "full"
+    assert parse(name, "--strategy", "vla_cache").strategy == "vla_cache"
+    for argv, says in ((["--strategy", "full,dysta"], "runs one strategy, got full, dysta"),
+                       (["--strategy", "full", "--strategies", "dysta"], "got full, dysta"),
+                       (["--strategy", "dysat"], "unknown strategy 'dysat'; choose one of full")):
+        with pytest.raises(SystemExit) as refused:
+            parse(name, *argv)
+        assert refused.value.code == 2 and says in capsys.readouterr().err
+
+
 def test_old_model_flags_still_work_and_warn(capsys):
     assert parse("bench", "--preset", "tiny").model == "tiny"
     assert "--preset is deprecated" in capsys.readouterr().err
