@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from dysta_ros.bags import TopicMap, find_bags
+from dysta_ros.bags import find_bags
 from dysta_ros.cli_options import (add_json_argument, add_model_argument, add_runtime_arguments,
                                    add_strategies_argument, json_to_stdout, write_json)
 from dysta_ros.bags.episodes import check_bag
@@ -31,6 +31,7 @@ from dysta_ros.evaluation.open_loop import (
     BASELINE,
     EvalConfig,
     StepRecord,
+    bag_topic_map,
     evaluate,
     evaluate_bag,
     loaded_runtimes,
@@ -189,9 +190,10 @@ def evaluate_fleet(configs: list[EvalConfig], ray_address: str | None = None, us
     One checkpoint: its report and results.json are where a serial run writes them. Several:
     one subdirectory each plus an index (report.md, results.json) over them.
     """
-    topic_map = TopicMap.load(configs[0].topic_map)
-    for bag in configs[0].bags:  # before any model is built or any worker started
-        check_bag(bag, topic_map)
+    for config in configs:  # before any model is built or any worker started
+        topic_map = bag_topic_map(config)  # each checkpoint's cameras only
+        for bag in config.bags:
+            check_bag(bag, topic_map)
     from dysta_ros.policy.devices import check_device  # torch: not imported for `eval --help`
 
     for config in configs:  # a missing device is one line, before any progress bar or worker

@@ -154,3 +154,31 @@ def test_eval_reports_critical_windows_chunk_boundaries_and_per_joint_plots(resu
     assert "## Task-critical windows" in text and "## Chunk boundaries" in text
     image = matplotlib.image.imread(report / "joint_actions.png")
     assert image.shape[0] > 400  # one row per joint
+
+
+def _without_topic(bag, topic: str, out: Path) -> Path:
+    """A copy of `bag` lacking `topic` (a robot with one camera recorded)."""
+    from dysta_ros.bags.rosbag import BagReader, BagWriter
+
+    with BagReader(bag) as reader, BagWriter(out) as writer:
+        for name, msgtype in reader.topics.items():
+            if name != topic:
+                writer.add_topic(name, msgtype, reader.qos(name))
+        for message in reader.messages([t for t in reader.topics if t != topic]):
+            writer.write(message.topic, message.stamp_ns, message.data)
+    return out
+
+
+def test_a_topic_map_camera_the_model_does_not_read_is_not_required(bag, tmp_path):
+    main_only = _without_topic(bag, "/wrist_camera/image_raw", tmp_path / "main_only")
+    # the tiny preset reads "main" only: sim_arm's map also names "wrist", which this bag lacks
+    summary = evaluate(EvalConfig(bags=[str(main_only)], strategies=["full"], max_steps=2,
+                                  report=str(tmp_path / "tiny")), progress=False)["summary"]
+    assert summary["full"]["steps"] == 4 and summary["full"]["failed_steps"] == 0
+    # a checkpoint that reads the wrist camera still needs it: refused before any step, naming it
+    reach = Path(__file__).parents[2] / "checkpoints" / "smolvla_reach"
+    result = subprocess.run([sys.executable, "-m", "dysta_ros.cli", "eval", str(main_only), "--model",
+                             str(reach), "--vlm", str(reach / "vlm"), "--report", str(tmp_path / "reach")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert "camera 'wrist' topic /wrist_camera/image_raw (missing" in result.stderr
