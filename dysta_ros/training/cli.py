@@ -16,6 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--bags", nargs="+", metavar="BAG", help="rosbag2 files of expert episodes")
     source.add_argument("--sim-episodes", type=int, metavar="N", help="expert episodes per task from the sim")
+    parser.add_argument("--topic-map", default="sim_arm",
+                        help="with --bags: where they keep cameras, joint states and actions: a name in "
+                             "config/bag_topics/ or a YAML path (as eval takes it)")
     parser.add_argument("--task", default="reach", help="comma-separated sim tasks (reach,memory)")
     parser.add_argument("--family", choices=("dysta_vla", "smolvla"), default="dysta_vla",
                         help="dysta_vla: this package's VLA with DySta's learned parts; smolvla: a "

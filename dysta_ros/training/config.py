@@ -17,6 +17,7 @@ class TrainConfig:
     preset: str = "tiny"
     overrides: dict = field(default_factory=dict)  # dotted model-config overrides
     bags: list[str] = field(default_factory=list)
+    topic_map: str = "sim_arm"  # where the bags keep cameras, states, actions (config/bag_topics/)
     sim_episodes: int = 0  # expert episodes per task (used when no bags are given)
     tasks: list[str] = field(default_factory=lambda: ["reach"])
     sim_seed_start: int = 0  # training seeds are sim_seed_start .. + sim_episodes - 1

@@ -42,7 +42,7 @@ def load_demos(cfg: TrainConfig, model_cfg):
     """Demos from bags, else from the scripted expert in the sim."""
     args = (model_cfg.camera_names, model_cfg.vision.image_size, model_cfg.horizon)
     if cfg.bags:
-        return bag_demos(cfg.bags, *args)
+        return bag_demos(cfg.bags, *args, topic_map=cfg.topic_map)
     return collect_sim_demos(cfg.tasks, cfg.sim_episodes, *args, seed_start=cfg.sim_seed_start,
                              action_noise=cfg.action_noise)
 
@@ -100,6 +100,7 @@ class Trainer:
             raise CheckpointError(f"{state_path}: not a training state ({type(exc).__name__}: {exc})") \
                 from exc
         saved.setdefault("dysta", DystaParams().layout_fields())  # runs from before it was an option
+        saved.setdefault("topic_map", "sim_arm")  # likewise
         current = self.cfg.data_key()
         changed = sorted(k for k in {*saved, *current} if saved.get(k) != current.get(k))
         if changed:
@@ -250,7 +251,8 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     """Return the TrainConfig the command line asks for."""
     return TrainConfig(
         out=args.out, preset=args.model, overrides=parse_overrides(args.overrides), bags=args.bags or [],
-        sim_episodes=args.sim_episodes or 0, tasks=[t for t in args.task.split(",") if t],
+        topic_map=args.topic_map, sim_episodes=args.sim_episodes or 0,
+        tasks=[t for t in args.task.split(",") if t],
         sim_seed_start=args.sim_seed_start, action_noise=args.action_noise, steps=args.steps,
         batch=args.batch, history=args.history, frame_stride=args.frame_stride,
         max_cache_age=args.max_cache_age, gate_lambda=args.gate_lambda, lr=args.lr, warmup=args.warmup,
