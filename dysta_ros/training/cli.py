@@ -6,7 +6,8 @@ import argparse
 import dataclasses
 import sys
 
-from dysta_ros.cli_options import add_json_argument, add_model_argument, add_runtime_arguments, write_json
+from dysta_ros.cli_options import (add_json_argument, add_model_argument, add_runtime_arguments,
+                                   json_to_stdout, write_json)
 from dysta_ros.errors import DystaError, exit_status
 from dysta_ros.results import command_line, result_document
 from dysta_ros.training.config import TrainConfig
@@ -70,5 +71,9 @@ def run(args: argparse.Namespace) -> int:
                                 "device": args.device,
                                 "dtype": args.dtype, "threads": args.threads,
                                 "command": command_line()})
-    write_json(args.json or "-", document)  # the last losses: stdout unless a FILE was given
+    write_json(args.json, document)
+    if not json_to_stdout(args):  # the last losses in one line (the JSON has them all)
+        print(f"trained {record['out']}: " + ", ".join(
+            f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
+            for key, value in record.items() if key != "out"))
     return 0

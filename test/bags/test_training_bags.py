@@ -59,3 +59,8 @@ def test_train_reads_another_robots_bags_through_a_topic_map(tmp_path, capsys):
     assert main(["train", "--bags", str(bag), "--topic-map", str(topic_map), "--out", str(out),
                  "--steps", "1", "--batch", "2", "--threads", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["runs"][0]["out"] == str(out)
+    # --json has its one meaning here too: without it, one line of the last losses, no JSON
+    assert main(["train", "--bags", str(bag), "--topic-map", str(topic_map), "--out", str(out),
+                 "--steps", "1", "--batch", "2", "--threads", "1", "--force"]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert printed.startswith(f"trained {out}: step 1, total ") and "\n" not in printed
