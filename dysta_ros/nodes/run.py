@@ -67,10 +67,11 @@ def run_document(args, policy: dict, boards, step_report, seconds: float) -> dic
     """The summary `--json` writes at exit: one run per node, with its last statuses.
 
     `policy`: policy_node's parameter values (as it read them, or as given when it does not run here).
-    policy_node's run adds its steps, refusals and step times (`step_report.summary()`, None
-    if it never configured); every node's run holds each /diagnostics status as it last was.
+    policy_node's run, where it runs here, adds its steps, refusals and step times
+    (`step_report.summary()`); every node's run holds each /diagnostics status as it last was.
     """
     from dysta_ros.nodes.diagnostics import LEVEL_NAMES
+    from dysta_ros.nodes.topics import NAMESPACE
 
     runs = []
     for board in boards:
@@ -81,7 +82,7 @@ def run_document(args, policy: dict, boards, step_report, seconds: float) -> dic
             run.update(step_report.summary())
         runs.append({**run, "statuses": statuses})
     return result_document(runs, {
-        "role": getattr(args, "role", "both"), "namespace": args.namespace or "/dysta",
+        "role": getattr(args, "role", "both"), "namespace": args.namespace or NAMESPACE,
         "strategy": policy["strategy"], "model": policy["model"], "robot": policy["robot"],
         "device": policy.get("device", "cpu"), "dtype": policy.get("dtype", "float32"),
         "threads": policy.get("cpu_threads"), "seconds": round(seconds, 3), "command": command_line()})
