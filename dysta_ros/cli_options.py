@@ -1,7 +1,8 @@
 """The options every `dysta-ros` subcommand spells the same way (README "One vocabulary").
 
 `--model` (a preset or a checkpoint directory), `--strategies` (comma-separated and/or
-repeated), `--device`, `--dtype`, `--threads` (default: the free cores) and `--json [FILE]`
+repeated; `--strategy` is the same option, and commands that run one strategy take it by either
+name), `--device`, `--dtype`, `--threads` (default: the free cores) and `--json [FILE]`
 (stdout when no FILE). Old spellings (`--policy`, `--checkpoint`, `--preset`) stay one release
 as hidden aliases that print a warning. Plain Python: parsing never imports torch, so `--help`
 stays instant.
@@ -13,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+import weakref
 from pathlib import Path
 
 from dysta_ros.tokens import available_strategies
@@ -102,6 +104,38 @@ def add_strategies_argument(parser: argparse.ArgumentParser, default: list[str] 
                         default=default, metavar="A,B",
                         help="token strategies, comma-separated and/or repeated "
                              f"({', '.join(available_strategies())}){extra_help}")
+
+
+class _OneStrategyAction(argparse.Action):
+    """`--strategy`/`--strategies` where a command runs one strategy: the same syntax, one known name.
+
+    Given twice (or `a,b`), the names add up as with --strategies, and more than one is refused.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.given_in: list[weakref.ref] = []  # the namespaces this option was given in already
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        earlier = any(ref() is namespace for ref in self.given_in)
+        self.given_in = [ref for ref in self.given_in if ref() is not None] + [weakref.ref(namespace)]
+        chosen = ([getattr(namespace, self.dest)] if earlier else []) + [
+            item.strip() for item in values.split(",") if item.strip()]
+        if len(chosen) != 1:
+            parser.error(f"{option_string}: this command runs one strategy, "
+                         f"got {', '.join(chosen) or 'none'}")
+        if chosen[0] not in available_strategies():
+            parser.error(f"{option_string}: unknown strategy {chosen[0]!r}; choose one of "
+                         f"{', '.join(available_strategies())}")
+        setattr(namespace, self.dest, chosen[0])
+
+
+def add_strategy_argument(parser: argparse.ArgumentParser, default: str = "dysta",
+                          extra_help: str = "") -> None:
+    """`--strategy NAME` (or `--strategies NAME`, the same option) for a command that runs one strategy."""
+    parser.add_argument("--strategy", "--strategies", dest="strategy", action=_OneStrategyAction,
+                        default=default, metavar="NAME",
+                        help=f"token strategy, one of {', '.join(available_strategies())}{extra_help}")
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser, device: str | None = "cpu",

@@ -85,6 +85,24 @@ def dysta_info(data: dict) -> dict:
     }
 
 
+def model_camera_names(model: str) -> list[str] | None:
+    """The cameras a preset or checkpoint directory reads, without building it; None if unknown.
+
+    Unknown (a missing or malformed checkpoint, an unknown name) is left to building the model,
+    which says what is wrong.
+    """
+    from dysta_ros.policy.config import PRESETS
+
+    if model in PRESETS:
+        return list(PRESETS[model].camera_names)
+    directory = Path(model)
+    try:
+        data = read_json_file(directory / CONFIG_FILE)
+        return (smolvla_info(data) if family_of(directory) == "smolvla" else dysta_info(data))["camera_names"]
+    except (CheckpointError, KeyError, TypeError, AttributeError, IndexError, OSError):
+        return None
+
+
 def checkpoint_info(directory) -> dict:
     """Return what `dysta-ros info` prints for a checkpoint directory."""
     directory = Path(directory)

@@ -17,12 +17,18 @@ Plain Python, no torch: the CLI imports it before any model.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable, Sequence
 
 
 def result_document(runs: list[dict], meta: dict) -> dict:
     """Return `{"runs": runs, "meta": meta}` with NaN/inf as null (JSON has no NaN)."""
     return {"runs": [_finite(run) for run in runs], "meta": _finite(meta)}
+
+
+def command_line() -> str:
+    """The command as it was typed (every result's `meta.command`)."""
+    return " ".join(["dysta-ros", *sys.argv[1:]])
 
 
 def speedup(full_step_ms_p50: float | None, step_ms_p50: float | None) -> float | None:

@@ -33,7 +33,9 @@ from dysta_ros.bags.lerobot import (
 )
 from dysta_ros.bags.rosbag import BagWriter, TopicQos
 from dysta_ros.bags.topic_map import TopicMap
+from dysta_ros.cli_options import add_json_argument, json_to_stdout, write_json
 from dysta_ros.errors import BagError, ConfigError, DatasetError, exit_status
+from dysta_ros.results import command_line, result_document
 
 log = logging.getLogger(__name__)
 
@@ -300,34 +302,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time", choices=CLOCKS, default="header",
                         help="bag -> dataset: clock that places bag messages")
     parser.add_argument("--robot-type", default=None, help="bag -> dataset: info.json robot_type")
-    parser.add_argument("--json", action="store_true", help="print what was written as JSON")
+    add_json_argument(parser)  # one run: what was written (counts, paths); no progress bars then
 
 
 def run(args: argparse.Namespace) -> int:
     """Convert in the direction the source says; return the exit status."""
     source = Path(args.source)
     try:
+        quiet = args.json is not None
         if is_dataset(source):
+            direction = "dataset->bag"
             result = dataset_to_bag(source, args.destination, args.topic_map, args.robot,
-                                    args.skip_missing_video, args.compress, progress=not args.json)
+                                    args.skip_missing_video, args.compress, progress=not quiet)
             hint = (f"dysta-ros eval {result['bag']} --topic-map {result['topic_map']}")
         elif source.exists():
             if args.fps is None:
                 raise ConfigError("--fps is required to convert a bag to a dataset (a LeRobot "
                                   "dataset has one frame rate; `dysta-ros bag-info` shows the "
                                   "bag's rates)")
+            direction = "bag->dataset"
             result = bag_to_dataset(source, args.destination, args.fps,
                                     args.topic_map or "sim_arm", args.vcodec, args.crf,
-                                    args.time, args.robot_type, progress=not args.json)
+                                    args.time, args.robot_type, progress=not quiet)
             hint = ""
         else:
             raise ConfigError(f"{source}: does not exist")
     except (BagError, ConfigError, DatasetError) as exc:
         print(f"dysta-ros convert: {exc}", file=sys.stderr)
         return exit_status(exc)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
+    write_json(args.json, result_document([result], {
+        "source": str(source), "destination": str(args.destination), "direction": direction,
+        "command": command_line()}))
+    if not json_to_stdout(args):
         print(", ".join(f"{k}: {v}" for k, v in result.items()))
         if hint:
             print(f"evaluate it: {hint}")

@@ -5,7 +5,8 @@ A bag from another robot works given one YAML file in this shape (config/bag_top
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -70,6 +71,16 @@ class TopicMap:
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
         return cls.from_dict(values, source=str(path))
+
+    def for_cameras(self, names: Iterable[str] | None) -> TopicMap:
+        """This map with only the cameras a model reads: a camera it does not use is not required.
+
+        None (the model's cameras are not known yet), or names the map lacks entirely: the map
+        as it is (the model's compatibility check then names the missing cameras).
+        """
+        wanted = set(names or ())
+        used = {camera: topic for camera, topic in self.cameras.items() if camera in wanted}
+        return replace(self, cameras=used) if used else self
 
     def topics(self) -> list[str]:
         """Return every topic this map reads."""

@@ -12,7 +12,6 @@ listed in the report and makes the exit status non-zero; nothing is dropped sile
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from dysta_ros.bags import TopicMap, find_bags
+from dysta_ros.bags import find_bags
 from dysta_ros.cli_options import (add_json_argument, add_model_argument, add_runtime_arguments,
                                    add_strategies_argument, json_to_stdout, write_json)
 from dysta_ros.bags.episodes import check_bag
@@ -32,12 +31,13 @@ from dysta_ros.evaluation.open_loop import (
     BASELINE,
     EvalConfig,
     StepRecord,
+    bag_topic_map,
     evaluate,
     evaluate_bag,
     loaded_runtimes,
     run_open_loop,
 )
-from dysta_ros.results import result_document
+from dysta_ros.results import command_line, result_document
 from dysta_ros.tokens import parse_param_overrides
 
 log = logging.getLogger(__name__)
@@ -190,9 +190,10 @@ def evaluate_fleet(configs: list[EvalConfig], ray_address: str | None = None, us
     One checkpoint: its report and results.json are where a serial run writes them. Several:
     one subdirectory each plus an index (report.md, results.json) over them.
     """
-    topic_map = TopicMap.load(configs[0].topic_map)
-    for bag in configs[0].bags:  # before any model is built or any worker started
-        check_bag(bag, topic_map)
+    for config in configs:  # before any model is built or any worker started
+        topic_map = bag_topic_map(config)  # each checkpoint's cameras only
+        for bag in config.bags:
+            check_bag(bag, topic_map)
     from dysta_ros.policy.devices import check_device  # torch: not imported for `eval --help`
 
     for config in configs:  # a missing device is one line, before any progress bar or worker
@@ -237,9 +238,22 @@ def _write_index(directory: Path, configs: list[EvalConfig], per_checkpoint: dic
         link = f"{Path(config.report).name}/report.md"
         text += [f"Full report: [{link}]({link})", "", summary_table(results["summary"]), ""]
     (directory / "report.md").write_text("\n".join(text) + fleet_section(fleet_log, always=True))
-    index = {"checkpoints": {c.model: (per_checkpoint[c.model] or {}).get("summary") for c in configs},
-             "fleet": fleet_log}
-    (directory / "results.json").write_text(json.dumps(index, indent=1))
+    write_json(str(directory / "results.json"), fleet_document(configs, per_checkpoint, fleet_log))
+
+
+def fleet_document(configs: list[EvalConfig], per_checkpoint: dict, fleet_log: dict) -> dict:
+    """Every checkpoint's strategies in the one shape: what `eval --json` and the index results.json hold.
+
+    One run per (checkpoint, strategy): `model`, `strategy` and the summary's fields (a checkpoint
+    whose every task failed has none); `meta`: the first evaluated checkpoint's settings, `models`,
+    the `fleet` log and the command.
+    """
+    runs = [{"model": config.model, "strategy": name, **summary}
+            for config in configs if per_checkpoint[config.model]
+            for name, summary in per_checkpoint[config.model]["summary"].items()]
+    first = next((results for results in per_checkpoint.values() if results), {})
+    return result_document(runs, {**first.get("config", {}), "models": [c.model for c in configs],
+                                  "fleet": fleet_log, "command": command_line()})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -307,11 +321,7 @@ def run(args: argparse.Namespace) -> int:
         return exit_status(exc)
     per_checkpoint = results["checkpoints"]
     summaries = {model: r and r["summary"] for model, r in per_checkpoint.items()}
-    write_json(args.json, result_document(
-        [{"model": model, "strategy": name, **summary}
-         for model, table in summaries.items() if table for name, summary in table.items()],
-        {**(next(iter(per_checkpoint.values())) or {}).get("config", {}), "models": list(summaries),
-         "fleet": results["fleet"], "command": " ".join(["dysta-ros", *sys.argv[1:]])}))
+    write_json(args.json, fleet_document(configs, per_checkpoint, results["fleet"]))
     if not json_to_stdout(args):
         from dysta_ros.evaluation.open_loop_report import summary_table
 

@@ -115,9 +115,16 @@ def _check_compatible(runtime: PolicyRuntime, topic_map: TopicMap, episode: Epis
                           f"dimensions; the model's action_dim is {spec.action_dim}")
 
 
+def bag_topic_map(config: EvalConfig) -> TopicMap:
+    """The config's topic map, requiring only the cameras its model reads (known before it is built)."""
+    from dysta_ros.info import model_camera_names
+
+    return TopicMap.load(config.topic_map).for_cameras(model_camera_names(config.model))
+
+
 def run_open_loop(config: EvalConfig, progress: bool = True) -> dict[str, list[StepRecord]]:
     """Step every strategy through every episode; return each strategy's step records."""
-    topic_map = TopicMap.load(config.topic_map)
+    topic_map = bag_topic_map(config)
     for bag in config.bags:  # seconds of model building are wasted on a bag that can't be used
         check_bag(bag, topic_map)
     records: dict[str, list[StepRecord]] = {name: [] for name in config.strategies}
@@ -166,9 +173,10 @@ def evaluate_bag(config: EvalConfig, bag: str, bar: tqdm | None = None) -> dict[
     Episodes depend on nothing before them (runtimes reset, noise seeded per step), so bags
     evaluated one by one, in any process, give the numbers of one run over all of them.
     """
-    topic_map = TopicMap.load(config.topic_map)
     runtimes, loaded_now = loaded_runtimes(config)
     spec = runtimes[BASELINE].spec
+    # a camera the model does not read is not needed in the bag
+    topic_map = TopicMap.load(config.topic_map).for_cameras(spec.camera_names)
     rate_hz = config.rate_hz or 1.0 / spec.dt
     episodes = load_episodes(bag, topic_map, rate_hz, clock=config.time)
     for episode in episodes:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from dysta_ros.plots import pyplot, save_png
+from dysta_ros.results import result_document
 from dysta_ros.types import STAGES
 
 PLOTS = {"latency": "latency.png", "error": "error_over_time.png", "recache": "recache_events.png",
@@ -188,10 +189,25 @@ def _plot_recache(results: dict, path: Path) -> None:
     save_png(fig, path, dpi=100)
 
 
+def results_document(results: dict) -> dict:
+    """results.json of one checkpoint in the one shape (results.py).
+
+    One run per strategy: `model`, `strategy`, the summary's fields (as `eval --json` gives them)
+    and `series` (per step: episode, step, time_s, action_mse, step_ms, context_tokens,
+    recached_l1/l2, errors). `meta`: the evaluation's settings (EvalConfig), the `episodes`, the
+    `joints`, the `critical_events`, the first episode's `joint_plot` data and the `fleet` log.
+    """
+    config = results["config"]
+    runs = [{"model": config["model"], "strategy": name, **summary, "series": results["series"][name]}
+            for name, summary in results["summary"].items()]
+    extra = ("episodes", "joints", "critical_events", "joint_plot", "fleet")
+    return result_document(runs, {**config, **{key: results[key] for key in extra if key in results}})
+
+
 def write_report(directory: Path, results: dict) -> None:
     """Write report.md, results.json and the PNG plots into `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "results.json").write_text(json.dumps(results, indent=1))
+    (directory / "results.json").write_text(json.dumps(results_document(results), indent=1))
     _plot_latency(results, directory / PLOTS["latency"])
     _plot_error(results, directory / PLOTS["error"])
     _plot_recache(results, directory / PLOTS["recache"])

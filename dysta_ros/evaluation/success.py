@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,7 +22,7 @@ from dysta_ros.errors import ConfigError
 from dysta_ros.cli_options import (add_json_argument, add_model_argument, add_runtime_arguments,
                                    add_strategies_argument, json_to_stdout, write_json)
 from dysta_ros.plots import pyplot, save_png
-from dysta_ros.results import recache_rate, result_document, speedup
+from dysta_ros.results import command_line, recache_rate, result_document, speedup
 from dysta_ros.tokens import available_strategies, parse_param_overrides
 
 if TYPE_CHECKING:  # MuJoCo and torch: imported to run, so `dysta-ros closed-loop --help` stays instant
@@ -247,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate(args.model, args.task, args.episodes, args.seed_start, args.strategies,
                       args.history, args.execute_steps, args.param, args.threads, vlm=args.vlm,
                       device=args.device, dtype=args.dtype, progress=not json_to_stdout(args))
-    report["meta"]["command"] = " ".join(["dysta-ros", *sys.argv[1:]])
+    report["meta"]["command"] = command_line()
     if args.report:
         write_report(report, Path(args.report), command=report["meta"]["command"])
     if not json_to_stdout(args):

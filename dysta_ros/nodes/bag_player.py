@@ -21,7 +21,9 @@ from rosgraph_msgs.msg import Clock
 
 from dysta_ros.bags.playback import play
 from dysta_ros.bags.rosbag import BagMessage, BagReader, TopicQos
+from dysta_ros.cli_options import add_json_argument, write_json
 from dysta_ros.errors import BagError, ConfigError, exit_status
+from dysta_ros.results import command_line, result_document
 
 CLOCK_PERIOD_NS = 10_000_000  # /clock at most every 10 ms of bag time, as ros2 bag play does
 DISCOVERY_S = 2.0  # how long a listening controller is given to show up before commands play
@@ -92,9 +94,12 @@ class BagPlayer(Node):
                 continue
             self._publishers_by_topic[topic] = self.create_publisher(cls, topic, ros_qos(qos[topic]))
         self.topics = sorted(self._publishers_by_topic)
+        self.types = {topic: recorded[topic] for topic in self.topics}
+        self.left_out = left_out
         self._clock = self.create_publisher(Clock, "/clock", 10) if clock else None
         self._last_clock_ns = None
         self.published = 0
+        self.counts = {topic: 0 for topic in self.topics}  # messages published per topic
 
     def wait_for_subscribers(self, timeout_s: float) -> bool:
         """Wait until every played topic has a subscriber, so the first messages are not lost."""
@@ -154,6 +159,7 @@ class BagPlayer(Node):
             self._last_clock_ns = message.stamp_ns
         self._publishers_by_topic[message.topic].publish(message.data)
         self.published += 1
+        self.counts[message.topic] += 1
 
     def drain(self, timeout_s: float = 2.0) -> None:
         """Give reliable subscribers the last messages before the process exits."""
@@ -178,6 +184,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="publish /clock from the recording time (for nodes with use_sim_time)")
     parser.add_argument("--wait-for-subscribers", type=float, default=0.0, metavar="SECONDS",
                         help="first wait up to this long until every topic has a subscriber")
+    add_json_argument(parser)  # at exit (the end, or Ctrl-C with --loop): one run per topic played
+
+
+def replay_document(node: BagPlayer, args: argparse.Namespace, seconds: float, interrupted: bool) -> dict:
+    """What was played: one run per topic (its type and messages published), the replay in meta."""
+    runs = [{"topic": topic, "type": node.types[topic], "messages": node.counts[topic]}
+            for topic in node.topics]
+    return result_document(runs, {
+        "bag": args.bag, "rate": args.rate, "loop": args.loop, "clock": args.clock,
+        "include_commands": args.include_commands, "commands_left_out": node.left_out,
+        "messages": node.published, "seconds": round(seconds, 3), "interrupted": interrupted,
+        "command": command_line()})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -186,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"dysta-ros replay: --rate must be > 0, got {args.rate}", file=sys.stderr)
         return 2
     rclpy.init()
-    node = None
+    node, started, interrupted = None, time.monotonic(), False
     try:
         if args.force and not args.include_commands:
             raise ConfigError("--force applies to command topics: give it with --include-commands")
@@ -195,26 +213,30 @@ def run(args: argparse.Namespace) -> int:
         node.refuse_listened_commands()
         if args.wait_for_subscribers > 0:
             node.wait_for_subscribers(args.wait_for_subscribers)
+        started = time.monotonic()
         for message in play(args.bag, node.topics, rate=args.rate, loop=args.loop):
             node.publish(message)
         node.drain()
         node.get_logger().info(f"played {node.published} messages from {args.bag}")
-        return 0
     except (BagError, ConfigError) as exc:
         print(f"dysta-ros replay: {exc}", file=sys.stderr)
         return exit_status(exc)
     except KeyboardInterrupt:
-        return 0
+        interrupted = True
     except Exception:
         # SIGTERM: rclpy's handler shut the context down under a publish (or the node's
         # creation), whose rcl call then fails. That is the requested end, not an error.
         if rclpy.ok():
             raise
-        return 0
+        interrupted = True
     finally:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+    if node is not None:  # an interrupted replay reports what it played until then
+        write_json(getattr(args, "json", None), replay_document(node, args, time.monotonic() - started,
+                                                                interrupted))
+    return 0
 
 
 def main() -> None:

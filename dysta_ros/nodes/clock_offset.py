@@ -1,4 +1,4 @@
-"""The robot's clock as seen from the policy host: round trips on /dysta/clock_ping and _pong.
+"""The robot's clock as seen from the policy host: round trips on clock_ping and clock_pong.
 
 Observation stamps come from the robot's cameras, on the robot's clock; the policy host judges
 how old a frame is against its own clock. `ClockOffsetClient` (in policy_node) either assumes
@@ -6,6 +6,8 @@ the clocks are synchronised (chrony/PTP: `chronyc tracking` shows the offset) or
 robot's clock minus its own from round trips answered by `ClockResponder` (in robot_link on the
 robot), and says which on /diagnostics (`policy_node: clock`).
 
+Both topics are relative, as every dysta topic: `/dysta/clock_ping` by default, `/arm2/clock_ping`
+for nodes in `/arm2`, so two arms' round trips never cross.
 Messages are std_msgs/Float64MultiArray: [t0] out, [t0, t1, t2] back, seconds on each clock
 (a float64 keeps 0.2 us at today's epoch seconds). Best effort: a lost ping only costs a sample,
 and a reliable retransmission would be a slow round trip the estimator ignores anyway.
@@ -19,9 +21,10 @@ from std_msgs.msg import Float64MultiArray
 
 from dysta_ros.clock_sync import CLOCK_SYNC_MODES, ClockOffsetEstimator, RoundTrip
 from dysta_ros.errors import ConfigError
+from dysta_ros.nodes import topics as dysta_topics
 from dysta_ros.nodes.diagnostics import OK, WARN, StatusBoard, to_message
 
-PING_TOPIC, PONG_TOPIC = "/dysta/clock_ping", "/dysta/clock_pong"
+PING_TOPIC, PONG_TOPIC = dysta_topics.CLOCK_PING, dysta_topics.CLOCK_PONG
 PING_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.BEST_EFFORT,
                       durability=DurabilityPolicy.VOLATILE)
 PING_PERIOD_S = 0.5

@@ -32,6 +32,7 @@ from std_srvs.srv import Trigger
 from tqdm import tqdm
 
 from dysta_ros.cli_options import json_to_stdout, write_json
+from dysta_ros.results import command_line
 from dysta_ros.errors import EXIT_CONFIG, EXIT_FAILURE, ConfigError, DystaError
 from dysta_ros.evaluation.demo import (EXPERT, EpisodeRecord, StepRecord, add_arguments, check_arguments,
                                       format_table, plan, summary_document, summary_rows, write_report)
@@ -57,7 +58,9 @@ class DemoSession:
         self.args = args
         # Sim time (/clock) for every node, as `dysta-ros record` does: a loaded machine slows the
         # episode down instead of the clock running on while the arm waits for stale chunks.
-        self.sim = SimNode(image_width=args.image_size, image_height=args.image_size, publish_clock=True)
+        # auto_reset off: the session resets each episode itself, with the seed it chose
+        self.sim = SimNode(image_width=args.image_size, image_height=args.image_size, publish_clock=True,
+                           auto_reset=False)
         self.values = node_values(argparse.Namespace(
             strategy=args.strategies[0], model="tiny", vlm=getattr(args, "vlm", None) or "",
             threads=args.threads, robot="sim_arm", device=args.device, dtype=args.dtype,
@@ -253,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
     print("report: " + ", ".join(str(p) for p in paths.values() if p.exists()), file=out)
     write_json(args.json, summary_document(episodes, {
         "task": args.task, "seed": args.seed, "device": args.device, "dtype": args.dtype,
-        "threads": args.threads, "command": " ".join(["dysta-ros", *sys.argv[1:]])}))
+        "threads": args.threads, "command": command_line()}))
     return 0
 
 

@@ -14,6 +14,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 
+from dysta_ros.cli_options import json_to_stdout
 from dysta_ros.errors import ConfigError
 from dysta_ros.nodes import topics as dysta_topics
 from dysta_ros.nodes.conversions import ESTOP_QOS
@@ -67,16 +68,22 @@ class EpisodeDriver(Node):
 
 
 def record_episodes(driver: EpisodeDriver, args, outcome: dict) -> None:
-    """Run the episodes (on a worker thread while the main thread spins); set outcome['status']."""
+    """Run the episodes (on a worker thread while the main thread spins).
+
+    Sets outcome['status'] (1: an episode could not run) and outcome['episodes'] (each one's outcome).
+    """
     successes = 0
+    out = sys.stderr if json_to_stdout(args) else sys.stdout  # stdout is the JSON's then
+    outcome.setdefault("episodes", [])
     try:
         for index in range(args.episodes):
             result = driver.run_episode(index, args.seed + index, args.episode_timeout)
+            outcome["episodes"].append(result)
             successes += bool(result.get("success"))
             print(f"episode {index + 1}/{args.episodes}: {result.get('reason', '?')} "
-                  f"({'success' if result.get('success') else 'failure'})", flush=True)
+                  f"({'success' if result.get('success') else 'failure'})", file=out, flush=True)
     except (ConfigError, TimeoutError) as exc:
         print(f"dysta-ros record: {exc}", file=sys.stderr)
         outcome["status"] = 1
         return
-    print(f"{successes}/{args.episodes} episodes succeeded")
+    print(f"{successes}/{args.episodes} episodes succeeded", file=out)

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dysta_ros.cli_options import add_json_argument, add_model_argument, add_runtime_arguments, write_json
+from dysta_ros.cli_options import (add_json_argument, add_model_argument, add_runtime_arguments,
+                                   add_strategy_argument, write_json)
 from dysta_ros.plots import pyplot, save_png
 from dysta_ros.results import result_document
 
@@ -36,7 +37,7 @@ def add_load_arguments(parser: argparse.ArgumentParser, cameras: int, seconds: f
     parser.add_argument("--rate", type=float, default=30.0, help="camera frames per second")
     parser.add_argument("--seconds", type=float, default=seconds, help="measuring time after the first chunk")
     add_model_argument(parser, default="tiny")
-    parser.add_argument("--strategy", default=strategy, help="token strategy of policy_node")
+    add_strategy_argument(parser, default=strategy, extra_help=" (policy_node's)")
     # High by default: the step starts when a frame set arrives, so no deliberate rate-limit
     # wait is counted as ROS cost.
     parser.add_argument("--inference-rate", type=float, default=1000.0, help="policy_node inference_rate_hz")

@@ -23,12 +23,14 @@ from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
 from dysta_ros.bags.rosbag import BagWriter, TopicQos
+from dysta_ros.cli_options import add_json_argument, json_to_stdout, write_json
 from dysta_ros.errors import BagError, ConfigError
 from dysta_ros.nodes.conversions import SIM_TIME
 from dysta_ros.nodes.bag_player import message_class
 from dysta_ros.nodes import topics as dysta_topics
 from dysta_ros.nodes.episode_driver import EPISODE_TOPIC, LATCHED_QOS, EpisodeDriver, record_episodes
 from dysta_ros.nodes.spin import share_the_gil_finely
+from dysta_ros.results import command_line, result_document
 from dysta_ros.robot import load_robot_config
 
 OUTCOME_TOPIC = dysta_topics.absolute(dysta_topics.EPISODE_OUTCOME)
@@ -70,6 +72,7 @@ class RecorderNode(Node):
         self._lock = threading.Lock()  # callbacks may run on several executor threads
         self._wanted = dict(topics)  # topic -> type, None: learn it from the graph
         self.counts: dict[str, int] = {}
+        self.types: dict[str, str] = {}  # topic -> type, of the topics subscribed
         self._subscribe_known()
         if any(t is None for t in self._wanted.values()):
             self.create_timer(0.5, self._subscribe_known)
@@ -91,7 +94,7 @@ class RecorderNode(Node):
             with self._lock:
                 self._writer.add_topic(topic, msgtype, TopicQos(reliable=not sensor,
                                                                 transient_local=topic in LATCHED))
-            self.counts[topic] = 0
+            self.counts[topic], self.types[topic] = 0, msgtype
             self.create_subscription(cls, topic, lambda data, t=topic: self._write(t, data), qos,
                                      raw=True)
 
@@ -126,6 +129,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=0.0,
                         help="without --task: seconds to record (0: until Ctrl-C)")
     parser.add_argument("--storage", default="mcap", choices=("mcap", "sqlite3"))
+    add_json_argument(parser)  # a kept recording: one run per topic recorded
+
+
+def record_document(recorder: RecorderNode, args: argparse.Namespace, seconds: float, outcome: dict) -> dict:
+    """What a kept recording holds: one run per topic (type, messages), the recording in meta."""
+    runs = [{"topic": topic, "type": recorder.types[topic], "messages": recorder.counts[topic]}
+            for topic in sorted(recorder.counts)]
+    meta = {"out": args.out, "storage": args.storage, "robot": args.robot, "task": args.task,
+            "messages": sum(recorder.counts.values()), "seconds": round(seconds, 3),
+            "command": command_line()}
+    if args.task is not None:
+        meta.update(seed=args.seed, episodes=outcome.get("episodes", []))
+    return result_document(runs, meta)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -144,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
     executor = SingleThreadedExecutor()
     nodes = []
     outcome = {"status": 0}
+    started = time.monotonic()
     with writer:
         try:
             recorder = RecorderNode(writer, topics, sim_time=args.task is not None)
@@ -187,7 +204,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"dysta-ros record: nothing kept; {args.out} removed", file=sys.stderr)
     elif nodes:
         counts = ", ".join(f"{t}: {n}" for t, n in sorted(nodes[0].counts.items()))
-        print(f"recorded {args.out} ({counts})")
+        print(f"recorded {args.out} ({counts})", file=sys.stderr if json_to_stdout(args) else sys.stdout)
+        write_json(args.json, record_document(nodes[0], args, time.monotonic() - started, outcome))
     return outcome["status"]
 
 
@@ -211,8 +229,9 @@ def _sim_nodes(args) -> list[Node]:
 
     # Sim time (/clock) for every node: a loaded machine slows the episode down instead of
     # making the executor drop the expert's chunks as stale.
+    # auto_reset off: the episode driver resets each episode with its own seed
     sim = SimNode(robot=args.robot, task=args.task, seed=args.seed, expert=True, publish_clock=True,
-                  image_width=args.image_size, image_height=args.image_size)
+                  auto_reset=False, image_width=args.image_size, image_height=args.image_size)
     executor_node = ChunkExecutorNode(parameter_overrides=[
         Parameter("robot", value=args.robot), SIM_TIME])
     driver = EpisodeDriver(lambda seed: sim.set_parameters([Parameter("seed", value=seed)]))

@@ -16,8 +16,10 @@ import time
 
 import yaml
 
-from dysta_ros.cli_options import add_model_argument, add_runtime_arguments, free_cores
+from dysta_ros.cli_options import (add_json_argument, add_model_argument, add_runtime_arguments,
+                                   add_strategy_argument, free_cores, json_to_stdout, write_json)
 from dysta_ros.errors import ConfigError
+from dysta_ros.results import command_line, result_document
 from dysta_ros.robot import config_dirs, load_yaml
 
 NODES = ("policy_node", "chunk_executor", "robot_link")
@@ -31,9 +33,7 @@ BUILTINS = {"use_sim_time": bool}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from dysta_ros.tokens import available_strategies
-
-    parser.add_argument("--strategy", default="dysta", choices=available_strategies(), help="token strategy")
+    add_strategy_argument(parser, default="dysta")
     add_model_argument(parser, default="tiny")
     parser.add_argument("--vlm", default="", metavar="DIR",
                         help="a LeRobot SmolVLA checkpoint's backbone config + tokenizer directory")
@@ -60,6 +60,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--status-period", type=float, default=1.0, metavar="SECONDS",
                         help="status line (state, strategy, rate, model ms, frame age, what it holds on) "
                              "every SECONDS, diagnostics changes as they happen; 0: changes only")
+    add_json_argument(parser)  # a summary at exit: one run per node (steps, step_ms_p50, last statuses)
+
+
+def run_document(args, policy: dict, boards, step_report, seconds: float) -> dict:
+    """The summary `--json` writes at exit: one run per node, with its last statuses.
+
+    `policy`: policy_node's parameter values (as it read them, or as given when it does not run here).
+    policy_node's run, where it runs here, adds its steps, refusals and step times
+    (`step_report.summary()`); every node's run holds each /diagnostics status as it last was.
+    """
+    from dysta_ros.nodes.diagnostics import LEVEL_NAMES
+    from dysta_ros.nodes.topics import NAMESPACE
+
+    runs = []
+    for board in boards:
+        statuses = {name: {"level": LEVEL_NAMES.get(entry.level, entry.level), "message": entry.message,
+                           **entry.values} for name, entry in board.snapshot().items()}
+        run = {"node": board.node_name}
+        if board.node_name == "policy_node" and step_report is not None:
+            run.update(step_report.summary())
+        runs.append({**run, "statuses": statuses})
+    return result_document(runs, {
+        "role": getattr(args, "role", "both"), "namespace": args.namespace or NAMESPACE,
+        "strategy": policy["strategy"], "model": policy["model"], "robot": policy["robot"],
+        "device": policy.get("device", "cpu"), "dtype": policy.get("dtype", "float32"),
+        "threads": policy.get("cpu_threads"), "seconds": round(seconds, 3), "command": command_line()})
 
 
 def default_params_file() -> str:
@@ -206,10 +232,15 @@ def run(args) -> int:
             node.destroy_node()
         rclpy.try_shutdown()
         return 1
-    deadline = time.monotonic() + args.duration if args.duration > 0 else None
-    printer = StatusPrinter(lambda: board_statuses(*(n.board for n in nodes if hasattr(n, "board"))),
-                            sys.stdout, args.status_period)
+    started = time.monotonic()
+    deadline = started + args.duration if args.duration > 0 else None
+    boards = [n.board for n in nodes if hasattr(n, "board")]
+    step_report = policy.step.report if policy is not None else None  # kept past the nodes' end
+    printer = StatusPrinter(lambda: board_statuses(*boards),
+                            sys.stderr if json_to_stdout(args) else sys.stdout, args.status_period)
     try:
         return spin_nodes(nodes, until=deadline, tick=printer.tick)
     finally:
         printer.close()
+        settings = policy.values if policy is not None else values["policy_node"]
+        write_json(args.json, run_document(args, settings, boards, step_report, time.monotonic() - started))

@@ -25,7 +25,10 @@ PARAMS = [
     params.Param("camera_rate_hz", 10.0, "camera frames per second", low=0.5, high=60.0),
     params.Param("publish_clock", False, "publish /clock with sim time and stamp everything with it; "
                  "otherwise the physics follows the wall clock", read_only=True),
-    params.Param("auto_reset", False, "start the next episode (seed + 1) when one ends"),
+    # true: started on its own (`.venv/bin/sim_node`), the cameras go on after the first episode
+    # instead of the policy holding on stale frames forever; demo and record drive ~/reset themselves
+    params.Param("auto_reset", True, "start the next episode (seed + 1) when one ends; false: wait "
+                 "for ~/reset"),
     params.Param("episode_seconds", 0.0, "time limit of the next episode (0: the task's own)",
                  low=0.0, high=3600.0),
     params.Param("expert", False, "publish the scripted expert's chunks on /dysta/action_chunk"),

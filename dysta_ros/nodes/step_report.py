@@ -8,6 +8,7 @@ import numpy as np
 
 RATE_WINDOW = 20  # steps over which the step rate is measured
 OVERHEAD_WINDOW = 200  # steps over which the node's own overhead percentiles are taken
+SUMMARY_WINDOW = 10_000  # steps whose model time `summary()` reports (~17 min at 10 Hz)
 
 
 class StepReport:
@@ -21,6 +22,7 @@ class StepReport:
         self.steps = self.errors = 0
         self.step_times: collections.deque[float] = collections.deque(maxlen=RATE_WINDOW)
         self.node_ms: collections.deque[float] = collections.deque(maxlen=OVERHEAD_WINDOW)
+        self.model_ms: collections.deque[float] = collections.deque(maxlen=SUMMARY_WINDOW)
 
     def stepped(self, stats, received: float, stamp: float, start: float, now: float) -> dict[str, str]:
         """Record a step that started at `start` on frames received at `received`; return its report.
@@ -28,6 +30,7 @@ class StepReport:
         `stamp` is the frames' capture time, `now` the time its chunk went out.
         """
         self.steps += 1
+        self.model_ms.append(stats.stage_ms.get("total", 0.0))
         self.node_ms.append((start - received) * 1e3)  # last frame's arrival -> step start
         self.step_times.append(start)
         span = self.step_times[-1] - self.step_times[0]
@@ -40,3 +43,10 @@ class StepReport:
                     arrival_to_step_ms_p50=f"{np.percentile(self.node_ms, 50):.2f}",
                     arrival_to_step_ms_p99=f"{np.percentile(self.node_ms, 99):.2f}",
                     context_tokens=stats.context_tokens, errors=self.errors)
+
+    def summary(self) -> dict:
+        """Steps, refusals and the policy step's time (results.py's `step_ms_p50`) since activation."""
+        times = np.asarray(self.model_ms)
+        return {"steps": self.steps, "errors": self.errors,
+                "step_ms_p50": float(np.percentile(times, 50)) if len(times) else None,
+                "step_ms_p90": float(np.percentile(times, 90)) if len(times) else None}

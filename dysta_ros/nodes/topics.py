@@ -19,6 +19,8 @@ INSTRUCTION = "instruction"
 ESTOP = "estop"
 CLEAR_ESTOP = "clear_estop"  # chunk_executor's service; policy_node has its own ~/clear_estop
 EPISODE_OUTCOME = "episode_outcome"
+CLOCK_PING = "clock_ping"  # policy_node -> robot_link (clock_sync: estimate)
+CLOCK_PONG = "clock_pong"  # robot_link -> policy_node
 DIAGNOSTICS = "/diagnostics"
 
 

@@ -11,7 +11,8 @@ schemes follow; read from the executor's core in this process). Run once per sch
   rate): the output before the lookahead, except that its trajectories were unstamped.
 
 Reports per scheme the tracking error (max over joints, rad: RMS, p95, max) and how often the
-arm stalls while the plan moves (see STALLED), writes tracking.json.
+arm stalls while the plan moves (see STALLED); writes tracking.json as {"runs": [one per
+scheme], "meta": {...}}, the document `--json [FILE]` gives too.
 
     dysta-ros tracking --seconds 30
 """
@@ -19,12 +20,15 @@ arm stalls while the plan moves (see STALLED), writes tracking.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from dysta_ros.cli_options import add_json_argument, json_to_stdout, write_json
+from dysta_ros.results import command_line, result_document
 
 SETTLE_S = 0.6  # after a reset: two expert chunks (3 Hz) and the executor's cross-fade into them
 PLAN_VELOCITY_DT = 0.02  # s: the plan's velocity, from the plan now and this much later
@@ -39,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=list(SCHEMES))
     parser.add_argument("--task", default="reach", help="sim task; episodes restart as they end")
     parser.add_argument("--out", default="tracking_report", help="directory for tracking.json")
+    add_json_argument(parser)
 
 
 def measure(scheme: str, args) -> dict:
@@ -54,8 +59,7 @@ def measure(scheme: str, args) -> dict:
     from dysta_ros.nodes.sim_node import SimNode
 
     rclpy.init()
-    sim = SimNode(image_width=32, image_height=32, camera_rate_hz=1.0, expert=True, auto_reset=True,
-                  task=args.task)
+    sim = SimNode(image_width=32, image_height=32, camera_rate_hz=1.0, expert=True, task=args.task)
     values = {"control_rate_hz": 50.0, **SCHEMES[scheme]}
     executor_node = ChunkExecutorNode(parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
     probe = rclpy.create_node("tracking_probe")
@@ -129,17 +133,23 @@ def run(args) -> int:
 
     share_the_gil_finely()  # sim, executor and probe share this process
     reports = [measure(scheme, args) for scheme in args.schemes]
-    print("| scheme | samples | error RMS (rad) | p95 | max | stalled while the plan moves |")
-    print("|---|---|---|---|---|---|")
+    return report(reports, args)
+
+
+def report(reports: list[dict], args) -> int:
+    """Print the table, write tracking.json (and --json); 1 when a scheme had too few samples."""
+    out = sys.stderr if json_to_stdout(args) else sys.stdout  # stdout is the JSON's then
+    print("| scheme | samples | error RMS (rad) | p95 | max | stalled while the plan moves |", file=out)
+    print("|---|---|---|---|---|---|", file=out)
     for r in reports:
         if "error_rad" in r:
             e = r["error_rad"]
             print(f"| {r['scheme']} | {r['samples']} | {e['rms']:.4f} | {e['p95']:.4f} | {e['max']:.4f} | "
-                  f"{100 * r['stalled_fraction']:.1f} % of {r['plan_moving_samples']} |")
+                  f"{100 * r['stalled_fraction']:.1f} % of {r['plan_moving_samples']} |", file=out)
         else:
-            print(f"| {r['scheme']} | {r['samples']} | (too few samples) | | | |")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "tracking.json").write_text(json.dumps({"load_average": os.getloadavg(), "schemes": reports},
-                                                  indent=1))
+            print(f"| {r['scheme']} | {r['samples']} | (too few samples) | | | |", file=out)
+    document = result_document(reports, {"task": args.task, "seconds": args.seconds,
+                                         "load_average": list(os.getloadavg()), "command": command_line()})
+    write_json(str(Path(args.out) / "tracking.json"), document)
+    write_json(args.json, document)
     return 0 if all("error_rad" in r for r in reports) else 1

@@ -79,7 +79,9 @@ def gumbel_sigmoid(
     logits: torch.Tensor, tau: float = 1.0, hard: bool = False, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """Relaxed Bernoulli (binary Gumbel-softmax) sample of a refresh decision; straight-through if hard."""
-    u = torch.rand(logits.shape, generator=generator, device=logits.device).clamp(1e-6, 1 - 1e-6)
+    # drawn where the generator lives (a trainer's is on the CPU), then moved
+    u = torch.rand(logits.shape, generator=generator, device=generator.device if generator else logits.device)
+    u = u.to(logits.device).clamp(1e-6, 1 - 1e-6)
     noise = torch.log(u) - torch.log1p(-u)  # difference of two Gumbels
     soft = torch.sigmoid((logits + noise.to(logits.dtype)) / tau)
     if not hard:
@@ -102,7 +104,9 @@ def gate_loss(
     """BCE of the Gumbel-relaxed gate (B, levels) against p_dt (B,): favours reuse early on."""
     sample = gumbel_sigmoid(gate_logits, tau=tau, generator=generator).clamp(1e-6, 1 - 1e-6)
     target = gate_prior(dt, lam)[:, None].expand_as(sample).to(sample.dtype)
-    return F.binary_cross_entropy(sample, target)
+    # in float32 outside autocast: CUDA's autocast refuses binary_cross_entropy (unsafe in float16)
+    with torch.autocast(sample.device.type, enabled=False):
+        return F.binary_cross_entropy(sample.float(), target.float())
 
 
 def dysta_loss(task: torch.Tensor, nce_l1: torch.Tensor, nce_l2: torch.Tensor, gate: torch.Tensor):

@@ -6,20 +6,20 @@ import argparse
 import dataclasses
 import sys
 
-from dysta_ros.cli_options import add_json_argument, add_model_argument, add_runtime_arguments, write_json
-from dysta_ros.errors import ConfigError, DystaError, exit_status
-from dysta_ros.results import result_document
+from dysta_ros.cli_options import (add_json_argument, add_model_argument, add_runtime_arguments,
+                                   json_to_stdout, write_json)
+from dysta_ros.errors import DystaError, exit_status
+from dysta_ros.results import command_line, result_document
 from dysta_ros.training.config import TrainConfig
-
-# What the trainer runs on today: its batches, noise generator and optimizer live on the CPU in
-# float32. Other values are refused by name rather than ignored.
-TRAIN_DEVICES, TRAIN_DTYPES = ("cpu",), ("float32",)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--bags", nargs="+", metavar="BAG", help="rosbag2 files of expert episodes")
     source.add_argument("--sim-episodes", type=int, metavar="N", help="expert episodes per task from the sim")
+    parser.add_argument("--topic-map", default="sim_arm",
+                        help="with --bags: where they keep cameras, joint states and actions: a name in "
+                             "config/bag_topics/ or a YAML path (as eval takes it)")
     parser.add_argument("--task", default="reach", help="comma-separated sim tasks (reach,memory)")
     parser.add_argument("--family", choices=("dysta_vla", "smolvla"), default="dysta_vla",
                         help="dysta_vla: this package's VLA with DySta's learned parts; smolvla: a "
@@ -40,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=defaults[name])
     for name in ("lr", "gate_lambda", "action_noise", "weight_decay"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=defaults[name])
+    # --dtype bfloat16/float16: mixed precision (autocast) over float32 weights (training/precision.py)
     add_runtime_arguments(parser)
     parser.add_argument("--param", action="append", default=[], metavar="dysta.KEY=VALUE",
                         help="DySta layout to train, repeatable: dysta.cache_language=true, "
@@ -50,21 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_json_argument(parser)
 
 
-def check_train_device(device: str, dtype: str) -> None:
-    """Refuse a device/dtype the trainer does not run on (after the common check names bad ones)."""
-    from dysta_ros.policy.devices import check_device
-
-    check_device(device, dtype)
-    if device not in TRAIN_DEVICES or dtype not in TRAIN_DTYPES:
-        raise ConfigError(f"--device {device} --dtype {dtype}: train runs on "
-                          f"{'/'.join(TRAIN_DEVICES)} in {'/'.join(TRAIN_DTYPES)} only")
-
-
 def run(args: argparse.Namespace) -> int:
+    from dysta_ros.policy.devices import check_device
     from dysta_ros.training.train import Trainer, check_out, run_smolvla, train_config
 
     try:
-        check_train_device(args.device, args.dtype)
+        check_device(args.device, args.dtype)  # before any demo is collected: one line, exit 2
         check_out(args.out, args.resume, args.force)
         if args.family == "smolvla":
             record = run_smolvla(args)
@@ -78,6 +70,10 @@ def run(args: argparse.Namespace) -> int:
                                {"family": args.family, "model": args.model, "steps": args.steps,
                                 "device": args.device,
                                 "dtype": args.dtype, "threads": args.threads,
-                                "command": " ".join(["dysta-ros", *sys.argv[1:]])})
-    write_json(args.json or "-", document)  # the last losses: stdout unless a FILE was given
+                                "command": command_line()})
+    write_json(args.json, document)
+    if not json_to_stdout(args):  # the last losses in one line (the JSON has them all)
+        print(f"trained {record['out']}: " + ", ".join(
+            f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
+            for key, value in record.items() if key != "out"))
     return 0

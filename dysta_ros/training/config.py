@@ -17,6 +17,7 @@ class TrainConfig:
     preset: str = "tiny"
     overrides: dict = field(default_factory=dict)  # dotted model-config overrides
     bags: list[str] = field(default_factory=list)
+    topic_map: str = "sim_arm"  # where the bags keep cameras, states, actions (config/bag_topics/)
     sim_episodes: int = 0  # expert episodes per task (used when no bags are given)
     tasks: list[str] = field(default_factory=lambda: ["reach"])
     sim_seed_start: int = 0  # training seeds are sim_seed_start .. + sim_episodes - 1
@@ -36,6 +37,8 @@ class TrainConfig:
     seed: int = 0
     save_every: int = 500
     threads: int = 1  # torch threads; on a shared CPU more threads than free cores is ~10x slower
+    device: str = "cpu"  # torch device the model and batches live on (checked when training starts)
+    dtype: str = "float32"  # compute dtype (autocast); weights, moments and checkpoints stay float32
 
     def __post_init__(self):
         positive = ("steps", "batch", "history", "frame_stride", "save_every", "threads")
@@ -57,5 +60,6 @@ class TrainConfig:
 
     def data_key(self) -> dict:
         """The fields that decide the model and the data; a resume must not change them."""
-        free = ("out", "steps", "save_every", "threads")  # a run may be moved or extended
+        # a run may be moved (another folder, machine or device) or extended
+        free = ("out", "steps", "save_every", "threads", "device", "dtype")
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in free}

@@ -95,13 +95,25 @@ def collect_sim_demos(
     return demos
 
 
-def bag_demos(paths: list[str], camera_names: list[str], image_size: int, horizon: int) -> list[Demo]:
-    """Read recorded expert episodes from rosbags; a step's label is the recorded targets ahead."""
-    from dysta_ros.bags.episodes import load_episodes
+def bag_demos(paths: list[str], camera_names: list[str], image_size: int, horizon: int,
+              topic_map: str = "sim_arm") -> list[Demo]:
+    """Read recorded expert episodes from rosbags; a step's label is the recorded targets ahead.
 
+    `topic_map` (a name in config/bag_topics/ or a YAML path) says where the bags keep cameras,
+    joint states and actions; only the cameras in `camera_names` are needed.
+    """
+    from dysta_ros.bags.episodes import check_bag, load_episodes
+    from dysta_ros.bags.topic_map import TopicMap
+
+    topics = TopicMap.load(topic_map).for_cameras(camera_names)
+    if missing := sorted(set(camera_names) - set(topics.cameras)):
+        raise ConfigError(f"topic map {topics.source} has no camera {missing}; the model reads "
+                          f"{camera_names}, the map has {sorted(topics.cameras)}")
+    for path in paths:  # every bag before any is read: a wrong map fails at once, naming it
+        check_bag(path, topics)
     demos = []
     for path in paths:
-        for episode in tqdm(load_episodes(path), desc=f"bag {path}", unit="ep"):
+        for episode in tqdm(load_episodes(path, topics), desc=f"bag {path}", unit="ep"):
             dt = float(np.median(np.diff(episode.times))) if len(episode) > 1 else 0.1
             joints = episode.states.shape[1]
             pixels, states, chunks = [], [], []

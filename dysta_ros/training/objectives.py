@@ -167,7 +167,7 @@ def training_losses(
     # Full layout.
     tokens = model.projector(frames)  # (B, T, N, W)
     embeds = torch.cat([tokens.flatten(1, 2), text, state], dim=1)  # (B, L, W)
-    positions = torch.arange(full_length)[None].expand(b, -1)
+    positions = torch.arange(full_length, device=frames.device)[None].expand(b, -1)
     task_full = prefix_loss(model, embeds, positions, full_length, batch["actions"], generator)
 
     # DySta layout: static levels from the (gate-mixed) reference, dynamic tokens per slot.

@@ -54,6 +54,7 @@ from dysta_ros.policy.smolvla.config import (
 from dysta_ros.policy.smolvla.model import SmolVLAModel, transformers_configs
 from dysta_ros.policy.smolvla.policy import SmolVLAPolicy
 from dysta_ros.training.data import Demo
+from dysta_ros.training.precision import Precision
 from dysta_ros.training.schedule import learning_rate
 
 VLM_DIR = "vlm"
@@ -236,6 +237,8 @@ class SmolVLATrainConfig:
     weight_decay: float = 0.01
     seed: int = 0
     threads: int = 1
+    device: str = "cpu"  # torch device of the model and batches
+    dtype: str = "float32"  # compute dtype (autocast); weights and the checkpoint stay float32
 
 
 class SmolVLATrainer:
@@ -244,6 +247,7 @@ class SmolVLATrainer:
     def __init__(self, cfg: SmolVLATrainConfig, demos: list[Demo], camera_names: list[str]):
         self.cfg, self.demos, self.camera_names = cfg, demos, list(camera_names)
         torch.set_num_threads(cfg.threads)
+        self.precision = Precision(cfg.device, cfg.dtype)
         self.shape = apply_shape_overrides(SIM_REACH_SHAPE, cfg.overrides)
         tokenizer_dir = Path(cfg.tokenizer_dir)
         frames = demos[0].pixels  # (N, C, H, W, 3)
@@ -258,7 +262,7 @@ class SmolVLATrainer:
         cfg_parsed = parse_smolvla_config(self.config, Path("<training config>"))
         vlm_parsed = parse_vlm_config(self.vlm, Path("<training vlm config>"))
         torch.manual_seed(cfg.seed)
-        self.model = initialise(SmolVLAModel(cfg_parsed, vlm_parsed))
+        self.model = initialise(SmolVLAModel(cfg_parsed, vlm_parsed)).to(self.precision.device)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.unused = unused_tensors(cfg_parsed, vlm_parsed, self.generator)
         normalizer = {key: Normalizer("MEAN_STD", {k: torch.from_numpy(v) for k, v in s.items()}, NORM_EPS)
@@ -267,7 +271,8 @@ class SmolVLATrainer:
             directory=Path(cfg.out), vlm_dir=tokenizer_dir, cfg=cfg_parsed, vlm=vlm_parsed, weights={},
             dtype_layout={"float32": 0}, parameter_count=0, state_normalizer=normalizer[STATE_KEY],
             action_normalizer=normalizer[ACTION_KEY], tokenizer=load_tokenizer(tokenizer_dir))
-        self.policy = SmolVLAPolicy(self.files, self.model, "cpu")  # the in-memory model, run as loaded
+        # the in-memory model, run as loaded; its preprocessing puts the inputs on the device
+        self.policy = SmolVLAPolicy(self.files, self.model, self.precision.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.rng = np.random.default_rng(cfg.seed)
         self.step = 0
@@ -301,7 +306,7 @@ class SmolVLATrainer:
                        for c in range(len(self.camera_names))],
             "lang_tokens": torch.cat(lang), "lang_mask": torch.cat([item["lang_mask"] for item in prepared]),
             "state_padded": torch.cat([item["state_padded"] for item in prepared]),
-            "actions": torch.stack([item["actions"] for item in prepared]),
+            "actions": torch.stack([item["actions"] for item in prepared]).to(self.precision.device),
         }
 
     # --- objective ---------------------------------------------------------------------------
@@ -313,8 +318,10 @@ class SmolVLATrainer:
     def loss(self, batch: dict[str, torch.Tensor], noise=None, time=None) -> torch.Tensor:
         """LeRobot's flow-matching loss on a batch, through the model's own inference stages."""
         actions = batch["actions"]  # (B, C, max_action_dim), normalized, zero-padded
+        # drawn on the CPU generator (the same draws on every device), then moved
         noise = torch.randn(actions.shape, generator=self.generator) if noise is None else noise
         time = self.sample_time(actions.shape[0]) if time is None else time
+        noise, time = noise.to(actions.device), time.to(actions.device)
         x_t = time[:, None, None] * noise + (1 - time[:, None, None]) * actions
         target = noise - actions
         image_tokens = [self.model.encode_image(p)[1] for p in batch["pixels"]]
@@ -328,11 +335,10 @@ class SmolVLATrainer:
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.cfg, self.step)
-        loss = self.loss(self.sample(self.cfg.batch))
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.optimizer.step()
+        batch = self.sample(self.cfg.batch)
+        with self.precision.autocast():
+            loss = self.loss(batch)
+        self.precision.step(loss, self.model, self.optimizer)
         self.step += 1
         record = {"step": self.step, "loss": float(loss.detach())}
         self.log.append(record)

@@ -31,6 +31,7 @@ from dysta_ros.tokens.dysta import DystaParams
 from dysta_ros.training.config import TrainConfig
 from dysta_ros.training.data import Demo, bag_demos, collect_sim_demos, normalisation_stats
 from dysta_ros.training.objectives import WindowSampler, training_losses
+from dysta_ros.training.precision import Precision
 from dysta_ros.training.schedule import learning_rate
 
 STATE_JSON, STATE_TENSORS, LOG_JSON, CURVES_PNG = (
@@ -41,7 +42,7 @@ def load_demos(cfg: TrainConfig, model_cfg):
     """Demos from bags, else from the scripted expert in the sim."""
     args = (model_cfg.camera_names, model_cfg.vision.image_size, model_cfg.horizon)
     if cfg.bags:
-        return bag_demos(cfg.bags, *args)
+        return bag_demos(cfg.bags, *args, topic_map=cfg.topic_map)
     return collect_sim_demos(cfg.tasks, cfg.sim_episodes, *args, seed_start=cfg.sim_seed_start,
                              action_noise=cfg.action_noise)
 
@@ -54,11 +55,12 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(cfg.out)
         torch.set_num_threads(cfg.threads)
+        self.precision = Precision(cfg.device, cfg.dtype)
         model_cfg = apply_overrides(preset_config(cfg.preset, cfg.overrides), {"history": cfg.history})
         self.demos = demos if demos is not None else load_demos(cfg, model_cfg)
         norm = normalisation_stats(self.demos)
         torch.manual_seed(cfg.seed)
-        self.model = VLAModel(apply_overrides(model_cfg, norm))
+        self.model = VLAModel(apply_overrides(model_cfg, norm)).to(self.precision.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.rng = np.random.default_rng(cfg.seed)
         self.generator = torch.Generator().manual_seed(cfg.seed)
@@ -82,7 +84,7 @@ class Trainer:
                 tensors[f"optimizer.{index}.{name}"] = value.detach().contiguous()
         save_file(tensors, str(self.out / STATE_TENSORS))
         state = {"step": self.step, "config": self.cfg.data_key(), "param_groups": optimizer["param_groups"],
-                 "numpy_rng": self.rng.bit_generator.state}
+                 "numpy_rng": self.rng.bit_generator.state, "grad_scaler": self.precision.state_dict()}
         (self.out / STATE_JSON).write_text(json.dumps(state, indent=1))
         (self.out / LOG_JSON).write_text(json.dumps(self.log))
 
@@ -98,6 +100,7 @@ class Trainer:
             raise CheckpointError(f"{state_path}: not a training state ({type(exc).__name__}: {exc})") \
                 from exc
         saved.setdefault("dysta", DystaParams().layout_fields())  # runs from before it was an option
+        saved.setdefault("topic_map", "sim_arm")  # likewise
         current = self.cfg.data_key()
         changed = sorted(k for k in {*saved, *current} if saved.get(k) != current.get(k))
         if changed:
@@ -122,6 +125,7 @@ class Trainer:
             self.generator.set_state(tensors["rng.generator"])
             self.rng.bit_generator.state = state["numpy_rng"]
             self.step = int(state["step"])
+            self.precision.load_state_dict(state.get("grad_scaler", {}))
         except (KeyError, ValueError, RuntimeError, TypeError) as exc:
             raise CheckpointError(f"{tensors_path}: does not fit this run ({type(exc).__name__}: {exc})") \
                 from exc
@@ -134,12 +138,10 @@ class Trainer:
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.cfg, self.step)
-        batch = self.sampler.sample(self.rng, self.cfg.batch)
-        losses = training_losses(self.model, batch, self.cfg.gate_lambda, self.generator, self.dysta)
-        self.optimizer.zero_grad(set_to_none=True)
-        losses.total.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.optimizer.step()
+        batch = self.precision.to_device(self.sampler.sample(self.rng, self.cfg.batch))
+        with self.precision.autocast():
+            losses = training_losses(self.model, batch, self.cfg.gate_lambda, self.generator, self.dysta)
+        self.precision.step(losses.total, self.model, self.optimizer)
         self.step += 1
         record = {"step": self.step, **losses.as_floats()}
         self.log.append(record)
@@ -233,7 +235,8 @@ def run_smolvla(args: argparse.Namespace) -> dict:
                           f"({args.sim_episodes}); tasks: {', '.join(TASKS)}")
     cfg = SmolVLATrainConfig(out=args.out, tokenizer_dir=args.vlm, overrides=parse_overrides(args.overrides),
                              steps=args.steps, batch=args.batch, lr=args.lr, warmup=args.warmup,
-                             weight_decay=args.weight_decay, seed=args.seed, threads=args.threads)
+                             weight_decay=args.weight_decay, seed=args.seed, threads=args.threads,
+                             device=args.device, dtype=args.dtype)
     shape = apply_shape_overrides(SIM_REACH_SHAPE, cfg.overrides)  # a bad --set or --vlm fails
     vlm_config(shape, Path(args.vlm))                                # before the demos are made
     cameras = list(CAMERAS)
@@ -248,9 +251,10 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     """Return the TrainConfig the command line asks for."""
     return TrainConfig(
         out=args.out, preset=args.model, overrides=parse_overrides(args.overrides), bags=args.bags or [],
-        sim_episodes=args.sim_episodes or 0, tasks=[t for t in args.task.split(",") if t],
+        topic_map=args.topic_map, sim_episodes=args.sim_episodes or 0,
+        tasks=[t for t in args.task.split(",") if t],
         sim_seed_start=args.sim_seed_start, action_noise=args.action_noise, steps=args.steps,
         batch=args.batch, history=args.history, frame_stride=args.frame_stride,
         max_cache_age=args.max_cache_age, gate_lambda=args.gate_lambda, lr=args.lr, warmup=args.warmup,
         weight_decay=args.weight_decay, seed=args.seed, save_every=args.save_every, threads=args.threads,
-        dysta=parse_param_overrides(args.param, ["dysta"])["dysta"])
+        device=args.device, dtype=args.dtype, dysta=parse_param_overrides(args.param, ["dysta"])["dysta"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -29,7 +30,7 @@ def record(*args, timeout=240):
 def sim_bag(tmp_path_factory):
     out = tmp_path_factory.mktemp("record") / "reach"
     result = record("--task", "reach", "--episodes", "2", "--seed", "3", "--image-size", "64",
-                    "--out", str(out))
+                    "--out", str(out), "--json", str(out.parent / "record.json"))
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result.stdout
 
@@ -49,6 +50,18 @@ def test_sim_episodes_are_recorded_with_everything_a_robot_bag_has(sim_bag):
         assert counts[topic] > 0, topic
     assert topics["/dysta/action_chunk"] == "dysta_ros/msg/ActionChunk"
     assert counts["/dysta/episode"] == 4 and counts["/dysta/episode_outcome"] == 2
+
+
+def test_record_json_counts_what_the_bag_holds(sim_bag):
+    out, _ = sim_bag
+    document = json.loads((out.parent / "record.json").read_text())
+    with BagReader(out) as bag:
+        counts, topics = bag.message_counts, bag.topics
+    assert {r["topic"]: (r["type"], r["messages"]) for r in document["runs"]} == {
+        t: (topics[t], counts[t]) for t in topics}
+    meta = document["meta"]
+    assert meta["out"] == str(out) and meta["task"] == "reach" and meta["messages"] == sum(counts.values())
+    assert [(e["seed"], e["success"]) for e in meta["episodes"]] == [(3, True), (4, True)]
 
 
 def test_recorded_episodes_read_back_at_the_policy_rate(sim_bag):
@@ -84,7 +97,7 @@ def test_live_topics_are_recorded_until_interrupted(tmp_path):
     publisher = node.create_publisher(String, "/chatter", QoSProfile(
         depth=20, reliability=ReliabilityPolicy.RELIABLE))
     process = subprocess.Popen([sys.executable, "-m", "dysta_ros.cli", "record", "--topics", "/chatter",
-                                "--out", str(tmp_path / "live")], stdout=subprocess.PIPE,
+                                "--out", str(tmp_path / "live"), "--json"], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env=os.environ.copy())
     try:
         assert spin_until(executor, lambda: publisher.get_subscription_count() > 0, timeout_s=60)
@@ -92,7 +105,7 @@ def test_live_topics_are_recorded_until_interrupted(tmp_path):
             publisher.publish(String(data=f"hello {i}"))
         assert publisher.wait_for_all_acked(rclpy.duration.Duration(seconds=10))
         process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=60)
+        stdout, stderr = process.communicate(timeout=60)
     finally:
         process.kill()
         executor.shutdown()
@@ -102,6 +115,8 @@ def test_live_topics_are_recorded_until_interrupted(tmp_path):
     with BagReader(tmp_path / "live") as bag:
         texts = [deserialize_message(m.data, String).data for m in bag.messages(["/chatter"])]
     assert texts == [f"hello {i}" for i in range(5)]
+    # --json: stdout holds only the document; Ctrl-C ended the recording, which is kept
+    assert json.loads(stdout)["runs"] == [{"topic": "/chatter", "type": "std_msgs/msg/String", "messages": 5}]
 
 
 def test_record_refuses_to_overwrite_a_bag(tmp_path):

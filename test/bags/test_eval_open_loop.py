@@ -49,8 +49,14 @@ def test_eval_writes_the_report_files(results):
         image = matplotlib.image.imread(report / png)
         assert image.shape[0] > 100 and image.shape[1] > 100
         assert image[..., :3].std() > 0  # something is drawn
-    assert json.loads((report / "results.json").read_text())["summary"].keys() == {
-        "full", "dysta", "vla_cache"}
+    # results.json in the one shape: a run per strategy (the summary's fields and per-step series)
+    saved = json.loads((report / "results.json").read_text())
+    assert set(saved) == {"runs", "meta"}
+    assert [r["strategy"] for r in saved["runs"]] == ["full", "dysta", "vla_cache"]
+    full = saved["runs"][0]
+    assert full["speedup"] == 1.0 and full["step_ms_p50"] > 0
+    assert len(full["series"]["step_ms"]) == full["steps"]
+    assert saved["meta"]["model"] == "tiny" and saved["meta"]["episodes"] and saved["meta"]["joints"]
 
 
 def test_eval_values_are_sane(results):
@@ -148,3 +154,31 @@ def test_eval_reports_critical_windows_chunk_boundaries_and_per_joint_plots(resu
     assert "## Task-critical windows" in text and "## Chunk boundaries" in text
     image = matplotlib.image.imread(report / "joint_actions.png")
     assert image.shape[0] > 400  # one row per joint
+
+
+def _without_topic(bag, topic: str, out: Path) -> Path:
+    """A copy of `bag` lacking `topic` (a robot with one camera recorded)."""
+    from dysta_ros.bags.rosbag import BagReader, BagWriter
+
+    with BagReader(bag) as reader, BagWriter(out) as writer:
+        for name, msgtype in reader.topics.items():
+            if name != topic:
+                writer.add_topic(name, msgtype, reader.qos(name))
+        for message in reader.messages([t for t in reader.topics if t != topic]):
+            writer.write(message.topic, message.stamp_ns, message.data)
+    return out
+
+
+def test_a_topic_map_camera_the_model_does_not_read_is_not_required(bag, tmp_path):
+    main_only = _without_topic(bag, "/wrist_camera/image_raw", tmp_path / "main_only")
+    # the tiny preset reads "main" only: sim_arm's map also names "wrist", which this bag lacks
+    summary = evaluate(EvalConfig(bags=[str(main_only)], strategies=["full"], max_steps=2,
+                                  report=str(tmp_path / "tiny")), progress=False)["summary"]
+    assert summary["full"]["steps"] == 4 and summary["full"]["failed_steps"] == 0
+    # a checkpoint that reads the wrist camera still needs it: refused before any step, naming it
+    reach = Path(__file__).parents[2] / "checkpoints" / "smolvla_reach"
+    result = subprocess.run([sys.executable, "-m", "dysta_ros.cli", "eval", str(main_only), "--model",
+                             str(reach), "--vlm", str(reach / "vlm"), "--report", str(tmp_path / "reach")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert "camera 'wrist' topic /wrist_camera/image_raw (missing" in result.stderr

@@ -106,10 +106,13 @@ def test_serial_run_over_checkpoints_writes_one_report_each_and_an_index(serial,
     assert first["series"]["full"]["action_mse"] != second["series"]["full"]["action_mse"]
     for label in ("tiny", "seed7"):
         assert (report / label / "report.md").exists()
-        assert set(json.loads((report / label / "results.json").read_text())["summary"]) == {
-            "full", "dysta", "vla_cache"}
+        runs = json.loads((report / label / "results.json").read_text())["runs"]
+        assert [r["strategy"] for r in runs] == ["full", "dysta", "vla_cache"]
+    # the index: every checkpoint's strategies, one run each, as `eval --json` writes them
     index = json.loads((report / "results.json").read_text())
-    assert set(index["checkpoints"]) == set(checkpoints) and index["fleet"]["engine"] == "serial"
+    assert {(r["model"], r["strategy"]) for r in index["runs"]} == {
+        (c, s) for c in checkpoints for s in ("full", "dysta", "vla_cache")}
+    assert index["meta"]["models"] == list(checkpoints) and index["meta"]["fleet"]["engine"] == "serial"
     assert "## `tiny`" in (report / "report.md").read_text()
 
 

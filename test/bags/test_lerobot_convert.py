@@ -121,15 +121,18 @@ def test_eval_runs_on_a_converted_dataset(tmp_path, capsys):
     write_dataset(tmp_path / "dataset", Spec(names=list(SIM_ARM_NAMES), cameras=("main", "wrist"),
                                              episodes=2, frames=6, codec="libx264"))
     assert main(["convert", str(tmp_path / "dataset"), str(tmp_path / "bag"),
-                 "--topic-map", "sim_arm"]) == 0
-    assert "dysta-ros eval" in capsys.readouterr().out
+                 "--topic-map", "sim_arm", "--json", str(tmp_path / "convert.json")]) == 0
+    assert "dysta-ros eval" in capsys.readouterr().out  # a FILE: the summary still on stdout
+    document = json.loads((tmp_path / "convert.json").read_text())
+    (written,) = document["runs"]
+    assert written["bag"] == str(tmp_path / "bag") and written["episodes"] == 2
+    assert document["meta"]["direction"] == "dataset->bag"
     status = main(["eval", str(tmp_path / "bag"), "--model", "checkpoints/reference",
                    "--strategies", "full", "--max-steps", "3", "--report", str(tmp_path / "report"),
                    "--json"])
     out = capsys.readouterr().out
     assert status == 0, out
-    results = json.loads((tmp_path / "report" / "results.json").read_text())
-    summary = results["summary"]["full"]
+    (summary,) = json.loads((tmp_path / "report" / "results.json").read_text())["runs"]  # full
     assert summary["steps"] == 6 and summary["failed_steps"] == 0
     assert summary["action_error"]["mse"] is not None and np.isfinite(summary["action_error"]["mse"])
 
@@ -193,6 +196,14 @@ def test_a_dead_camera_converts_with_a_warning(tmp_path, caplog):
     assert len(warnings) == 1 and "wrist" in warnings[0]
     with BagReader(tmp_path / "bag") as bag:
         assert bag.message_counts["/camera/wrist/image_raw"] == 4
+
+
+def test_convert_json_on_stdout_is_the_document_alone(tmp_path, capsys):
+    write_dataset(tmp_path / "dataset", Spec(episodes=1, frames=3))
+    assert main(["convert", str(tmp_path / "dataset"), str(tmp_path / "bag"), "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)  # no summary line, no progress bar mixed in
+    assert set(document) == {"runs", "meta"} and document["runs"][0]["episodes"] == 1
+    assert document["meta"]["source"] == str(tmp_path / "dataset")
 
 
 def test_bag_to_dataset_needs_a_whole_fps(tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -79,7 +80,7 @@ def test_replay_publishes_the_bags_raw_messages_in_order(tmp_path, listener):
     bag = write_episode_bag(tmp_path / "bag", BagSpec(episodes=1, seconds=0.6))
     with BagReader(bag) as reader:
         recorded = {t: [m.data for m in reader.messages([t])] for t in PLAYED}
-    process = _start_replay(bag, "--rate", "2", "--clock")
+    process = _start_replay(bag, "--rate", "2", "--clock", "--json")
     try:
         assert spin_until(executor, lambda: len(received["/joint_states"]) == len(
             recorded["/joint_states"]) and process.poll() is not None, timeout_s=60)
@@ -100,6 +101,11 @@ def test_replay_publishes_the_bags_raw_messages_in_order(tmp_path, listener):
     clock = [deserialize_message(c, Clock).clock for c in received["/clock"]]
     seconds = [c.sec + c.nanosec * 1e-9 for c in clock]
     assert seconds == sorted(seconds) and 999.9 < seconds[0] < seconds[-1] < 1001.0
+    # --json: stdout is the {runs, meta} document, one run per topic with what it published
+    document = json.loads(stdout)
+    assert {r["topic"]: r["messages"] for r in document["runs"]} == {t: len(m) for t, m in recorded.items()}
+    assert document["meta"]["messages"] == sum(map(len, recorded.values()))
+    assert not document["meta"]["interrupted"]
 
 
 def test_replay_loops_until_interrupted(tmp_path, listener):
@@ -107,7 +113,7 @@ def test_replay_loops_until_interrupted(tmp_path, listener):
     bag = write_episode_bag(tmp_path / "bag", BagSpec(episodes=1, seconds=0.3))
     with BagReader(bag) as reader:
         once = reader.message_counts["/joint_states"]
-    process = _start_replay(bag, "--rate", "3", "--loop")
+    process = _start_replay(bag, "--rate", "3", "--loop", "--json", str(tmp_path / "replay.json"))
     try:
         assert spin_until(executor, lambda: len(received["/joint_states"]) > 2 * once, timeout_s=60)
         assert process.poll() is None  # still playing
@@ -116,6 +122,10 @@ def test_replay_loops_until_interrupted(tmp_path, listener):
     finally:
         process.kill()
     assert process.returncode == 0
+    # Ctrl-C ends a loop: the result says so and counts what went out until then
+    document = json.loads((tmp_path / "replay.json").read_text())
+    played = {r["topic"]: r["messages"] for r in document["runs"]}
+    assert document["meta"]["interrupted"] and document["meta"]["loop"] and played["/joint_states"] > 2 * once
 
 
 def test_replay_of_a_damaged_bag_names_the_file_without_a_traceback(tmp_path):

@@ -15,7 +15,7 @@ RUNS_A_MODEL = ("demo", "bench", "profile-entropy", "eval", "run", "latency", "l
                 "link")
 # subcommands that produce a result: each takes --json [FILE]
 WRITES_A_RESULT = ("demo", "bench", "profile-entropy", "bag-info", "eval", "latency", "load", "train",
-                   "parity", "info", "closed-loop")
+                   "parity", "info", "closed-loop", "record", "replay", "run", "tracking", "convert")
 
 
 def options(name: str) -> set[str]:
@@ -35,8 +35,8 @@ def test_every_command_with_a_result_takes_json(name):
 
 
 def test_the_lists_cover_every_subcommand():
-    # no model, and no result in the one shape yet: tracking and link write their own report files
-    operator = {"record", "replay", "instruct", "estop", "diag", "topics", "convert", "tracking", "link"}
+    # no model and no result: what an operator does instead of ros2cli
+    operator = {"instruct", "estop", "diag", "topics"}
     assert set(RUNS_A_MODEL) | set(WRITES_A_RESULT) | operator >= set(SUBCOMMANDS)
 
 
@@ -53,6 +53,18 @@ def test_strategies_comma_separated_and_repeated_add_up():
     assert parse("eval", "--strategies", "dysta", "some.mcap").bags == ["some.mcap"]
     assert parse("demo").strategies == ["dysta"] and parse("demo").model == ["expert", "tiny"]
     assert parse("demo", "--model", "expert,tiny", "--model", "small").model == ["expert", "tiny", "small"]
+
+
+@pytest.mark.parametrize("name", ["run", "latency", "load"])
+def test_commands_that_run_one_strategy_take_it_in_the_same_syntax(name, capsys):
+    assert parse(name, "--strategies", "full").strategy == "full"
+    assert parse(name, "--strategy", "vla_cache").strategy == "vla_cache"
+    for argv, says in ((["--strategy", "full,dysta"], "runs one strategy, got full, dysta"),
+                       (["--strategy", "full", "--strategies", "dysta"], "got full, dysta"),
+                       (["--strategy", "dysat"], "unknown strategy 'dysat'; choose one of full")):
+        with pytest.raises(SystemExit) as refused:
+            parse(name, *argv)
+        assert refused.value.code == 2 and says in capsys.readouterr().err
 
 
 def test_old_model_flags_still_work_and_warn(capsys):
@@ -107,7 +119,12 @@ def test_bench_json_on_stdout_is_the_one_shape(capsys):
     assert document["meta"]["model"] == "tiny" and document["meta"]["threads"] == 1
 
 
-def test_train_refuses_a_device_it_does_not_run_on(tmp_path, capsys):
-    code = main(["train", "--sim-episodes", "1", "--out", str(tmp_path / "r"), "--dtype", "bfloat16"])
-    assert code == 2 and "train runs on cpu in float32 only" in capsys.readouterr().err
+def test_train_refuses_a_device_that_is_not_here_in_one_line_before_any_demo(tmp_path, capsys):
+    import torch
+
+    wanted = "cuda:7" if torch.cuda.is_available() else "cuda"  # absent either way
+    for device, says in ((wanted, "available here: cpu"), ("gpu", "'gpu' is not a torch device")):
+        code = main(["train", "--sim-episodes", "1", "--out", str(tmp_path / "r"), "--device", device])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and err.count("\n") == 0 and err.startswith("dysta-ros train: ") and says in err
     assert not (tmp_path / "r").exists()

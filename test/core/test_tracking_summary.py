@@ -1,8 +1,11 @@
 """`dysta-ros tracking`'s figures from samples, without ROS: the error, and stalls while the plan moves."""
 
+import argparse
+import json
+
 import numpy as np
 
-from dysta_ros.nodes.tracking import MOVING, STALLED, summarise
+from dysta_ros.nodes.tracking import MOVING, STALLED, report, summarise
 
 
 def sample(t, position, target, arm_speed, plan_speed, episode=1):
@@ -24,3 +27,19 @@ def test_error_is_the_worst_joint_and_a_stall_is_an_arm_still_while_the_plan_mov
 
 def test_too_few_samples_say_so():
     assert "error_rad" not in summarise("lookahead", {}, [sample(0.0, 0.0, 0.0, 0.0, 0.0)])
+
+
+def test_tracking_json_is_the_one_shape_in_the_file_and_on_stdout(tmp_path, capsys):
+    samples = [sample(0.02 * i, 0.1, 0.1 + 0.01 * i, 0.5, 0.5) for i in range(4)]
+    reports = [summarise("lookahead", {}, samples),
+               summarise("single", {"trajectory_lookahead_s": 0.0}, samples)]
+    args = argparse.Namespace(task="reach", seconds=1.0, out=str(tmp_path / "report"), json="-")
+    assert report(reports, args) == 0
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)  # the table went to stderr, stdout is the document alone
+    assert "| scheme |" in captured.err
+    assert [r["scheme"] for r in document["runs"]] == ["lookahead", "single"]
+    assert document["meta"]["task"] == "reach" and len(document["meta"]["load_average"]) == 3
+    assert json.loads((tmp_path / "report" / "tracking.json").read_text()) == document
+    assert report([summarise("single", {}, samples[:1])], argparse.Namespace(
+        task="reach", seconds=1.0, out=str(tmp_path / "few"), json=None)) == 1  # too few samples

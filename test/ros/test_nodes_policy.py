@@ -4,6 +4,7 @@
 process publishes cameras and joint states on the wire and reads what comes back.
 """
 
+import json
 import logging
 import os
 import signal
@@ -155,11 +156,11 @@ def ros():
     rclpy.shutdown()
 
 
-def test_run_process_steps_on_frames_holds_on_stale_or_bad_ones_and_stops_on_ctrl_c(ros):
+def test_run_process_steps_on_frames_holds_on_stale_or_bad_ones_and_stops_on_ctrl_c(ros, tmp_path):
     probe = Probe()
     command = [sys.executable, "-m", "dysta_ros.cli", "run", "--strategy", "dysta", "--instruction", "reach",
                "--param", "policy_node:inference_rate_hz=20.0", "--param", "policy_node:max_image_age_s=1.0",
-               "--param", "policy_node:diagnostic_period_s=0.1"]
+               "--param", "policy_node:diagnostic_period_s=0.1", "--json", str(tmp_path / "run.json")]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
@@ -221,6 +222,14 @@ def test_run_process_steps_on_frames_holds_on_stale_or_bad_ones_and_stops_on_ctr
         probe.close()
     assert process.returncode == 0, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
+    # --json FILE: the summary at exit, one run per node with its last statuses
+    document = json.loads((tmp_path / "run.json").read_text())
+    policy, executor = document["runs"]
+    assert policy["node"] == "policy_node" and executor["node"] == "chunk_executor"
+    # a step counts once its chunk and stats are out: Ctrl-C may end the context between the two
+    assert policy["steps"] >= len(probe.chunks) - 1 >= 1 and policy["step_ms_p50"] > 0
+    assert "inputs" in policy["statuses"] and policy["statuses"]["lifecycle"]["level"] in ("OK", "WARN")
+    assert document["meta"]["strategy"] == "dysta" and document["meta"]["namespace"] == "/dysta"
 
 
 def _header(probe):

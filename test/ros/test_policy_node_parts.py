@@ -4,6 +4,8 @@ raw frames and the parameter checks."""
 import threading
 from types import SimpleNamespace
 
+import pytest
+
 from dysta_ros.nodes.inference_loop import InferenceLoop
 from dysta_ros.nodes.step_report import StepReport
 
@@ -64,8 +66,14 @@ def test_step_report_measures_rate_overhead_and_ages():
     assert values["arrival_to_step_ms_p50"] == "2.00" and values["context_tokens"] == 40
     report.errors += 2
     assert report.stepped(stats, 1.0, 1.0, 1.0, 1.0)["errors"] == 2
+    slow = SimpleNamespace(stage_ms={"total": 100.0}, context_tokens=40)
+    report.stepped(slow, 1.1, 1.1, 1.1, 1.1)
+    # `run --json`'s summary: every step since activation, step_ms_p50 as results.py defines it
+    assert report.summary() == {"steps": 7, "errors": 2, "step_ms_p50": 12.5,
+                                "step_ms_p90": pytest.approx(12.5 + 0.4 * 87.5)}
     report.reset()
     assert report.steps == report.errors == 0
+    assert report.summary() == {"steps": 0, "errors": 0, "step_ms_p50": None, "step_ms_p90": None}
 
 
 def test_camera_inputs_take_the_robot_configs_topics_or_the_given_ones_and_their_types():

@@ -33,8 +33,9 @@ def demos():
 
 
 def trainer(tmp_path, demos, **changes) -> SmolVLATrainer:
+    values = {"batch": 8, "steps": 25, "lr": 3e-3, "warmup": 1, **changes}
     cfg = SmolVLATrainConfig(out=str(tmp_path / "smolvla"), tokenizer_dir=str(TOKENIZER_DIR), overrides=SMALL,
-                             batch=8, steps=25, lr=3e-3, warmup=1, **changes)
+                             **values)
     return SmolVLATrainer(cfg, demos, list(CAMERAS))
 
 
@@ -115,6 +116,19 @@ def test_a_few_steps_reduce_the_loss_and_save_lerobots_layout(tmp_path, demos):
     ours, _ = run.policy.predict(images, state, task, noise=noise)
     theirs, _ = loaded.predict(images, state, task, noise=noise)
     assert np.array_equal(ours, theirs)  # exact: the same tensors, stats and tokenizer
+
+
+def test_bfloat16_autocast_trains_the_float32_weights(tmp_path, demos):
+    mixed = trainer(tmp_path, demos, steps=2, dtype="bfloat16")
+    batch = mixed.sample(4)
+    noise, time = torch.randn(batch["actions"].shape), torch.full((4,), 0.5)
+    with torch.no_grad():
+        exact = float(mixed.loss(batch, noise, time))
+        with mixed.precision.autocast():
+            reduced = float(mixed.loss(batch, noise, time))
+    assert reduced != exact and reduced == pytest.approx(exact, rel=0.1)  # bfloat16 matmuls, close
+    record = mixed.run()
+    assert np.isfinite(record["loss"]) and all(p.dtype == torch.float32 for p in mixed.model.parameters())
 
 
 def test_cli_refuses_what_the_smolvla_family_does_not_take(tmp_path, capsys):

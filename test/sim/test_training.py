@@ -74,6 +74,28 @@ def test_resume_continues_with_identical_state(tmp_path, demos):
     assert [r["total"] for r in resumed.log] == [r["total"] for r in straight.log]
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_reduced_precision_trains_under_autocast_and_saves_float32(tmp_path, demos, dtype):
+    exact = Trainer(tiny_config(tmp_path / "float32", steps=2), demos=demos)
+    exact.run()
+    mixed = Trainer(tiny_config(tmp_path / dtype, steps=2, dtype=dtype), demos=demos)
+    mixed.run()
+    first = [[run.log[0][k] for k in ("task_full", "task_dysta")] for run in (mixed, exact)]
+    # the same batch and noise (the seed), computed in another dtype: close, but not the same numbers
+    assert np.allclose(*first, rtol=0.1) and first[0] != first[1]
+    assert all(np.isfinite(r["total"]) for r in mixed.log)
+    assert all(p.dtype == torch.float32 for p in mixed.model.parameters())  # master weights
+    config, _ = read_config(tmp_path / dtype)
+    runtime = build_runtime(str(tmp_path / dtype), strategy="full")
+    assert next(runtime.model.parameters()).dtype == torch.float32  # the checkpoint is float32
+    state = json.loads((tmp_path / dtype / STATE_JSON).read_text())
+    assert bool(state["grad_scaler"]) == (dtype == "float16")  # loss scaling only for float16
+    resumed = Trainer(tiny_config(tmp_path / dtype, steps=3, dtype=dtype), resume=True, demos=demos)
+    assert resumed.precision.state_dict() == mixed.precision.state_dict()
+    resumed.run()
+    assert resumed.step == 3
+
+
 def test_resume_refuses_a_changed_run(tmp_path, demos):
     Trainer(tiny_config(tmp_path), demos=demos).run(until=1)
     with pytest.raises(ConfigError, match="batch"):
