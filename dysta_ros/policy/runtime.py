@@ -20,7 +20,7 @@ import torch
 from dysta_ros.errors import CheckpointError, ConfigError, DystaError, InferenceError
 from dysta_ros.policy.checkpoint import load_checkpoint
 from dysta_ros.policy.config import PRESETS, preset_config
-from dysta_ros.policy.devices import DTYPES, check_device
+from dysta_ros.policy.devices import DTYPES, check_device, compute_dtype_for, native_bfloat16
 from dysta_ros.policy.contract import PolicyModel
 from dysta_ros.policy.families import FAMILIES, REAL_SIZES, family_of, load_smolvla_policy
 from dysta_ros.policy.model import VLAModel
@@ -58,8 +58,13 @@ class PolicyRuntime:
             log.warning("%s on %s is an approximation: %s", strategy, self.family.name,
                         self.family.approximated[strategy])
         self.options = speed_options(model, strategy, strategy_params)
-        if self.options.compute_dtype:  # SmolVLA: the same weights in another dtype (a copy, made once)
-            model = model.in_dtype(getattr(torch, self.options.compute_dtype))
+        device = torch.device(model.device)
+        compute_dtype = compute_dtype_for(self.options.compute_dtype, device)
+        if compute_dtype is not None:  # SmolVLA: the same weights in another dtype (a copy, made once)
+            if compute_dtype == torch.bfloat16 and not native_bfloat16(device):
+                log.warning("compute_dtype bfloat16 on %s: no bf16 matrix units here, so it is emulated "
+                            "and slower than float32 (compute_dtype: auto picks for you)", device)
+            model = model.in_dtype(compute_dtype)
         self.model = model.eval()
         self.strategy = build_strategy(strategy, strategy_params, model.cfg)
         spec = model.spec

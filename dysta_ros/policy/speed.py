@@ -15,7 +15,7 @@ from typing import Any
 
 from dysta_ros.errors import ConfigError
 
-COMPUTE_DTYPES = ("", "float32", "bfloat16", "float16")
+COMPUTE_DTYPES = ("", "auto", "float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class SpeedOptions:
     warm_start_time: float = 0.5  # t in (0, 1] the warm start integrates from
     warm_start_shift: int = 1  # actions executed between two chunks (the tail is shifted by it)
     # approximate: arithmetic
-    compute_dtype: str = ""  # "" = the loaded dtype; "bfloat16" runs a bf16 copy (AMX on CPU)
+    compute_dtype: str = ""  # "" = the loaded dtype; "bfloat16" runs a bf16 copy; "auto": bf16 where native
     # GPU (fixed shapes): off on CPU
     cuda_graphs: bool = False  # capture the denoising loop once per prefix length and replay it
 

@@ -39,3 +39,16 @@ def test_entry_points_print_one_line_and_exit_with_the_config_status(command, tm
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, lines
     assert "CUDA is not available" in lines[0] and "available here: cpu" in lines[0], lines
+
+
+def test_compute_dtype_auto_is_bfloat16_only_where_it_is_native():
+    import torch
+
+    from dysta_ros.policy.devices import compute_dtype_for, native_bfloat16
+
+    cpu = torch.device("cpu")
+    assert compute_dtype_for("", cpu) is None and compute_dtype_for("bfloat16", cpu) == torch.bfloat16
+    assert compute_dtype_for("auto", cpu) == (torch.bfloat16 if native_bfloat16(cpu) else None)
+    # oneDNN's own answer: bf16 kernels need AVX512-BF16 or AMX, which an AVX2-only CPU lacks
+    avx2_only = torch.backends.cpu.get_cpu_capability() == "AVX2"
+    assert not (avx2_only and native_bfloat16(cpu))

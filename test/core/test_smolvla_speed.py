@@ -10,6 +10,7 @@ from dysta_ros.errors import ConfigError
 from dysta_ros.evaluation.parity import load_cases
 from dysta_ros.policy.smolvla import load_smolvla
 from dysta_ros.policy.smolvla.policy import SmolVLASession, warm_start_noise
+from dysta_ros.policy.devices import native_bfloat16
 from dysta_ros.policy.speed import SpeedOptions, split_speed_options
 from dysta_ros.policy.vision_reuse import ChangedTokenEncoder, siglip_tower
 
@@ -229,6 +230,10 @@ def test_the_runtime_reads_the_speed_options_for_smolvla(tiny, cases):
     assert half.model.dtype == torch.bfloat16 and backend.dtype == torch.float32
     low, _ = half.step(obs)
     assert 0 < np.abs(low.actions - plain_chunks[0]).max() < 0.1 * scale
+    # auto: bf16 only where the CPU has bf16 matrix units, else the loaded fp32 weights
+    auto = runtime_around(backend, "full", {"compute_dtype": "auto"})
+    native = native_bfloat16(torch.device("cpu"))
+    assert auto.model.dtype == (torch.bfloat16 if native else torch.float32)
 
 
 @pytest.mark.parametrize("camera_threads", [True, False])
