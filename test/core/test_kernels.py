@@ -23,9 +23,10 @@ def _randomise(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return module.eval()
 
 
-def test_linear_with_a_residual_is_the_module_plus_the_residual():
+@pytest.mark.parametrize("rows", [7, kernels.ONEDNN_MAX_ROWS + 50])  # oneDNN's path, then MKL's
+def test_linear_with_a_residual_is_the_module_plus_the_residual(rows):
     layer = _randomise(torch.nn.Linear(24, 40))
-    x, residual = torch.randn(2, 7, 24), torch.randn(2, 7, 40)
+    x, residual = torch.randn(2, rows, 24), torch.randn(2, rows, 40)
     kept = residual.clone()
     with torch.inference_mode():
         out = kernels.linear(x, layer, residual=residual)

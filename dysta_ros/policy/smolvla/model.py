@@ -86,8 +86,9 @@ def _project(layer: nn.Module, hidden: torch.Tensor, head_dim: int, with_query: 
     """Return the layer's (q, k, v) of normed hidden (B, T, W), each (B, T, heads, D)."""
     x = kernels.rms_norm(layer.input_layernorm, hidden).to(layer.self_attn.k_proj.weight.dtype)
     shape = (*x.shape[:-1], -1, head_dim)
-    q = layer.self_attn.q_proj(x).view(shape) if with_query else None
-    return q, layer.self_attn.k_proj(x).view(shape), layer.self_attn.v_proj(x).view(shape)
+    attn = layer.self_attn
+    q = kernels.linear(x, attn.q_proj).view(shape) if with_query else None
+    return q, kernels.linear(x, attn.k_proj).view(shape), kernels.linear(x, attn.v_proj).view(shape)
 
 
 class KVOnlyAttention(nn.Module):
@@ -433,7 +434,7 @@ class SmolVLAModel(nn.Module):
                 out = attention(rotate(q, plan.self_rope), key, value, plan.self_bias)
             else:
                 x = kernels.rms_norm(layer.input_layernorm, hidden).to(layer.self_attn.q_proj.weight.dtype)
-                q = layer.self_attn.q_proj(x).view(batch, chunk, -1, self.head_dim)
+                q = kernels.linear(x, layer.self_attn.q_proj).view(batch, chunk, -1, self.head_dim)
                 out = attention(rotate(q, plan.cross_rope), key, value, plan.cross_bias)
             hidden = _mlp_block(layer, hidden, out)
         hidden = kernels.rms_norm(self.vlm_with_expert.lm_expert.norm, hidden)
