@@ -8,6 +8,7 @@
 # time_lerobot.py (lerobot_reference). Both sides: SmolVLA at the smolvla_base size, random
 # fp32 weights, two 480x640 cameras, THREADS torch threads. Environment knobs (defaults):
 # THREADS=2 REPEATS=2 STEPS=5 OPTIONS=exact,vision,steps5,bf16,best,fastest DYSTA_ROS=dysta-ros
+# STRATEGIES=full (more rows: full,dysta) BENCH_ARGS= (more bench flags, e.g. --param dysta.vision_reuse=true)
 # Writes OUT_DIR/lerobot_<r>.json, ours_<r>.json (+ .png) and ratios.json, and prints the ratios
 # of LeRobot's p50 chunk time to each of our rows from the run right after it.
 set -euo pipefail
@@ -19,6 +20,8 @@ REPEATS=${REPEATS:-2}
 STEPS=${STEPS:-5}
 OPTIONS=${OPTIONS:-exact,vision,steps5,bf16,best,fastest}
 DYSTA_ROS=${DYSTA_ROS:-dysta-ros}
+STRATEGIES=${STRATEGIES:-full}
+read -r -a BENCH_ARGS <<< "${BENCH_ARGS:-}"
 "$LEROBOT_PYTHON" -c "import lerobot" || {
     echo "$LEROBOT_PYTHON cannot import lerobot: bash $REFERENCE_DIR/setup_venv.sh DIR builds one" >&2; exit 2; }
 export OMP_NUM_THREADS=$THREADS
@@ -27,9 +30,9 @@ for r in $(seq "$REPEATS"); do
     (cd "$REFERENCE_DIR" && "$LEROBOT_PYTHON" time_lerobot.py --threads "$THREADS" --runs "$STEPS" \
         --json "$OUT_DIR/lerobot_$r.json" > "$OUT_DIR/lerobot_$r.log")
     echo "== repeat $r: dysta-ros bench" >&2
-    "$DYSTA_ROS" bench --model smolvla_base --frames sim --strategies full --history 1 --steps "$STEPS" \
+    "$DYSTA_ROS" bench --model smolvla_base --frames sim --strategies "$STRATEGIES" --history 1 --steps "$STEPS" \
         --warmup 2 --threads "$THREADS" --options "$OPTIONS" --json "$OUT_DIR/ours_$r.json" --quiet \
-        > "$OUT_DIR/ours_$r.txt"
+        "${BENCH_ARGS[@]}" > "$OUT_DIR/ours_$r.txt"
 done
 python3 - "$OUT_DIR" "$REPEATS" <<'EOF'
 import json, sys
