@@ -27,6 +27,23 @@ sys.setswitchinterval(0.0005)
 TEST_ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(TEST_ROOT))
 
+# Fast DDS shared-memory files that exist before the session: never this session's to remove.
+SHM_BEFORE = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove the Fast DDS shared-memory files this session's killed processes left in /dev/shm.
+
+    A process the tests SIGKILL (a hung try, a timed-out child) leaves its segments (up to 32 MB
+    each with config/fastdds_large_frames.xml) and ports behind; over many runs they fill
+    /dev/shm. Only files created during the session and held by no live process are removed.
+    """
+    from dysta_ros.nodes.transport import remove_stale_shared_memory
+
+    if os.path.isdir("/dev/shm"):
+        remove_stale_shared_memory("/dev/shm", among=set(os.listdir("/dev/shm")) - SHM_BEFORE)
+
+
 # Each layer folder is a marker (`pytest -m core`), registered in setup.cfg.
 LAYERS = ("core", "ros", "sim", "bags")
 

@@ -11,6 +11,7 @@ the error lines and tracebacks it logged from the signal on (its shutdown).
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import json
 import os
@@ -30,13 +31,27 @@ MAINS = {  # what setup.py's console_scripts call
 ERROR_LINE = re.compile(r"\[(ERROR|FATAL)\]|Traceback|Exception|Error:")
 UP_TIMEOUT_S = 90.0
 END_TIMEOUT_S = 60.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this process when the forker dies (a killed forker leaves no try behind).
+
+    A try left running after its forker was killed stays on the ROS graph: one that outlived a
+    timed-out forker took later tests' sim cameras and commanded their arms.
+    """
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the forker died before the line above
+        os._exit(75)
 
 
 def start(target: str, argv: list[str], log_path: str, isolated: bool, n: int) -> int:
     open(log_path, "w").close()  # empty before the fork: no marker is read from an older try
+    parent = os.getpid()
     pid = os.fork()
     if pid:
         return pid
+    die_with_parent(parent)
     code = 70
     try:
         if isolated:  # a try that needs nobody: no discovery, so many tries cost no DDS traffic

@@ -205,29 +205,37 @@ def run(args: argparse.Namespace) -> int:
         return 2
     rclpy.init()
     node, started, interrupted = None, time.monotonic(), False
+    # Ctrl-C: rclpy's handler shuts the context down and raises KeyboardInterrupt, which Python
+    # delivers at the next bytecode. When the signal lands inside a publish, that publish fails
+    # first ("context is invalid") and the KeyboardInterrupt surfaces in the handler of that
+    # failure, out of reach of a sibling `except KeyboardInterrupt`: the outer one takes it
+    # wherever it surfaces (it did escape once under load, the process then dying of SIGINT).
     try:
-        if args.force and not args.include_commands:
-            raise ConfigError("--force applies to command topics: give it with --include-commands")
-        node = BagPlayer(args.bag, args.topics, clock=args.clock,
-                         include_commands=args.include_commands, force=args.force)
-        node.refuse_listened_commands()
-        if args.wait_for_subscribers > 0:
-            node.wait_for_subscribers(args.wait_for_subscribers)
-        started = time.monotonic()
-        for message in play(args.bag, node.topics, rate=args.rate, loop=args.loop):
-            node.publish(message)
-        node.drain()
-        node.get_logger().info(f"played {node.published} messages from {args.bag}")
-    except (BagError, ConfigError) as exc:
-        print(f"dysta-ros replay: {exc}", file=sys.stderr)
-        return exit_status(exc)
+        try:
+            if args.force and not args.include_commands:
+                raise ConfigError("--force applies to command topics: give it with --include-commands")
+            node = BagPlayer(args.bag, args.topics, clock=args.clock,
+                             include_commands=args.include_commands, force=args.force)
+            node.refuse_listened_commands()
+            if args.wait_for_subscribers > 0:
+                node.wait_for_subscribers(args.wait_for_subscribers)
+            started = time.monotonic()
+            for message in play(args.bag, node.topics, rate=args.rate, loop=args.loop):
+                node.publish(message)
+            node.drain()
+            node.get_logger().info(f"played {node.published} messages from {args.bag}")
+        except (BagError, ConfigError) as exc:
+            print(f"dysta-ros replay: {exc}", file=sys.stderr)
+            return exit_status(exc)
+        except KeyboardInterrupt:
+            interrupted = True
+        except Exception:
+            # SIGTERM: rclpy's handler shut the context down under a publish (or the node's
+            # creation), whose rcl call then fails. That is the requested end, not an error.
+            if rclpy.ok():
+                raise
+            interrupted = True
     except KeyboardInterrupt:
-        interrupted = True
-    except Exception:
-        # SIGTERM: rclpy's handler shut the context down under a publish (or the node's
-        # creation), whose rcl call then fails. That is the requested end, not an error.
-        if rclpy.ok():
-            raise
         interrupted = True
     finally:
         if node is not None:

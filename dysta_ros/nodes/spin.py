@@ -70,25 +70,30 @@ def spin_nodes(nodes, executor=None, until: float | None = None, tick=None) -> i
     """
     made = None
     try:
-        made = executor() if isinstance(executor, type) else executor or MultiThreadedExecutor()
-        for node in nodes:
-            made.add_node(node)
-        # What start-up built lives as long as the process: keep it out of the collector's full
-        # passes, which otherwise pause a control loop for tens of ms (policy_node does the same
-        # after loading its model).
-        gc.freeze()
-        while rclpy.ok() and (until is None or time.monotonic() < until):
-            made.spin_once(timeout_sec=0.1)
-            if tick is not None:
-                tick()
-    except (KeyboardInterrupt, ExternalShutdownException):
+        try:
+            made = executor() if isinstance(executor, type) else executor or MultiThreadedExecutor()
+            for node in nodes:
+                made.add_node(node)
+            # What start-up built lives as long as the process: keep it out of the collector's full
+            # passes, which otherwise pause a control loop for tens of ms (policy_node does the same
+            # after loading its model).
+            gc.freeze()
+            while rclpy.ok() and (until is None or time.monotonic() < until):
+                made.spin_once(timeout_sec=0.1)
+                if tick is not None:
+                    tick()
+        except ExternalShutdownException:
+            pass
+        except Exception:
+            # SIGTERM (and SIGINT) shut the context down from the signal handler, possibly in the
+            # middle of spin_once, whose next rcl call then fails (RCLError: "context is not valid").
+            # That is the requested end; anything raised while the context is still up is a bug.
+            if rclpy.ok():
+                raise
+    except KeyboardInterrupt:
+        # Ctrl-C's KeyboardInterrupt may surface inside the handler above (the failure its
+        # context shutdown caused came first): caught here, wherever it surfaces.
         pass
-    except Exception:
-        # SIGTERM (and SIGINT) shut the context down from the signal handler, possibly in the
-        # middle of spin_once, whose next rcl call then fails (RCLError: "context is not valid").
-        # That is the requested end; anything raised while the context is still up is a bug.
-        if rclpy.ok():
-            raise
     finally:
         for node in nodes:
             close = getattr(node, "close", None)

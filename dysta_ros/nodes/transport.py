@@ -5,12 +5,15 @@ frames larger than that (640x480 rgb8 is 921 KB), published by several cameras a
 mostly lost in transport before any callback could take them. config/fastdds_large_frames.xml
 enlarges the segment. A node's main() (and the commands that start nodes) call
 `use_large_frame_transport()` before ROS starts; a profile the user chose, or another
-middleware, is left alone.
+middleware, is left alone. `remove_stale_shared_memory()` removes what killed processes left.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import re
 
 from dysta_ros.robot import config_dirs
 
@@ -37,3 +40,54 @@ def use_large_frame_transport() -> str | None:
             os.environ[PROFILE_VARIABLES[0]] = str(directory / PROFILE)
             return os.environ[PROFILE_VARIABLES[0]]
     return None
+
+
+# Fast DDS's shared-memory files (Linux: /dev/shm). Each segment (`fastdds_<16 hex>`) and port
+# (`fastdds_port<N>`) has a lock file beside it (`_el`, and `_sl` for ports) that its processes
+# hold while they live; `sem.fastdds_port<N>_mutex` goes with a port. A process that ends
+# cleanly removes its own; one that is killed (SIGKILL, a crash) leaves them, up to the 32 MB
+# segment of the large-frame profile each. The same test as Fast DDS's `fastdds shm clean`:
+# a lock file nobody holds belongs to nobody alive.
+SHM_DIR = "/dev/shm"
+SHM_LOCK = re.compile(r"^(?P<base>(?:fastdds|fastrtps)_(?:port\d+|[0-9a-f]{16}))_(?:el|sl)$")
+
+
+def stale_shared_memory(directory: str = SHM_DIR, among: set[str] | None = None) -> list[str]:
+    """Return the names of Fast DDS shared-memory files in `directory` whose owners are gone.
+
+    `among`: consider only these names (e.g. those created since a test session began).
+    """
+    try:
+        names = set(os.listdir(directory))
+    except OSError:
+        return []
+    stale = []
+    for name in sorted(names):
+        match = SHM_LOCK.match(name)
+        if match is None or (among is not None and name not in among) or _held(os.path.join(directory, name)):
+            continue
+        base = match["base"]
+        stale += [n for n in (name, base, f"sem.{base}_mutex") if n in names and n not in stale]
+    return stale
+
+
+def remove_stale_shared_memory(directory: str = SHM_DIR, among: set[str] | None = None) -> list[str]:
+    """Remove the files `stale_shared_memory` names; return the names removed."""
+    removed = []
+    for name in stale_shared_memory(directory, among):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(directory, name))
+            removed.append(name)
+    return removed
+
+
+def _held(path: str) -> bool:
+    """Whether a process holds a lock on `path` (an exclusive lock cannot be taken now)."""
+    try:
+        with open(path, "rb") as file:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return True  # unreadable: not ours to judge
+    return False

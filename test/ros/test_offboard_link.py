@@ -9,6 +9,7 @@ Assertions are on what happened and in which order, never on how fast.
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 
 import pytest
@@ -44,11 +45,17 @@ def check_the_split_worked(result: dict, late_chunks_possible: bool = False) -> 
         assert counts["rejected"] < counts["accepted"]
 
 
-def test_loopback_split():
+def test_loopback_split(tmp_path):
     result = link_bench.run_variant(bench_args(), impaired=False)
     check_the_split_worked(result)
     assert result["link"] == "loopback" and "cut" not in result
     assert result["clock"]["mode"] == "assume"
+    # the report is shaped as every result is: one run per link, the settings as meta
+    link_bench.write_results([result], bench_args(out=str(tmp_path)))
+    document = json.loads((tmp_path / "link.json").read_text())
+    assert [run["link"] for run in document["runs"]] == ["loopback"]
+    assert document["meta"]["command"] == "link" and document["meta"]["seconds"] == 3
+    assert (tmp_path / "link.png").stat().st_size > 0
 
 
 @pytest.mark.skipif(NO_NAMESPACES is not None, reason=f"no network namespaces: {NO_NAMESPACES}")

@@ -428,7 +428,13 @@ def test_bad_joint_states_hold_on_both_nodes_and_the_next_good_one_works(rig, na
     _, probe, _ = rig
     since = len(probe.diagnostics)
     moving = probe.watch.moving
-    probe.holds_on("policy_node", "inputs", ERROR, text, state=JointState(name=names, position=positions))
+    bad = JointState(name=names, position=positions)
+    # Frames count as bad only once the bad state has reached the node: camera and state topics
+    # arrive independently, so the first frames sent with it may still pair with the last good
+    # state (and rightly make a chunk; under load this failed the check below now and then).
+    probe.publishing_until(lambda: (s := probe.status("policy_node", "inputs", since)) is not None
+                           and s[0] == ERROR and text in s[1], state=bad)
+    probe.holds_on("policy_node", "inputs", ERROR, text, state=bad)
     assert probe.until(lambda: (s := probe.status("chunk_executor", "joint_states", since)) is not None
                        and s[0] == ERROR and text in s[1])
     probe.recovers()
