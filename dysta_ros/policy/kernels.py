@@ -6,7 +6,8 @@ The same arithmetic as the transformers modules they stand in for, in fewer kern
 - an activation after a linear runs in place, or inside oneDNN's GEMM as a post-op;
 - norms go through torch's fused kernels when the module is the plain formula.
 Only summation order may differ from the modules: within ~1e-6 in fp32
-(test/core/test_kernels.py). For inference: the training path calls the modules themselves.
+(test/core/test_kernels.py). For inference: the training path calls the modules themselves,
+and so does any module with forward hooks (a hook sees every call it would see unfused).
 """
 
 from __future__ import annotations
@@ -33,6 +34,14 @@ _onednn_linear = (getattr(torch.ops.mkldnn, "_linear_pointwise", None)
                   if torch.backends.mkldnn.is_available() else None)
 
 
+def hooked(module: nn.Module) -> bool:
+    """True when forward hooks would see this module's call: then it must be called, not fused."""
+    from torch.nn.modules import module as torch_module
+
+    return bool(module._forward_hooks or module._forward_pre_hooks or torch_module._global_forward_hooks
+                or torch_module._global_forward_pre_hooks)
+
+
 def _small_fp32_cpu(x: torch.Tensor, layer: nn.Linear, residual: torch.Tensor | None) -> bool:
     return (_onednn_linear is not None and x.device.type == "cpu" and x.dtype == torch.float32
             and layer.weight.dtype == torch.float32 and not torch.is_grad_enabled()
@@ -42,6 +51,8 @@ def _small_fp32_cpu(x: torch.Tensor, layer: nn.Linear, residual: torch.Tensor | 
 
 def linear(x: torch.Tensor, layer: nn.Linear, residual: torch.Tensor | None = None) -> torch.Tensor:
     """Return layer(x) (+ residual): x (..., K) -> (..., N); residual (..., N) is left unchanged."""
+    if hooked(layer):
+        return layer(x) if residual is None else residual + layer(x)
     if _small_fp32_cpu(x, layer, residual):
         flat = x.reshape(-1, x.shape[-1])
         if residual is None:
@@ -82,12 +93,14 @@ def gelu_kind(activation: nn.Module) -> str | None:
 def mlp(module: nn.Module, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
     """Return module(x) (+ residual) for a fc1 -> activation -> fc2 MLP (SigLIP's), fused where known."""
     kind = gelu_kind(getattr(module, "activation_fn", None))
-    if kind is None or not hasattr(module, "fc1"):
+    if kind is None or not hasattr(module, "fc1") or any(hooked(m) for m in module.modules()):
         return module(x) if residual is None else residual + module(x)
     return linear(linear_gelu(x, module.fc1, kind), module.fc2, residual)
 
 
 def layer_norm(module: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    if hooked(module):
+        return module(x)
     return F.layer_norm(x, module.normalized_shape, module.weight, module.bias, module.eps)
 
 
@@ -97,14 +110,15 @@ def rms_norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     Fused only in fp32, where the module's casts are no-ops; other dtypes take the module.
     """
     weight = module.weight
-    if x.dtype == torch.float32 and weight.dtype == torch.float32:
+    if x.dtype == torch.float32 and weight.dtype == torch.float32 and not hooked(module):
         return F.rms_norm(x, (x.shape[-1],), weight, module.variance_epsilon)
     return module(x)
 
 
 def gated_mlp(module: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """Return residual + down(act(gate(x)) * up(x)) for a Llama MLP, activation and product in place."""
-    if torch.is_grad_enabled() or not isinstance(getattr(module, "act_fn", None), (nn.SiLU, SiLUActivation)):
+    if (torch.is_grad_enabled() or not isinstance(getattr(module, "act_fn", None), (nn.SiLU, SiLUActivation))
+            or any(hooked(m) for m in module.modules())):
         return residual + module(x)  # in-place activation would break autograd
     gate = F.silu(linear(x, module.gate_proj), inplace=True).mul_(linear(x, module.up_proj))
     return linear(gate, module.down_proj, residual)

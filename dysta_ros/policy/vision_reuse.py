@@ -96,12 +96,14 @@ def siglip_tower(vision_model) -> Tower:
 def encode_full(vision_model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
     """Return the vision model's last hidden (B, N, C) of pixels (B, 3, H, W), every token computed.
 
-    Through the fused Tower (exact) when autograd is off and the frames are the tower's own size
-    (what its position table was made for); otherwise the transformers module itself.
+    Through the fused Tower (exact) when autograd is off, the frames are the tower's own size
+    (what its position table was made for) and no forward hook watches it; otherwise the
+    transformers module itself.
     """
     embeddings = vision_model.embeddings
     size = getattr(embeddings, "image_size", None)
-    if torch.is_grad_enabled() or pixels.shape[-2:] != (size, size):
+    if (torch.is_grad_enabled() or pixels.shape[-2:] != (size, size)
+            or any(kernels.hooked(module) for module in vision_model.modules())):
         dtype = embeddings.patch_embedding.weight.dtype
         return vision_model(pixel_values=pixels.to(dtype)).last_hidden_state
     return siglip_tower(vision_model)(pixels)

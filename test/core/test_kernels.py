@@ -143,3 +143,19 @@ def test_side_by_side_hands_a_workers_error_to_the_caller_and_restores_the_threa
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_module_with_a_forward_hook_is_called_not_fused():
+    # what a user's (or a test's) hook expects: it sees every call the unfused model would make
+    cfg = SmolVLMVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                              num_attention_heads=4, image_size=32, patch_size=16)
+    cfg._attn_implementation = "sdpa"
+    tower = _randomise(SmolVLMVisionTransformer(cfg))
+    layer = _randomise(torch.nn.Linear(8, 8))
+    calls = []
+    tower.register_forward_pre_hook(lambda module, args: calls.append("tower"))
+    layer.register_forward_pre_hook(lambda module, args: calls.append("linear"))
+    with torch.inference_mode():
+        encode_full(tower, torch.rand(1, 3, 32, 32))
+        kernels.linear(torch.randn(2, 8), layer, residual=torch.randn(2, 8))
+    assert calls == ["tower", "linear"]
