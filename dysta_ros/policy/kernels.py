@@ -19,6 +19,7 @@ from typing import TypeVar
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as torch_module
 
 from transformers.activations import GELUActivation, GELUTanh, SiLUActivation
 
@@ -36,16 +37,18 @@ _onednn_linear = (getattr(torch.ops.mkldnn, "_linear_pointwise", None)
 
 def hooked(module: nn.Module) -> bool:
     """True when forward hooks would see this module's call: then it must be called, not fused."""
-    from torch.nn.modules import module as torch_module
-
     return bool(module._forward_hooks or module._forward_pre_hooks or torch_module._global_forward_hooks
                 or torch_module._global_forward_pre_hooks)
 
 
-def _small_fp32_cpu(x: torch.Tensor, layer: nn.Linear, residual: torch.Tensor | None) -> bool:
+def _onednn_fp32(x: torch.Tensor, layer: nn.Linear) -> bool:
+    """True when oneDNN can run layer on x here: fp32 on the CPU, autograd off, oneDNN built in."""
     return (_onednn_linear is not None and x.device.type == "cpu" and x.dtype == torch.float32
-            and layer.weight.dtype == torch.float32 and not torch.is_grad_enabled()
-            and x.numel() <= ONEDNN_MAX_ROWS * x.shape[-1]
+            and layer.weight.dtype == torch.float32 and not torch.is_grad_enabled())
+
+
+def _small_fp32_cpu(x: torch.Tensor, layer: nn.Linear, residual: torch.Tensor | None) -> bool:
+    return (_onednn_fp32(x, layer) and x.numel() <= ONEDNN_MAX_ROWS * x.shape[-1]
             and (residual is None or residual.dtype == torch.float32))
 
 
@@ -73,10 +76,9 @@ def linear(x: torch.Tensor, layer: nn.Linear, residual: torch.Tensor | None = No
 
 def linear_gelu(x: torch.Tensor, layer: nn.Linear, approximate: str) -> torch.Tensor:
     """Return gelu(layer(x)) with the activation fused into the GEMM where oneDNN does it (fp32 CPU)."""
-    if (x.device.type == "cpu" and x.dtype == torch.float32 and layer.weight.dtype == torch.float32
-            and not torch.is_grad_enabled()):
+    if _onednn_fp32(x, layer):
         flat = x.reshape(-1, x.shape[-1])
-        out = torch.ops.mkldnn._linear_pointwise(flat, layer.weight, layer.bias, "gelu", [], approximate)
+        out = _onednn_linear(flat, layer.weight, layer.bias, "gelu", [], approximate)
         return out.view(*x.shape[:-1], out.shape[-1])
     return F.gelu(F.linear(x, layer.weight, layer.bias), approximate=approximate)
 

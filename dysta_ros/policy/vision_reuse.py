@@ -42,16 +42,9 @@ class TowerBlock:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """The block over x (B, N, C), through policy/kernels' fused paths (the module's numbers)."""
-        batch, tokens, width = x.shape
         normed = kernels.layer_norm(self.norm1, x)
-
-        def heads_first(linear):  # (B, heads, N, D), a strided view: SDPA reads it in place
-            return kernels.linear(normed, linear).view(batch, tokens, self.heads, -1).transpose(1, 2)
-
-        q, k, v = heads_first(self.q), heads_first(self.k), heads_first(self.v)
-        attended = F.scaled_dot_product_attention(q, k, v)
-        attended = attended.transpose(1, 2).reshape(batch, tokens, width)
-        x = kernels.linear(attended, self.out, residual=x)
+        q, k, v = (kernels.linear(normed, linear) for linear in (self.q, self.k, self.v))
+        x = kernels.linear(_multi_head_attention(q, k, v, self.heads), self.out, residual=x)
         return kernels.mlp(self.mlp, kernels.layer_norm(self.norm2, x), residual=x)
 
 
@@ -215,13 +208,19 @@ def _attend(qkv: torch.Tensor, heads: int, queries: torch.Tensor | None = None) 
 
     `queries`: the token indices whose rows are wanted (default all).
     """
-    width = qkv.shape[1] // 3
-    q, k, v = qkv.split(width, dim=-1)
+    q, k, v = qkv.split(qkv.shape[1] // 3, dim=-1)
     if queries is not None:
         q = q[queries]
+    return _multi_head_attention(q, k, v, heads)
 
-    def heads_first(t):
-        return t.reshape(t.shape[0], heads, -1).transpose(0, 1)[None]  # (1, heads, T, D)
 
-    out = F.scaled_dot_product_attention(heads_first(q), heads_first(k), heads_first(v))  # (1, heads, Q, D)
-    return out[0].transpose(0, 1).reshape(q.shape[0], width)
+def _multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """Unmasked multi-head SDPA of (..., T, C) queries over (..., S, C) keys/values -> (..., T, C).
+
+    The heads are strided views of the projections (SDPA reads them in place).
+    """
+    def heads_first(t):  # (..., heads, T, D)
+        return t.unflatten(-1, (heads, -1)).transpose(-3, -2)
+
+    out = F.scaled_dot_product_attention(heads_first(q), heads_first(k), heads_first(v))
+    return out.transpose(-3, -2).flatten(-2)
