@@ -27,9 +27,10 @@ T = TypeVar("T")
 
 
 # Products of at most this many rows (the expert's 50 action tokens, the ~130-token prefix) go
-# through oneDNN: at two threads ~15 % faster than MKL on them here; the vision tower's 1024-row
-# products stay with MKL, a little faster at one thread per camera (measured, bench commands in
-# README). Either way the same fp32 products, only summed in another order.
+# through oneDNN: in two-thread microbenchmarks of one expert step on the AVX2 build machine it
+# was up to ~15 % faster than MKL (under load; the quiet end-to-end bench in README shows the
+# head within noise); the vision tower's 1024-row products stay with MKL, a little faster at one
+# thread per camera. Either way the same fp32 products, only summed in another order.
 ONEDNN_MAX_ROWS = 256
 _onednn_linear = (getattr(torch.ops.mkldnn, "_linear_pointwise", None)
                   if torch.backends.mkldnn.is_available() else None)
