@@ -58,3 +58,15 @@ def _finite(value):
     if isinstance(value, (list, tuple)):
         return [_finite(item) for item in value]
     return value
+
+
+def percentiles(values: Iterable[float]) -> dict:
+    """p50, p90, p99, max and mean of measured values (each None when there are none)."""
+    import numpy as np  # here, not at import: the CLI imports this module before parsing
+
+    values = np.asarray(list(values), dtype=np.float64)
+    if not values.size:
+        return dict.fromkeys(("p50", "p90", "p99", "max", "mean"))
+    return {"p50": float(np.percentile(values, 50)), "p90": float(np.percentile(values, 90)),
+            "p99": float(np.percentile(values, 99)), "max": float(values.max()), "mean": float(values.mean())}
+

@@ -14,6 +14,7 @@ import numpy as np
 
 from dysta_ros.errors import InputError
 from dysta_ros.plots import pyplot, save_png
+from dysta_ros.results import percentiles
 
 ROBOT = "sim_arm"
 MAX_CHUNK_AGE_S = 0.5  # chunk_executor's deadman here (its default)
@@ -70,11 +71,11 @@ def analyse(record: dict, cut: dict) -> dict:
               for (_, command), target in zip(commands, ideal) if target is not None]
     result = {
         "chunks": len(chunks), "chunks_lost": int(lost),
-        "latency_ms": _percentiles(latency_ms),
+        "latency_ms": percentiles(latency_ms),
         "commands": len(commands), "command_rate_hz": len(commands) / (end - start),
         "command_gap_max_ms": float(gaps.max() * 1e3) if len(gaps) else None,
         "command_gaps_over_deadman": int(np.sum(gaps > MAX_CHUNK_AGE_S)),
-        "tracking_rms": _percentiles(np.asarray(errors)),
+        "tracking_rms": percentiles(np.asarray(errors)),
         "camera_bytes_per_s": record["camera_bytes_per_s"],
         "camera_frame_bytes": record["camera_frame_bytes"], "raw_frame_bytes": record["raw_frame_bytes"],
         "executor_counts": record.get("executor_counts"), "clock": record.get("clock"),
@@ -111,13 +112,6 @@ def _analyse_cut(record: dict, cut: dict) -> dict:
             "first_fresh_chunk_after_restore_s": first_fresh and first_fresh["received"] - t_restore,
             "first_fresh_chunk_stamp_after_cut_s": first_fresh and first_fresh["stamp"] - t_cut,
             "stale_chunks_after_restore": len(stale_after)}
-
-
-def _percentiles(values: np.ndarray) -> dict:
-    if not len(values):
-        return {"p50": None, "p99": None, "max": None}
-    return {"p50": float(np.percentile(values, 50)), "p99": float(np.percentile(values, 99)),
-            "max": float(values.max())}
 
 
 def table(results: list[dict]) -> str:

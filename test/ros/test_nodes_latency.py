@@ -16,6 +16,11 @@ def test_latency_command_writes_json_and_png(tmp_path):
     (report,) = document["runs"]
     assert report["chunks"] >= 2
     assert report["node_arrival_to_step_ms"]["p50"] >= 0
-    for key in ("total", "model", "overhead", "ros", "model_busy_wait"):
+    for key in ("total", "model", "overhead", "ros", "model_busy_wait", "publish", "transport"):
         assert report["ms"][key]["p50"] <= report["ms"][key]["p99"]
+    # `ros` ends where policy_node wrote the chunk (DDS's source timestamp), before its transport
+    # and this probe's callback: never more than the whole stamp -> callback overhead
+    samples = report["samples_ms"]
+    assert min(samples["publish"]) >= 0 and min(samples["transport"]) >= 0
+    assert all(r <= o + 1e-6 for r, o in zip(samples["ros"], samples["overhead"]))
     assert (tmp_path / "latency.png").stat().st_size > 1000

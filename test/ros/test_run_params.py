@@ -69,7 +69,7 @@ def test_use_sim_time_must_be_a_bool(capsys):
 
 @pytest.mark.parametrize("command", ["latency", "load"])
 def test_latency_and_load_pass_threads_to_policy_node(command):
-    from dysta_ros.nodes.latency import policy_node_command
+    from dysta_ros.nodes.camera_probe import policy_node_command
 
     args = build_parser(command).parse_args([command, "--threads", "2"])
     assert "cpu_threads:=2" in policy_node_command(args, ["/cam0"], None, 1.0)
