@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from dysta_ros.bags.rosbag import BagMessage, BagReader
-from dysta_ros.errors import ConfigError
+from dysta_ros.errors import BagError, ConfigError
 
 
 def paced(messages: Iterable[BagMessage], rate: float = 1.0,
@@ -37,3 +37,26 @@ def play(path: str | Path, topics: Iterable[str] | None = None, rate: float = 1.
             yield from paced(bag.messages(topics), rate, **pacing)
         if not loop:
             return
+
+
+# What a robot obeys: replayed, these reach a controller that is listening. Played only when
+# asked for (--include-commands); observations (cameras, joint states, instruction) always.
+COMMAND_TYPES = frozenset({
+    "trajectory_msgs/msg/JointTrajectory", "dysta_ros/msg/ActionChunk", "std_msgs/msg/Float64MultiArray",
+    "geometry_msgs/msg/Pose", "geometry_msgs/msg/PoseStamped", "geometry_msgs/msg/Twist",
+    "geometry_msgs/msg/TwistStamped", "control_msgs/msg/JointJog",
+})
+
+
+def played_topics(bag: str, recorded: dict[str, str], topics: list[str] | None,
+                  include_commands: bool) -> tuple[list[str], list[str]]:
+    """Return (topics to play, command topics left out); refuse unknown or unasked-for command topics."""
+    if unknown := sorted(set(topics or ()) - set(recorded)):
+        raise BagError(f"{bag}: has no topics {unknown}; it has {sorted(recorded)}")
+    commands = sorted(t for t in (topics or recorded) if recorded[t] in COMMAND_TYPES)
+    if topics and commands and not include_commands:
+        raise ConfigError(f"--topics {', '.join(commands)}: command topics (a robot may move); "
+                          "pass --include-commands to replay them")
+    if include_commands:
+        return sorted(topics or recorded), []
+    return sorted(t for t in (topics or recorded) if t not in commands), commands

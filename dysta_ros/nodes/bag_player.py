@@ -19,7 +19,7 @@ from rclpy.time import Time
 from rclpy.utilities import remove_ros_args
 from rosgraph_msgs.msg import Clock
 
-from dysta_ros.bags.playback import play
+from dysta_ros.bags.playback import COMMAND_TYPES, play, played_topics
 from dysta_ros.bags.rosbag import BagMessage, BagReader, TopicQos
 from dysta_ros.cli_options import add_json_argument, write_json
 from dysta_ros.errors import BagError, ConfigError, exit_status
@@ -45,29 +45,6 @@ def ros_qos(qos: TopicQos) -> QoSProfile:
         reliability=ReliabilityPolicy.RELIABLE if qos.reliable else ReliabilityPolicy.BEST_EFFORT,
         durability=(DurabilityPolicy.TRANSIENT_LOCAL if qos.transient_local
                     else DurabilityPolicy.VOLATILE))
-
-
-# What a robot obeys: replayed, these reach a controller that is listening. Played only when
-# asked for (--include-commands); observations (cameras, joint states, instruction) always.
-COMMAND_TYPES = frozenset({
-    "trajectory_msgs/msg/JointTrajectory", "dysta_ros/msg/ActionChunk", "std_msgs/msg/Float64MultiArray",
-    "geometry_msgs/msg/Pose", "geometry_msgs/msg/PoseStamped", "geometry_msgs/msg/Twist",
-    "geometry_msgs/msg/TwistStamped", "control_msgs/msg/JointJog",
-})
-
-
-def played_topics(bag: str, recorded: dict[str, str], topics: list[str] | None,
-                  include_commands: bool) -> tuple[list[str], list[str]]:
-    """Return (topics to play, command topics left out); refuse unknown or unasked-for command topics."""
-    if unknown := sorted(set(topics or ()) - set(recorded)):
-        raise BagError(f"{bag}: has no topics {unknown}; it has {sorted(recorded)}")
-    commands = sorted(t for t in (topics or recorded) if recorded[t] in COMMAND_TYPES)
-    if topics and commands and not include_commands:
-        raise ConfigError(f"--topics {', '.join(commands)}: command topics (a robot may move); "
-                          "pass --include-commands to replay them")
-    if include_commands:
-        return sorted(topics or recorded), []
-    return sorted(t for t in (topics or recorded) if t not in commands), commands
 
 
 class BagPlayer(Node):

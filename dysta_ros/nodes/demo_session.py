@@ -25,7 +25,6 @@ from lifecycle_msgs.srv import ChangeState
 from rcl_interfaces.srv import SetParameters
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
-from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
 from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
@@ -42,11 +41,10 @@ from dysta_ros.nodes import topics as dysta_topics
 from dysta_ros.nodes.conversions import CAMERA_QOS, ESTOP_QOS, LATCHED_QOS, RELIABLE_QOS, SIM_TIME, to_seconds
 from dysta_ros.nodes.image_conversion import image_to_rgb
 from dysta_ros.nodes.run import node_values, to_parameters
-from dysta_ros.nodes.service_calls import call_service, wait_for
+from dysta_ros.nodes.service_calls import call_service, set_remote_parameters, wait_for
 from dysta_ros.nodes.sim_node import OUTCOME_TOPIC, SimNode
 from dysta_ros.nodes.spin import share_the_gil_finely
 
-SERVICE_TIMEOUT_S = 30.0
 STALL_TIMEOUT_S = 30.0  # an episode fails the demo when no camera frame came for this long
 CAMERA_TOPIC = "/camera/image_raw"
 
@@ -127,20 +125,10 @@ class DemoSession:
                 self.record.frames.append(frame)
 
     # --- services ---------------------------------------------------------------------------------
-    def call(self, client, request, what: str):
-        return call_service(client, request, what, SERVICE_TIMEOUT_S)
-
-    def set_parameters(self, client, what: str, **values) -> None:
-        request = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg()
-                                                    for k, v in values.items()])
-        for name, result in zip(values, self.call(client, request, what).results):
-            if not result.successful:
-                raise ConfigError(f"{what}: {name}={values[name]!r} refused: {result.reason}")
-
     def transition(self, transition_id: int) -> None:
         request = ChangeState.Request()
         request.transition.id = transition_id
-        if not self.call(self.policy_state, request, "policy_node lifecycle").success:
+        if not call_service(self.policy_state, request, "policy_node lifecycle").success:
             raise DystaError(f"policy_node refused lifecycle transition {transition_id}")
 
     def hold(self) -> None:
@@ -163,7 +151,7 @@ class DemoSession:
                 raise ConfigError(f"policy_node could not load {model!r} (see the log above)")
             self.policy_model = model
             self.executor.add_node(self.policy)
-        self.set_parameters(self.policy_parameters, "policy_node", strategy=strategy)
+        set_remote_parameters(self.policy_parameters, "policy_node", strategy=strategy)
 
     def run_episode(self, policy: str, strategy: str, seed: int, progress: tqdm) -> EpisodeRecord:
         args, learned = self.args, policy != EXPERT
@@ -171,11 +159,11 @@ class DemoSession:
         self.hold()
         if learned:
             self.use_policy(policy, strategy)
-        self.set_parameters(self.sim_parameters, "sim_node", expert=not learned, task=args.task, seed=seed,
+        set_remote_parameters(self.sim_parameters, "sim_node", expert=not learned, task=args.task, seed=seed,
                             episode_seconds=float(args.episode_seconds))
         with self.lock:
             self.outcome, self.record = None, None
-        reply = self.call(self.sim_reset, Trigger.Request(), "sim_node reset")
+        reply = call_service(self.sim_reset, Trigger.Request(), "sim_node reset")
         if not reply.success:
             raise ConfigError(f"sim_node reset: {reply.message}")
         with self.lock:
@@ -183,7 +171,7 @@ class DemoSession:
             self.reset_stamp = self.node.get_clock().now().nanoseconds * 1e-9
             self.record, self.started = record, time.monotonic()
         wait_for(lambda: bool(record.frames), "a camera frame after the reset", 10.0)
-        self.call(self.clear_estop, Trigger.Request(), "chunk_executor clear_estop")
+        call_service(self.clear_estop, Trigger.Request(), "chunk_executor clear_estop")
         if learned:
             self.transition(Transition.TRANSITION_ACTIVATE)
         try:

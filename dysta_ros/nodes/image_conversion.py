@@ -11,7 +11,7 @@ import numpy as np
 from dysta_ros.errors import InputError
 from dysta_ros.images import CHANNELS, check_raw, compressed_to_rgb, raw_to_rgb
 
-__all__ = ["CHANNELS", "image_to_rgb", "rgb_to_image"]
+__all__ = ["CHANNELS", "image_to_rgb", "pinhole_camera_info", "rgb_to_image"]
 
 try:  # ROS 2's cv_bridge (not the ROS 1 port on PyPI, which lacks the ROS 2 message support)
     from cv_bridge import CvBridge
@@ -54,3 +54,17 @@ def rgb_to_image(rgb: np.ndarray, msg_type, encoding: str = "rgb8"):
     msg.step = pixels.shape[1] * pixels.shape[2]
     msg.data = pixels.tobytes()
     return msg
+
+
+def pinhole_camera_info(image, fx: float, fy: float, cx: float, cy: float, msg_type):
+    """A `msg_type` (sensor_msgs CameraInfo) for `image`: its header and size, an undistorted pinhole."""
+    info = msg_type()
+    info.header = image.header
+    info.height, info.width = image.height, image.width
+    info.distortion_model = "plumb_bob"
+    info.d = [0.0] * 5
+    info.k = [fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0]
+    info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    info.p = [fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+    return info
+

@@ -171,15 +171,6 @@ class PolicyNode(LifecycleNode):
         self.close()
         return TransitionCallbackReturn.SUCCESS
 
-    @property
-    def thread(self):
-        """The inference thread, while active."""
-        return self.loop.thread if self.loop is not None else None
-
-    @property
-    def errors(self) -> int:
-        return self.step.report.errors if self.step is not None else 0
-
     def release(self):
         """Free the model and the subscriptions and publishers made in configure."""
         self.close()
@@ -189,10 +180,9 @@ class PolicyNode(LifecycleNode):
         for publisher in (self.chunk_pub, self.stats_pub):
             self.destroy_lifecycle_publisher(publisher)
         self.chunk_pub = self.stats_pub = self.runtime = None
-        if self.values["device"].startswith("cuda"):
-            import torch
+        from dysta_ros.policy.devices import release_cached_memory  # torch only here: help stays instant
 
-            torch.cuda.empty_cache()
+        release_cached_memory(self.values["device"])
 
     def close(self):
         """Stop the inference thread and wait for its step (deactivate, shutdown, Ctrl-C)."""

@@ -45,3 +45,18 @@ def call_service(client, request, what: str, timeout_s: float = SERVICE_TIMEOUT_
     if not wait_until(future.done, timeout_s, poll_s=0.005) or future.result() is None:
         raise TimeoutError(f"{what}: no reply from {client.srv_name}")
     return future.result()
+
+
+def set_remote_parameters(client, what: str, timeout_s: float = SERVICE_TIMEOUT_S, **values) -> None:
+    """Set another node's parameters through its SetParameters `client`; a refusal is a ConfigError."""
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+
+    from dysta_ros.errors import ConfigError
+
+    request = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg()
+                                                for k, v in values.items()])
+    for name, result in zip(values, call_service(client, request, what, timeout_s).results):
+        if not result.successful:
+            raise ConfigError(f"{what}: {name}={values[name]!r} refused: {result.reason}")
+

@@ -31,7 +31,7 @@ from dysta_ros.nodes.conversions import (
     CAMERA_QOS, JOINT_STATES_PUBLISHER_QOS, LATCHED_QOS, RELIABLE_QOS, chunk_to_msg, to_seconds, to_stamp,
 )
 from dysta_ros.nodes.diagnostics import ERROR, OK, WARN, StatusBoard, to_message
-from dysta_ros.nodes.image_conversion import rgb_to_image
+from dysta_ros.nodes.image_conversion import pinhole_camera_info, rgb_to_image
 from dysta_ros.nodes.spin import run_node
 from dysta_ros.sim.controller import TrajectoryFollower
 from dysta_ros.sim.env import CAMERAS, SimConfig, SimEnv
@@ -186,16 +186,7 @@ class SimNode(Node):
             image = rgb_to_image(self.env.render(name), Image)
             image.header.stamp, image.header.frame_id = stamp, self._frames[name]
             self._image_pubs[name].publish(image)
-            info = CameraInfo()
-            info.header = image.header
-            info.height, info.width = image.height, image.width
-            fx, fy, cx, cy = self.env.intrinsics(name)
-            info.distortion_model = "plumb_bob"
-            info.d = [0.0] * 5
-            info.k = [fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0]
-            info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
-            info.p = [fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
-            self._info_pubs[name].publish(info)
+            self._info_pubs[name].publish(pinhole_camera_info(image, *self.env.intrinsics(name), CameraInfo))
 
     # --- commands ----------------------------------------------------------------------------
     def _on_trajectory(self, msg: JointTrajectory) -> None:

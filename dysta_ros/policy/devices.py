@@ -72,3 +72,10 @@ def compute_dtype_for(name: str, device: torch.device) -> torch.dtype | None:
     if name == "auto":
         return torch.bfloat16 if native_bfloat16(device) else None
     return DTYPES[name] if name else None
+
+
+def release_cached_memory(device: str) -> None:
+    """Hand the memory torch's CUDA allocator keeps cached back to the device (after a model is freed)."""
+    if torch.device(device).type == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+

@@ -142,7 +142,8 @@ def test_replay_of_a_damaged_bag_names_the_file_without_a_traceback(tmp_path):
 
 
 def test_replay_leaves_command_topics_out_unless_asked(tmp_path):
-    from dysta_ros.nodes.bag_player import BagPlayer, played_topics
+    from dysta_ros.bags.playback import played_topics
+    from dysta_ros.nodes.bag_player import BagPlayer
 
     bag = write_episode_bag(tmp_path / "bag", BagSpec(episodes=1, seconds=0.3))
     with BagReader(bag) as reader:

@@ -292,7 +292,7 @@ def test_compressed_camera_with_autostart_survives_a_corrupt_jpeg(ros):
         # configure + activate bring it back.
         assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
         assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
-        assert node.runtime is None and node.thread is None
+        assert node.runtime is None and node.loop is None
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
         assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
         count = len(probe.chunks)
@@ -422,11 +422,11 @@ def test_trajectories_keep_to_the_joint_limits_and_stop_on_estop(ros):
 
         # Non-finite actions (here: corrupt de-normalisation statistics) send nothing: no chunk
         # comes of a frame sent after the corruption (a step that began before it used older frames).
-        errors = node.errors
+        errors = node.step.report.errors
         cfg = node.runtime.model.cfg
         action_std = cfg.action_std
         cfg.action_std = [float("nan")] + [1.0] * (cfg.action_dim - 1)
-        corrupted = probe.publishing_until(good_frame, lambda: node.errors >= errors + 4)
+        corrupted = probe.publishing_until(good_frame, lambda: node.step.report.errors >= errors + 4)
         assert not chunk_stamps(probe) & set(corrupted)
         # Deactivating stops the controller too: the executor's deadman (no chunk) stops it.
         # Moving again first (good statistics back), so the stop is deactivate's doing.
