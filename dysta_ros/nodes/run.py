@@ -225,16 +225,18 @@ def run(args) -> int:
             rclpy.try_shutdown()
             return 2
     policy = next((n for n in nodes if isinstance(n, policy_node.PolicyNode)), None)
+    boards = [n.board for n in nodes if hasattr(n, "board")]
     if policy is not None and (policy.trigger_configure() != TransitionCallbackReturn.SUCCESS
                                or policy.trigger_activate() != TransitionCallbackReturn.SUCCESS):
-        # policy_node logged the reason as one line; a non-zero exit says it did not run.
+        # policy_node logged the reason as one line; a non-zero exit says it did not run, and
+        # --json still gets the document, its lifecycle status saying why.
+        write_json(args.json, run_document(args, policy.values, boards, None, 0.0))
         for node in nodes:
             node.destroy_node()
         rclpy.try_shutdown()
         return 1
     started = time.monotonic()
     deadline = started + args.duration if args.duration > 0 else None
-    boards = [n.board for n in nodes if hasattr(n, "board")]
     step_report = policy.step.report if policy is not None else None  # kept past the nodes' end
     printer = StatusPrinter(lambda: board_statuses(*boards),
                             sys.stderr if json_to_stdout(args) else sys.stdout, args.status_period)

@@ -6,6 +6,7 @@ exit code and what reaches the terminal are what a user sees. policy_node, a lif
 stays up instead: test_nodes_policy.py.
 """
 
+import json
 import signal
 import subprocess
 import sys
@@ -38,14 +39,21 @@ def test_a_refused_value_at_start_up_is_one_line_and_exit_code_2(argv, reason):
     assert len(lines) == 1 and reason in lines[0], lines
 
 
-def test_run_on_a_device_that_is_not_here_is_a_refused_configure_in_one_error_line():
+def test_run_on_a_device_that_is_not_here_is_a_refused_configure_in_one_error_line(tmp_path):
     # the one device check, reached through policy_node's configure (issue 15: it exited 1 silently)
-    result = start("dysta_ros.cli", "run", "--duration", "1", "--device", "gpu")
+    summary = tmp_path / "run.json"
+    result = start("dysta_ros.cli", "run", "--duration", "1", "--device", "gpu", "--json", str(summary))
     assert result.returncode == 1, result.stderr[-3000:]
     errors = [line for line in (result.stdout + result.stderr).splitlines() if "[ERROR]" in line]
     assert len(errors) == 1 and "configure failed: device 'gpu' is not a torch device; available here: cpu" \
         in errors[0], errors
     assert "Traceback" not in result.stderr
+    # --json still writes its document, whose policy_node status says why it did not run
+    document = json.loads(summary.read_text())
+    (policy,) = [run for run in document["runs"] if run["node"] == "policy_node"]
+    lifecycle = policy["statuses"]["lifecycle"]
+    assert lifecycle["level"] == "ERROR" and "device 'gpu' is not a torch device" in lifecycle["message"]
+    assert document["meta"]["device"] == "gpu"
 
 
 def test_an_unknown_name_given_to_a_node_is_logged_with_the_closest_known_one():
