@@ -159,3 +159,27 @@ def test_a_module_with_a_forward_hook_is_called_not_fused():
         encode_full(tower, torch.rand(1, 3, 32, 32))
         kernels.linear(torch.randn(2, 8), layer, residual=torch.randn(2, 8))
     assert calls == ["tower", "linear"]
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_multi_head_attention_takes_the_flash_kernel_for_unbatched_tokens_too(batched):
+    # The changed-token encoder attends over one image's (N, C) tokens: given to SDPA as 3-D,
+    # torch's CPU dispatch fell back to the math kernel, ~3x slower at the real size.
+    from torch.profiler import ProfilerActivity, profile
+
+    from dysta_ros.policy.vision_reuse import _multi_head_attention
+
+    heads, tokens, channels = 4, 33, 32
+    q, k, v = torch.randn(3, *((2,) if batched else ()), tokens, channels).unbind(0)
+    with profile(activities=[ProfilerActivity.CPU]) as run:
+        out = _multi_head_attention(q[..., :17, :], k, v, heads)
+    kernels_used = {event.key for event in run.key_averages()}
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in kernels_used
+    assert "aten::_scaled_dot_product_attention_math" not in kernels_used
+
+    def split(t):  # (..., heads, T, D)
+        return t.unflatten(-1, (heads, -1)).transpose(-3, -2)
+
+    scores = split(q[..., :17, :]) @ split(k).transpose(-1, -2) / (channels // heads) ** 0.5
+    reference = (scores.softmax(-1) @ split(v)).transpose(-3, -2).flatten(-2)
+    assert out.shape == reference.shape and torch.allclose(out, reference, atol=TOL)
