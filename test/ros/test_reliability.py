@@ -122,7 +122,8 @@ class System:
                 return
 
     def alive(self) -> bool:
-        inference = self.policy.thread
+        loop = self.policy.loop  # the inference thread's, while active
+        inference = loop.thread if loop is not None else None
         return not self.errors and self.thread.is_alive() and inference is not None and inference.is_alive()
 
     def close(self):
@@ -597,12 +598,12 @@ def test_runtime_out_of_memory_mid_inference_holds_reports_and_recovers(rig):
     try:
         probe.recovers()
         armed.set()
-        errors = system.policy.errors
+        errors = system.policy.step.report.errors
         since = len(probe.diagnostics)
         failed = probe.publishing_until(
             lambda: (s := probe.status("policy_node", "inference", since)) is not None
             and s[0] == ERROR and "OutOfMemoryError" in s[1])
-        assert system.policy.errors > errors
+        assert system.policy.step.report.errors > errors
         assert not probe.chunk_stamps() & set(failed)
         # Without chunks the executor's deadman stops the arm.
         probe.publishing_until(lambda: (s := probe.status("chunk_executor", "commands", since)) is not None
