@@ -85,6 +85,7 @@ import os, signal, time
 import rclpy
 from dysta_ros.nodes.spin import interrupts_end_ros
 
+before = signal.getsignal(signal.SIGINT)  # SIG_IGN where pytest runs in a background job
 with interrupts_end_ros():
     try:
         os.kill(os.getpid(), signal.SIGINT)
@@ -107,7 +108,7 @@ with interrupts_end_ros():
     except KeyboardInterrupt:
         print("second: raised")
     rclpy.try_shutdown()
-print("restored" if signal.getsignal(signal.SIGINT) is signal.default_int_handler else "not restored")
+print("restored" if signal.getsignal(signal.SIGINT) is before else "not restored")
 """
 
 
