@@ -6,9 +6,10 @@ The executables' imports (torch, rclpy, MuJoCo, the node module) are done once h
 is a fork that calls the same `main()` its console script calls, with its own sys.argv, its
 output in OUTDIR/<n>.log. A try gets SIGINT or SIGTERM (alternating) once MARKER is in its
 log, i.e. once it is up and spinning. Prints one JSON line per try: signal, exit status, and
-the error lines and tracebacks it logged from the signal on (its shutdown). A try still running
-END_TIMEOUT_S after its signal is killed; first it writes every thread's Python stack to its log
-(faulthandler), and its report carries the end of that log, so a hang says where it hung.
+the error lines and tracebacks it logged from the signal on (its shutdown). A try not up after
+UP_TIMEOUT_S, or still running END_TIMEOUT_S after its signal (then killed), first writes every
+thread's Python stack to its log (faulthandler), and its report carries the end of that log, so
+a hang says where it hung.
 """
 
 from __future__ import annotations
@@ -114,6 +115,9 @@ def main() -> None:
                     break
                 time.sleep(0.05)
             if n not in ended:
+                if marker not in open(log, errors="replace").read():  # stuck starting: where?
+                    os.kill(pid, STACKS_SIGNAL)
+                    time.sleep(2.0)
                 signalled[n] = os.path.getsize(log)  # what it logs from here is its shutdown
                 os.kill(pid, signals[n % 2])
         for n, (pid, log) in batch.items():
@@ -127,8 +131,8 @@ def main() -> None:
             after = text[signalled.get(n, 0):]  # a try that never came up: all of it
             report = {"try": n, "signal": signals[n % 2].name, "status": status, "up": marker in text,
                       "errors": [line for line in after.splitlines() if ERROR_LINE.search(line)]}
-            if status is None:
-                report["log_tail"] = after[-6000:]
+            if status is None or marker not in text:
+                report["log_tail"] = text[-6000:]
             print(json.dumps(report), flush=True)
 
 
