@@ -6,12 +6,16 @@ The executables' imports (torch, rclpy, MuJoCo, the node module) are done once h
 is a fork that calls the same `main()` its console script calls, with its own sys.argv, its
 output in OUTDIR/<n>.log. A try gets SIGINT or SIGTERM (alternating) once MARKER is in its
 log, i.e. once it is up and spinning. Prints one JSON line per try: signal, exit status, and
-the error lines and tracebacks it logged from the signal on (its shutdown).
+the error lines and tracebacks it logged from the signal on (its shutdown). A try not up after
+UP_TIMEOUT_S, or still running END_TIMEOUT_S after its signal (then killed), first writes every
+thread's Python stack to its log (faulthandler), and its report carries the end of that log, so
+a hang says where it hung.
 """
 
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import importlib
 import json
 import os
@@ -32,6 +36,7 @@ ERROR_LINE = re.compile(r"\[(ERROR|FATAL)\]|Traceback|Exception|Error:")
 UP_TIMEOUT_S = 90.0
 END_TIMEOUT_S = 60.0
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+STACKS_SIGNAL = signal.SIGUSR1  # a hung try writes every thread's Python stack to its log on it
 
 
 def die_with_parent(parent: int) -> None:
@@ -59,6 +64,7 @@ def start(target: str, argv: list[str], log_path: str, isolated: bool, n: int) -
         fd = os.open(log_path, os.O_WRONLY | os.O_APPEND)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
+        faulthandler.register(STACKS_SIGNAL, all_threads=True)
         sys.argv = [target, *(a.replace("{n}", str(n)) for a in argv)]  # {n}: this try's number
         result = importlib.import_module(MAINS[target]).main()
         code = result if isinstance(result, int) else 0
@@ -109,19 +115,25 @@ def main() -> None:
                     break
                 time.sleep(0.05)
             if n not in ended:
+                if marker not in open(log, errors="replace").read():  # stuck starting: where?
+                    os.kill(pid, STACKS_SIGNAL)
+                    time.sleep(2.0)
                 signalled[n] = os.path.getsize(log)  # what it logs from here is its shutdown
                 os.kill(pid, signals[n % 2])
         for n, (pid, log) in batch.items():
             status = ended[n] if n in ended else wait_exit(pid, END_TIMEOUT_S)
-            if status is None:  # hung: the report says so, and the try is ended
+            if status is None:  # hung: its stacks go to its log and the report, and it is ended
+                os.kill(pid, STACKS_SIGNAL)
+                time.sleep(2.0)
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
             text = open(log, errors="replace").read()
             after = text[signalled.get(n, 0):]  # a try that never came up: all of it
-            print(json.dumps({"try": n, "signal": signals[n % 2].name, "status": status,
-                              "up": marker in text,
-                              "errors": [line for line in after.splitlines() if ERROR_LINE.search(line)]}),
-                  flush=True)
+            report = {"try": n, "signal": signals[n % 2].name, "status": status, "up": marker in text,
+                      "errors": [line for line in after.splitlines() if ERROR_LINE.search(line)]}
+            if status is None or marker not in text:
+                report["log_tail"] = text[-6000:]
+            print(json.dumps(report), flush=True)
 
 
 if __name__ == "__main__":

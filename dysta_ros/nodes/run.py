@@ -192,12 +192,7 @@ def to_parameters(values: dict, declared, node: str = "the node") -> list:
 
 
 def run(args) -> int:
-    import rclpy
-    from rclpy.lifecycle import TransitionCallbackReturn
-
-    from dysta_ros.nodes import chunk_executor, policy_node, robot_link
-    from dysta_ros.nodes.spin import share_the_gil_finely, spin_nodes
-    from dysta_ros.nodes.status_line import StatusPrinter, board_statuses
+    from dysta_ros.nodes.spin import interrupts_end_ros, share_the_gil_finely
     from dysta_ros.nodes.transport import use_large_frame_transport
 
     role = ROLES[getattr(args, "role", "both")]
@@ -210,6 +205,19 @@ def run(args) -> int:
         return 2
     share_the_gil_finely()  # the nodes share this process
     use_large_frame_transport()
+    with interrupts_end_ros():
+        return start_and_spin(args, role, values, overrides)
+
+
+def start_and_spin(args, role, values: dict, overrides: dict) -> int:
+    """Start this role's nodes (configuring and activating policy_node) and spin them until the end."""
+    import rclpy
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    from dysta_ros.nodes import chunk_executor, policy_node, robot_link
+    from dysta_ros.nodes.spin import spin_nodes
+    from dysta_ros.nodes.status_line import StatusPrinter, board_statuses
+
     rclpy.init()
     makers = {"policy_node": policy_node.PolicyNode, "chunk_executor": chunk_executor.ChunkExecutorNode,
               "robot_link": robot_link.RobotLinkNode}

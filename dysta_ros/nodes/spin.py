@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import signal
 import sys
 import time
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.signals import SignalHandlerOptions, get_current_signal_handlers_options
 
 from dysta_ros.errors import ConfigError
 from dysta_ros.nodes.transport import use_large_frame_transport
@@ -29,6 +32,40 @@ def share_the_gil_finely() -> None:
     sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_S))
 
 
+class _Interrupts:
+    """A SIGINT handler that lets the first Ctrl-C pass (rclpy ends ROS on it) and raises on the second."""
+
+    def __init__(self):
+        self.count = 0
+
+    def __call__(self, signum, frame):
+        # Before rclpy.init has installed its handler (or after shutdown removed it), nothing
+        # else would end the process: raise, as Python's own handler does.
+        if get_current_signal_handlers_options() == SignalHandlerOptions.NO:
+            raise KeyboardInterrupt
+        self.count += 1
+        if self.count > 1:
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def interrupts_end_ros():
+    """Within: Ctrl-C ends ROS as SIGTERM does, by the context shutdown alone; a second one raises.
+
+    Enter before rclpy.init: rclpy's handler, on SIGINT as on SIGTERM, shuts the context down
+    (which ends the spin loop, a publish, a step) after calling the handler it replaced, this
+    one. Python's own would also raise KeyboardInterrupt in the main thread at whatever it is
+    doing; inside a finalizer it can only print it ("Exception ignored in: <function
+    Future.__del__ ...>", a traceback) and drop it: 1 of 10 SIGINT tries of `dysta-ros run` in
+    test_shutdown on a starved machine. The second Ctrl-C is for an end that hangs.
+    """
+    previous = signal.signal(signal.SIGINT, _Interrupts())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def refuse_to_start(name: str, exc: ConfigError) -> int:
     """Log why `name` does not start, as one line, and return the exit code that says so."""
     rclpy.logging.get_logger(name).fatal(f"not started: {exc}")
@@ -39,6 +76,11 @@ def run_node(name: str, make_node, executor_class=MultiThreadedExecutor, args=No
     """Start the node `make_node()` makes and spin it; a refused configuration exits 2, no traceback."""
     share_the_gil_finely()
     use_large_frame_transport()
+    with interrupts_end_ros():
+        return _run_node(name, make_node, executor_class, args)
+
+
+def _run_node(name: str, make_node, executor_class, args) -> int:
     rclpy.init(args=args)
     # The executor first: it is made in microseconds, while the node takes seconds, so a signal
     # lands in the node's construction (handled below) rather than in a half-made executor.
@@ -50,7 +92,7 @@ def run_node(name: str, make_node, executor_class=MultiThreadedExecutor, args=No
         executor.shutdown()
         rclpy.try_shutdown()
         return code
-    except KeyboardInterrupt:  # Ctrl-C while it was still starting
+    except KeyboardInterrupt:  # a second Ctrl-C while it was still starting
         executor.shutdown()
         rclpy.try_shutdown()
         return 130
@@ -58,7 +100,7 @@ def run_node(name: str, make_node, executor_class=MultiThreadedExecutor, args=No
         if rclpy.ok():
             raise
         executor.shutdown()
-        return 0  # SIGTERM while it was starting: rclpy shut the context down under it
+        return 0  # Ctrl-C or SIGTERM while it was starting: rclpy shut the context down under it
     return spin_nodes([node], executor)
 
 
@@ -91,8 +133,9 @@ def spin_nodes(nodes, executor=None, until: float | None = None, tick=None) -> i
             if rclpy.ok():
                 raise
     except KeyboardInterrupt:
-        # Ctrl-C's KeyboardInterrupt may surface inside the handler above (the failure its
-        # context shutdown caused came first): caught here, wherever it surfaces.
+        # A second Ctrl-C (interrupts_end_ros), or a caller that kept Python's handler: the
+        # interrupt may surface inside the handler above (the failure its context shutdown
+        # caused came first), so it is caught here, wherever it surfaces.
         pass
     finally:
         for node in nodes:

@@ -26,13 +26,15 @@ pytest.importorskip("rclpy")
 from bag_helpers import BagSpec, write_episode_bag  # noqa: E402
 
 TRIES = 40  # alternating SIGINT and SIGTERM: 20 of each
+FORKER_TIMEOUT_S = 500  # one executable's forty tries; only a hang comes near it
 FORKER = Path(__file__).resolve().parents[1] / "shutdown_forker.py"
 # executable -> (the line that says it is up, tries alive at once, whether it needs the sim's
 # topics (else it runs without discovery), its arguments)
 TARGETS = {
     "dysta-ros": (" Hz | model", 2, True, ["run", "--namespace", "/try{n}", "--model", "tiny",
                                            "--status-period", "0.2",
-                                           "--param", "policy_node:inference_rate_hz=10.0"]),  # stepping
+                                           "--param", "policy_node:inference_rate_hz=10.0",
+                                           "--param", "chunk_executor:latency_compensation=false"]),
     "policy_node": ("]: active", 4, False, ["--ros-args", "-p", "autostart:=true",
                                             "-p", "inference_rate_hz:=10.0"]),
     "chunk_executor": ("joint_trajectory ->", 4, False, ["--ros-args", "-p", "diagnostic_period_s:=0.1"]),
@@ -42,15 +44,19 @@ TARGETS = {
     "bag_player": ("not replaying command topics", 4, False, ["BAG", "--loop", "--clock"]),
 }
 
-# `dysta-ros run` tries: on a domain of their own they discover the sim in the full suite too,
-# and pass 20/20 alone (184 s for the whole test), but one full-suite run at load average ~36
-# still stalled: try 0 made one chunk, then printed the same status line at 95 % CPU for 8
-# minutes, try 1 ended early without a log line, and the forker never reaped it. Cause not
-# found; they run when DYSTA_ROS_SHUTDOWN_RUN=1 (e.g. `DYSTA_ROS_SHUTDOWN_RUN=1 pytest
-# test/ros/test_shutdown.py`), the node executables always.
+# `dysta-ros run` tries: they run when DYSTA_ROS_SHUTDOWN_RUN=1 (`DYSTA_ROS_SHUTDOWN_RUN=1 pytest
+# test/ros/test_shutdown.py`), the node executables always. Alone they pass 20/20 (3 runs under
+# 6-12 busy loops); in the full suite they stalled twice, cause not found. The second time (load
+# ~41, dmesg: "sched: RT throttling activated", "DL replenish lagged too much"): try 1 published
+# chunk 0 (accepted) and its inference thread never reported that step, while its main thread
+# printed the same status line for 16 minutes at 95 % CPU; the forker, at 0.6 % CPU, neither
+# reaped try 0 (a zombie for 16 minutes) nor passed its own 90 s wait for try 1. Under such load
+# also seen, once in 20 tries each: a SIGINT whose KeyboardInterrupt Python dropped inside a
+# finalizer with a traceback (gone: see spin.interrupts_end_ros), and an ERROR from
+# chunk_executor for a chunk taken after the signal, already past its last action's time (the
+# tries run without latency compensation: a late chunk is at worst dropped as stale, a WARN).
 if os.environ.get("DYSTA_ROS_SHUTDOWN_RUN") != "1":
     del TARGETS["dysta-ros"]
-
 
 
 def own_domain() -> str:
@@ -78,6 +84,53 @@ def wait_for_line(path: Path, text: str, process: subprocess.Popen, timeout_s: f
     return False
 
 
+# In a process of its own: rclpy's signal handlers and the signals stay out of pytest's.
+FIRST_AND_SECOND_CTRL_C = """
+import os, signal, time
+import rclpy
+from dysta_ros.nodes.spin import interrupts_end_ros
+
+before = signal.getsignal(signal.SIGINT)  # SIG_IGN where pytest runs in a background job
+with interrupts_end_ros():
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(10)
+        print("before init: not raised")
+    except KeyboardInterrupt:  # rclpy would not end anything yet
+        print("before init: raised")
+    rclpy.init()
+    os.kill(os.getpid(), signal.SIGINT)
+    for _ in range(1000):  # rclpy shuts the context down on a thread of its own
+        if not rclpy.ok():
+            break
+        time.sleep(0.01)
+    print("first: context down" if not rclpy.ok() else "first: context up")
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):
+            time.sleep(0.01)
+        print("second: not raised")
+    except KeyboardInterrupt:
+        print("second: raised")
+    rclpy.try_shutdown()
+print("restored" if signal.getsignal(signal.SIGINT) is before else "not restored")
+"""
+
+
+def test_first_ctrl_c_ends_ros_without_an_exception_and_a_second_raises():
+    """Once rclpy is up, the first SIGINT only shuts the context down: no KeyboardInterrupt to surface."""
+    done = subprocess.run([sys.executable, "-c", FIRST_AND_SECOND_CTRL_C], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:4] == ["before init: raised", "first: context down", "second: raised",
+                                           "restored"], done.stdout
+    assert "Traceback" not in done.stderr
+
+
+# The suite's 600 s limit is for the whole test, while each forker has its own: on a loaded
+# machine (3 busy loops above the test's priority, 5 beside it) the five executables' tries
+# took over 10 minutes with none hung, and the suite's limit cut the test off mid-way.
+@pytest.mark.timeout(len(TARGETS) * FORKER_TIMEOUT_S + 300)
 def test_every_executable_ends_cleanly_on_sigint_and_sigterm(tmp_path):
     bag = write_episode_bag(tmp_path / "bag", BagSpec(episodes=1, seconds=0.5))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "ROS_DOMAIN_ID": own_domain()}
@@ -101,12 +154,12 @@ def test_every_executable_ends_cleanly_on_sigint_and_sigterm(tmp_path):
                  "shared" if needs_sim else "isolated", "--", *argv],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
             try:
-                out, err = forker.communicate(timeout=500)
+                out, err = forker.communicate(timeout=FORKER_TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 forker.kill()  # its tries die with it (shutdown_forker.die_with_parent)
                 out, err = forker.communicate()
-                pytest.fail(f"{target}: tries still running after 500 s; ended so far: {out[-2000:]}; "
-                            f"sim: {sim_log.read_text()[-500:]}")
+                pytest.fail(f"{target}: tries still running after {FORKER_TIMEOUT_S} s; ended so far: "
+                            f"{out[-2000:]}; sim: {sim_log.read_text()[-500:]}")
             assert forker.returncode == 0, f"{target}: {err[-3000:]}"
             reports[target] = [json.loads(line) for line in out.splitlines()]
     finally:
