@@ -20,6 +20,8 @@ from rclpy.parameter import Parameter
 
 from dysta_ros.errors import ConfigError
 
+WILDCARD = "/**"  # a parameter that came from a `/**` section of a params file: applies where declared
+
 
 @dataclass(frozen=True)
 class Param:
@@ -182,3 +184,30 @@ def validator(params: Sequence[Param], log=None,
         return SetParametersResult(successful=True)
 
     return on_set
+
+
+def params_file_values(path, data, nodes: Sequence[str]) -> dict[str, dict]:
+    """Return {node: {parameter: value}} for `nodes` from a ROS 2 params file, read as ROS 2 does.
+
+    A section applies to a node when its key is the node's name, `/name`, `/**/name` or the
+    wildcard `/**`; sections apply in file order (a later one overrides). A section without
+    `ros__parameters` is refused: ROS 2 would drop it without a word.
+    """
+    values: dict[str, dict] = {node: {} for node in nodes}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of node names to sections")
+    for key, section in data.items():
+        if not isinstance(section, dict) or not isinstance(section.get("ros__parameters"), dict):
+            raise ConfigError(f"{path}: section {key!r} has no 'ros__parameters' mapping "
+                              "(expected NODE: {{ros__parameters: {{name: value}}}})")
+        name = str(key)
+        wildcard = name in ("/**", "**")
+        for node in nodes:
+            if wildcard or name in (node, f"/{node}", f"/**/{node}"):
+                # a wildcard applies to every node, each taking the names it declares (ROS 2
+                # ignores the rest); marked so to_parameters can tell them from typos
+                for param, value in section["ros__parameters"].items():
+                    values[node].pop(param, None)
+                    values[node].pop((WILDCARD, param), None)
+                    values[node][(WILDCARD, param) if wildcard else param] = value
+    return values

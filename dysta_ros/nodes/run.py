@@ -27,7 +27,6 @@ NODES = ("policy_node", "chunk_executor", "robot_link")
 # them across a network (robot_link compresses the cameras and answers clock pings).
 ROLES = {"both": ("policy_node", "chunk_executor"), "robot": ("chunk_executor", "robot_link"),
          "policy-host": ("policy_node",)}
-WILDCARD = "/**"  # a parameter that came from a `/**` section: applies where declared
 # rclpy declares these on every node itself; `--param policy_node:use_sim_time=true` sets them
 BUILTINS = {"use_sim_time": bool}
 
@@ -95,37 +94,12 @@ def default_params_file() -> str:
     raise ConfigError("config/dysta_nodes.yaml not found; pass --params-file")
 
 
-def params_file_values(path, data) -> dict[str, dict]:
-    """Return {node: {parameter: value}} from a ROS 2 params file, its sections read as ROS 2 does.
-
-    A section applies to a node when its key is the node's name, `/name`, `/**/name` or the
-    wildcard `/**`; sections apply in file order (a later one overrides). A section without
-    `ros__parameters` is refused: ROS 2 would drop it without a word.
-    """
-    values: dict[str, dict] = {node: {} for node in NODES}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of node names to sections")
-    for key, section in data.items():
-        if not isinstance(section, dict) or not isinstance(section.get("ros__parameters"), dict):
-            raise ConfigError(f"{path}: section {key!r} has no 'ros__parameters' mapping "
-                              "(expected NODE: {{ros__parameters: {{name: value}}}})")
-        name = str(key)
-        wildcard = name in ("/**", "**")
-        for node in NODES:
-            if wildcard or name in (node, f"/{node}", f"/**/{node}"):
-                # a wildcard applies to every node, each taking the names it declares (ROS 2
-                # ignores the rest); marked so to_parameters can tell them from typos
-                for param, value in section["ros__parameters"].items():
-                    values[node].pop(param, None)
-                    values[node].pop((WILDCARD, param), None)
-                    values[node][(WILDCARD, param) if wildcard else param] = value
-    return values
-
-
 def node_values(args) -> dict[str, dict]:
     """Return {node: {parameter: value}} from the params file, then the command line."""
+    from dysta_ros.nodes.params import WILDCARD, params_file_values
+
     path = args.params_file or default_params_file()
-    values = params_file_values(path, load_yaml(path))
+    values = params_file_values(path, load_yaml(path), NODES)
     values["policy_node"].update(strategy=args.strategy, model=args.model, vlm=args.vlm, robot=args.robot,
                                  autostart=False)  # configured and activated below
     values["chunk_executor"]["robot"] = args.robot
@@ -212,6 +186,7 @@ def run(args) -> int:
 def start_and_spin(args, role, values: dict, overrides: dict) -> int:
     """Start this role's nodes (configuring and activating policy_node) and spin them until the end."""
     import rclpy
+    from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
     from rclpy.lifecycle import TransitionCallbackReturn
 
     from dysta_ros.nodes import chunk_executor, policy_node, robot_link
@@ -248,8 +223,13 @@ def start_and_spin(args, role, values: dict, overrides: dict) -> int:
     step_report = policy.step.report if policy is not None else None  # kept past the nodes' end
     printer = StatusPrinter(lambda: board_statuses(*boards),
                             sys.stderr if json_to_stdout(args) else sys.stdout, args.status_period)
+    # One callback thread, as policy_node's and chunk_executor's executables spin (their callbacks
+    # only store and send; inference has its own thread). A stalled `run` in the shutdown test had
+    # its main thread at 95 % CPU inside MultiThreadedExecutor.spin_once, walking its pending
+    # callbacks, and its inference thread starved mid-step; the single-threaded executables never did.
+    executor = MultiThreadedExecutor if "robot_link" in role else SingleThreadedExecutor
     try:
-        return spin_nodes(nodes, until=deadline, tick=printer.tick)
+        return spin_nodes(nodes, executor, until=deadline, tick=printer.tick)
     finally:
         printer.close()
         settings = policy.values if policy is not None else values["policy_node"]

@@ -44,19 +44,16 @@ TARGETS = {
     "bag_player": ("not replaying command topics", 4, False, ["BAG", "--loop", "--clock"]),
 }
 
-# `dysta-ros run` tries: they run when DYSTA_ROS_SHUTDOWN_RUN=1 (`DYSTA_ROS_SHUTDOWN_RUN=1 pytest
-# test/ros/test_shutdown.py`), the node executables always. Alone they pass 20/20 (3 runs under
-# 6-12 busy loops); in the full suite they stalled twice, cause not found. The second time (load
-# ~41, dmesg: "sched: RT throttling activated", "DL replenish lagged too much"): try 1 published
-# chunk 0 (accepted) and its inference thread never reported that step, while its main thread
-# printed the same status line for 16 minutes at 95 % CPU; the forker, at 0.6 % CPU, neither
-# reaped try 0 (a zombie for 16 minutes) nor passed its own 90 s wait for try 1. Under such load
-# also seen, once in 20 tries each: a SIGINT whose KeyboardInterrupt Python dropped inside a
-# finalizer with a traceback (gone: see spin.interrupts_end_ros), and an ERROR from
-# chunk_executor for a chunk taken after the signal, already past its last action's time (the
-# tries run without latency compensation: a late chunk is at worst dropped as stale, a WARN).
-if os.environ.get("DYSTA_ROS_SHUTDOWN_RUN") != "1":
-    del TARGETS["dysta-ros"]
+# `dysta-ros run` tries, always on. In the full suite they stalled twice at load ~36-41: one
+# try published chunk 0 and its inference thread never reported that step, while its main
+# thread ran at 95 % CPU inside rclpy's MultiThreadedExecutor.spin_once (py-spy: walking its
+# pending callbacks; the inference thread mid-step) for 16 minutes. `run` now spins on one
+# callback thread, as the node executables (never stalled) do; a try that hangs anyway, or never
+# comes up, writes every thread's stack to its log and report (faulthandler) before it is ended.
+# Under such load also seen, once in 20 tries each: a SIGINT whose KeyboardInterrupt Python
+# dropped inside a finalizer with a traceback (gone: see spin.interrupts_end_ros), and an ERROR
+# from chunk_executor for a chunk taken after the signal, already past its last action's time
+# (the tries run without latency compensation: a late chunk is at worst dropped as stale, a WARN).
 
 
 def own_domain() -> str:
