@@ -163,7 +163,11 @@ class LatestInputs:
             self._out_of_order.pop(camera, None)
             self._frames[camera] = Latest(msg, stamp, received or 0.0)
             self._arrivals += 1
-            self._lock.notify_all()
+            # Wake the inference thread for a complete set of new views only (take() steps on
+            # nothing less): woken per camera, it took the GIL while the next camera's frame was
+            # still being received. Its wait's timeout still has it report a missing camera.
+            if self._complete_new_set():
+                self._lock.notify_all()
 
     def put_state(self, msg, stamp: float, received: float | None = None) -> None:
         """Store a joint state unless it is older than the one held (`received`: our clock now)."""
@@ -187,10 +191,16 @@ class LatestInputs:
             return self._instruction
 
     def wait(self, seen: int, timeout: float) -> int:
-        """Block until a frame arrives after arrival count `seen` (or timeout); return the count."""
+        """Block until every camera holds a new, unused frame (one arrived after count `seen`).
+
+        Returns the arrival count, also when `timeout` passes first.
+        """
         with self._lock:
-            self._lock.wait_for(lambda: self._arrivals > seen, timeout=timeout)
+            self._lock.wait_for(lambda: self._arrivals > seen and self._complete_new_set(), timeout=timeout)
             return self._arrivals
+
+    def _complete_new_set(self) -> bool:
+        return all(f is not None and not f.used for f in self._frames.values())
 
     def take(self, now: float, max_image_age_s: float, max_state_age_s: float) -> Snapshot:
         """Return a snapshot; when nothing is stale its frames are marked used."""

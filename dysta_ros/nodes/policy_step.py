@@ -100,25 +100,24 @@ class PolicyStep:
         v = self.settings()
         snapshot = self.inputs.take(self.now(), v["max_image_age_s"], v["max_state_age_s"])
         if not snapshot.stale and not snapshot.new_frames:
-            return False  # the common wake-up (one camera of a set arrived): nothing to report
-        counts = self.inputs.frame_report()
+            return False  # woken by the wait's timeout with nothing new: nothing to report
+        counts = self.inputs.frame_report
         if snapshot.stale:
-            self.board.set("inputs", WARN, "holding, stale input: " + ", ".join(snapshot.stale), **counts)
+            self.board.set("inputs", WARN, "holding, stale input: " + ", ".join(snapshot.stale), **counts())
             return False
         images = {}
         for topic, (name, msg_type) in self.cameras.items():
             try:
                 images[name] = image_to_rgb(decode(snapshot.frames[topic].msg, msg_type))
             except InputError as exc:
-                self.board.set("inputs", ERROR, f"holding, bad frame on {topic}: {exc}", **counts)
+                self.board.set("inputs", ERROR, f"holding, bad frame on {topic}: {exc}", **counts())
                 return False
         try:
             state = self.robot.pick_joints(snapshot.state.msg.name, snapshot.state.msg.position)
         except InputError as exc:
             self.board.set("inputs", ERROR, f"holding, bad joint state on {self.robot.state_topic}: {exc}",
-                           **counts)
+                           **counts())
             return False
-        self.board.set("inputs", OK, "fresh", **counts)
         runtime = self.runtime()
         if runtime is not self.stepped_with or snapshot.instruction != self.episode_instruction:
             runtime.reset()  # a new instruction (or strategy) starts a new episode
@@ -129,6 +128,7 @@ class PolicyStep:
         try:
             chunk, stats = runtime.step(observation)
         except (InputError, InferenceError, ConfigError) as exc:
+            self.board.set("inputs", OK, "fresh", **counts())
             self.report.errors += 1
             self.board.set("inference", ERROR, f"holding, step refused: {exc}", errors=self.report.errors)
             self.log.error(f"step refused: {exc}", throttle_duration_sec=1.0)
@@ -138,6 +138,8 @@ class PolicyStep:
             chunk.actions = self.robot.actions_to_ros(chunk.actions)  # the checkpoint's units -> rad
         chunk.names, chunk.inference_start, chunk.inference_end = self.action_names, start, end
         self.publish(chunk, stats)
+        # reported once the chunk is out: the counts are bookkeeping, not on the way to the robot
+        self.board.set("inputs", OK, "fresh", **counts())
         values = self.report.stepped(stats, snapshot.received, snapshot.stamp, start, self.now())
         self.board.set("inference", OK, f"step {self.report.steps}", strategy=runtime.spec.strategy,
                        device=v["device"], **values)

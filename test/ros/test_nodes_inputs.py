@@ -1,5 +1,7 @@
 """The policy node's latest-value inputs: freshness, drops, order and complete camera sets."""
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -55,6 +57,22 @@ def test_wait_returns_on_a_new_arrival_or_times_out():
     assert inputs.wait(0, timeout=0.01) == 0
     inputs.put_frame("/cam", "f", 1.0)
     assert inputs.wait(0, timeout=10.0) == 1
+
+
+def test_wait_wakes_for_a_complete_set_of_new_views_only():
+    inputs = LatestInputs(["/a", "/b"], "/joint_states")
+    inputs.put_frame("/a", "a1", 1.0)
+    woke = threading.Event()
+    waiter = threading.Thread(target=lambda: (inputs.wait(0, timeout=10.0), woke.set()))
+    waiter.start()
+    assert not woke.wait(0.3)  # one camera of the set: nothing to step on yet
+    inputs.put_frame("/b", "b1", 1.0)
+    assert woke.wait(10.0)
+    waiter.join()
+    assert inputs.take(1.1, 0.5, 0.5).new_frames
+    # both used now: a new frame of one camera alone does not wake it, the timeout does
+    inputs.put_frame("/a", "a2", 1.05)
+    assert inputs.wait(2, timeout=0.05) == 3
 
 
 def test_every_status_starts_as_error_until_set():
