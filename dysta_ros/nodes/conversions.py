@@ -40,9 +40,16 @@ def to_seconds(stamp) -> float:
 
 
 def to_stamp(seconds: float) -> Time:
-    """Return float seconds as builtin_interfaces/Time."""
-    nanoseconds = int(round(seconds * 1e9))
-    return Time(sec=nanoseconds // 1_000_000_000, nanosec=nanoseconds % 1_000_000_000)
+    """Return float seconds as builtin_interfaces/Time; to_seconds() gives back the same float.
+
+    Whole seconds and the fraction apart: `seconds * 1e9` at today's epoch (~1.8e18) is a float
+    spaced 256 ns apart, so a chunk stamped from its frame's stamp came out up to ~240 ns off it.
+    """
+    whole = math.floor(seconds)
+    nanosec = int(round((seconds - whole) * 1e9))  # the difference is exact: both are near
+    if nanosec == 1_000_000_000:
+        whole, nanosec = whole + 1, 0
+    return Time(sec=int(whole), nanosec=nanosec)
 
 
 def to_duration(seconds: float) -> Duration:

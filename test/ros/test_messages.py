@@ -6,9 +6,12 @@ import textwrap
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 rclpy = pytest.importorskip("rclpy")
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from builtin_interfaces.msg import Time  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from dysta_ros.msg import ActionChunk, TokenStats  # noqa: E402
@@ -121,3 +124,17 @@ def test_messages_cross_process_boundary_field_by_field(ros_node):
     image = received["image"]
     assert (image.height, image.width, image.encoding, image.step) == (2, 3, "rgb8", 9)
     assert bytes(image.data) == bytes(range(18))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1_600_000_000, 2_100_000_000), st.integers(0, 999_999_999))
+def test_stamps_round_trip_through_float_seconds(sec, nanosec):
+    # a chunk is stamped with its frame's stamp, read as float seconds: it must come back the
+    # same float (it came back up to ~240 ns off, and a stamp lookup then missed the frame)
+    from dysta_ros.nodes import conversions as conv
+
+    seconds = conv.to_seconds(Time(sec=sec, nanosec=nanosec))
+    stamp = conv.to_stamp(seconds)
+    assert conv.to_seconds(stamp) == seconds
+    assert 0 <= stamp.nanosec < 1_000_000_000
+    assert abs((stamp.sec - sec) * 10**9 + stamp.nanosec - nanosec) < 250  # float seconds' own spacing
