@@ -11,6 +11,7 @@ deactivates it and shuts down cleanly.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 
@@ -188,36 +189,49 @@ def start_and_spin(args, role, values: dict, overrides: dict) -> int:
     import rclpy
     from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
     from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.signals import SignalHandlerOptions, install_signal_handlers
 
     from dysta_ros.nodes import chunk_executor, policy_node, robot_link
-    from dysta_ros.nodes.spin import spin_nodes
+    from dysta_ros.nodes.spin import signals_interrupt, spin_nodes
     from dysta_ros.nodes.status_line import StatusPrinter, board_statuses
 
-    rclpy.init()
+    # While the nodes start (a model loads for seconds), Ctrl-C or SIGTERM raises here and the
+    # start is undone; rclpy's handlers, which shut the context down under whatever runs (a
+    # lifecycle transition then fails and rclpy logs an ERROR), take over once the nodes are up.
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     makers = {"policy_node": policy_node.PolicyNode, "chunk_executor": chunk_executor.ChunkExecutorNode,
               "robot_link": robot_link.RobotLinkNode}
     nodes = []
-    for name in role:
-        try:
-            namespace = {"namespace": args.namespace} if getattr(args, "namespace", None) else {}
-            nodes.append(makers[name](parameter_overrides=overrides[name], **namespace))
-        except ConfigError as exc:
-            print(f"dysta-ros run: {name}: {exc}", file=sys.stderr)
-            for node in nodes:
-                node.destroy_node()
-            rclpy.try_shutdown()
-            return 2
-    policy = next((n for n in nodes if isinstance(n, policy_node.PolicyNode)), None)
-    boards = [n.board for n in nodes if hasattr(n, "board")]
-    if policy is not None and (policy.trigger_configure() != TransitionCallbackReturn.SUCCESS
-                               or policy.trigger_activate() != TransitionCallbackReturn.SUCCESS):
-        # policy_node logged the reason as one line; a non-zero exit says it did not run, and
-        # --json still gets the document, its lifecycle status saying why.
-        write_json(args.json, run_document(args, policy.values, boards, None, 0.0))
+    try:
+        with signals_interrupt():
+            for name in role:
+                try:
+                    namespace = {"namespace": args.namespace} if getattr(args, "namespace", None) else {}
+                    nodes.append(makers[name](parameter_overrides=overrides[name], **namespace))
+                except ConfigError as exc:
+                    print(f"dysta-ros run: {name}: {exc}", file=sys.stderr)
+                    for node in nodes:
+                        node.destroy_node()
+                    rclpy.try_shutdown()
+                    return 2
+            policy = next((n for n in nodes if isinstance(n, policy_node.PolicyNode)), None)
+            boards = [n.board for n in nodes if hasattr(n, "board")]
+            if policy is not None and (policy.trigger_configure() != TransitionCallbackReturn.SUCCESS
+                                       or policy.trigger_activate() != TransitionCallbackReturn.SUCCESS):
+                # policy_node logged the reason as one line; a non-zero exit says it did not run, and
+                # --json still gets the document, its lifecycle status saying why.
+                write_json(args.json, run_document(args, policy.values, boards, None, 0.0))
+                for node in nodes:
+                    node.destroy_node()
+                rclpy.try_shutdown()
+                return 1
+    except KeyboardInterrupt as interrupt:
         for node in nodes:
+            getattr(node, "close", lambda: None)()  # an inference thread already started
             node.destroy_node()
         rclpy.try_shutdown()
-        return 1
+        return 130 if interrupt.args == (signal.SIGINT,) else 0
+    install_signal_handlers()
     started = time.monotonic()
     deadline = started + args.duration if args.duration > 0 else None
     step_report = policy.step.report if policy is not None else None  # kept past the nodes' end
@@ -234,3 +248,4 @@ def start_and_spin(args, role, values: dict, overrides: dict) -> int:
         printer.close()
         settings = policy.values if policy is not None else values["policy_node"]
         write_json(args.json, run_document(args, settings, boards, step_report, time.monotonic() - started))
+

@@ -66,6 +66,25 @@ def interrupts_end_ros():
         signal.signal(signal.SIGINT, previous)
 
 
+def _raise_interrupt(number, frame):
+    raise KeyboardInterrupt(number)
+
+
+@contextlib.contextmanager
+def signals_interrupt():
+    """Within: SIGINT and SIGTERM raise KeyboardInterrupt(signal number) in the main thread.
+
+    For start-up before rclpy's handlers are installed (rclpy.init without them): the caller
+    undoes what it started, while every rcl call still works.
+    """
+    previous = {number: signal.signal(number, _raise_interrupt) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 def refuse_to_start(name: str, exc: ConfigError) -> int:
     """Log why `name` does not start, as one line, and return the exit code that says so."""
     rclpy.logging.get_logger(name).fatal(f"not started: {exc}")

@@ -170,3 +170,27 @@ def test_every_executable_ends_cleanly_on_sigint_and_sigterm(tmp_path):
             # 130: Ctrl-C while it was still starting, as a shell reports it
             bad = [t for t in these if t["errors"] or t["status"] not in (0, 130)]
             assert not bad, f"{target} on {name}: {len(bad)} of {len(these)} not clean: {bad[:3]}"
+
+
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
+def test_run_signalled_while_its_nodes_start_ends_cleanly(name):
+    # Signalled at chunk_executor's first line, i.e. while policy_node is still to be built,
+    # configured (its model loads) and activated: rclpy's handler used to shut the context down
+    # under the configure transition, and rclpy logged "[ERROR] Failed to complete transition".
+    from shutdown_forker import ERROR_LINE
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "ROS_AUTOMATIC_DISCOVERY_RANGE": "OFF"}
+    for delay_s in (0.0, 0.05, 0.2):
+        run = subprocess.Popen([sys.executable, "-m", "dysta_ros.cli", "run", "--model", "tiny"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        started = []
+        for line in run.stdout:
+            started.append(line)
+            if "joint_trajectory ->" in line:
+                break
+        time.sleep(delay_s)
+        run.send_signal(getattr(signal, name))
+        rest = run.communicate(timeout=120)[0]
+        assert started and "joint_trajectory ->" in started[-1], "".join(started)
+        assert run.returncode == (130 if name == "SIGINT" else 0), rest
+        assert not [line for line in rest.splitlines() if ERROR_LINE.search(line)], rest
