@@ -60,13 +60,12 @@ def _finite(value):
     return value
 
 
-def percentiles(values: Iterable[float]) -> dict:
+def percentiles(values: Sequence[float]) -> dict:
     """p50, p90, p99, max and mean of measured values (each None when there are none)."""
     import numpy as np  # here, not at import: the CLI imports this module before parsing
 
-    values = np.asarray(list(values), dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
     if not values.size:
         return dict.fromkeys(("p50", "p90", "p99", "max", "mean"))
     return {"p50": float(np.percentile(values, 50)), "p90": float(np.percentile(values, 90)),
             "p99": float(np.percentile(values, 99)), "max": float(values.max()), "mean": float(values.mean())}
-

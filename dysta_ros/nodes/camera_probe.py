@@ -21,7 +21,7 @@ from dysta_ros.results import result_document
 
 
 def add_load_arguments(parser: argparse.ArgumentParser, cameras: int, seconds: float, strategy: str) -> None:
-    """Add the camera load and policy_node flags this command and load_test share."""
+    """Add the camera load and policy_node flags `latency` and `load` share."""
     parser.add_argument("--cameras", type=int, default=cameras)
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)

@@ -160,7 +160,7 @@ class DemoSession:
         if learned:
             self.use_policy(policy, strategy)
         set_remote_parameters(self.sim_parameters, "sim_node", expert=not learned, task=args.task, seed=seed,
-                            episode_seconds=float(args.episode_seconds))
+                              episode_seconds=float(args.episode_seconds))
         with self.lock:
             self.outcome, self.record = None, None
         reply = call_service(self.sim_reset, Trigger.Request(), "sim_node reset")

@@ -67,4 +67,3 @@ def pinhole_camera_info(image, fx: float, fy: float, cx: float, cy: float, msg_t
     info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
     info.p = [fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
     return info
-

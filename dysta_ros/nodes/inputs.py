@@ -212,7 +212,7 @@ class LatestInputs:
             frames = {c: f for c, f in self._frames.items() if f is not None}
             # Step on a complete set of new views: with cameras published together, stepping on
             # the first arrival would pair it with the other camera's previous frame.
-            new_frames = bool(frames) and all(not f.used for f in frames.values())
+            new_frames = self._complete_new_set()
             if not stale and new_frames:
                 for camera, latest in frames.items():
                     latest.used = True

@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from dysta_ros.cli_options import write_json
 from dysta_ros.nodes.camera_probe import (
     add_load_arguments, camera_publisher, report_document, start_policy_node, write_report,
 )
-from dysta_ros.results import percentiles
-from dysta_ros.cli_options import write_json
 from dysta_ros.plots import pyplot, save_png
+from dysta_ros.results import percentiles
 
 
 # policy_node's per-camera counters (see nodes/inputs.py) this report takes from /diagnostics

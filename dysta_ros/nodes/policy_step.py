@@ -101,7 +101,7 @@ class PolicyStep:
         snapshot = self.inputs.take(self.now(), v["max_image_age_s"], v["max_state_age_s"])
         if not snapshot.stale and not snapshot.new_frames:
             return False  # woken by the wait's timeout with nothing new: nothing to report
-        counts = self.inputs.frame_report
+        counts = self.inputs.frame_report  # called only where a status is set
         if snapshot.stale:
             self.board.set("inputs", WARN, "holding, stale input: " + ", ".join(snapshot.stale), **counts())
             return False

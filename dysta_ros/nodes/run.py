@@ -210,10 +210,7 @@ def start_and_spin(args, role, values: dict, overrides: dict) -> int:
                     nodes.append(makers[name](parameter_overrides=overrides[name], **namespace))
                 except ConfigError as exc:
                     print(f"dysta-ros run: {name}: {exc}", file=sys.stderr)
-                    for node in nodes:
-                        node.destroy_node()
-                    rclpy.try_shutdown()
-                    return 2
+                    return _undo_start(nodes, 2)
             policy = next((n for n in nodes if isinstance(n, policy_node.PolicyNode)), None)
             boards = [n.board for n in nodes if hasattr(n, "board")]
             if policy is not None and (policy.trigger_configure() != TransitionCallbackReturn.SUCCESS
@@ -221,16 +218,9 @@ def start_and_spin(args, role, values: dict, overrides: dict) -> int:
                 # policy_node logged the reason as one line; a non-zero exit says it did not run, and
                 # --json still gets the document, its lifecycle status saying why.
                 write_json(args.json, run_document(args, policy.values, boards, None, 0.0))
-                for node in nodes:
-                    node.destroy_node()
-                rclpy.try_shutdown()
-                return 1
+                return _undo_start(nodes, 1)
     except KeyboardInterrupt as interrupt:
-        for node in nodes:
-            getattr(node, "close", lambda: None)()  # an inference thread already started
-            node.destroy_node()
-        rclpy.try_shutdown()
-        return 130 if interrupt.args == (signal.SIGINT,) else 0
+        return _undo_start(nodes, 130 if interrupt.args == (signal.SIGINT,) else 0)
     install_signal_handlers()
     started = time.monotonic()
     deadline = started + args.duration if args.duration > 0 else None
@@ -249,3 +239,13 @@ def start_and_spin(args, role, values: dict, overrides: dict) -> int:
         settings = policy.values if policy is not None else values["policy_node"]
         write_json(args.json, run_document(args, settings, boards, step_report, time.monotonic() - started))
 
+
+def _undo_start(nodes, code: int) -> int:
+    """End a start-up that stops early: the nodes made so far, then ROS; return the exit code."""
+    import rclpy
+
+    for node in nodes:
+        getattr(node, "close", lambda: None)()  # an inference thread already started
+        node.destroy_node()
+    rclpy.try_shutdown()
+    return code

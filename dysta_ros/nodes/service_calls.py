@@ -59,4 +59,3 @@ def set_remote_parameters(client, what: str, timeout_s: float = SERVICE_TIMEOUT_
     for name, result in zip(values, call_service(client, request, what, timeout_s).results):
         if not result.successful:
             raise ConfigError(f"{what}: {name}={values[name]!r} refused: {result.reason}")
-

@@ -78,4 +78,3 @@ def release_cached_memory(device: str) -> None:
     """Hand the memory torch's CUDA allocator keeps cached back to the device (after a model is freed)."""
     if torch.device(device).type == "cuda" and torch.cuda.is_available():
         torch.cuda.empty_cache()
-
