@@ -4,7 +4,8 @@ The same arithmetic as the transformers modules they stand in for, in fewer kern
 - a linear whose output feeds a residual sum is one addmm with the residual (+ bias) as its
   input: no separate add and no bias broadcast copy;
 - an activation after a linear runs in place, or inside oneDNN's GEMM as a post-op;
-- norms go through torch's fused kernels when the module is the plain formula.
+- norms go through torch's fused kernels when the module is the plain formula;
+- bf16 products read their weight in oneDNN's own layout, reordered once (packed_weight).
 Only summation order may differ from the modules: within ~1e-6 in fp32
 (test/core/test_kernels.py). For inference: the training path calls the modules themselves,
 and so does any module with forward hooks (a hook sees every call it would see unfused).
@@ -13,6 +14,7 @@ and so does any module with forward hooks (a hook sees every call it would see u
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -23,17 +25,27 @@ from torch.nn.modules import module as torch_module
 
 from transformers.activations import GELUActivation, GELUTanh, SiLUActivation
 
+from dysta_ros.policy.devices import native_bfloat16
+
 T = TypeVar("T")
 
 
-# Products of at most this many rows (the expert's 50 action tokens, the ~130-token prefix) go
-# through oneDNN: in two-thread microbenchmarks of one expert step on the AVX2 build machine it
-# was up to ~15 % faster than MKL (under load; the quiet end-to-end bench in README shows the
-# head within noise); the vision tower's 1024-row products stay with MKL, a little faster at one
-# thread per camera. Either way the same fp32 products, only summed in another order.
+# fp32 products of at most this many rows (the expert's 50 action tokens, the ~130-token prefix)
+# go through oneDNN: in two-thread microbenchmarks of one expert step on the AVX2 build machine it
+# was up to ~15 % faster than MKL; the vision tower's 1024-row products stay with MKL, a little
+# faster at one thread per camera. Either way the same fp32 products, only summed in another
+# order. bf16 products all go through oneDNN where the CPU has bf16 units, with packed weights
+# (packed_weight): on an AMX Xeon the expert's products are 1.3x faster so (1.8x with weights hot
+# in cache), bit for bit the same. Packed fp32 weights gained ~3 % there (weights stream from
+# memory at 50 rows) for a second copy of them, so fp32 stays unpacked.
 ONEDNN_MAX_ROWS = 256
 _onednn_linear = (getattr(torch.ops.mkldnn, "_linear_pointwise", None)
                   if torch.backends.mkldnn.is_available() else None)
+_BF16_UNITS = _onednn_linear is not None and native_bfloat16(torch.device("cpu"))
+# layer -> ((weight's address, version), its weight in oneDNN's blocked layout). Kept beside the
+# modules, not on them, so a deep copy or a state dict never meets an opaque tensor; an entry goes
+# with its module. Reordering costs a copy of the weight once, not a reorder inside every product.
+_packed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def hooked(module: nn.Module) -> bool:
@@ -42,28 +54,46 @@ def hooked(module: nn.Module) -> bool:
                 or torch_module._global_forward_pre_hooks)
 
 
-def _onednn_fp32(x: torch.Tensor, layer: nn.Linear) -> bool:
-    """True when oneDNN can run layer on x here: fp32 on the CPU, autograd off, oneDNN built in."""
-    return (_onednn_linear is not None and x.device.type == "cpu" and x.dtype == torch.float32
-            and layer.weight.dtype == torch.float32 and not torch.is_grad_enabled())
+def _onednn_runs(x: torch.Tensor, layer: nn.Linear, any_rows: bool = False) -> bool:
+    """True when oneDNN runs layer on x here.
+
+    On the CPU with autograd off, x in the weight's dtype: fp32 (few rows, unless any_rows), or
+    bf16 where the CPU has bf16 units.
+    """
+    dtype = layer.weight.dtype
+    if (_onednn_linear is None or x.device.type != "cpu" or x.dtype != dtype or torch.is_grad_enabled()
+            or not layer.weight.is_contiguous()):
+        return False
+    if dtype == torch.bfloat16:
+        return _BF16_UNITS
+    return dtype == torch.float32 and (any_rows or x.numel() <= ONEDNN_MAX_ROWS * x.shape[-1])
 
 
-def _small_fp32_cpu(x: torch.Tensor, layer: nn.Linear, residual: torch.Tensor | None) -> bool:
-    return (_onednn_fp32(x, layer) and x.numel() <= ONEDNN_MAX_ROWS * x.shape[-1]
-            and (residual is None or residual.dtype == torch.float32))
+def packed_weight(layer: nn.Linear, rows: int) -> torch.Tensor:
+    """Return layer's weight in oneDNN's layout (made once per weight; rows: a size hint, any works)."""
+    weight = layer.weight
+    try:
+        stamp = (weight.data_ptr(), weight._version)
+    except RuntimeError:  # an inference tensor keeps no version; it cannot change outside inference
+        stamp = (weight.data_ptr(), None)
+    entry = _packed.get(layer)
+    if entry is None or entry[0] != stamp:
+        entry = _packed[layer] = (stamp, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows))
+    return entry[1]
 
 
 def linear(x: torch.Tensor, layer: nn.Linear, residual: torch.Tensor | None = None) -> torch.Tensor:
     """Return layer(x) (+ residual): x (..., K) -> (..., N); residual (..., N) is left unchanged."""
     if hooked(layer):
         return layer(x) if residual is None else residual + layer(x)
-    if _small_fp32_cpu(x, layer, residual):
+    if _onednn_runs(x, layer) and (residual is None or residual.dtype == x.dtype):
         flat = x.reshape(-1, x.shape[-1])
+        weight = packed_weight(layer, flat.shape[0]) if x.dtype == torch.bfloat16 else layer.weight
         if residual is None:
-            out = _onednn_linear(flat, layer.weight, layer.bias, "none", [], "")
+            out = _onednn_linear(flat, weight, layer.bias, "none", [], "")
         else:  # the residual sum as the GEMM's post-op
             other = residual.reshape(flat.shape[0], -1)
-            out = _onednn_linear.binary(flat, other, layer.weight, layer.bias, "add")
+            out = _onednn_linear.binary(flat, other, weight, layer.bias, "add")
         return out.view(*x.shape[:-1], out.shape[-1])
     if residual is None:
         return F.linear(x, layer.weight, layer.bias)
@@ -76,10 +106,11 @@ def linear(x: torch.Tensor, layer: nn.Linear, residual: torch.Tensor | None = No
 
 
 def linear_gelu(x: torch.Tensor, layer: nn.Linear, approximate: str) -> torch.Tensor:
-    """Return gelu(layer(x)) with the activation fused into the GEMM where oneDNN does it (fp32 CPU)."""
-    if _onednn_fp32(x, layer):
+    """Return gelu(layer(x)) with the activation fused into the GEMM where oneDNN runs it."""
+    if _onednn_runs(x, layer, any_rows=True):
         flat = x.reshape(-1, x.shape[-1])
-        out = _onednn_linear(flat, layer.weight, layer.bias, "gelu", [], approximate)
+        weight = packed_weight(layer, flat.shape[0]) if x.dtype == torch.bfloat16 else layer.weight
+        out = _onednn_linear(flat, weight, layer.bias, "gelu", [], approximate)
         return out.view(*x.shape[:-1], out.shape[-1])
     return F.gelu(F.linear(x, layer.weight, layer.bias), approximate=approximate)
 

@@ -35,6 +35,40 @@ def test_linear_with_a_residual_is_the_module_plus_the_residual(rows):
         assert torch.allclose(kernels.linear(x, layer), layer(x), atol=TOL)
 
 
+def test_a_packed_weight_is_made_once_and_follows_the_weight_when_it_changes():
+    layer = _randomise(torch.nn.Linear(24, 40))
+    x = torch.randn(5, 24)
+    with torch.inference_mode():
+        packed = kernels.packed_weight(layer, 5)
+        assert kernels.packed_weight(layer, 9) is packed  # rows are a hint: one copy per weight
+        assert torch.allclose(torch.ops.mkldnn._linear_pointwise(x, packed, layer.bias, "none", [], ""),
+                              layer(x), atol=TOL)
+    with torch.no_grad():
+        layer.weight.mul_(-2.0)  # an in-place update (a training step, a load_state_dict)
+    with torch.inference_mode():
+        fresh = kernels.packed_weight(layer, 5)
+        assert fresh is not packed
+        assert torch.allclose(torch.ops.mkldnn._linear_pointwise(x, fresh, layer.bias, "none", [], ""),
+                              layer(x), atol=TOL)
+
+
+@pytest.mark.skipif(not kernels._BF16_UNITS, reason="bf16 products take oneDNN only on a CPU with bf16 units")
+def test_bf16_products_on_packed_weights_are_f_linears_bit_for_bit():
+    layer = _randomise(torch.nn.Linear(64, 96)).to(torch.bfloat16)
+    cfg = SmolVLMVisionConfig(hidden_size=64, intermediate_size=96, hidden_act="gelu_pytorch_tanh")
+    mlp = _randomise(SmolVLMVisionMLP(cfg)).to(torch.bfloat16)
+    with torch.inference_mode():
+        for rows in (3, 50, 300):  # one packed copy serves every row count
+            x = torch.randn(rows, 64).to(torch.bfloat16)
+            plain = torch.nn.functional.linear(x, layer.weight, layer.bias)
+            assert torch.equal(kernels.linear(x, layer), plain)
+            # the activation inside the product reads the fp32 sum; the module's reads it rounded to bf16
+            fused = kernels.linear_gelu(x, mlp.fc1, "tanh").float()
+            module = torch.nn.functional.gelu(mlp.fc1(x), approximate="tanh").float()
+            assert torch.allclose(fused, module, rtol=2**-6, atol=2**-8)
+    assert layer in kernels._packed and mlp.fc1 in kernels._packed
+
+
 @pytest.mark.parametrize("act", ["gelu_pytorch_tanh", "gelu"])
 def test_the_siglip_mlp_fused_with_its_activation_is_the_module(act):
     cfg = SmolVLMVisionConfig(hidden_size=32, intermediate_size=64, hidden_act=act)

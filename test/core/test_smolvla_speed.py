@@ -95,6 +95,36 @@ def test_changed_token_reuse_at_threshold_zero_is_the_full_encode(tiny, cases):
         assert loose.last.full
 
 
+def test_a_gate_recomputes_the_moved_tokens_in_whole_buckets_and_the_nearest_to_moving():
+    from dysta_ros.policy.vision_reuse import ROW_BUCKETS, _Gate
+
+    tokens = 4 * ROW_BUCKETS  # a bucket of 4 rows
+    weight = torch.randn(8, 6)
+    gate = _Gate(lambda x: x @ weight.T)
+    x = torch.randn(tokens, 6)
+    gate.full(x)
+    moved = x.clone()
+    moved[[3, 17, 40]] *= 1.5  # three tokens move by half their norm
+    moved[9] *= 1.02  # one barely: the nearest to moving, so it fills the bucket
+    counts = [0, 0]
+    out = gate(moved, 0.1, counts)
+    assert gate.fired.tolist() == [3, 9, 17, 40] and counts == [4, tokens]
+    assert torch.equal(out[gate.fired], moved[gate.fired] @ weight.T)  # recomputed from the new rows
+    kept = torch.ones(tokens, dtype=torch.bool)
+    kept[gate.fired] = False
+    assert torch.equal(out[kept], x[kept] @ weight.T)  # the rest keep their stored output
+    assert gate(moved, 0.1, counts) is gate.output and gate.fired.numel() == 0  # nothing moved since
+
+
+def test_the_tower_embeds_patches_row_major(tiny):
+    """Token rows contiguous: the transposed patch grid made every later pass of reuse strided (1.5x)."""
+    vision = tiny.model.vlm_with_expert.vlm.model.vision_model
+    size = vision.embeddings.image_size
+    with torch.inference_mode():
+        tokens = siglip_tower(vision).embed(torch.rand(1, 3, size, size))
+    assert tokens.is_contiguous() and tokens.shape[1] == vision.embeddings.num_patches
+
+
 def test_vision_reuse_option_moves_actions_little_and_counts_its_work(tiny, cases):
     meta, arrays = cases
     images, state, task, noise = _inputs(tiny, meta, arrays, 0)
