@@ -28,3 +28,35 @@ def test_the_profile_is_set_only_where_nothing_else_was_chosen(monkeypatch):
     monkeypatch.setenv("RMW_IMPLEMENTATION", "rmw_cyclonedds_cpp")
     assert transport.use_large_frame_transport() is None
     assert "FASTDDS_DEFAULT_PROFILES_FILE" not in os.environ
+
+
+_MAPPED_BY_A_FRAME = """
+import ctypes, sys
+from dysta_ros.nodes import transport
+if sys.argv[1] == "tuned":
+    assert transport.keep_frame_buffers_on_the_heap()
+class Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+                 "fordblks", "keepcost")]
+mallinfo2 = ctypes.CDLL(None).mallinfo2
+mallinfo2.restype = Mallinfo2
+before = mallinfo2().hblkhd
+frame = bytearray(640 * 480 * 3)  # what a frame's buffers are
+print(mallinfo2().hblkhd - before)
+"""
+
+
+def test_frame_buffers_stay_on_the_heap_once_asked(tmp_path):
+    """A 921 KB buffer is mmapped (page-faulted in anew per frame) by default, on the heap once tuned.
+
+    In child processes: the allocator's thresholds are process-wide.
+    """
+    import subprocess
+    import sys
+
+    mapped = {how: int(subprocess.run([sys.executable, "-c", _MAPPED_BY_A_FRAME, how], check=True,
+                                      capture_output=True, text=True).stdout)
+              for how in ("default", "tuned")}
+    assert mapped["default"] >= 640 * 480 * 3
+    assert mapped["tuned"] == 0
