@@ -17,7 +17,6 @@ import gc
 import sys
 
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
 from sensor_msgs.msg import JointState
@@ -37,7 +36,7 @@ from dysta_ros.nodes.policy_params import (  # noqa: F401 - PARAMS and co. are t
 )
 from dysta_ros.nodes.policy_step import PolicyStep, action_names_for, camera_inputs
 from dysta_ros.nodes.raw_frames import header_stamp
-from dysta_ros.nodes.spin import run_node
+from dysta_ros.nodes.spin import events_executor, run_node
 from dysta_ros.robot import load_robot_config
 
 
@@ -244,9 +243,8 @@ class PolicyNode(LifecycleNode):
 
 
 def main(args=None) -> int:
-    # Callbacks only store messages (inference has its own thread): one executor thread is
-    # enough, and rclpy's single-threaded executor dispatches with less overhead.
-    return run_node("policy_node", PolicyNode, SingleThreadedExecutor, args)
+    # Callbacks only store messages (inference has its own thread): one executor thread is enough.
+    return run_node("policy_node", PolicyNode, events_executor(), args)
 
 
 if __name__ == "__main__":

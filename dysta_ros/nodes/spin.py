@@ -7,9 +7,10 @@ import gc
 import signal
 import sys
 import time
+from collections.abc import Callable
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.signals import SignalHandlerOptions, get_current_signal_handlers_options
 
 from dysta_ros.errors import ConfigError
@@ -30,6 +31,20 @@ def share_the_gil_finely() -> None:
     0.5 ms keeps each thread close to its own speed.
     """
     sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_S))
+
+
+def events_executor() -> Callable[[], Executor]:
+    """Return rclpy's events executor where it has one (Kilted on), else its single-threaded one.
+
+    The events executor dispatches callbacks from C++; the others run a Python wait-set loop
+    that holds the GIL between callbacks, which a thread woken by a callback (policy_node's
+    inference) waits for: camera stamp -> step start p99 6.0 -> 4.4 ms at 2 x 640x480 x 30 Hz.
+    """
+    try:
+        from rclpy.experimental import EventsExecutor
+    except ImportError:
+        return SingleThreadedExecutor
+    return EventsExecutor
 
 
 class _Interrupts:
