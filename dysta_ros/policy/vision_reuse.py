@@ -128,7 +128,10 @@ class _Gate:
         return self.output
 
     def __call__(self, x: torch.Tensor, threshold: float, counts: list[int]) -> torch.Tensor:
-        """Map x (N, C_in) to (N, C_out), recomputing the tokens whose input moved beyond threshold."""
+        """Map x (N, C_in) to (N, C_out), recomputing the tokens whose input moved beyond threshold.
+
+        Their count is rounded up to a whole bucket (ROW_BUCKETS) with the tokens nearest to moving.
+        """
         # a norm of the difference, not a sum of its squares: one pass less over (N, C), and
         # these elementwise passes cost as much as the recomputed tokens' products
         moved_by = torch.linalg.vector_norm(x - self.reference, dim=-1)
