@@ -2,7 +2,7 @@
 """LeRobot 0.4.4's SmolVLA and ours, one chunk each in turn, for ratios that survive a busy machine.
 
     python tools/lerobot_interleaved.py LEROBOT_PYTHON REFERENCE_DIR [--threads 1] [--rounds 5]
-        [--options exact,bf16,best] [--json out.json]
+        [--options exact,bf16,best] [--lerobot-layout fp32|checkpoint] [--json out.json]
 
 tools/compare_lerobot.sh runs the two benches one after the other; when other jobs come and
 go, one side can get a quiet minute and the other a loaded one. Here a LeRobot worker (its own
@@ -10,6 +10,12 @@ venv, started from REFERENCE_DIR, timing `predict_action_chunk` plus its pre/pos
 time_lerobot.py does) and this package's runtimes take turns chunk by chunk, so each round's
 ratio compares times measured seconds apart. Both sides: smolvla_base size, random fp32
 weights, two 480x640 cameras, the same number of torch threads. LeRobot is never imported here.
+
+`--lerobot-layout checkpoint` gives LeRobot the layout it makes of a real checkpoint
+(`load_vlm_weights: true`, smolvla_base and what is fine-tuned from it): backbone and expert in
+bf16, the five heads and the expert's cross-attention k/v projections in fp32. LeRobot then
+computes in bf16, as it does for users' checkpoints; this package's `full` stays its exact fp32
+computation of the same weights, and the bf16 option sets are the comparison at equal precision.
 """
 
 from __future__ import annotations
@@ -36,6 +42,18 @@ realsize.write_vlm_dir(vlm_dir)
 cams = {"front": (480, 640), "wrist": (480, 640)}
 pcfg = realsize.real_policy_config(str(vlm_dir), cams, load_vlm_weights=False)
 policy = realsize.build_policy(pcfg)
+if sys.argv[2] == "checkpoint":  # what load_vlm_weights: true leaves (smolvla_tiny_bf16/README.md)
+    pair = policy.model.vlm_with_expert
+    pair.vlm.to(torch.bfloat16)
+    pair.lm_expert.to(torch.bfloat16)
+    for layer in pair.lm_expert.layers:  # cross-attention layers read the backbone's K/V width
+        if layer.self_attn.k_proj.in_features != pair.lm_expert.config.hidden_size:
+            layer.self_attn.k_proj.float()
+            layer.self_attn.v_proj.float()
+    layout = {}
+    for tensor in policy.state_dict().values():
+        layout[str(tensor.dtype)] = layout.get(str(tensor.dtype), 0) + 1
+    print("layout", json.dumps(layout), file=sys.stderr, flush=True)
 stats = {"observation.state": {"mean": np.array([2.5, -48, 61, 72.5, -3, 14], np.float32),
                                "std": np.array([14, 21, 17.5, 11, 28, 9.5], np.float32)},
          "action": {"mean": np.array([3.1, -46.5, 59, 70, -2.2, 16.5], np.float32),
@@ -44,7 +62,8 @@ pre, post = make_smolvla_pre_post_processors(pcfg, dataset_stats=stats)
 g = np.random.default_rng(0)
 case = {"task": "pick up the cube", "robot_type": "so101_follower",
         "images": {f"observation.images.{k}": generate.make_image(h, w, g) for k, (h, w) in cams.items()},
-        "state": (stats["observation.state"]["mean"] + stats["observation.state"]["std"] * 0.3).astype(np.float32)}
+        "state": (stats["observation.state"]["mean"]
+                  + stats["observation.state"]["std"] * 0.3).astype(np.float32)}
 noise = torch.randn((1, pcfg.chunk_size, pcfg.max_action_dim), generator=torch.Generator().manual_seed(0))
 print("ready", flush=True)
 for _ in sys.stdin:
@@ -64,6 +83,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=5, help="measured rounds (one warm-up round first)")
     parser.add_argument("--options", default="exact,bf16,best", help="option sets beside full")
+    parser.add_argument("--lerobot-layout", choices=("fp32", "checkpoint"), default="fp32",
+                        help="LeRobot's weights: all fp32, or the bf16/fp32 layout of a real checkpoint")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -73,7 +94,8 @@ def main() -> int:
     from dysta_ros.policy.runtime import build_model, runtime_around
 
     torch.set_num_threads(args.threads)
-    worker = subprocess.Popen([args.lerobot_python, "-c", WORKER, str(args.threads)], cwd=args.reference_dir,
+    worker = subprocess.Popen([args.lerobot_python, "-c", WORKER, str(args.threads), args.lerobot_layout],
+                              cwd=args.reference_dir,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     policy, _ = build_model("smolvla_base")
     runs = {"full": ("full", {}), **option_variants([o for o in args.options.split(",") if o])}
@@ -100,7 +122,8 @@ def main() -> int:
     worker.stdin.close()
     worker.wait(timeout=60)
     lerobot = np.array(times["lerobot"])
-    result = {"threads": args.threads, "rounds": args.rounds, "lerobot_ms_p50": float(np.median(lerobot)),
+    result = {"threads": args.threads, "rounds": args.rounds, "lerobot_layout": args.lerobot_layout,
+              "lerobot_ms_p50": float(np.median(lerobot)),
               "runs": {label: {"ms_p50": float(np.median(v)),
                                "ratio_p50_of_rounds": float(np.median(lerobot / np.array(v))),
                                "ratios": [round(float(r), 2) for r in lerobot / np.array(v)]}

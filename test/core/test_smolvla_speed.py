@@ -281,3 +281,21 @@ def test_cameras_side_by_side_or_batched_give_lerobots_actions(tiny, cases, came
             assert np.abs(info["actions_normalized"] - reference).max() <= 1e-5
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_bf16_checkpoint_run_as_its_fp32_upcast_says_how_to_run_it_as_lerobot_does(tiny, caplog):
+    from dysta_ros.policy.runtime import runtime_around
+    from dysta_ros.policy.smolvla.backend import SmolVLABackend
+
+    stored_bf16 = SmolVLABackend(load_smolvla(DATA / "smolvla_tiny_bf16" / "checkpoint",
+                                              DATA / "smolvla_tiny_bf16" / "vlm"))
+    assert stored_bf16.stored_in_bfloat16 and stored_bf16.dtype == torch.float32  # upcast on load
+    assert not SmolVLABackend(tiny).stored_in_bfloat16
+    hint = "compute_dtype: auto computes in bf16"
+    with caplog.at_level("INFO", logger="dysta_ros.policy.runtime"):
+        runtime_around(stored_bf16, "full", {})
+        said = hint in caplog.text
+        caplog.clear()
+        runtime_around(stored_bf16, "full", {"compute_dtype": "auto"})  # already asked for
+        runtime_around(SmolVLABackend(tiny), "full", {})  # an fp32 checkpoint: nothing to say
+    assert said == native_bfloat16(torch.device("cpu")) and hint not in caplog.text

@@ -78,6 +78,12 @@ class SmolVLABackend:
     def dtype(self) -> torch.dtype:
         return self.policy.dtype
 
+    @property
+    def stored_in_bfloat16(self) -> bool:
+        """True for a checkpoint saved mostly in bf16 (LeRobot's real ones): LeRobot computes it in bf16."""
+        layout = self.policy.spec.dtype_layout
+        return layout.get("bfloat16", 0) > layout.get("float32", 0)
+
     def eval(self) -> SmolVLABackend:
         return self
 
