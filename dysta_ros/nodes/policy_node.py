@@ -65,8 +65,7 @@ class PolicyNode(LifecycleNode):
         self.runtime = self.inputs = self.step = self.loop = self.chunk_pub = self.stats_pub = None
         self.rebuild = False
         self.ros_entities = []
-        if self.values["autostart"]:
-            self.autostart_timer = self.create_timer(0.0, self.autostart)
+        self.autostart_timer = self.create_timer(0.0, self.autostart) if self.values["autostart"] else None
 
     # Parameters -------------------------------------------------------------------------
 
@@ -89,7 +88,10 @@ class PolicyNode(LifecycleNode):
     # Lifecycle --------------------------------------------------------------------------
 
     def autostart(self):
+        if self.autostart_timer is None:  # the events executor may still deliver a queued tick
+            return
         self.destroy_timer(self.autostart_timer)
+        self.autostart_timer = None
         if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
             self.trigger_activate()
 
@@ -100,6 +102,7 @@ class PolicyNode(LifecycleNode):
                 raise ConfigError(self.parameters.start_refusals())
             self.robot = load_robot_config(v["robot"])
             self.runtime = self.parameters.build_runtime(v, self.robot)
+            self.runtime.warm_up(v["instruction"])  # the first chunk as fast as the rest
             spec = self.runtime.spec
             action_names = action_names_for(spec, self.robot, bool(v["camera_topics"]))
             cameras = camera_inputs(spec.camera_names, self.robot, v["camera_topics"], v["camera_transport"])
@@ -108,8 +111,7 @@ class PolicyNode(LifecycleNode):
             self.get_logger().error(f"configure failed: {exc}")
             self.board.set("lifecycle", ERROR, f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
-        # The model and its library state live for the node's life: move them out of the
-        # collector's view, so a full collection in the control loop no longer walks them.
+        # The model lives as long as the node: out of the collector's view, no full pass walks it.
         gc.freeze()
         self.inputs = LatestInputs(list(cameras), self.robot.state_topic, v["instruction"])
         self.step = PolicyStep(self.inputs, cameras, self.robot, action_names, self.board, self.now,

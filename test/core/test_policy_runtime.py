@@ -244,3 +244,15 @@ def test_expert_grouped_query_attention_equals_repeated_kv_attention():
     all_v = repeat_kv(torch.cat([prefix_v.expand(b, -1, -1, -1), v], 2), groups)
     expected = attn.o_proj(F.scaled_dot_product_attention(q, all_k, all_v).transpose(1, 2).reshape(b, n, -1))
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("strategy", ["full", "dysta"])
+def test_a_warmed_up_runtime_steps_as_a_fresh_one(strategy):
+    """warm_up's step leaves nothing behind: no history frame, cache, or sequence number."""
+    warmed, fresh = build_runtime("tiny", strategy, seed=5), build_runtime("tiny", strategy, seed=5)
+    warmed.warm_up("pick up the red block")
+    assert warmed.sequence == 0 and not warmed.frames
+    for seed in (1, 2, 3):  # later steps read the history and the caches the first ones filled
+        ours, theirs = warmed.step(observation(seed))[0], fresh.step(observation(seed))[0]
+        assert ours.sequence == theirs.sequence
+        assert np.allclose(ours.actions, theirs.actions, atol=1e-6)

@@ -299,3 +299,19 @@ def test_a_bf16_checkpoint_run_as_its_fp32_upcast_says_how_to_run_it_as_lerobot_
         runtime_around(stored_bf16, "full", {"compute_dtype": "auto"})  # already asked for
         runtime_around(SmolVLABackend(tiny), "full", {})  # an fp32 checkpoint: nothing to say
     assert said == native_bfloat16(torch.device("cpu")) and hint not in caplog.text
+
+
+def test_warm_up_leaves_no_vision_reuse_or_frame_cache_behind(tiny, cases):
+    from dysta_ros.policy.runtime import runtime_around
+    from dysta_ros.policy.smolvla.backend import SmolVLABackend
+    from dysta_ros.types import Observation
+
+    meta, arrays = cases
+    options = {"vision_reuse": True, "compute_dtype": "auto"}
+    warmed, fresh = (runtime_around(SmolVLABackend(tiny), "full", options) for _ in range(2))
+    warmed.warm_up(meta["cases"][0]["task"])
+    assert not warmed.vision_encoders and not warmed.kept_frames and warmed.previous_chunk is None
+    for index in range(2):
+        images, state, task, _ = _inputs(tiny, meta, arrays, index)
+        obs = Observation(0.5, images, state, task)
+        assert np.array_equal(warmed.step(obs)[0].actions, fresh.step(obs)[0].actions)
