@@ -357,6 +357,7 @@ def peak_rss_mb() -> float:
 def run(args: argparse.Namespace) -> int:
     import torch  # imported to run, so `dysta-ros bench --help` stays instant
 
+    from dysta_ros.policy.devices import machine
     from dysta_ros.policy.runtime import build_model, runtime_around, set_threads
 
     try:
@@ -412,6 +413,7 @@ def run(args: argparse.Namespace) -> int:
         "options": {label: values for label, (_, values) in variants.items()},
         "instruction": INSTRUCTION,
         "peak_rss_mb": round(peak_rss_mb(), 1),
+        "machine": machine(args.device),
         "seconds": round(time.time() - started, 1),
         "command": "dysta-ros bench " + " ".join(sys.argv[2:]),
     }

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import platform
+
 import torch
 
 from dysta_ros.errors import ConfigError
@@ -49,6 +52,29 @@ def check_device(device: str, dtype: str = "float32") -> torch.device:
             raise ConfigError("dtype 'bfloat16' is not supported on 'mps'; use float16 or float32")
         return parsed
     raise ConfigError(f"device {device!r} is not available here; available: {here}")
+
+
+def machine(device: str) -> dict:
+    """What a speed measurement ran on, for its result's meta: build machines differ by 2-3x.
+
+    The CPU's model and cores, torch's CPU capability (AVX2, AVX512, ...), whether `device` has
+    bf16 matrix units (what `compute_dtype: auto` follows), the GPU's name, and the load average.
+    """
+    cpu = next((line.split(":", 1)[1].strip() for line in _read_lines("/proc/cpuinfo")
+                if line.startswith("model name")), platform.processor())
+    parsed = torch.device(device)
+    return {"cpu": cpu, "cpu_count": os.cpu_count(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "bf16_units": native_bfloat16(parsed), "load_average": [round(v, 2) for v in os.getloadavg()],
+            "gpu": torch.cuda.get_device_name(parsed) if parsed.type == "cuda" else None}
+
+
+def _read_lines(path: str) -> list[str]:
+    try:
+        with open(path) as file:
+            return file.read().splitlines()
+    except OSError:  # not Linux
+        return []
 
 
 def native_bfloat16(device: torch.device) -> bool:

@@ -154,6 +154,12 @@ def test_bench_runs_speed_options_beside_full_on_a_smolvla_checkpoint(tmp_path, 
         assert rows["full"]["stage_ms_p50"][stage] > 0
     assert set(rows["full"]["part_ms_p50"]) == {"connector", "postprocess"}
     assert data["meta"]["camera_size"] == [48, 64] and data["meta"]["peak_rss_mb"] > 0
+    # what it ran on: build machines differ by 2-3x, and bf16 units decide compute_dtype: auto
+    from dysta_ros.policy.devices import native_bfloat16
+
+    machine = data["meta"]["machine"]
+    assert machine["cpu_count"] >= 1 and machine["cpu_capability"] and len(machine["load_average"]) == 3
+    assert machine["bf16_units"] == native_bfloat16(torch.device("cpu")) and machine["gpu"] is None
 
 
 def test_bench_refuses_options_the_model_family_does_not_read(capsys):
