@@ -31,6 +31,7 @@ import numpy as np
 
 WORKER = r"""
 import json, sys, tempfile, time
+from collections import Counter
 from pathlib import Path
 import realsize  # installs the reference folder's shims
 import numpy as np, torch
@@ -50,9 +51,7 @@ if sys.argv[2] == "checkpoint":  # what load_vlm_weights: true leaves (smolvla_t
         if layer.self_attn.k_proj.in_features != pair.lm_expert.config.hidden_size:
             layer.self_attn.k_proj.float()
             layer.self_attn.v_proj.float()
-    layout = {}
-    for tensor in policy.state_dict().values():
-        layout[str(tensor.dtype)] = layout.get(str(tensor.dtype), 0) + 1
+    layout = Counter(str(tensor.dtype) for tensor in policy.state_dict().values())
     print("layout", json.dumps(layout), file=sys.stderr, flush=True)
 stats = {"observation.state": {"mean": np.array([2.5, -48, 61, 72.5, -3, 14], np.float32),
                                "std": np.array([14, 21, 17.5, 11, 28, 9.5], np.float32)},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+from pathlib import Path
 
 import torch
 
@@ -60,21 +61,17 @@ def machine(device: str) -> dict:
     The CPU's model and cores, torch's CPU capability (AVX2, AVX512, ...), whether `device` has
     bf16 matrix units (what `compute_dtype: auto` follows), the GPU's name, and the load average.
     """
-    cpu = next((line.split(":", 1)[1].strip() for line in _read_lines("/proc/cpuinfo")
-                if line.startswith("model name")), platform.processor())
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:  # not Linux
+        cpuinfo = []
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")),
+               platform.processor())
     parsed = torch.device(device)
     return {"cpu": cpu, "cpu_count": os.cpu_count(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "bf16_units": native_bfloat16(parsed), "load_average": [round(v, 2) for v in os.getloadavg()],
             "gpu": torch.cuda.get_device_name(parsed) if parsed.type == "cuda" else None}
-
-
-def _read_lines(path: str) -> list[str]:
-    try:
-        with open(path) as file:
-            return file.read().splitlines()
-    except OSError:  # not Linux
-        return []
 
 
 def native_bfloat16(device: torch.device) -> bool:

@@ -82,13 +82,18 @@ def packed_weight(layer: nn.Linear, rows: int) -> torch.Tensor:
     return entry[1]
 
 
+def _onednn_weight(layer: nn.Linear, flat: torch.Tensor) -> torch.Tensor:
+    """The weight oneDNN reads for flat (rows, K): packed for bf16, the module's own for fp32."""
+    return packed_weight(layer, flat.shape[0]) if flat.dtype == torch.bfloat16 else layer.weight
+
+
 def linear(x: torch.Tensor, layer: nn.Linear, residual: torch.Tensor | None = None) -> torch.Tensor:
     """Return layer(x) (+ residual): x (..., K) -> (..., N); residual (..., N) is left unchanged."""
     if hooked(layer):
         return layer(x) if residual is None else residual + layer(x)
     if _onednn_runs(x, layer) and (residual is None or residual.dtype == x.dtype):
         flat = x.reshape(-1, x.shape[-1])
-        weight = packed_weight(layer, flat.shape[0]) if x.dtype == torch.bfloat16 else layer.weight
+        weight = _onednn_weight(layer, flat)
         if residual is None:
             out = _onednn_linear(flat, weight, layer.bias, "none", [], "")
         else:  # the residual sum as the GEMM's post-op
@@ -109,7 +114,7 @@ def linear_gelu(x: torch.Tensor, layer: nn.Linear, approximate: str) -> torch.Te
     """Return gelu(layer(x)) with the activation fused into the GEMM where oneDNN runs it."""
     if _onednn_runs(x, layer, any_rows=True):
         flat = x.reshape(-1, x.shape[-1])
-        weight = packed_weight(layer, flat.shape[0]) if x.dtype == torch.bfloat16 else layer.weight
+        weight = _onednn_weight(layer, flat)
         out = _onednn_linear(flat, weight, layer.bias, "gelu", [], approximate)
         return out.view(*x.shape[:-1], out.shape[-1])
     return F.gelu(F.linear(x, layer.weight, layer.bias), approximate=approximate)
