@@ -92,7 +92,19 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
                                     formatter_class=HelpFormatter)
         if name == chosen:
             command_module(name).add_arguments(sub_parser)
+            show_every_default(sub_parser)
     return parser
+
+
+def show_every_default(parser: argparse.ArgumentParser) -> None:
+    """Give an option added without a help text one that shows its default.
+
+    argparse prints nothing for an option whose help is None, so the formatter's
+    "(default: ...)" would be missing exactly where no help text was written.
+    """
+    for action in parser._actions:
+        if action.option_strings and action.help is None and action.default is not argparse.SUPPRESS:
+            action.help = "(default: %(default)s)"
 
 
 def main(argv: list[str] | None = None) -> int:

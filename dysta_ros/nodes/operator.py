@@ -103,8 +103,7 @@ class EStop:
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--clear", action="store_true",
-                            help="release the e-stop (chunk_executor's clear_estop, and policy_node's "
-                                 "own when it sends trajectories)")
+                            help="release the e-stop (chunk_executor's clear_estop service)")
         add_namespace_argument(parser)
 
     @staticmethod
@@ -126,20 +125,15 @@ class EStop:
     def clear(node, args) -> int:
         from std_srvs.srv import Trigger
 
-        executor_service = topics.absolute(topics.CLEAR_ESTOP, args.namespace)
-        policy_service = topics.node_service("policy_node", topics.CLEAR_ESTOP, args.namespace)
-        # policy_node serves its own only when it publishes trajectories: call it where it exists
-        spin_until(node, lambda: False, min(args.wait, DISCOVERY_S) / 4)
-        names = {name for name, _ in node.get_service_names_and_types()}
-        wanted = [executor_service] + [policy_service] if policy_service in names else [executor_service]
-        for service in wanted:
-            client = node.create_client(Trigger, service)
-            if not client.wait_for_service(timeout_sec=args.wait):
-                return fail("estop", f"no {service} service (is chunk_executor running?)")
-            future = client.call_async(Trigger.Request())
-            if not spin_until(node, future.done, args.wait) or future.result() is None:
-                return fail("estop", f"{service} did not answer within {args.wait:g} s")
-            print(f"{service}: {future.result().message}")
+        # chunk_executor's service is the one release: policy_node sends no commands of its own
+        service = topics.absolute(topics.CLEAR_ESTOP, args.namespace)
+        client = node.create_client(Trigger, service)
+        if not client.wait_for_service(timeout_sec=args.wait):
+            return fail("estop", f"no {service} service (is chunk_executor running?)")
+        future = client.call_async(Trigger.Request())
+        if not spin_until(node, future.done, args.wait) or future.result() is None:
+            return fail("estop", f"{service} did not answer within {args.wait:g} s")
+        print(f"{service}: {future.result().message}")
         return 0
 
 
