@@ -199,7 +199,7 @@ def params_file_values(path, data, nodes: Sequence[str]) -> dict[str, dict]:
     for key, section in data.items():
         if not isinstance(section, dict) or not isinstance(section.get("ros__parameters"), dict):
             raise ConfigError(f"{path}: section {key!r} has no 'ros__parameters' mapping "
-                              "(expected NODE: {{ros__parameters: {{name: value}}}})")
+                              "(expected NODE: {ros__parameters: {name: value}})")
         name = str(key)
         wildcard = name in ("/**", "**")
         for node in nodes:

@@ -47,7 +47,8 @@ def test_use_sim_time_is_accepted_and_checked():
 
 
 @pytest.mark.parametrize("text, says", [
-    ("policy_node:\n  inference_rate_hz: 5.0\n", "section 'policy_node' has no 'ros__parameters'"),
+    ("policy_node:\n  inference_rate_hz: 5.0\n", "section 'policy_node' has no 'ros__parameters' mapping "
+     "(expected NODE: {ros__parameters: {name: value}})"),
     ("/**:\n  ros__parameters:\n    cpu_thread: 2\n", None),
 ])
 def test_unreadable_sections_are_refused_in_one_line(tmp_path, capsys, text, says):
