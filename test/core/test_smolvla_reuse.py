@@ -61,8 +61,7 @@ def test_reuse_on_a_changing_frame_deviates_boundedly(tiny, strategy):
     deviation = np.abs(reused - full) / action_range  # share of each dimension's range
     assert np.array_equal(reused[0], full[0])  # the first step computes everything
     assert deviation.max() > 0  # static K/V went stale: it is an approximation
-    # measured 0.015 % (vla_cache) and 0.56 % (dysta) of the range at most (2026-12-04), 0.012 % and
-    # 0.59 % on the 2026-12-07 code; README quotes both
+    # measured 0.012 % (vla_cache) and 0.59 % (dysta) of the range at most; README quotes them
     assert deviation.max() <= 0.02 and deviation.mean() <= 0.002
     assert sum(s.recomputed_tokens < s.context_tokens for s in stats[1:]) >= STEPS // 2
 
