@@ -523,6 +523,8 @@ def set_remote(probe, node_name: str, name: str, value):
     ("policy_node", "max_image_age_s", -1.0, "max_image_age_s"),
     ("policy_node", "dysta.l1_fraction", 1.5, "l1_fraction"),
     ("policy_node", "dysta.change_ema", math.nan, "change_ema"),
+    ("policy_node", "dysta.delta_l1", math.nan, "delta_l1 must be a number"),
+    ("policy_node", "dysta_gotohunt.learned_gate_threshold", math.nan, "learned_gate_threshold"),
     ("policy_node", "gotohunt.sigma", 0, "sigma"),
     ("policy_node", "model", "base", "read-only"),
     ("chunk_executor", "blending", "average", "latest, weighted_average, temporal_ensemble"),
