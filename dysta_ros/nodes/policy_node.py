@@ -171,6 +171,7 @@ class PolicyNode(LifecycleNode):
 
     def on_shutdown(self, state: State) -> TransitionCallbackReturn:
         self.close()
+        self.board.set("lifecycle", WARN, "finalized (shut down; restart the node to run again)")
         return TransitionCallbackReturn.SUCCESS
 
     def release(self):

@@ -475,3 +475,25 @@ def test_a_core_warning_reaches_diagnostics(ros):
         node.destroy_node()
         probe.close()
     assert not any(isinstance(h, type(node.core_log)) for h in logging.getLogger("dysta_ros").handlers)
+
+
+def test_a_node_shut_down_while_active_no_longer_reports_active(ros):
+    """`ros2 lifecycle set /dysta/policy_node shutdown` from active: finalized, never to step again."""
+    from dysta_ros.nodes.policy_node import PolicyNode
+
+    node = PolicyNode(parameter_overrides=[
+        Parameter("autostart", value=True), Parameter("strategy", value="full"),
+        Parameter("diagnostic_period_s", value=0.1)])
+    probe = Probe()
+    probe.spin.add_node(node)
+    try:
+        assert spin_until(probe.spin, lambda: probe.status("lifecycle") == (0, "active"), timeout_s=60.0)
+        assert node.trigger_shutdown() == TransitionCallbackReturn.SUCCESS
+        # It said OK "active" for as long as it lived: a monitor saw a healthy policy that was gone.
+        assert spin_until(probe.spin, lambda: (probe.status("lifecycle") or (0, ""))[0] == 1
+                          and "finalized" in probe.status("lifecycle")[1])
+        assert node.loop is None  # the inference thread is stopped
+    finally:
+        probe.spin.remove_node(node)
+        node.destroy_node()
+        probe.close()
