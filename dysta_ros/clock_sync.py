@@ -11,6 +11,7 @@ filter), and delay / 2 bounds its error.
 from __future__ import annotations
 
 import collections
+import math
 from dataclasses import dataclass
 
 CLOCK_SYNC_MODES = ("assume", "estimate")  # clocks synchronised by chrony/PTP, or estimated here
@@ -43,7 +44,9 @@ class ClockOffsetEstimator:
 
     def add(self, trip: RoundTrip) -> bool:
         """Take a round trip; return False (and count it) when its times cannot be right."""
-        if trip.delay < 0 or trip.t3 < trip.t0 or trip.t2 < trip.t1:
+        # NaN passes the comparisons below, and a NaN offset made every stamp look fresh
+        if not all(math.isfinite(t) for t in (trip.t0, trip.t1, trip.t2, trip.t3)) \
+                or trip.delay < 0 or trip.t3 < trip.t0 or trip.t2 < trip.t1:
             self.refused += 1
             return False
         self.trips.append(trip)

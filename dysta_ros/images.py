@@ -60,9 +60,13 @@ def png_size(raw: bytes) -> tuple[int, int] | None:
 def jpeg_size(raw: bytes) -> tuple[int, int] | None:
     """Return (width, height) from a JPEG's start-of-frame marker, or None if there is none."""
     i = 2  # after SOI
-    while i + 9 <= len(raw) and raw[i] == 0xFF:
+    while i + 9 <= len(raw):
         marker = raw[i + 1]
-        if marker == 0xFF:  # fill byte
+        if raw[i] != 0xFF or marker == 0x00:
+            # Bytes between segments: libjpeg skips them (a warning) and decodes on, so stopping
+            # here let a frame header behind them past the pixel limit. So does a stuffed FF 00.
+            i += 1 if raw[i] != 0xFF else 2
+        elif marker == 0xFF:  # fill byte
             i += 1
         elif 0xD0 <= marker <= 0xD8 or marker == 0x01:  # markers without a length
             i += 2
@@ -89,10 +93,15 @@ def compressed_to_rgb(fmt: str, data) -> np.ndarray:
     else:
         raise InputError(f"unsupported compressed format {fmt!r}; supported: jpeg, png")
     size = png_size(raw) if "png" in kind else jpeg_size(raw)
-    if size is not None and size[0] * size[1] > MAX_PIXELS:
+    if size is None:  # no header we can read: nor can the decoder, or it sizes the frame otherwise
+        raise InputError(f"cannot decode the {fmt!r} image ({len(raw)} bytes): no frame size in its header")
+    if size[0] * size[1] > MAX_PIXELS:
         # Checked before decoding: a few kB of PNG can claim gigabytes of pixels.
         raise InputError(f"image of {size[0]}x{size[1]} exceeds the {MAX_PIXELS} pixel limit")
-    bgr = cv2.imdecode(np.frombuffer(raw, dtype=np.uint8), cv2.IMREAD_COLOR)
+    try:
+        bgr = cv2.imdecode(np.frombuffer(raw, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as exc:  # it raises on some headers (its own size limit), not only returns None
+        raise InputError(f"cannot decode the {fmt!r} image ({len(raw)} bytes): {exc}") from exc
     if bgr is None or bgr.ndim != 3 or bgr.size == 0:
         raise InputError(f"cannot decode the {fmt!r} image ({len(raw)} bytes)")
     if bgr.shape[0] * bgr.shape[1] > MAX_PIXELS:

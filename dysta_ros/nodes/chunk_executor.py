@@ -55,6 +55,7 @@ class ChunkExecutorNode(Node):
         P.declare_or_refuse(self, PARAMS)
         values = P.read(self, PARAMS)
         self.robot = load_robot_config(values["robot"])
+        dysta_topics.check_names(self, self.robot)
         self.core = ChunkExecutor(self.config_from(values), self.robot)
         self.board = StatusBoard(self.get_name(), values["robot"],
                                  ["commands", "chunks", "joint_states", "workspace"])

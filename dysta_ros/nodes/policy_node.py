@@ -106,6 +106,7 @@ class PolicyNode(LifecycleNode):
             spec = self.runtime.spec
             action_names = action_names_for(spec, self.robot, bool(v["camera_topics"]))
             cameras = camera_inputs(spec.camera_names, self.robot, v["camera_topics"], v["camera_transport"])
+            dysta_topics.check_names(self, self.robot, cameras)
         except (DystaError, ValueError) as exc:
             self.runtime = None
             self.get_logger().error(f"configure failed: {exc}")
@@ -170,6 +171,7 @@ class PolicyNode(LifecycleNode):
 
     def on_shutdown(self, state: State) -> TransitionCallbackReturn:
         self.close()
+        self.board.set("lifecycle", WARN, "finalized (shut down; restart the node to run again)")
         return TransitionCallbackReturn.SUCCESS
 
     def release(self):

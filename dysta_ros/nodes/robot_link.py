@@ -99,6 +99,7 @@ class RobotLinkNode(Node):
         self.add_on_set_parameters_callback(P.validator(PARAMS, self.get_logger().warning))
         values = P.read(self, PARAMS)
         robot = load_robot_config(values["robot"])
+        dysta_topics.check_names(self, robot, values["camera_topics"])
         topics = list(values["camera_topics"]) or [c.topic for c in robot.cameras]
         self.cameras = [CameraLink(topic) for topic in topics]
         self.board = StatusBoard(self.get_name(), values["robot"], [c.topic for c in self.cameras])

@@ -67,6 +67,7 @@ class SimNode(Node):
         self.env = SimEnv(SimConfig(image_width=p["image_width"], image_height=p["image_height"],
                                     robot=p["robot"]))
         robot = self.env.arm
+        dysta_topics.check_names(self, robot)
         self._sim_clock = p["publish_clock"]
         self._period = 1.0 / p["physics_rate_hz"]
         self._board = StatusBoard("sim_node", "mujoco", ["episode", "commands"])

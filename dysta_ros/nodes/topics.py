@@ -11,6 +11,8 @@ namespace. /diagnostics, /clock and /rosout stay absolute, as ROS 2 tools expect
 
 from __future__ import annotations
 
+from dysta_ros.errors import ConfigError
+
 NAMESPACE = "/dysta"
 
 ACTION_CHUNK = "action_chunk"
@@ -35,3 +37,21 @@ def absolute(name: str, namespace: str = NAMESPACE) -> str:
 def node_service(node: str, service: str, namespace: str = NAMESPACE) -> str:
     """A node's private service (`~/reset`, `change_state`) by its full name."""
     return absolute(f"{node}/{service}", namespace)
+
+
+def check_names(node, robot, topics=()) -> None:
+    """Raise ConfigError naming the first of the robot config's topics, or `topics`, ROS refuses.
+
+    rclpy refuses a bad name ('/joint states', '/cam/') only when a publisher or subscription is
+    made, and not as a ConfigError: a plain node died with a traceback, policy_node's configure
+    failed with no word on the log or /diagnostics.
+    """
+    fields = {**{f"cameras.{c.name}.topic": c.topic for c in robot.cameras}, "state_topic": robot.state_topic,
+              **{f"command_topics.{output}": topic for output, topic in robot.command_topics.items()}}
+    named = [(f"robot {robot.name!r}: {field}", topic) for field, topic in fields.items()]
+    for where, topic in named + [("camera topic", topic) for topic in topics]:
+        try:
+            node.resolve_topic_name(topic)
+        except (RuntimeError, ValueError) as exc:  # rclpy's RCLError is a RuntimeError
+            reason = str(exc).removeprefix("failed to resolve name: ").split(", at ")[0]
+            raise ConfigError(f"{where} {topic!r} is not a valid topic name: {reason}") from None

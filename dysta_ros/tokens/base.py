@@ -9,6 +9,7 @@ executing AttentionPlans through one backbone. Positions always follow the `full
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -42,6 +43,11 @@ class StrategyParams:
 
     def __post_init__(self):
         check_history(self.history, allow_default=True)
+        for name, value in dataclasses.asdict(self).items():
+            # NaN passes every range check a subclass makes (each comparison is False) and then
+            # silently means "never": dysta.delta_l1 NaN never refreshed the static cache on change.
+            if isinstance(value, float) and math.isnan(value):
+                raise ConfigError(f"{name} must be a number, got {value}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None, strategy: str):

@@ -38,3 +38,11 @@ def test_a_window_forgets_old_trips_and_impossible_answers_are_refused():
     assert estimator.offset_s == pytest.approx(7.0)
     assert not estimator.add(RoundTrip(10.0, 3.0, 2.0, 10.1))  # answered before it was asked
     assert estimator.refused == 1 and len(estimator.trips) == 2
+
+
+@pytest.mark.parametrize("t1, t2", [(float("nan"), float("nan")), (float("inf"), float("inf")),
+                                    (1.0, float("nan"))])
+def test_an_answer_with_times_that_are_not_numbers_is_refused(t1, t2):
+    estimator = ClockOffsetEstimator()
+    assert not estimator.add(RoundTrip(0.0, t1, t2, 0.01))
+    assert estimator.refused == 1 and estimator.offset_s is None

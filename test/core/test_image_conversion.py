@@ -11,6 +11,7 @@ pytest.importorskip("sensor_msgs")
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 
 from dysta_ros.errors import InputError  # noqa: E402
+from dysta_ros.images import jpeg_size  # noqa: E402
 from dysta_ros.nodes.image_conversion import CHANNELS, image_to_rgb, rgb_to_image  # noqa: E402
 
 rgb_images = st.tuples(st.integers(1, 12), st.integers(1, 12)).flatmap(
@@ -86,16 +87,41 @@ def test_png_is_lossless_and_jpeg_close():
     np.testing.assert_array_equal(image_to_rgb(msg), jpeg)
 
 
+def claiming(side: int, garbage: bytes = b"\x00\x12\x00"):
+    """Return a corruption: the frame header (SOF0) says side x side, stray bytes before a segment.
+
+    libjpeg skips the stray bytes (a warning) and decodes on: a few hundred bytes would allocate
+    side^2 x 3 bytes, unless the header's size is read through them too.
+    """
+    def corrupt(jpeg: bytes) -> bytes:
+        sof = jpeg.index(b"\xff\xc0")
+        jpeg = jpeg[:sof + 5] + side.to_bytes(2, "big") * 2 + jpeg[sof + 9:]
+        after_app0 = 4 + int.from_bytes(jpeg[4:6], "big")
+        return jpeg[:after_app0] + garbage + jpeg[after_app0:]
+    return corrupt
+
+
 @pytest.mark.parametrize("corrupt, message", [
     (lambda b: b[: len(b) // 2], "truncated JPEG"),
     (lambda b: b"", "no data"),
     (lambda b: b"\xff\xd8" + bytes(200) + b"\xff\xd9", "cannot decode"),
+    # over OpenCV's own limit (2^30 pixels): it said "cannot decode", the check never saw the size
+    (claiming(40_000), "40000x40000 exceeds the 67108864 pixel limit"),
+    (claiming(40_000, b"\xff\x00\x07"), "40000x40000 exceeds the 67108864 pixel limit"),
 ])
 def test_corrupt_jpeg_is_refused(corrupt, message):
     msg = compressed(np.zeros((16, 16, 3), np.uint8), ".jpeg")
     msg.data = corrupt(bytes(msg.data))
     with pytest.raises(InputError, match=message):
         image_to_rgb(msg)
+
+
+def test_a_jpeg_size_is_read_through_stray_bytes_before_any_decoding():
+    # Under OpenCV's limit and over ours: decoded (243 MB) before being refused, unless read first.
+    jpeg = bytes(compressed(np.zeros((16, 16, 3), np.uint8), ".jpeg").data)
+    assert jpeg_size(claiming(9000)(jpeg)) == (9000, 9000)
+    assert jpeg_size(claiming(16)(jpeg)) == (16, 16)
+    assert image_to_rgb(CompressedImage(format="jpeg", data=claiming(16)(jpeg))).shape == (16, 16, 3)
 
 
 def test_truncated_png_and_unknown_format_are_refused():

@@ -34,3 +34,12 @@ def test_without_a_config_directory_the_dataclass_defaults_apply(monkeypatch):
     monkeypatch.setattr(tokens, "config_dirs", lambda: [])
     built = tokens.build_strategy("dysta", None, preset_config("tiny"))
     assert built.params == tokens.strategy_class("dysta").Params()
+
+
+@pytest.mark.parametrize("strategy, key", [
+    ("dysta", "delta_l1"), ("dysta", "delta_l2"), ("dysta", "learned_gate_threshold"),
+    ("dysta_gotohunt", "delta_l1"), ("vla_cache", "similarity_threshold")])
+def test_a_nan_threshold_is_refused_naming_it(strategy, key):
+    # NaN passed every range check and meant "never" (delta_l1: the static cache never refreshed on change)
+    with pytest.raises(ConfigError, match=f"{key} must be a number, got nan"):
+        tokens.strategy_class(strategy).Params.from_dict({key: float("nan")}, strategy)

@@ -475,3 +475,55 @@ def test_a_core_warning_reaches_diagnostics(ros):
         node.destroy_node()
         probe.close()
     assert not any(isinstance(h, type(node.core_log)) for h in logging.getLogger("dysta_ros").handlers)
+
+
+def test_a_node_shut_down_while_active_no_longer_reports_active(ros):
+    """`ros2 lifecycle set /dysta/policy_node shutdown` from active: finalized, never to step again."""
+    from dysta_ros.nodes.policy_node import PolicyNode
+
+    node = PolicyNode(parameter_overrides=[
+        Parameter("autostart", value=True), Parameter("strategy", value="full"),
+        Parameter("diagnostic_period_s", value=0.1)])
+    probe = Probe()
+    probe.spin.add_node(node)
+    try:
+        assert spin_until(probe.spin, lambda: probe.status("lifecycle") == (0, "active"), timeout_s=60.0)
+        assert node.trigger_shutdown() == TransitionCallbackReturn.SUCCESS
+        # It said OK "active" for as long as it lived: a monitor saw a healthy policy that was gone.
+        assert spin_until(probe.spin, lambda: (probe.status("lifecycle") or (0, ""))[0] == 1
+                          and "finalized" in probe.status("lifecycle")[1])
+        assert node.loop is None  # the inference thread is stopped
+    finally:
+        probe.spin.remove_node(node)
+        node.destroy_node()
+        probe.close()
+
+
+def test_a_clock_answer_of_nan_does_not_make_old_frames_fresh(ros):
+    """clock_sync: estimate, and something on /dysta/clock_pong answers our pings with NaN times."""
+    from std_msgs.msg import Float64MultiArray
+
+    from dysta_ros.nodes.clock_offset import PING_QOS
+    from dysta_ros.nodes.policy_node import PolicyNode
+
+    node = PolicyNode(parameter_overrides=[
+        Parameter("autostart", value=True), Parameter("strategy", value="full"),
+        Parameter("clock_sync", value="estimate"), Parameter("diagnostic_period_s", value=0.1)])
+    probe = Probe()
+    pong = probe.node.create_publisher(Float64MultiArray, "/dysta/clock_pong", PING_QOS)
+    probe.node.create_subscription(Float64MultiArray, "/dysta/clock_ping", lambda msg: pong.publish(
+        Float64MultiArray(data=[msg.data[0], float("nan"), float("nan")])), PING_QOS)
+    probe.spin.add_node(node)
+    estimator = node.clock.estimator
+    try:
+        assert spin_until(probe.spin, lambda: estimator.trips or estimator.refused, timeout_s=60.0)
+        # A NaN offset made now() NaN, every age NaN, and no comparison with the limit true:
+        # frames 5 s old were stepped on as fresh.
+        probe.publishing_until(good_frame, lambda: "s old" in (probe.status("inputs") or (0, ""))[1],
+                               age_s=5.0)
+        assert not probe.chunks
+    finally:
+        probe.spin.remove_node(node)
+        node.close()
+        node.destroy_node()
+        probe.close()

@@ -18,6 +18,7 @@ from rclpy.parameter import Parameter  # noqa: E402
 
 from dysta_ros.cli import main  # noqa: E402
 from dysta_ros.errors import ConfigError  # noqa: E402
+from ros_helpers import spin_until  # noqa: E402
 
 
 def start(*argv):
@@ -106,3 +107,74 @@ def test_a_refused_executor_is_not_built_at_all(ros):
         assert node.core.config.control_rate_hz == 20.0
     finally:
         node.destroy_node()
+
+
+def robot_with(tmp_path, old: str, new: str) -> str:
+    """sim_arm's robot config with one line changed; return its path."""
+    from dysta_ros.robot import config_path
+
+    text = config_path("robots", "sim_arm").read_text()
+    assert old in text
+    path = tmp_path / "robot.yaml"
+    path.write_text(text.replace(old, new))
+    return str(path)
+
+
+@pytest.mark.parametrize("module", ["chunk_executor", "sim_node"])
+def test_a_robot_config_topic_ros_refuses_is_one_line_and_exit_code_2(module, tmp_path):
+    # rclpy refuses the name only when the subscription is made: it was a traceback
+    robot = robot_with(tmp_path, "state_topic: /joint_states", "state_topic: /joint states")
+    result = start(f"dysta_ros.nodes.{module}", "--ros-args", "-p", f"robot:={robot}")
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and f"[{module}]: not started: robot 'sim_arm': state_topic '/joint states' " \
+        "is not a valid topic name: topic name must not contain characters" in lines[0], lines
+
+
+@pytest.mark.parametrize("robot_line, topics, says", [
+    (None, ["/cam one"], "camera topic '/cam one' is not a valid topic name"),
+    (("/camera/image_raw,", "/camera/image_raw/,"), [],
+     "robot 'sim_arm': cameras.main.topic '/camera/image_raw/' is not a valid topic name: topic name must "
+     "not end with a forward slash"),
+], ids=["camera_topics", "robot-config"])
+def test_policy_node_refuses_a_topic_ros_refuses_in_configure_and_says_so(ros, tmp_path, robot_line, topics,
+                                                                          says):
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    from dysta_ros.nodes.policy_node import PolicyNode
+
+    robot = robot_with(tmp_path, *robot_line) if robot_line else "sim_arm"
+    overrides = [Parameter("robot", value=robot), Parameter("diagnostic_period_s", value=0.1)]
+    if topics:  # else the robot config's cameras
+        overrides.append(Parameter("camera_topics", value=topics))
+    node = PolicyNode(parameter_overrides=overrides)
+    probe = rclpy.create_node("startup_probe")
+    arrays = []
+    probe.create_subscription(DiagnosticArray, "/diagnostics", arrays.append, 10)
+    executor = SingleThreadedExecutor()
+    for each in (node, probe):
+        executor.add_node(each)
+
+    def said():
+        return [(s.level[0], s.message) for a in arrays for s in a.status
+                if s.name == "policy_node: lifecycle"]
+
+    try:
+        # rclpy raised from create_subscription: configure ended in ERROR, unlogged, "unconfigured"
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert spin_until(executor, lambda: any(level == 2 and says in text for level, text in said()),
+                          timeout_s=30.0), said()[-3:]
+        assert not list(node.subscriptions), "nothing subscribed for a refused configure"
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        probe.destroy_node()
+
+
+def test_robot_link_refuses_a_camera_topic_ros_refuses(ros):
+    from dysta_ros.nodes.robot_link import RobotLinkNode
+
+    with pytest.raises(ConfigError, match="camera topic '/cam one' is not a valid topic name"):
+        RobotLinkNode(parameter_overrides=[Parameter("camera_topics", value=["/cam one"])])

@@ -370,6 +370,14 @@ def png_bomb(side: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
 
 
+def jpeg_bomb(jpeg: bytes, side: int) -> bytes:
+    """`jpeg` whose frame header says side x side, behind stray bytes libjpeg skips and decodes past."""
+    sof = jpeg.index(b"\xff\xc0")
+    jpeg = jpeg[:sof + 5] + side.to_bytes(2, "big") * 2 + jpeg[sof + 9:]
+    after_app0 = 4 + int.from_bytes(jpeg[4:6], "big")
+    return jpeg[:after_app0] + b"\x00\x12\x00" + jpeg[after_app0:]
+
+
 def test_every_unsupported_encoding_holds_with_an_error_naming_it(rig):
     system, probe, _ = rig
     for encoding in UNSUPPORTED_ENCODINGS:
@@ -401,7 +409,9 @@ def test_malformed_raw_frames_hold_with_an_error_and_the_next_good_one_works(rig
     (lambda p: CompressedImage(format="jpeg", data=b""), "no data"),
     (lambda p: CompressedImage(format="tiff", data=p.png), "supported: jpeg, png"),
     (lambda p: CompressedImage(format="png", data=png_bomb(12_000)), "pixel limit"),
-], ids=["truncated-jpeg", "corrupt-jpeg", "truncated-png", "corrupt-png", "empty", "tiff", "png-bomb"])
+    (lambda p: CompressedImage(format="jpeg", data=jpeg_bomb(p.jpeg, 40_000)), "pixel limit"),
+], ids=["truncated-jpeg", "corrupt-jpeg", "truncated-png", "corrupt-png", "empty", "tiff", "png-bomb",
+        "jpeg-bomb"])
 def test_corrupt_compressed_frames_hold_with_an_error_and_the_next_good_one_works(rig, make, text):
     _, probe, _ = rig
     probe.holds_on("policy_node", "inputs", ERROR, text, compressed=make(probe))
@@ -513,6 +523,8 @@ def set_remote(probe, node_name: str, name: str, value):
     ("policy_node", "max_image_age_s", -1.0, "max_image_age_s"),
     ("policy_node", "dysta.l1_fraction", 1.5, "l1_fraction"),
     ("policy_node", "dysta.change_ema", math.nan, "change_ema"),
+    ("policy_node", "dysta.delta_l1", math.nan, "delta_l1 must be a number"),
+    ("policy_node", "dysta_gotohunt.learned_gate_threshold", math.nan, "learned_gate_threshold"),
     ("policy_node", "gotohunt.sigma", 0, "sigma"),
     ("policy_node", "model", "base", "read-only"),
     ("chunk_executor", "blending", "average", "latest, weighted_average, temporal_ensemble"),
