@@ -42,7 +42,10 @@ PARAMS = [
     P.Param("inference_rate_hz", 10.0, "most policy steps per second", low=0.1, high=1000.0),
     P.Param("max_image_age_s", 0.5, "hold when a camera's latest frame is older", low=0.001, high=60.0),
     P.Param("max_state_age_s", 0.5, "hold when the latest joint state is older", low=0.001, high=60.0),
-    P.Param("instruction", "", "instruction until the instruction topic sets one"),
+    # Read-only: the topic is the one live channel (latched, length-checked); a live set of the
+    # parameter was accepted and then ignored.
+    P.Param("instruction", "", "instruction until the instruction topic sets one (change it there)",
+            read_only=True),
     P.Param("autostart", False, "configure and activate at startup (no lifecycle manager needed)",
             read_only=True),
     P.Param("diagnostic_period_s", 1.0, "seconds between /diagnostics messages", read_only=True,

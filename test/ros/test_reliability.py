@@ -527,6 +527,7 @@ def set_remote(probe, node_name: str, name: str, value):
     ("policy_node", "dysta_gotohunt.learned_gate_threshold", math.nan, "learned_gate_threshold"),
     ("policy_node", "gotohunt.sigma", 0, "sigma"),
     ("policy_node", "model", "base", "read-only"),
+    ("policy_node", "instruction", "touch the blue cube", "read-only"),  # the topic changes it
     ("chunk_executor", "blending", "average", "latest, weighted_average, temporal_ensemble"),
     ("chunk_executor", "max_chunk_age_s", 0.0, "max_chunk_age_s"),
     ("chunk_executor", "ensemble_decay", math.inf, "ensemble_decay"),
