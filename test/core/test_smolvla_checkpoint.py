@@ -84,6 +84,21 @@ def test_unknown_tensor_is_named(broken):
         _load(broken)
 
 
+@pytest.mark.parametrize("dtype", [torch.int8, torch.bool])
+def test_integer_weights_are_refused_not_cast(broken, dtype):
+    # a quantized tensor cast to float would run as another model, silently
+    key = "model.state_proj.weight"
+    _rewrite_weights(broken, lambda w: w.__setitem__(key, w[key].to(dtype)))
+    name = str(dtype).removeprefix("torch.")
+    with pytest.raises(CheckpointError, match=rf"key '{key}' is {name}, not floating point"):
+        _load(broken)
+
+
+def test_half_precision_weights_load(broken):
+    _rewrite_weights(broken, lambda w: w.update({k: v.half() for k, v in w.items()}))
+    assert _load(broken).spec.dtype_layout == {"float16": len(load_file(str(broken / "model.safetensors")))}
+
+
 def test_nan_stats_are_refused(broken):
     stats = load_file(str(broken / STATS))
     stats["observation.state.std"][2] = float("nan")

@@ -187,6 +187,10 @@ def load_normalizer(
     return Normalizer(mode, stats, eps)
 
 
+def _dtype_name(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
+
+
 @dataclass(frozen=True)
 class CheckpointFiles:
     """Everything read from disk, validated, before the network is built."""
@@ -219,10 +223,15 @@ def read_checkpoint(checkpoint_dir, vlm_dir=None) -> CheckpointFiles:
             f"{vlm.text.num_hidden_layers} layers ({vlm_path})"
         )
     weights = _read_safetensors(directory / WEIGHTS_FILE)
-    layout = Counter(str(t.dtype).removeprefix("torch.") for t in weights.values())
+    layout = Counter(_dtype_name(t) for t in weights.values())
     count = sum(t.numel() for t in weights.values())
     for name, tensor in weights.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        # an integer tensor (a quantized checkpoint: its scales live elsewhere) cast to float
+        # would run as a different model, silently
+        if not tensor.is_floating_point():
+            raise CheckpointError(f"{directory / WEIGHTS_FILE}: key {name!r} is {_dtype_name(tensor)}, "
+                                  f"not floating point (quantized weights are not supported)")
+        if not torch.isfinite(tensor).all():
             raise CheckpointError(f"{directory / WEIGHTS_FILE}: key {name!r} holds non-finite values")
     return CheckpointFiles(
         directory=directory,
