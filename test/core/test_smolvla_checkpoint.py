@@ -115,6 +115,44 @@ def test_wrong_type_is_refused(broken):
         _load(broken)
 
 
+def _set(path, *keys_and_value):
+    """Return a change setting data[k1][k2]... = value in a JSON file of the checkpoint."""
+    *keys, value = keys_and_value
+
+    def change(directory):
+        data = json.loads((directory / path).read_text())
+        target = data
+        for key in keys[:-1]:
+            target = target[key]
+        target[keys[-1]] = value
+        (directory / path).write_text(json.dumps(data))
+    return change
+
+
+CAMERA = "observation.images.front"
+
+
+@pytest.mark.parametrize("change, message", [
+    (_set("config.json", "input_features", CAMERA, "shape", 3), rf"input_features\['{CAMERA}'\] needs"),
+    (_set("config.json", "input_features", "observation.state", "shape", [0]), "needs a 'type'"),
+    (_set("config.json", "input_features", "observation.state", "type", ["STATE"]), "needs a 'type'"),
+    (_set("config.json", "output_features", "action", [6]), r"output_features\['action'\] needs"),
+    (_set("config.json", "output_features", "action", {"type": "ACTION"}), "'shape' .a list"),
+    (_set("config.json", "expert_width_multiplier", -1), "'expert_width_multiplier' must be a number > 0"),
+    (_set("config.json", "min_period", 0), "'min_period' must be a number > 0"),
+    (_set("config.json", "resize_imgs_with_padding", [True, True]), "must be \\[width, height\\]"),
+    (_set("policy_preprocessor.json", "steps", 5, "config", []), "'config' that is not an object"),
+    (_set("policy_preprocessor.json", "steps", 5, "config", "eps", "abc"), "has eps 'abc'"),
+], ids=["camera-shape-int", "state-shape-0", "type-list", "action-list", "action-no-shape",
+        "width-negative", "min-period-0", "resize-bools",
+        "processor-config-list", "processor-eps-text"])
+def test_malformed_config_values_are_refused_naming_the_file(broken, change, message):
+    change(broken)
+    with pytest.raises(CheckpointError, match=message) as caught:
+        _load(broken)
+    assert str(broken) in str(caught.value)
+
+
 def test_missing_backbone_says_where_it_looked(broken, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     config = json.loads((broken / "config.json").read_text())

@@ -5,6 +5,7 @@ Nothing is unpickled: weights and stats are safetensors, configs JSON.
 
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -158,7 +159,12 @@ def load_normalizer(
         if mode != "IDENTITY":
             raise CheckpointError(f"{path}: no {step_name!r} step, but {feature} is {mode}")
         return Normalizer("IDENTITY", {}, 1e-8)
-    eps = float(step.get("config", {}).get("eps", 1e-8))
+    config = step.get("config", {})
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: step {step_name!r} has a 'config' that is not an object")
+    eps = config.get("eps", 1e-8)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < math.inf:
+        raise CheckpointError(f"{path}: step {step_name!r} has eps {eps!r}; expected a number >= 0")
     state_file = step.get("state_file")
     if not isinstance(state_file, str):
         raise CheckpointError(f"{path}: step {step_name!r} has no 'state_file'")
