@@ -31,6 +31,15 @@ def tensor_header(weights: Path) -> dict[str, dict]:
     except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{weights}: not a readable safetensors file: {exc}") from exc
     header.pop("__metadata__", None)
+    # only the header is read, so check that the tensors it lists fit in the file (a truncated
+    # download otherwise looks complete here and fails only when loaded)
+    try:
+        needed = 8 + size + max((int(e["data_offsets"][1]) for e in header.values()), default=0)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise CheckpointError(f"{weights}: not a readable safetensors file: bad header ({exc})") from exc
+    if weights.stat().st_size < needed:
+        raise CheckpointError(f"{weights}: truncated: its header lists {needed} bytes, the file has "
+                              f"{weights.stat().st_size}")
     return header
 
 

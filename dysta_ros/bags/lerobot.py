@@ -135,9 +135,13 @@ class LeRobotDatasetReader:
             self.info = json.loads(self.info_path.read_text())
             self.features: dict = self.info["features"]
             self.fps = float(self.info["fps"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            if not all(isinstance(f, dict) for f in self.features.values()):
+                raise TypeError("every feature must be an object")
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             raise DatasetError(f"{self.info_path}: not LeRobot dataset info ({type(exc).__name__}: "
                                f"{exc})") from exc
+        if not 0 < self.fps < float("inf"):  # every timestamp and video lookup divides by it
+            raise DatasetError(f"{self.info_path}: fps must be a number > 0, got {self.info['fps']!r}")
         self.version = str(self.info.get("codebase_version", ""))
         if not self.version.startswith(("v2.", "v3.")):
             raise DatasetError(f"{self.info_path}: codebase_version {self.version!r}; this reads "
@@ -157,6 +161,8 @@ class LeRobotDatasetReader:
     def _names(self, key: str) -> list[str]:
         feature = self.features[key]
         shape = feature.get("shape") or [0]
+        if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
+            raise DatasetError(f"{self.info_path}: {key} shape must be a list of sizes, got {shape!r}")
         return flat_names(feature.get("names"), key, int(np.prod(shape)))
 
     @property
@@ -216,7 +222,11 @@ class LeRobotDatasetReader:
                 rows += table.select(keep).to_pylist()
         if not rows:
             raise DatasetError(f"{self.root / 'meta'}: the dataset lists no episodes")
-        return sorted(rows, key=lambda r: int(r["episode_index"]))
+        try:
+            return sorted(rows, key=lambda r: int(r["episode_index"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DatasetError(f"{self.root / 'meta'}: an episode without a valid episode_index "
+                               f"({type(exc).__name__}: {exc})") from exc
 
     def _data_path(self, meta: dict) -> Path:
         template = self.info.get("data_path") or DATA_PATH
@@ -275,6 +285,16 @@ class LeRobotDatasetReader:
 
     def episode(self, meta: dict) -> DatasetEpisode:
         """Decode one episode, given its row of the episode metadata."""
+        try:
+            return self._episode(meta)
+        except DatasetError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            # a path template with unknown keys, nulls where LeRobot writes numbers, ...
+            raise DatasetError(f"{self.root / 'meta'}: episode {meta.get('episode_index')}: "
+                               f"malformed metadata or data ({type(exc).__name__}: {exc})") from exc
+
+    def _episode(self, meta: dict) -> DatasetEpisode:
         columns = self._episode_rows(meta)
         path = self._data_path(meta)
         n = len(columns[STATE])

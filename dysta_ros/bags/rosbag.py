@@ -10,6 +10,7 @@ import collections
 import contextlib
 import glob
 import logging
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -166,6 +167,11 @@ def _ends_early(path: Path) -> bool:
         return stream.read() != MCAP_MAGIC
 
 
+def _split_order(path: Path) -> list:
+    """Sort key of a split bag's files in recording order: bag_2 before bag_10 (numbers by value)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+
+
 def _starts_like_ros1(path: Path) -> bool:
     """Return whether a file opens with ROS 1's bag magic."""
     with path.open("rb") as stream:
@@ -253,7 +259,8 @@ class BagReader:
         """Return the storage files to open one by one, or None where metadata.yaml serves."""
         if self.path.is_file():
             return [self.path]
-        files = sorted(self.path.glob("*.mcap")) + sorted(self.path.glob("*.db3"))
+        files = (sorted(self.path.glob("*.mcap"), key=_split_order)
+                 + sorted(self.path.glob("*.db3"), key=_split_order))
         if not (self.path / "metadata.yaml").exists():
             if not files:
                 if any(self.path.glob("*.bag")):

@@ -189,6 +189,11 @@ def run(args: argparse.Namespace) -> int:
         except (BagError, ConfigError) as exc:
             print(f"dysta-ros record: {exc}", file=sys.stderr)
             outcome["status"] = 1
+        except Exception as exc:  # e.g. the sim cannot render: one line, not a traceback
+            print(f"dysta-ros record: {type(exc).__name__}: {exc}", file=sys.stderr)
+            outcome["status"] = 1
+            # what a failure mid-way already recorded (a robot's hour) is kept, not removed below
+            outcome["keep"] = bool(nodes and sum(nodes[0].counts.values()))
         finally:
             if args.topics and nodes:
                 outcome["status"] = max(outcome["status"], _report_unmatched(nodes[0]))
@@ -197,7 +202,10 @@ def run(args: argparse.Namespace) -> int:
                 getattr(node, "close", lambda: None)()
                 node.destroy_node()
             rclpy.try_shutdown()
-    if outcome["status"]:
+    if outcome.get("keep"):
+        print(f"dysta-ros record: kept what was recorded before the error in {args.out} "
+              f"({sum(nodes[0].counts.values())} messages)", file=sys.stderr)
+    elif outcome["status"]:
         # a failed recording leaves nothing behind, so the corrected command is not refused
         # with "exists already" (the writer refuses an existing path: this run made it)
         shutil.rmtree(args.out, ignore_errors=True)

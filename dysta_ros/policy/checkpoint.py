@@ -131,6 +131,13 @@ def load_checkpoint(directory, device: str = "cpu", overrides_dtype: torch.dtype
         tensors = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{weights}: not a readable safetensors file: {exc}") from exc
+    for name, tensor in tensors.items():
+        # load_state_dict would cast an integer (quantized) tensor to float and copy NaN as is
+        if not tensor.is_floating_point():
+            raise CheckpointError(f"{weights}: key {name!r} is {str(tensor.dtype).removeprefix('torch.')}, "
+                                  f"not floating point (quantized weights are not supported)")
+        if not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{weights}: key {name!r} holds non-finite values (NaN/inf)")
     torch.manual_seed(0)
     model = VLAModel(config)
     absent = sorted({k.split(".")[0] for k in expected if k not in tensors})

@@ -134,3 +134,14 @@ def test_a_recording_that_matched_nothing_fails_naming_what_exists_and_leaves_no
     assert not out.exists()
     failed = record("--task", "pick", "--episodes", "1", "--out", str(out), timeout=120)
     assert failed.returncode == 1 and "pick" in failed.stderr and not out.exists(), failed.stderr
+
+
+def test_a_recording_whose_sim_cannot_start_is_one_line_and_leaves_no_bag(tmp_path):
+    # MuJoCo refuses an unknown MUJOCO_GL when the sim is built, after the bag was opened
+    out = tmp_path / "reach"
+    result = subprocess.run([sys.executable, "-m", "dysta_ros.cli", "record", "--task", "reach",
+                             "--out", str(out)], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "MUJOCO_GL": "no-such-backend"})
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "MUJOCO_GL" in result.stderr
+    assert not out.exists()

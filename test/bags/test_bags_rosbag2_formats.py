@@ -94,6 +94,21 @@ def test_missing_metadata_reads_every_storage_file_and_names_the_repair(tmp_path
     assert "ros2 bag reindex" in caplog.text and "no metadata.yaml" in caplog.text
 
 
+@pytest.mark.parametrize("metadata", [False, True])
+def test_a_split_bag_of_many_files_read_by_its_own_files_yields_recording_order(tmp_path, metadata):
+    # a killed recorder leaves bag_0 .. bag_11 without metadata.yaml (or with a truncated file):
+    # sorted as text, bag_10 and bag_11 would come before bag_2
+    messages = _messages(36)
+    path = write_rosbag2_mcap(tmp_path / "bag", messages, files=12, metadata=metadata)
+    if metadata:  # the last file ends early, so each file is opened on its own
+        last = path / "bag_11.mcap"
+        last.write_bytes(last.read_bytes()[:-20])
+    with BagReader(path) as bag:
+        stamps = [m.stamp_ns for m in bag.messages()]
+    assert len(stamps) == len(messages)
+    assert stamps == sorted(stamps)
+
+
 def test_truncated_mcap_reads_every_complete_message_and_says_how_many_were_lost(tmp_path,
                                                                                   caplog):
     messages = _messages(60)

@@ -245,6 +245,64 @@ def test_a_dataset_lerobot_itself_wrote_reads_and_converts(tmp_path):
         assert _frame_error(converted.images["front"], original.images["front"]) < CODEC_MEAN_ERROR
 
 
+def _edit_info(root, change):
+    path = root / "meta/info.json"
+    info = json.loads(path.read_text())
+    change(info)
+    path.write_text(json.dumps(info))
+
+
+def _edit_table(relative, change):
+    def edit(root):
+        import pyarrow.parquet as pq
+
+        pq.write_table(change(pq.read_table(root / relative)), root / relative)
+    return edit
+
+
+def _null_column(name):
+    """Return a change that makes the first row of column `name` null."""
+    import pyarrow as pa
+
+    def change(table):
+        column = table.column(name)
+        values = [None, *column.to_pylist()[1:]]
+        return table.set_column(table.column_names.index(name), name, pa.array(values, column.type))
+    return change
+
+
+EPISODES = "meta/episodes/chunk-000/file-000.parquet"
+DATA = "data/chunk-000/file-000.parquet"
+
+
+@pytest.mark.parametrize("change, names", [
+    (lambda root: _edit_info(root, lambda i: i.update(fps=0)), "info.json: fps must be a number > 0"),
+    (lambda root: _edit_info(root, lambda i: i["features"].update({"observation.images.front": "video"})),
+     "info.json: not LeRobot dataset info"),
+    (lambda root: _edit_info(root, lambda i: i["features"]["observation.state"].update(shape="6")),
+     "info.json: observation.state shape must be a list"),
+    (lambda root: _edit_info(root, lambda i: i.update(data_path="data/{nope}.parquet")),
+     "meta: episode 0: malformed"),
+    (_edit_table(EPISODES, lambda t: t.drop(["episode_index"])),
+     "meta: an episode without a valid episode_index"),
+    (_edit_table(EPISODES, _null_column("data/file_index")), "meta: episode 0: malformed"),
+    (_edit_table(DATA, _null_column("observation.state")), "meta: episode 0: malformed"),
+    (_edit_table(DATA, _null_column("task_index")), "meta: episode 0: malformed"),
+], ids=["fps-0", "feature-not-object", "shape-text", "path-template-key", "no-episode-index",
+        "null-file-index", "null-state", "null-task-index"])
+def test_malformed_metadata_or_data_is_one_line_naming_the_dataset(tmp_path, capsys, change, names):
+    import shutil
+    from pathlib import Path
+
+    source = Path(__file__).resolve().parents[1] / "data" / "lerobot_v30_so101" / "dataset"
+    shutil.copytree(source, tmp_path / "dataset")
+    change(tmp_path / "dataset")
+    status, err = _convert_error(capsys, tmp_path / "dataset", tmp_path / "bag")
+    assert status == 1 and len(err.splitlines()) == 1, err
+    assert f"{tmp_path / 'dataset'}/" in err and names in err
+    assert not (tmp_path / "bag").exists()
+
+
 def test_a_topic_map_chooses_compressed_images_and_joint_state_actions(tmp_path):
     """Topics ending /compressed carry lossless PNG; actions go out as the map's JointState."""
     spec = Spec(episodes=2, frames=4)

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file, save_file
 
 from dysta_ros.errors import BagError, CheckpointError, ConfigError
@@ -100,6 +101,19 @@ def test_wrong_tensor_shapes_are_refused_naming_the_tensor(checkpoint):
     tensors["projector.weight"] = tensors["projector.weight"][:, :5].contiguous()
     save_file(tensors, weights)
     with pytest.raises(CheckpointError, match="projector.weight"):
+        load_checkpoint(checkpoint)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: t.to(torch.int8), "is int8, not floating point"),  # cast to float: another model
+    (lambda t: t.fill_(float("nan")), "holds non-finite values"),
+], ids=["int8", "nan"])
+def test_weights_that_are_integers_or_nan_are_refused_naming_the_tensor(checkpoint, change, message):
+    weights = checkpoint / "model.safetensors"
+    tensors = load_file(weights)
+    tensors["projector.weight"] = change(tensors["projector.weight"])
+    save_file(tensors, weights)
+    with pytest.raises(CheckpointError, match=rf"model\.safetensors: key 'projector\.weight' {message}"):
         load_checkpoint(checkpoint)
 
 

@@ -57,3 +57,8 @@ def test_info_refuses_a_missing_or_truncated_weights_file(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"\x10\x00")
     with pytest.raises(CheckpointError, match="model.safetensors: not a readable safetensors"):
         checkpoint_info(tmp_path)
+    save_file({"a": np.zeros((3, 4), np.float32)}, str(tmp_path / "model.safetensors"))
+    data = (tmp_path / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(data[:-4])  # header whole, tensor data cut short
+    with pytest.raises(CheckpointError, match=rf"safetensors: truncated: its header lists {len(data)} bytes"):
+        checkpoint_info(tmp_path)

@@ -84,6 +84,21 @@ def test_unknown_tensor_is_named(broken):
         _load(broken)
 
 
+@pytest.mark.parametrize("dtype", [torch.int8, torch.bool])
+def test_integer_weights_are_refused_not_cast(broken, dtype):
+    # a quantized tensor cast to float would run as another model, silently
+    key = "model.state_proj.weight"
+    _rewrite_weights(broken, lambda w: w.__setitem__(key, w[key].to(dtype)))
+    name = str(dtype).removeprefix("torch.")
+    with pytest.raises(CheckpointError, match=rf"key '{key}' is {name}, not floating point"):
+        _load(broken)
+
+
+def test_half_precision_weights_load(broken):
+    _rewrite_weights(broken, lambda w: w.update({k: v.half() for k, v in w.items()}))
+    assert _load(broken).spec.dtype_layout == {"float16": len(load_file(str(broken / "model.safetensors")))}
+
+
 def test_nan_stats_are_refused(broken):
     stats = load_file(str(broken / STATS))
     stats["observation.state.std"][2] = float("nan")
@@ -98,6 +113,44 @@ def test_wrong_type_is_refused(broken):
     (broken / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=r"config\.json: key 'type' is 'pi0'"):
         _load(broken)
+
+
+def _set(path, *keys_and_value):
+    """Return a change setting data[k1][k2]... = value in a JSON file of the checkpoint."""
+    *keys, value = keys_and_value
+
+    def change(directory):
+        data = json.loads((directory / path).read_text())
+        target = data
+        for key in keys[:-1]:
+            target = target[key]
+        target[keys[-1]] = value
+        (directory / path).write_text(json.dumps(data))
+    return change
+
+
+CAMERA = "observation.images.front"
+
+
+@pytest.mark.parametrize("change, message", [
+    (_set("config.json", "input_features", CAMERA, "shape", 3), rf"input_features\['{CAMERA}'\] needs"),
+    (_set("config.json", "input_features", "observation.state", "shape", [0]), "needs a 'type'"),
+    (_set("config.json", "input_features", "observation.state", "type", ["STATE"]), "needs a 'type'"),
+    (_set("config.json", "output_features", "action", [6]), r"output_features\['action'\] needs"),
+    (_set("config.json", "output_features", "action", {"type": "ACTION"}), "'shape' .a list"),
+    (_set("config.json", "expert_width_multiplier", -1), "'expert_width_multiplier' must be a number > 0"),
+    (_set("config.json", "min_period", 0), "'min_period' must be a number > 0"),
+    (_set("config.json", "resize_imgs_with_padding", [True, True]), "must be \\[width, height\\]"),
+    (_set("policy_preprocessor.json", "steps", 5, "config", []), "'config' that is not an object"),
+    (_set("policy_preprocessor.json", "steps", 5, "config", "eps", "abc"), "has eps 'abc'"),
+], ids=["camera-shape-int", "state-shape-0", "type-list", "action-list", "action-no-shape",
+        "width-negative", "min-period-0", "resize-bools",
+        "processor-config-list", "processor-eps-text"])
+def test_malformed_config_values_are_refused_naming_the_file(broken, change, message):
+    change(broken)
+    with pytest.raises(CheckpointError, match=message) as caught:
+        _load(broken)
+    assert str(broken) in str(caught.value)
 
 
 def test_missing_backbone_says_where_it_looked(broken, tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ Nothing is unpickled: weights and stats are safetensors, configs JSON.
 
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -158,7 +159,12 @@ def load_normalizer(
         if mode != "IDENTITY":
             raise CheckpointError(f"{path}: no {step_name!r} step, but {feature} is {mode}")
         return Normalizer("IDENTITY", {}, 1e-8)
-    eps = float(step.get("config", {}).get("eps", 1e-8))
+    config = step.get("config", {})
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: step {step_name!r} has a 'config' that is not an object")
+    eps = config.get("eps", 1e-8)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < math.inf:
+        raise CheckpointError(f"{path}: step {step_name!r} has eps {eps!r}; expected a number >= 0")
     state_file = step.get("state_file")
     if not isinstance(state_file, str):
         raise CheckpointError(f"{path}: step {step_name!r} has no 'state_file'")
@@ -185,6 +191,10 @@ def load_normalizer(
             )
         stats[stat] = value.reshape(dim)
     return Normalizer(mode, stats, eps)
+
+
+def _dtype_name(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
 
 
 @dataclass(frozen=True)
@@ -219,10 +229,15 @@ def read_checkpoint(checkpoint_dir, vlm_dir=None) -> CheckpointFiles:
             f"{vlm.text.num_hidden_layers} layers ({vlm_path})"
         )
     weights = _read_safetensors(directory / WEIGHTS_FILE)
-    layout = Counter(str(t.dtype).removeprefix("torch.") for t in weights.values())
+    layout = Counter(_dtype_name(t) for t in weights.values())
     count = sum(t.numel() for t in weights.values())
     for name, tensor in weights.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        # an integer tensor (a quantized checkpoint: its scales live elsewhere) cast to float
+        # would run as a different model, silently
+        if not tensor.is_floating_point():
+            raise CheckpointError(f"{directory / WEIGHTS_FILE}: key {name!r} is {_dtype_name(tensor)}, "
+                                  f"not floating point (quantized weights are not supported)")
+        if not torch.isfinite(tensor).all():
             raise CheckpointError(f"{directory / WEIGHTS_FILE}: key {name!r} holds non-finite values")
     return CheckpointFiles(
         directory=directory,

@@ -43,6 +43,29 @@ def _positive(data: dict, key: str, path: Path) -> int:
     return value
 
 
+def _number(data: dict, key: str, default: float | None, path: Path, where: str = "") -> float:
+    """Return a finite number > 0 (an eps, a period, a width multiplier); default None: required."""
+    if default is None and key not in data:
+        raise CheckpointError(f"{path}: missing key {where}{key!r}")
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value <= 0:
+        raise CheckpointError(f"{path}: key {where}{key!r} must be a number > 0, got {value!r}")
+    return float(value)
+
+
+def _feature(features: dict, key: str, section: str, path: Path) -> tuple[str, tuple[int, ...]]:
+    """Return a feature's (type, shape); its shape must be a list of positive integers."""
+    feature = features[key]
+    kind = feature.get("type") if isinstance(feature, dict) else None
+    shape = feature.get("shape") if isinstance(feature, dict) else None
+    if not isinstance(kind, str) or not isinstance(shape, list) or not shape or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape):
+        raise CheckpointError(f"{path}: {section}[{key!r}] needs a 'type' (text) and a 'shape' "
+                              f"(a list of positive integers), got {feature!r}")
+    return kind, tuple(shape)
+
+
 @dataclass(frozen=True)
 class VisionConfig:
     """The SigLIP-like vision tower of the backbone (vlm/config.json vision_config)."""
@@ -107,21 +130,22 @@ def parse_vlm_config(data: dict, path: Path) -> VLMConfig:
                 "patch_size",
             )
         },
-        layer_norm_eps=float(vision_raw.get("layer_norm_eps", 1e-6)),
+        layer_norm_eps=_number(vision_raw, "layer_norm_eps", 1e-6, path, "vision_config "),
         raw=vision_raw,
     )
     heads = _positive(text_raw, "num_attention_heads", path)
     hidden = _positive(text_raw, "hidden_size", path)
-    head_dim = text_raw.get("head_dim") or hidden // heads
+    head_dim = _positive(text_raw, "head_dim", path) if text_raw.get("head_dim") else hidden // heads
     text = TextConfig(
         hidden_size=hidden,
         intermediate_size=_positive(text_raw, "intermediate_size", path),
         num_hidden_layers=_positive(text_raw, "num_hidden_layers", path),
         num_attention_heads=heads,
-        num_key_value_heads=int(text_raw.get("num_key_value_heads", heads)),
-        head_dim=int(head_dim),
+        num_key_value_heads=_positive(text_raw, "num_key_value_heads", path)
+        if "num_key_value_heads" in text_raw else heads,
+        head_dim=head_dim,
         vocab_size=_positive(text_raw, "vocab_size", path),
-        rms_norm_eps=float(text_raw.get("rms_norm_eps", 1e-6)),
+        rms_norm_eps=_number(text_raw, "rms_norm_eps", 1e-6, path, "text_config "),
         # the text config's pad id, not the top-level _pad_token_id (which is something else)
         pad_token_id=_get(text_raw, "pad_token_id", int, path),
         raw=text_raw,
@@ -216,26 +240,24 @@ def parse_smolvla_config(data: dict, path: Path) -> SmolVLAConfig:
     inputs = _get(data, "input_features", dict, path)
     outputs = _get(data, "output_features", dict, path)
     cameras, shapes, types = [], [], {}
-    for key, feature in inputs.items():
-        if not isinstance(feature, dict) or "type" not in feature or "shape" not in feature:
-            raise CheckpointError(f"{path}: input_features[{key!r}] needs 'type' and 'shape'")
-        types[key] = feature["type"]
-        if feature["type"] == "VISUAL":
+    for key in inputs:
+        types[key], shape = _feature(inputs, key, "input_features", path)
+        if types[key] == "VISUAL":
             if not key.startswith(CAMERA_PREFIX):
                 raise CheckpointError(
                     f"{path}: camera feature {key!r} does not start with {CAMERA_PREFIX!r}"
                 )
             cameras.append(key)
-            shapes.append(tuple(feature["shape"]))
+            shapes.append(shape)
     if not cameras:
         raise CheckpointError(f"{path}: input_features has no VISUAL feature (camera)")
     if STATE_KEY not in inputs:
         raise CheckpointError(f"{path}: input_features has no {STATE_KEY!r}")
     if ACTION_KEY not in outputs:
         raise CheckpointError(f"{path}: output_features has no {ACTION_KEY!r}")
-    types[ACTION_KEY] = outputs[ACTION_KEY].get("type", "ACTION")
-    state_dim = int(math.prod(inputs[STATE_KEY]["shape"]))
-    action_dim = int(math.prod(outputs[ACTION_KEY]["shape"]))
+    types[ACTION_KEY], action_shape = _feature(outputs, ACTION_KEY, "output_features", path)
+    state_dim = math.prod(_feature(inputs, STATE_KEY, "input_features", path)[1])
+    action_dim = math.prod(action_shape)
     mapping = _get(data, "normalization_mapping", dict, path)
     for feature_type, mode in mapping.items():
         if mode not in NORMALIZATION_MODES:
@@ -244,7 +266,7 @@ def parse_smolvla_config(data: dict, path: Path) -> SmolVLAConfig:
                 f"supported: {', '.join(NORMALIZATION_MODES)}"
             )
     resize = _get(data, "resize_imgs_with_padding", list, path)
-    if len(resize) != 2 or not all(isinstance(v, int) and v > 0 for v in resize):
+    if len(resize) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in resize):
         raise CheckpointError(f"{path}: resize_imgs_with_padding must be [width, height], got {resize!r}")
     pad_to = _get(data, "pad_language_to", str, path)
     if pad_to not in PAD_LANGUAGE_MODES:
@@ -295,10 +317,10 @@ def parse_smolvla_config(data: dict, path: Path) -> SmolVLAConfig:
         pad_language_to=pad_to,
         num_vlm_layers=num_vlm_layers,
         self_attn_every_n_layers=_get(data, "self_attn_every_n_layers", int, path),
-        expert_width_multiplier=float(_get(data, "expert_width_multiplier", (int, float), path)),
+        expert_width_multiplier=_number(data, "expert_width_multiplier", None, path),
         attention_mode=attention_mode,
-        min_period=float(_get(data, "min_period", (int, float), path)),
-        max_period=float(_get(data, "max_period", (int, float), path)),
+        min_period=_number(data, "min_period", None, path),
+        max_period=_number(data, "max_period", None, path),
         normalization_mapping=dict(mapping),
         feature_types=types,
         vlm_model_name=str(data.get("vlm_model_name", "")),
