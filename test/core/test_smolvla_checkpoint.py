@@ -176,3 +176,12 @@ def test_relative_vlm_model_name_resolves_from_the_checkpoint(tmp_path):
         load_smolvla(tmp_path / "fixture/checkpoint").files.vlm_dir
         == tmp_path / "fixture/checkpoint/../vlm"
     )
+
+
+@pytest.mark.parametrize("count, cameras", [(1, ["main"]), (0, ["main", "empty_camera_0"]),
+                                            (10**12, ["main"])])
+def test_placeholder_cameras_are_recognised_by_name_for_any_count(count, cameras):
+    path = DATA / "smolvla_sim/checkpoint/config.json"
+    data = json.loads(path.read_text())
+    data["empty_cameras"] = count  # 10**12 once enumerated every placeholder name: it never ended
+    assert list(parse_smolvla_config(data, path).camera_names) == cameras

@@ -285,7 +285,10 @@ def parse_smolvla_config(data: dict, path: Path) -> SmolVLAConfig:
     if not isinstance(empty_cameras, int) or isinstance(empty_cameras, bool) or empty_cameras < 0:
         raise CheckpointError(f"{path}: empty_cameras must be an integer >= 0, got {empty_cameras!r}")
     # LeRobot adds its placeholder cameras as input features; they never come from a robot.
-    placeholders = {f"{CAMERA_PREFIX}empty_camera_{i}" for i in range(empty_cameras)}
+    # Recognised by name, not enumerated: any count is valid, and range(10**12) would never end.
+    numbered = {key: key.removeprefix(f"{CAMERA_PREFIX}empty_camera_") for key in cameras}
+    placeholders = {key for key, n in numbered.items()
+                    if n != key and n.isdigit() and n == str(int(n)) and int(n) < empty_cameras}
     kept = [(key, shape) for key, shape in zip(cameras, shapes) if key not in placeholders]
     if not kept:
         raise CheckpointError(f"{path}: input_features has only placeholder cameras {sorted(placeholders)}")
