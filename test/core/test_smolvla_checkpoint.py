@@ -62,6 +62,20 @@ def test_pickle_file_is_refused_unopened(broken):
         _load(broken)
 
 
+def test_a_sharded_checkpoint_is_refused_saying_so(broken):
+    weights = load_file(str(broken / "model.safetensors"))
+    (broken / "model.safetensors").unlink()
+    half = sorted(weights)[: len(weights) // 2]
+    shards = {"model-00001-of-00002.safetensors": {k: weights[k] for k in half},
+              "model-00002-of-00002.safetensors": {k: v for k, v in weights.items() if k not in half}}
+    for name, part in shards.items():
+        save_file(part, str(broken / name))
+    index = {"weight_map": {k: name for name, part in shards.items() for k in part}}
+    (broken / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: missing; the directory holds shards"):
+        _load(broken)
+
+
 def test_missing_tensor_is_named(broken):
     key = "model.vlm_with_expert.lm_expert.layers.1.self_attn.k_proj.weight"
     _rewrite_weights(broken, lambda w: w.pop(key))

@@ -104,6 +104,9 @@ def load_tokenizer(vlm_dir: Path):
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         _refuse_pickles(path.parent, path.name)
+        if path.with_name(path.name + ".index.json").is_file():
+            raise CheckpointError(f"{path}: missing; the directory holds shards ({path.name}.index.json), "
+                                  f"and LeRobot saves a policy as one file: save it with save_pretrained")
         raise CheckpointError(f"{path}: missing")
     try:
         with safe_open(str(path), framework="pt") as handle:
