@@ -16,7 +16,7 @@ from dysta_ros.cli_options import add_json_argument, json_to_stdout, write_json
 from dysta_ros.errors import CheckpointError
 from dysta_ros.policy.families import CONFIG_FILE, DEFAULT_DT, FAMILIES, family_of
 from dysta_ros.results import result_document
-from dysta_ros.policy.jsonfile import read_json_file
+from dysta_ros.policy.checkpoint_files import read_json_file
 
 WEIGHTS_FILE = "model.safetensors"
 CAMERA_PREFIX = "observation.images."

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from dysta_ros.errors import CheckpointError, ConfigError
 from dysta_ros.policy.config import PolicyConfig
-from dysta_ros.policy.jsonfile import read_json_file
+from dysta_ros.policy.checkpoint_files import check_weight_values, read_json_file
 from dysta_ros.policy.model import VLAModel
 from dysta_ros.policy.tokenizer import TOKENIZER_FILE, load_tokenizer, model_tokenizer, tokenizer_kind
 from dysta_ros.tokens.dysta import trained_layout
@@ -131,13 +131,7 @@ def load_checkpoint(directory, device: str = "cpu", overrides_dtype: torch.dtype
         tensors = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{weights}: not a readable safetensors file: {exc}") from exc
-    for name, tensor in tensors.items():
-        # load_state_dict would cast an integer (quantized) tensor to float and copy NaN as is
-        if not tensor.is_floating_point():
-            raise CheckpointError(f"{weights}: key {name!r} is {str(tensor.dtype).removeprefix('torch.')}, "
-                                  f"not floating point (quantized weights are not supported)")
-        if not torch.isfinite(tensor).all():
-            raise CheckpointError(f"{weights}: key {name!r} holds non-finite values (NaN/inf)")
+    check_weight_values(weights, tensors)
     torch.manual_seed(0)
     model = VLAModel(config)
     absent = sorted({k.split(".")[0] for k in expected if k not in tensors})

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from dysta_ros.errors import CheckpointError, ConfigError
 from dysta_ros.policy.contract import Capabilities
-from dysta_ros.policy.jsonfile import read_json_file
+from dysta_ros.policy.checkpoint_files import read_json_file
 
 CONFIG_FILE = "config.json"
 # LeRobot configs have no control rate; chunks then say this and the README states it.

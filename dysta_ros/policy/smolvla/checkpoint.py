@@ -15,6 +15,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from dysta_ros.errors import CheckpointError
+from dysta_ros.policy.checkpoint_files import check_weight_values
 from dysta_ros.policy.smolvla.config import (
     ACTION_KEY,
     STATE_KEY,
@@ -234,14 +235,7 @@ def read_checkpoint(checkpoint_dir, vlm_dir=None) -> CheckpointFiles:
     weights = _read_safetensors(directory / WEIGHTS_FILE)
     layout = Counter(_dtype_name(t) for t in weights.values())
     count = sum(t.numel() for t in weights.values())
-    for name, tensor in weights.items():
-        # an integer tensor (a quantized checkpoint: its scales live elsewhere) cast to float
-        # would run as a different model, silently
-        if not tensor.is_floating_point():
-            raise CheckpointError(f"{directory / WEIGHTS_FILE}: key {name!r} is {_dtype_name(tensor)}, "
-                                  f"not floating point (quantized weights are not supported)")
-        if not torch.isfinite(tensor).all():
-            raise CheckpointError(f"{directory / WEIGHTS_FILE}: key {name!r} holds non-finite values")
+    check_weight_values(directory / WEIGHTS_FILE, weights)
     return CheckpointFiles(
         directory=directory,
         vlm_dir=backbone_dir,

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from dysta_ros.errors import CheckpointError
-from dysta_ros.policy.jsonfile import read_json_file
+from dysta_ros.policy.checkpoint_files import read_json_file
 
 NORMALIZATION_MODES = ("MEAN_STD", "MIN_MAX", "IDENTITY")
 PAD_LANGUAGE_MODES = ("max_length", "longest")
