@@ -140,14 +140,16 @@ class PolicyRuntime:
         timer = StageTimer(self.model.device)
         pixels, state, instruction = self.model.preprocess(obs)
         timer.lap("preprocess")
-        saved_frames, saved_count = list(self.frames), self.frame_count
+        saved_frames, saved_count, saved_chunk = list(self.frames), self.frame_count, self.previous_chunk
         try:
             with torch.inference_mode():
                 actions, stats = self._infer(pixels, state, instruction, timer, noise)
         except Exception as exc:
             # Whatever the strategy had half-updated is dropped; the next good step starts clean.
+            # A refused chunk was never executed: warm_start goes on from the last one that was.
             self.frames = deque(saved_frames, maxlen=self.history)
             self.frame_count = saved_count
+            self.previous_chunk = saved_chunk
             self.strategy.reset()
             if isinstance(exc, DystaError):
                 raise
