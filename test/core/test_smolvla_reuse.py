@@ -73,3 +73,17 @@ def test_dysta_on_smolvla_refuses_what_its_bidirectional_form_lacks(tiny):
     runtime = build_runtime(model, "dysta", {"cache_language": True})
     with pytest.raises(ConfigError, match="cache_language false"):
         runtime.step(Observation(0.0, images, state, task))
+
+
+def test_an_instruction_no_tokenizer_reads_is_refused_and_the_cache_survives(tiny):
+    from dysta_ros.errors import InputError
+
+    model, images, state, task = tiny
+    reused, full = build_runtime(model, "dysta"), build_runtime(model, "full")
+    obs = Observation(0.0, images, state, task)
+    for runtime in (reused, full):
+        runtime.step(obs)
+    with pytest.raises(InputError, match="instruction is not valid text"):
+        reused.step(Observation(0.0, images, state, "pick up the \ud800"))  # a lone surrogate
+    (ours, stats), (theirs, _) = reused.step(obs), full.step(obs)
+    assert np.array_equal(ours.actions, theirs.actions) and stats.recomputed_tokens < stats.context_tokens
