@@ -346,3 +346,20 @@ def test_a_refused_chunk_is_not_where_warm_start_goes_on_from(tiny, cases):
     ours, theirs = faulty.step(observations[1])[0], clean.step(observations[1])[0]
     assert ours.sequence == theirs.sequence == 1
     assert np.array_equal(ours.actions, theirs.actions)
+
+
+def test_a_compute_dtype_copy_asked_for_another_dtype_gives_the_loaded_weights(tiny, cases):
+    """A runtime built around another runtime's bf16 model, asking float32, is the loaded fp32 one."""
+    from dysta_ros.policy.runtime import runtime_around
+    from dysta_ros.policy.smolvla.backend import SmolVLABackend
+    from dysta_ros.types import Observation
+
+    half = tiny.in_dtype(torch.bfloat16)
+    assert half.in_dtype(torch.float32) is tiny and half.in_dtype(torch.bfloat16) is half
+    meta, arrays = cases
+    images, state, task, _ = _inputs(tiny, meta, arrays, 0)
+    obs = Observation(0.0, images, state, task)
+    bf16 = runtime_around(SmolVLABackend(tiny), "full", {"compute_dtype": "bfloat16"})
+    again = runtime_around(bf16.model, "full", {"compute_dtype": "float32"})
+    plain = runtime_around(SmolVLABackend(tiny), "full", {})
+    assert np.array_equal(again.step(obs)[0].actions, plain.step(obs)[0].actions)

@@ -220,14 +220,21 @@ class SmolVLAPolicy:
         return raw.numpy().astype(np.float32), normalized.numpy().astype(np.float32)
 
     def in_dtype(self, dtype: torch.dtype) -> SmolVLAPolicy:
-        """Return this policy computing in `dtype` (a copy, made once; itself if already so)."""
+        """Return this policy computing in `dtype` (a copy, made once; itself if already so).
+
+        Copies are made from the loaded policy and shared with it, so a copy asked for another
+        dtype gives the loaded weights in it (a bf16 copy asked for fp32: the loaded fp32, not
+        its own weights rounded to bf16 and back).
+        """
         if dtype == self.dtype:
             return self
-        copies = self.__dict__.setdefault("_copies", {})
+        loaded = self.__dict__.get("_loaded", self)
+        copies = loaded.__dict__.setdefault("_copies", {loaded.dtype: loaded})
         if dtype not in copies:
-            model = copy.deepcopy(self.model).to(dtype)
+            model = copy.deepcopy(loaded.model).to(dtype)
             model._time_cache = {}
-            copies[dtype] = SmolVLAPolicy(self.files, model, self.device)
+            copies[dtype] = SmolVLAPolicy(loaded.files, model, loaded.device)
+            copies[dtype]._loaded = loaded
         return copies[dtype]
 
     def graphed_denoiser(self):
