@@ -50,6 +50,17 @@ def check_state(state, state_dim: int) -> np.ndarray:
     return array
 
 
+def check_instruction(instruction) -> str:
+    """Return instruction if it is a string a tokenizer can encode; raise InputError otherwise."""
+    if not isinstance(instruction, str):
+        raise InputError(f"instruction must be a string, got {type(instruction).__name__}")
+    try:
+        instruction.encode("utf-8")  # what every tokenizer here reads
+    except UnicodeEncodeError as exc:  # a lone surrogate: tokenizing it failed mid-step, caches lost
+        raise InputError(f"instruction is not valid text: {exc}") from exc
+    return instruction
+
+
 def prepare_observation(obs: Observation, camera_names: list[str], image_size: int, state_dim: int):
     """Validate obs; return pixels (C, 3, S, S) float32 in [-1, 1], state (S,) and instruction."""
     if not isinstance(obs, Observation):
@@ -67,6 +78,4 @@ def prepare_observation(obs: Observation, camera_names: list[str], image_size: i
     pixels = np.stack(squares).astype(np.float32).transpose(0, 3, 1, 2)  # (C, 3, S, S)
     pixels = pixels / 127.5 - 1.0  # SigLIP normalisation: mean 0.5, std 0.5
     state = check_state(obs.state, state_dim)
-    if not isinstance(obs.instruction, str):
-        raise InputError(f"instruction must be a string, got {type(obs.instruction).__name__}")
-    return pixels, state, obs.instruction
+    return pixels, state, check_instruction(obs.instruction)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dysta_ros.errors import CheckpointError, ConfigError, DystaError, InferenceError
+from dysta_ros.errors import CheckpointError, ConfigError, DystaError, InferenceError, InputError
 from dysta_ros.policy.checkpoint import load_checkpoint
 from dysta_ros.policy.config import PRESETS, preset_config
 from dysta_ros.policy.devices import DTYPES, check_device, compute_dtype_for, native_bfloat16
@@ -131,6 +131,21 @@ class PolicyRuntime:
         noise = torch.randn(*self.model.spec.noise_shape, generator=generator)
         return noise.to(self.model.device, self.model.dtype)
 
+    def _check_noise(self, noise) -> torch.Tensor:
+        """The caller's flow noise on the model's device and dtype; InputError before anything changes."""
+        try:
+            tensor = torch.as_tensor(noise)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise InputError(f"noise is not numeric: {exc}") from exc
+        shape = tuple(self.model.spec.noise_shape)
+        if tuple(tensor.shape) == (1, *shape):  # with its batch of one
+            tensor = tensor[0]
+        if tuple(tensor.shape) != shape:
+            raise InputError(f"noise shape must be {shape}, got {tuple(tensor.shape)}")
+        if not bool(torch.isfinite(tensor).all()):  # every action of the chunk would come out NaN
+            raise InputError("noise has non-finite values")
+        return tensor.to(self.model.device, self.model.dtype)
+
     def step(self, obs: Observation, noise: torch.Tensor | None = None) -> tuple[ActionChunk, StepStats]:
         """Run one policy step; InputError leaves everything untouched, InferenceError resets caches.
 
@@ -138,16 +153,19 @@ class PolicyRuntime:
         """
         start_wall = time.time()
         timer = StageTimer(self.model.device)
+        noise = None if noise is None else self._check_noise(noise)
         pixels, state, instruction = self.model.preprocess(obs)
         timer.lap("preprocess")
-        saved_frames, saved_count = list(self.frames), self.frame_count
+        saved_frames, saved_count, saved_chunk = list(self.frames), self.frame_count, self.previous_chunk
         try:
             with torch.inference_mode():
                 actions, stats = self._infer(pixels, state, instruction, timer, noise)
         except Exception as exc:
             # Whatever the strategy had half-updated is dropped; the next good step starts clean.
+            # A refused chunk was never executed: warm_start goes on from the last one that was.
             self.frames = deque(saved_frames, maxlen=self.history)
             self.frame_count = saved_count
+            self.previous_chunk = saved_chunk
             self.strategy.reset()
             if isinstance(exc, DystaError):
                 raise
@@ -168,7 +186,7 @@ class PolicyRuntime:
         return chunk, stats
 
     def _infer(self, pixels, state: np.ndarray, instruction: str, timer: StageTimer, noise=None):
-        model, device, dtype = self.model, self.model.device, self.model.dtype
+        model = self.model
         features, tokens, vision_share = self._encode(pixels, timer)  # (N, Cv), (N, W)
         frame = Frame(features=features, tokens=tokens, index=self.frame_count)
         self.frame_count += 1
@@ -189,7 +207,7 @@ class PolicyRuntime:
         timer.ms["gate"] += result.gate_ms
         timer.lap("backbone")
         timer.ms["backbone"] -= result.gate_ms
-        noise = self.noise(self.sequence) if noise is None else torch.as_tensor(noise).to(device, dtype)
+        noise = self.noise(self.sequence) if noise is None else noise
         if isinstance(model, VLAModel):
             normalized = model.sample_actions(result.records, ctx.full_length, noise)
         else:  # SmolVLA reads the flow's speed options

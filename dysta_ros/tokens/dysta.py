@@ -321,7 +321,8 @@ class DystaStrategy(Strategy):
         l1, l2, dynamic = self.groups
         embeds, positions = full_layout(ctx)
         length = embeds.shape[0]
-        if self.static_kv is None or self.cached_length != length:
+        if (self.static_kv is None or self.cached_length != length
+                or not torch.equal(self.cached_text, ctx.text)):  # a new instruction of the same length too
             refresh_l1 = refresh_l2 = True  # nothing cached for this layout (first step, new instruction)
         if refresh_l1:
             self.reference = current.features.clone()
@@ -338,7 +339,7 @@ class DystaStrategy(Strategy):
         plan = ctx.run(embeds[recompute], positions[recompute], AttentionPlan(query_order=recompute, **reuse))
         # Kept for the next step: the static tokens' K/V stay as cached; the rest are overwritten then.
         self.static_kv = [plan.records[i] for i in range(len(plan.records))]
-        self.cached_length = length
+        self.cached_length, self.cached_text = length, ctx.text
         return PrefixResult(
             records=plan.records,
             context_tokens=length,

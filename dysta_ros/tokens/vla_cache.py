@@ -106,6 +106,7 @@ class VlaCacheStrategy(Strategy):
         self.features = None  # (T, N, Cv) features per slot last step
         self.relevance = None  # (T*N,) attention paid to each visual token last step
         self.length = None
+        self.text = None  # (n_text, W) the language the buffer was computed with
         self.entropy = self.params.layer_entropy or None  # per layer, normalised
         self.ratios = self.reuse_ratios()  # per layer share of the reusable tokens reused
         self.last_reused_per_layer: list[int] = []  # tokens each layer reused last step
@@ -130,7 +131,9 @@ class VlaCacheStrategy(Strategy):
         embeds, positions = full_layout(ctx)
         length, visual = embeds.shape[0], ctx.frames_length
         features = torch.stack([frame.features for frame in ctx.frames])  # (T, N, Cv)
-        new_context = self.buffer is None or self.length != length
+        # A new instruction is a new context even at the same length: in a bidirectional prefix
+        # (SmolVLA) every visual token's K/V depend on the language.
+        new_context = self.buffer is None or self.length != length or not torch.equal(self.text, ctx.text)
         reused_per_layer = [0] * self.layers
         if new_context:
             recompute, layer_queries = ctx.arange(0, length), None
@@ -171,7 +174,7 @@ class VlaCacheStrategy(Strategy):
             self.entropy = [plan.entropy.get(layer, 1.0) for layer in range(self.layers)]
             self.ratios = self.reuse_ratios()
         self.buffer = [plan.records[i] for i in range(len(plan.records))]
-        self.features, self.length = features, length
+        self.features, self.length, self.text = features, length, ctx.text
         self.last_reused_per_layer = reused_per_layer
         if plan.relevance is not None:
             self.relevance = plan.relevance[:visual].float()

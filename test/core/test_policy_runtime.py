@@ -71,6 +71,43 @@ def test_bad_input_raises_input_error_and_next_step_works(runtime, bad, message)
     assert np.isfinite(chunk.actions).all()
 
 
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"instruction": "pick up the \ud800 block"}, "instruction is not valid text"),  # a lone surrogate
+        ({"noise": np.zeros(3)}, "noise shape"),
+        ({"noise": "nan"}, "noise has non-finite"),
+        ({"camera": None}, "missing camera"),
+    ],
+)
+def test_a_refused_input_leaves_history_and_caches_as_they_were(bad, message):
+    """The next good step is the one a runtime that never saw the bad input takes."""
+    refused, clean = build_runtime("tiny", "dysta", seed=4), build_runtime("tiny", "dysta", seed=4)
+    for rt in (refused, clean):
+        rt.step(observation(0))
+    obs, noise = observation(1), bad.get("noise")
+    if "instruction" in bad:
+        obs.instruction = bad["instruction"]
+    if "camera" in bad:
+        del obs.images["main"]
+    if isinstance(noise, str):
+        noise = np.full(refused.model.spec.noise_shape, np.nan)
+    with pytest.raises(InputError, match=message):
+        refused.step(obs, noise=noise)
+    for seed in (2, 3):
+        ours, our_stats = refused.step(observation(seed))
+        theirs, their_stats = clean.step(observation(seed))
+        assert np.array_equal(ours.actions, theirs.actions)
+        assert our_stats.recached_l1 == their_stats.recached_l1 and ours.sequence == theirs.sequence
+
+
+def test_explicit_noise_may_carry_its_batch_of_one():
+    a, b = build_runtime("tiny", "full", seed=1), build_runtime("tiny", "full", seed=1)
+    noise = a.noise(0)
+    assert np.array_equal(a.step(observation(), noise=noise[None])[0].actions,
+                          b.step(observation(), noise=noise)[0].actions)
+
+
 def test_inference_failure_is_wrapped_and_runtime_recovers():
     rt = build_runtime("tiny", "dysta")
     rt.step(observation(0))

@@ -173,6 +173,9 @@ def test_bad_inputs_are_refused(tiny):
         tiny.predict({**frames, "front": np.zeros((40, 50), np.uint8)}, np.zeros(6), "x")
     with pytest.raises(InputError, match="state: expected 6 finite values"):
         tiny.predict(frames, np.array([0, 0, 0, 0, 0, np.nan]), "x")
+    # a frame so thin that fitting it to the model's size leaves no row: refused, not a torch error
+    with pytest.raises(InputError, match=r"images\['front'\]: a 1x2000 frame keeps no row"):
+        tiny.predict({**frames, "front": np.zeros((1, 2000, 3), np.uint8)}, np.zeros(6), "x")
     with pytest.raises(InputError, match=r"noise: expected shape \(1, 10, 32\)"):
         tiny.predict(frames, np.zeros(6), "x", noise=torch.zeros(1, 10, 6))
     raw, info = tiny.predict(frames, np.zeros(6), "x", noise=torch.zeros(10, 32))  # no batch dim is fine

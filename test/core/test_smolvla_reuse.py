@@ -37,8 +37,10 @@ def moving_square(images: dict, step: int) -> dict:
 
 
 def run(model, strategy, frames, state, task):
+    """Step STEPS times; `task` is the instruction, or a function of the step giving it."""
     runtime = build_runtime(model, strategy)
-    steps = [runtime.step(Observation(float(k), frames(k), state + 0.01 * k, task)) for k in range(STEPS)]
+    tasks = task if callable(task) else lambda k: task
+    steps = [runtime.step(Observation(float(k), frames(k), state + 0.01 * k, tasks(k))) for k in range(STEPS)]
     return np.stack([chunk.actions for chunk, _ in steps]), [stats for _, stats in steps]
 
 
@@ -49,6 +51,19 @@ def test_reuse_on_an_unchanged_frame_is_full_exactly(tiny, strategy):
     reused, stats = run(model, strategy, lambda k: images, state, task)
     assert np.array_equal(reused, full)
     assert all(s.recomputed_tokens < s.context_tokens for s in stats[1:])  # K/V were reused
+
+
+@pytest.mark.parametrize("strategy", ["vla_cache", "dysta"])
+def test_a_new_instruction_of_the_same_length_is_not_read_from_the_old_ones_cache(tiny, strategy):
+    model, images, state, _ = tiny
+    tasks = ["pick up the red block", "pick up the big block"]
+    tokenizer = build_runtime(model, "full").tokenizer
+    assert len(tokenizer.encode(tasks[0])) == len(tokenizer.encode(tasks[1]))  # the same layout length
+    full, _ = run(model, "full", lambda k: images, state, lambda k: tasks[k // 3])
+    reused, stats = run(model, strategy, lambda k: images, state, lambda k: tasks[k // 3])
+    assert np.array_equal(reused, full)  # every K/V the new language reaches is computed afresh
+    assert stats[3].recomputed_tokens == stats[3].context_tokens
+    assert stats[4].recomputed_tokens < stats[4].context_tokens  # then reused again
 
 
 @pytest.mark.parametrize("strategy", ["vla_cache", "dysta"])
@@ -73,3 +88,17 @@ def test_dysta_on_smolvla_refuses_what_its_bidirectional_form_lacks(tiny):
     runtime = build_runtime(model, "dysta", {"cache_language": True})
     with pytest.raises(ConfigError, match="cache_language false"):
         runtime.step(Observation(0.0, images, state, task))
+
+
+def test_an_instruction_no_tokenizer_reads_is_refused_and_the_cache_survives(tiny):
+    from dysta_ros.errors import InputError
+
+    model, images, state, task = tiny
+    reused, full = build_runtime(model, "dysta"), build_runtime(model, "full")
+    obs = Observation(0.0, images, state, task)
+    for runtime in (reused, full):
+        runtime.step(obs)
+    with pytest.raises(InputError, match="instruction is not valid text"):
+        reused.step(Observation(0.0, images, state, "pick up the \ud800"))  # a lone surrogate
+    (ours, stats), (theirs, _) = reused.step(obs), full.step(obs)
+    assert np.array_equal(ours.actions, theirs.actions) and stats.recomputed_tokens < stats.context_tokens

@@ -315,3 +315,51 @@ def test_warm_up_leaves_no_vision_reuse_or_frame_cache_behind(tiny, cases):
         images, state, task, _ = _inputs(tiny, meta, arrays, index)
         obs = Observation(0.5, images, state, task)
         assert np.array_equal(warmed.step(obs)[0].actions, fresh.step(obs)[0].actions)
+
+
+def test_a_refused_chunk_is_not_where_warm_start_goes_on_from(tiny, cases):
+    """A chunk dropped as non-finite was never executed: the next step warm-starts from the last good one."""
+    from dysta_ros.errors import InferenceError
+    from dysta_ros.policy.runtime import runtime_around
+    from dysta_ros.policy.smolvla.backend import SmolVLABackend
+    from dysta_ros.types import Observation
+
+    meta, arrays = cases
+    observations = []
+    for index in range(2):
+        images, state, task, _ = _inputs(tiny, meta, arrays, index)
+        observations.append(Observation(0.5, images, state, task))
+    options = {"warm_start": True, "warm_start_time": 0.5}
+    faulty, clean = (runtime_around(SmolVLABackend(tiny), "full", options) for _ in range(2))
+    for runtime in (faulty, clean):
+        runtime.step(observations[0])
+    bias = tiny.model.action_out_proj.bias
+    saved = bias.detach().clone()
+    with torch.no_grad():
+        bias[0] = float("nan")  # a transient fault: this one chunk comes out non-finite
+    try:
+        with pytest.raises(InferenceError, match="non-finite"):
+            faulty.step(observations[1])
+    finally:
+        with torch.no_grad():
+            bias.copy_(saved)
+    ours, theirs = faulty.step(observations[1])[0], clean.step(observations[1])[0]
+    assert ours.sequence == theirs.sequence == 1
+    assert np.array_equal(ours.actions, theirs.actions)
+
+
+def test_a_compute_dtype_copy_asked_for_another_dtype_gives_the_loaded_weights(tiny, cases):
+    """A runtime built around another runtime's bf16 model, asking float32, is the loaded fp32 one."""
+    from dysta_ros.policy.runtime import runtime_around
+    from dysta_ros.policy.smolvla.backend import SmolVLABackend
+    from dysta_ros.types import Observation
+
+    half = tiny.in_dtype(torch.bfloat16)
+    assert half.in_dtype(torch.float32) is tiny and half.in_dtype(torch.bfloat16) is half
+    meta, arrays = cases
+    images, state, task, _ = _inputs(tiny, meta, arrays, 0)
+    obs = Observation(0.0, images, state, task)
+    bf16 = runtime_around(SmolVLABackend(tiny), "full", {"compute_dtype": "bfloat16"})
+    again = runtime_around(bf16.model, "full", {"compute_dtype": "float32"})
+    plain = runtime_around(SmolVLABackend(tiny), "full", {})
+    assert np.array_equal(again.step(obs)[0].actions, plain.step(obs)[0].actions)

@@ -23,7 +23,7 @@ from dysta_ros.errors import InputError
 from dysta_ros.policy.attention import _record_entropy
 from dysta_ros.policy.contract import BackboneShape, ModelShape, ModelSpec
 from dysta_ros.policy.families import DEFAULT_DT, FAMILIES
-from dysta_ros.policy.preprocess import check_image, check_state
+from dysta_ros.policy.preprocess import check_image, check_instruction, check_state
 from dysta_ros.policy.smolvla.policy import warm_start_noise
 from dysta_ros.tokens.flops import backbone_flops
 from dysta_ros.types import Observation
@@ -99,9 +99,8 @@ class SmolVLABackend:
             raise InputError(f"missing camera(s) {missing}; the model needs {names}, got {sorted(images)}")
         checked = {n: check_image(n, images[n]) for n in names}
         state = check_state(obs.state, self.spec.state_dim)
-        if not isinstance(obs.instruction, str):
-            raise InputError(f"instruction must be a string, got {type(obs.instruction).__name__}")
-        return self.policy.prepare_pixels(checked), state, obs.instruction
+        instruction = check_instruction(obs.instruction)
+        return self.policy.prepare_pixels(checked), state, instruction
 
     def encode_frame(self, pixels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Cameras -> connector tokens (N, W) as gate features, and them scaled as the prefix has them."""

@@ -61,11 +61,15 @@ def build_model(files: CheckpointFiles, device="cpu", dtype: torch.dtype | None 
     return model.eval()
 
 
+def fitted_size(h: int, w: int, width: int, height: int) -> tuple[int, int]:
+    """(new_h, new_w) of an h x w frame resized to fit (width, height) keeping aspect, as LeRobot's."""
+    ratio = max(w / width, h / height)
+    return int(h / ratio), int(w / ratio)
+
+
 def resize_with_pad(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """Resize (B, 3, h, w) in [0, 1] to fit (width, height) keeping aspect; pad top/left with 0."""
-    h, w = image.shape[2:]
-    ratio = max(w / width, h / height)
-    new_h, new_w = int(h / ratio), int(w / ratio)
+    new_h, new_w = fitted_size(*image.shape[2:], width, height)
     image = F.interpolate(image, size=(new_h, new_w), mode="bilinear", align_corners=False)
     return F.pad(image, (max(0, width - new_w), 0, max(0, height - new_h), 0), value=0.0)
 
@@ -131,6 +135,9 @@ class SmolVLAPolicy:
                 raise InputError(
                     f"images[{name!r}]: expected HxWx3 uint8 RGB, got {frame.dtype} {frame.shape}"
                 )
+            if min(fitted_size(*frame.shape[:2], *self.cfg.resize)) < 1:  # else a bare torch error, mid-step
+                raise InputError(f"images[{name!r}]: a {frame.shape[0]}x{frame.shape[1]} frame keeps no "
+                                 f"row or column when fitted to {self.cfg.resize[0]}x{self.cfg.resize[1]}")
             if name in skip:
                 pixels.append(None)
                 continue
@@ -220,14 +227,21 @@ class SmolVLAPolicy:
         return raw.numpy().astype(np.float32), normalized.numpy().astype(np.float32)
 
     def in_dtype(self, dtype: torch.dtype) -> SmolVLAPolicy:
-        """Return this policy computing in `dtype` (a copy, made once; itself if already so)."""
+        """Return this policy computing in `dtype` (a copy, made once; itself if already so).
+
+        Copies are made from the loaded policy and shared with it, so a copy asked for another
+        dtype gives the loaded weights in it (a bf16 copy asked for fp32: the loaded fp32, not
+        its own weights rounded to bf16 and back).
+        """
         if dtype == self.dtype:
             return self
-        copies = self.__dict__.setdefault("_copies", {})
+        loaded = self.__dict__.get("_loaded", self)
+        copies = loaded.__dict__.setdefault("_copies", {loaded.dtype: loaded})
         if dtype not in copies:
-            model = copy.deepcopy(self.model).to(dtype)
+            model = copy.deepcopy(loaded.model).to(dtype)
             model._time_cache = {}
-            copies[dtype] = SmolVLAPolicy(self.files, model, self.device)
+            copies[dtype] = SmolVLAPolicy(loaded.files, model, loaded.device)
+            copies[dtype]._loaded = loaded
         return copies[dtype]
 
     def graphed_denoiser(self):
