@@ -106,7 +106,10 @@ class PolicyParameters:
         touched = {values["strategy"]} | {k.split(".", 1)[0] for k in changes
                                           if k.split(".", 1)[0] in available_strategies()}
         for strategy in sorted(touched):
-            strategy_class(strategy).Params.from_dict(self.strategy_values(values, strategy), strategy)
+            params = strategy_class(strategy).Params.from_dict(self.strategy_values(values, strategy),
+                                                               strategy)
+            if family is not None:
+                params.check_capabilities(family.capabilities)
         if family is not None and "strategy" in changes:
             family.check_strategy(changes["strategy"])
         for name in changes:

@@ -72,6 +72,7 @@ class PolicyRuntime:
                      "units (an AMX Xeon: 3.1x faster than the upcast, 0.13 %% mean action deviation)")
         self.model = model.eval()
         self.strategy = build_strategy(strategy, strategy_params, model.cfg)
+        self.strategy.params.check_capabilities(model.capabilities)
         spec = model.spec
         self.history = check_history(history or self.strategy.params.history or spec.default_history)
         if self.history > 1 and not model.capabilities.history_frames:

@@ -49,6 +49,9 @@ class StrategyParams:
             if isinstance(value, float) and math.isnan(value):
                 raise ConfigError(f"{name} must be a number, got {value}")
 
+    def check_capabilities(self, capabilities) -> None:
+        """Raise ConfigError if these values cannot run on a family with `capabilities` (contract)."""
+
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None, strategy: str):
         """Build from flat keys (YAML / ROS parameters); unknown keys name the allowed ones."""

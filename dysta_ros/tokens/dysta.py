@@ -69,6 +69,12 @@ class DystaParams(StrategyParams):
         if self.gate not in GATES:
             raise ConfigError(f"gate {self.gate!r} is not allowed; choose one of: {', '.join(GATES)}")
 
+    def check_capabilities(self, capabilities) -> None:
+        # When built or set, not at each step: a node configured, then failed every step.
+        if not capabilities.causal_prefix and (self.gate == "learned" or self.cache_language):
+            raise ConfigError("dysta on a bidirectional single-frame prefix takes gate change (no trained "
+                              "Disentangler/RecacheGate) and cache_language false")
+
     def static_counts(self, tokens_per_frame: int) -> tuple[int, int]:
         """Return how many of a frame's patches are static L1 and L2."""
         l1 = int(round(self.l1_fraction * tokens_per_frame))
@@ -313,9 +319,6 @@ class DystaStrategy(Strategy):
         attends to, the dynamic ones included, which changed since the cache was built. On an
         unchanged frame the cached K/V are what `full` computes, so the step is `full`'s.
         """
-        if self.params.gate == "learned" or self.params.cache_language or ctx.history != 1:
-            raise ConfigError("dysta on a bidirectional single-frame prefix takes gate change (no trained "
-                              "Disentangler/RecacheGate), cache_language false and history 1")
         refresh_l1, refresh_l2, gate_ms = self.decide(ctx)
         current = ctx.frames[-1]
         l1, l2, dynamic = self.groups

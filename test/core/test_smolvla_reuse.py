@@ -84,10 +84,10 @@ def test_reuse_on_a_changing_frame_deviates_boundedly(tiny, strategy):
 def test_dysta_on_smolvla_refuses_what_its_bidirectional_form_lacks(tiny):
     from dysta_ros.errors import ConfigError
 
-    model, images, state, task = tiny
-    runtime = build_runtime(model, "dysta", {"cache_language": True})
-    with pytest.raises(ConfigError, match="cache_language false"):
-        runtime.step(Observation(0.0, images, state, task))
+    model, _, _, _ = tiny
+    for params in ({"cache_language": True}, {"gate": "learned"}):  # refused when built, not at each step
+        with pytest.raises(ConfigError, match="cache_language false"):
+            build_runtime(model, "dysta", params)
 
 
 def test_an_instruction_no_tokenizer_reads_is_refused_and_the_cache_survives(tiny):

@@ -87,6 +87,10 @@ def test_policy_node_runs_a_lerobot_checkpoint_on_so101_topics(ros):
         result = node.set_parameters([Parameter("strategy", value="gotohunt")])[0]
         assert not result.successful and "gotohunt needs history frames" in result.reason
         assert node.values["strategy"] == "full"
+        # So is a dysta parameter its bidirectional form lacks: when set, not at every later step.
+        result = node.set_parameters([Parameter("dysta.cache_language", value=True)])[0]
+        assert not result.successful and "cache_language false" in result.reason
+        assert node.values["dysta.cache_language"] is False and not node.rebuild
     finally:
         node.close()
         probe.spin.remove_node(node)
