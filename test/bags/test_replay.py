@@ -43,6 +43,16 @@ def test_pacing_follows_recorded_offsets_divided_by_rate():
         list(paced(messages, rate=0.0))
 
 
+def test_a_loop_over_nothing_to_play_ends(tmp_path):
+    from dysta_ros.bags.playback import play
+
+    bag = write_episode_bag(tmp_path / "bag", BagSpec(episodes=1, seconds=0.3))
+    # no topic chosen (a bag of command topics only, left out): it ended at once, not spinning
+    assert list(play(bag, [], loop=True)) == []
+    looped = play(bag, ["/dysta/instruction"], rate=1000.0, loop=True)
+    assert [next(looped).topic for _ in range(3)] == ["/dysta/instruction"] * 3  # a real loop goes on
+
+
 def _start_replay(bag, *extra):
     return subprocess.Popen(
         [sys.executable, "-m", "dysta_ros.cli", "replay", str(bag), "--topics", *PLAYED,
