@@ -180,6 +180,10 @@ def run_on_ray(configs: list[EvalConfig], address: str | None = None, num_cpus: 
     finally:
         if owned:
             ray.shutdown()
+    # in task order (checkpoint, bag, attempt), not in the order Ray happened to finish them
+    order = {(c.model, bag): (i, j) for i, c in enumerate(configs) for j, bag in enumerate(c.bags)}
+    for entries in (fleet.retried, fleet.failed):
+        entries.sort(key=lambda e: (order[(e["checkpoint"], e["bag"])], e["attempt"]))
     for result in results.values():
         fleet.workers.append(result["pid"])
         fleet.model_loads += int(result["loaded_model"])

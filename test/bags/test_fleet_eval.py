@@ -151,6 +151,20 @@ def test_a_task_that_fails_in_its_own_code_is_reported_not_retried(bags, local_r
     assert "**Failed: these bags have no results**" in (tmp_path / "r" / "report.md").read_text()
 
 
+def test_failures_are_listed_in_bag_order_whichever_finishes_first(bags, local_ray, tmp_path):
+    import time
+
+    def refuse(bag: str, checkpoint: str) -> None:
+        if bag.endswith("a"):
+            time.sleep(3.0)  # a fails after b (both run at once on the 2 CPUs)
+        raise ValueError(f"{Path(bag).name}: refused by the test")
+
+    results = evaluate_fleet(_configs(bags, ["tiny"], tmp_path / "r"), use_ray=True, progress=False,
+                             before_task=refuse)
+    assert [Path(f["bag"]).name for f in results["fleet"]["failed"]] == ["a", "b"]
+    assert results["checkpoints"]["tiny"] is None  # nothing finished: no summary for it
+
+
 def test_tasks_no_ray_node_can_run_are_refused_not_queued_forever(bags, local_ray, tmp_path):
     # each task asks for --threads CPUs; the local Ray has 2, so 3 could never be scheduled
     config = EvalConfig(bags=find_bags([str(bags)]), strategies=["dysta"], max_steps=1, threads=3,
