@@ -41,6 +41,7 @@ class ClockOffsetEstimator:
     def __init__(self, window: int = 16):
         self.trips: collections.deque[RoundTrip] = collections.deque(maxlen=window)
         self.refused = 0  # answers that cannot be a real round trip (negative delay: a clock stepped)
+        self.steps = 0  # times their clock was seen to step: the trips before were forgotten
 
     def add(self, trip: RoundTrip) -> bool:
         """Take a round trip; return False (and count it) when its times cannot be right."""
@@ -49,6 +50,14 @@ class ClockOffsetEstimator:
                 or trip.delay < 0 or trip.t3 < trip.t0 or trip.t2 < trip.t1:
             self.refused += 1
             return False
+        # Each trip bounds their clock to offset +- delay / 2. A trip whose bounds exclude the
+        # best one's saw another clock (it stepped: NTP fixed the robot's clock after boot); the
+        # faster old trips would otherwise win until the window forgot them (8 s of frames
+        # judged hours old or hours in the future).
+        best = self.best
+        if best is not None and abs(trip.offset - best.offset) > (trip.delay + best.delay) / 2:
+            self.trips.clear()
+            self.steps += 1
         self.trips.append(trip)
         return True
 

@@ -146,6 +146,8 @@ def _ordered(names, values, joints: tuple[str, ...], what: str, source: str) -> 
     values = np.asarray(values, dtype=np.float32)
     if not joints or not len(names):
         return values
+    if len(values) != len(names):  # indexing by name raised an IndexError traceback
+        raise BagError(f"{source}: a {what} names {len(names)} joints but has {len(values)} values")
     index = {name: i for i, name in enumerate(names)}
     if missing := [j for j in joints if j not in index]:
         raise BagError(f"{source}: {what} lacks joints {missing} (it has {list(names)})")
@@ -232,6 +234,7 @@ def load_episodes(path: str | Path, topic_map: TopicMap | None = None,
         images: dict[str, list[tuple[float, Frame]]] = {c: [] for c in topic_map.cameras}
         camera_of = {topic: camera for camera, topic in topic_map.cameras.items()}
         states, actions, instructions, events = [], [], [], []
+        no_position = 0
         joints = topic_map.joints
         for raw in bag.messages(topic_map.topics()):
             receive_s = raw.stamp_ns * 1e-9
@@ -241,6 +244,9 @@ def load_episodes(path: str | Path, topic_map: TopicMap | None = None,
                     (receive_s, Frame(_stamp(message.header, receive_s, clock),
                                       raw.msgtype, message)))
             elif raw.topic == topic_map.state_topic:
+                if len(message.name) and not len(message.position):
+                    no_position += 1  # velocity or effort only (JointState's empty array)
+                    continue
                 joints = joints or tuple(message.name)
                 states.append((receive_s, header_or_receive_time(message.header, receive_s),
                                _ordered(message.name, message.position, joints, "JointState",
@@ -255,6 +261,9 @@ def load_episodes(path: str | Path, topic_map: TopicMap | None = None,
         if lost := [t for t in topic_map.topics() if bag.message_counts.get(t, 0)
                     and t in bag.shortfalls and not bag.shortfalls[t][1]]:
             raise BagError(f"{source}: the index lists messages on {lost} but none could be read")
+    if no_position:
+        log.warning("%s: %d messages on %s have no positions (velocity or effort only); left out",
+                    source, no_position, topic_map.state_topic)
     _check_clocks(source, states, clock, topic_map.state_topic)
     if clock == "receive":
         states = [(receive_s, receive_s, vector) for receive_s, _, vector in states]

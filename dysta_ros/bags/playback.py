@@ -31,11 +31,18 @@ def paced(messages: Iterable[BagMessage], rate: float = 1.0,
 
 def play(path: str | Path, topics: Iterable[str] | None = None, rate: float = 1.0,
          loop: bool = False, **pacing) -> Iterator[BagMessage]:
-    """Yield a bag's messages (of `topics`, or all) in recorded time; forever when `loop`."""
+    """Yield a bag's messages (of `topics`, or all) in recorded time; forever when `loop`.
+
+    A pass that yields nothing ends a loop: every later one would too, and looping on it
+    spun a core until Ctrl-C (a bag of command topics only, none played).
+    """
     while True:
+        played = 0
         with BagReader(path) as bag:
-            yield from paced(bag.messages(topics), rate, **pacing)
-        if not loop:
+            for message in paced(bag.messages(topics), rate, **pacing):
+                played += 1
+                yield message
+        if not loop or not played:
             return
 
 

@@ -109,12 +109,29 @@ def init_ray(address: str | None, num_cpus: int | None) -> bool:
     ray = _ray()
     if ray.is_initialized():
         return False
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-    else:  # loopback only, no dashboard: a local pool of worker processes
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                 _node_ip_address="127.0.0.1", logging_level=logging.WARNING, log_to_driver=False)
+    try:
+        if address:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        else:  # loopback only, no dashboard: a local pool of worker processes
+            ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                     _node_ip_address="127.0.0.1", logging_level=logging.WARNING, log_to_driver=False)
+    # a bad address is a ValueError, an unreachable one a ConnectionError or (after Ray's own
+    # timeout) its sys.exit: one line naming the address, not a traceback or a bare exit status
+    except (ValueError, ConnectionError, RuntimeError, SystemExit) as exc:
+        ray.shutdown()
+        where = f"at {address}" if address else "locally"
+        raise ConfigError(f"--ray: could not start or reach Ray {where}: "
+                          f"{type(exc).__name__}: {str(exc).strip() or 'no reason given'}") from None
     return True
+
+
+def _check_feasible(ray, cpus: int) -> None:
+    """Refuse tasks no node can run: Ray queues an infeasible task forever (eval hung)."""
+    largest = max((node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")),
+                  default=0.0)
+    if cpus > largest:
+        raise ConfigError(f"--threads {cpus}: each Ray task asks for {cpus} CPUs but no Ray node has "
+                          f"more than {largest:g} (--ray-cpus); lower --threads or raise --ray-cpus")
 
 
 def run_on_ray(configs: list[EvalConfig], address: str | None = None, num_cpus: int | None = None,
@@ -126,7 +143,9 @@ def run_on_ray(configs: list[EvalConfig], address: str | None = None, num_cpus: 
     owned = init_ray(address, num_cpus)
     fleet = FleetLog(engine="ray", address=address or "local")
     try:
-        remote = ray.remote(max_retries=0, num_cpus=max(1, configs[0].threads))(_bag_task)
+        cpus = max(1, configs[0].threads)
+        _check_feasible(ray, cpus)
+        remote = ray.remote(max_retries=0, num_cpus=cpus)(_bag_task)
         tasks = [(c, b) for c in range(len(configs)) for b in range(len(configs[c].bags))]
         fleet.tasks = len(tasks)
         results: dict[tuple[int, int], dict] = {}
@@ -161,6 +180,10 @@ def run_on_ray(configs: list[EvalConfig], address: str | None = None, num_cpus: 
     finally:
         if owned:
             ray.shutdown()
+    # in task order (checkpoint, bag, attempt), not in the order Ray happened to finish them
+    order = {(c.model, bag): (i, j) for i, c in enumerate(configs) for j, bag in enumerate(c.bags)}
+    for entries in (fleet.retried, fleet.failed):
+        entries.sort(key=lambda e: (order[(e["checkpoint"], e["bag"])], e["attempt"]))
     for result in results.values():
         fleet.workers.append(result["pid"])
         fleet.model_loads += int(result["loaded_model"])

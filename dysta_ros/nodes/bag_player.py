@@ -130,7 +130,8 @@ class BagPlayer(Node):
         """
         if message.topic in self.command_topics and not self.force:
             self._refuse_if_listened(" any more")
-        if self._clock is not None and (self._last_clock_ns is None
+        # --loop starts the bag's time over: /clock goes back with it (it stayed at the end)
+        if self._clock is not None and (self._last_clock_ns is None or message.stamp_ns < self._last_clock_ns
                                         or message.stamp_ns - self._last_clock_ns >= CLOCK_PERIOD_NS):
             self._clock.publish(Clock(clock=Time(nanoseconds=message.stamp_ns).to_msg()))
             self._last_clock_ns = message.stamp_ns

@@ -98,7 +98,8 @@ class ClockOffsetClient:
         self.board.set("clock", OK, f"estimated from round trips: robot clock = ours "
                        f"{best.offset:+.4f} s (+- {best.delay / 2:.4f} s)", mode=self.mode,
                        offset_s=f"{best.offset:.6f}", uncertainty_s=f"{best.delay / 2:.6f}",
-                       round_trips=len(self.estimator.trips), refused=self.estimator.refused)
+                       round_trips=len(self.estimator.trips), refused=self.estimator.refused,
+                       steps=self.estimator.steps)
 
     def publish_diagnostics(self):
         self.diagnostics_pub.publish(to_message(self.board, self.node.get_clock().now().to_msg()))

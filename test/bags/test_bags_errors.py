@@ -73,3 +73,35 @@ def test_eval_checks_the_bag_against_the_topic_map_before_it_builds_any_model(ba
     # the bag error comes first: the (missing) checkpoint is never opened
     with pytest.raises(BagError, match="camera 'front' topic /front/image .*--topic-map"):
         run_open_loop(config, progress=False)
+
+
+def _with_joint_state(bag, out, position: list[float]):
+    """`bag` plus one JointState on /joint_states naming every joint, with `position` only."""
+    from bag_helpers import ros_time
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import Header
+
+    with BagReader(bag) as source, BagWriter(out) as target:
+        for topic, msgtype in source.topics.items():
+            target.add_topic(topic, msgtype, source.qos(topic))
+        messages = list(source.messages())
+        for message in messages:
+            target.write(message.topic, message.stamp_ns, message.data)
+        middle = messages[len(messages) // 2].stamp_ns
+        target.write("/joint_states", middle + 1, serialize_message(JointState(
+            header=Header(stamp=ros_time(middle * 1e-9 - 0.002)), name=JOINTS, position=position,
+            effort=[1.0] * len(JOINTS))))
+    return out
+
+
+def test_joint_states_without_positions_are_left_out_and_short_ones_named(bag, tmp_path, caplog):
+    [expected] = load_episodes(bag, rate_hz=10.0)
+    # an effort-only message (JointState's arrays may be empty) is not a position sample
+    with caplog.at_level(logging.WARNING):
+        [episode] = load_episodes(_with_joint_state(bag, tmp_path / "effort", []), rate_hz=10.0)
+    assert "1 messages on /joint_states have no positions" in caplog.text
+    np.testing.assert_array_equal(episode.states, expected.states)
+    # fewer positions than names is a broken message: one line naming the bag (was an IndexError)
+    with pytest.raises(BagError, match=r"short.*JointState names 6 joints but has 5 values"):
+        load_episodes(_with_joint_state(bag, tmp_path / "short", [0.0] * 5), rate_hz=10.0)

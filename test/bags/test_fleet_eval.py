@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from bag_helpers import BagSpec, write_episode_bag
 
 from dysta_ros.bags import find_bags
-from dysta_ros.errors import BagError
+from dysta_ros.errors import BagError, ConfigError
 from dysta_ros.evaluation.fleet import checkpoint_labels, configs_for, evaluate_fleet
 from dysta_ros.evaluation.open_loop import EvalConfig
 
@@ -147,3 +149,37 @@ def test_a_task_that_fails_in_its_own_code_is_reported_not_retried(bags, local_r
     episodes = results["checkpoints"]["tiny"]["episodes"]
     assert [Path(e["bag"]).name for e in episodes] == ["a"]  # the other bag's results are kept
     assert "**Failed: these bags have no results**" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_failures_are_listed_in_bag_order_whichever_finishes_first(bags, local_ray, tmp_path):
+    import time
+
+    def refuse(bag: str, checkpoint: str) -> None:
+        if bag.endswith("a"):
+            time.sleep(3.0)  # a fails after b (both run at once on the 2 CPUs)
+        raise ValueError(f"{Path(bag).name}: refused by the test")
+
+    results = evaluate_fleet(_configs(bags, ["tiny"], tmp_path / "r"), use_ray=True, progress=False,
+                             before_task=refuse)
+    assert [Path(f["bag"]).name for f in results["fleet"]["failed"]] == ["a", "b"]
+    assert results["checkpoints"]["tiny"] is None  # nothing finished: no summary for it
+
+
+def test_tasks_no_ray_node_can_run_are_refused_not_queued_forever(bags, local_ray, tmp_path):
+    # each task asks for --threads CPUs; the local Ray has 2, so 3 could never be scheduled
+    config = EvalConfig(bags=find_bags([str(bags)]), strategies=["dysta"], max_steps=1, threads=3,
+                        report=str(tmp_path / "r"))
+    with pytest.raises(ConfigError, match=r"--threads 3: .* no Ray node has more than 2"):
+        evaluate_fleet([config], use_ray=True, progress=False)
+    assert ray.is_initialized()  # the caller's Ray is left running
+
+
+def test_a_ray_that_cannot_be_started_or_reached_is_one_line(bags, tmp_path):
+    # a fresh process: the module's local Ray would be reused instead of the address given
+    result = subprocess.run([sys.executable, "-m", "dysta_ros.cli", "eval", str(bags / "a"),
+                             "--strategies", "dysta", "--max-steps", "1", "--threads", "1",
+                             "--report", str(tmp_path / "r"), "--ray", "127.0.0.1:notaport"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert "--ray: could not start or reach Ray at 127.0.0.1:notaport" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -46,3 +46,22 @@ def test_an_answer_with_times_that_are_not_numbers_is_refused(t1, t2):
     estimator = ClockOffsetEstimator()
     assert not estimator.add(RoundTrip(0.0, t1, t2, 0.01))
     assert estimator.refused == 1 and estimator.offset_s is None
+
+
+@pytest.mark.parametrize("step_s", [3600.0, -3600.0, 0.05])
+def test_a_step_of_their_clock_is_followed_at_the_next_round_trip(step_s):
+    estimator = ClockOffsetEstimator()
+    for sent in range(8):  # fast trips: the robot's clock 2 h behind
+        estimator.add(trip(float(sent), offset=-7200.0, out=0.001, back=0.001))
+    # NTP steps the robot's clock; later trips are slower, so the old ones had the least delay
+    estimator.add(trip(8.0, offset=-7200.0 + step_s, out=0.01, back=0.01))
+    assert estimator.offset_s == pytest.approx(-7200.0 + step_s, abs=estimator.uncertainty_s)
+    assert estimator.uncertainty_s == pytest.approx(0.01, abs=1e-6) and estimator.steps == 1
+
+
+def test_slow_trips_of_an_unchanged_clock_keep_the_fastest_one():
+    estimator = ClockOffsetEstimator()
+    estimator.add(trip(0.0, offset=1.0, out=0.001, back=0.001))
+    # one-sided queueing moves a slow trip's offset, but within its own bounds: no step
+    estimator.add(trip(1.0, offset=1.0, out=0.3, back=0.001))
+    assert estimator.steps == 0 and estimator.offset_s == pytest.approx(1.0, abs=1e-9)
