@@ -41,6 +41,13 @@ class SpeedOptions:
     cuda_graphs: bool = False  # capture the denoising loop once per prefix length and replay it
 
     def __post_init__(self):
+        for field in dataclasses.fields(self):  # YAML's `true` for a count, or "yes" for a flag
+            value, kind = getattr(self, field.name), type(field.default)
+            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not (isinstance(value, bool) if kind is bool else numeric if kind is float
+                    else numeric and isinstance(value, int) if kind is int else isinstance(value, kind)):
+                raise ConfigError(f"speed options: {field.name} must be of type {kind.__name__}, "
+                                  f"got {value!r}")
         checks = [
             (self.vision_threshold >= 0, "vision_threshold must be >= 0"),
             (isinstance(self.vision_refresh, int) and self.vision_refresh >= 1,

@@ -197,6 +197,11 @@ def test_speed_options_are_validated_and_split_from_strategy_keys():
         SpeedOptions(denoise_steps=-1)
     with pytest.raises(ConfigError, match="unknown key"):
         SpeedOptions.from_dict({"vision_reus": True})
+    for key, value in (("vision_refresh", True), ("denoise_steps", 2.5), ("vision_reuse", "yes"),
+                       ("compute_dtype", 16)):  # each once passed as something else
+        with pytest.raises(ConfigError, match=f"{key} must be of type"):
+            SpeedOptions.from_dict({key: value})
+    assert SpeedOptions(vision_threshold=0).vision_threshold == 0  # an int where a float is: fine
 
 
 def test_cuda_graphs_are_refused_on_a_cpu_policy(tiny):
