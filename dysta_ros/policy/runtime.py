@@ -10,6 +10,7 @@ same noise on the same step.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from pathlib import Path
@@ -155,6 +156,8 @@ class PolicyRuntime:
         start_wall = time.time()
         timer = StageTimer(self.model.device)
         noise = None if noise is None else self._check_noise(noise)
+        if not isinstance(obs.stamp, (int, float)) or not math.isfinite(obs.stamp):
+            raise InputError(f"stamp must be a finite number of seconds, got {obs.stamp!r}")
         pixels, state, instruction = self.model.preprocess(obs)
         timer.lap("preprocess")
         saved_frames, saved_count, saved_chunk = list(self.frames), self.frame_count, self.previous_chunk

@@ -78,6 +78,7 @@ def test_bad_input_raises_input_error_and_next_step_works(runtime, bad, message)
         ({"noise": np.zeros(3)}, "noise shape"),
         ({"noise": "nan"}, "noise has non-finite"),
         ({"camera": None}, "missing camera"),
+        ({"stamp": float("nan")}, "stamp must be a finite"),  # the executor refused its chunk, after a step
     ],
 )
 def test_a_refused_input_leaves_history_and_caches_as_they_were(bad, message):
@@ -90,6 +91,7 @@ def test_a_refused_input_leaves_history_and_caches_as_they_were(bad, message):
         obs.instruction = bad["instruction"]
     if "camera" in bad:
         del obs.images["main"]
+    obs.stamp = bad.get("stamp", obs.stamp)
     if isinstance(noise, str):
         noise = np.full(refused.model.spec.noise_shape, np.nan)
     with pytest.raises(InputError, match=message):
