@@ -48,6 +48,20 @@ def threads_value(text: str) -> int:
     return value
 
 
+SEED_LIMIT = 2**63  # seeds reach ROS int64 parameters (sim_node's `seed`) and numpy's generators
+
+
+def seed_value(text: str) -> int:
+    """A seed flag's value: an integer in 0 .. 2**63 - 1 (numpy's generators refuse negative seeds)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be in 0..{SEED_LIMIT - 1}, got {value}")
+    return value
+
+
 class _DeprecatedModelFlag(argparse.Action):
     """`--policy/--checkpoint/--preset X`: sets --model, with a warning on stderr."""
 

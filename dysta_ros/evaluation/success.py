@@ -20,9 +20,10 @@ from tqdm import tqdm
 
 from dysta_ros.errors import ConfigError
 from dysta_ros.cli_options import (add_json_argument, add_model_argument, add_runtime_arguments,
-                                   add_strategies_argument, json_to_stdout, write_json)
+                                   add_strategies_argument, json_to_stdout, seed_value, write_json)
 from dysta_ros.plots import pyplot, save_png
 from dysta_ros.results import command_line, recache_rate, result_document, speedup
+from dysta_ros.sim.tasks import check_seed
 from dysta_ros.tokens import available_strategies, parse_param_overrides
 
 if TYPE_CHECKING:  # MuJoCo and torch: imported to run, so `dysta-ros closed-loop --help` stays instant
@@ -116,6 +117,7 @@ def evaluate(
     specs = {spec: parse_spec(spec) for spec in strategies}
     if episodes < 1:
         raise ConfigError(f"episodes: must be >= 1, got {episodes}")
+    check_seed(seed_start)  # before the model loads, not at the first reset
     set_threads(threads)
     trained = {}
     if Path(model).is_dir() and family_of(model) == "dysta_vla":
@@ -229,7 +231,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a LeRobot SmolVLA checkpoint's backbone config + tokenizer directory")
     parser.add_argument("--task", default="reach", help="sim task (reach, memory)")
     parser.add_argument("--episodes", type=int, default=20, help="held-out seeds per strategy")
-    parser.add_argument("--seed-start", type=int, default=HELD_OUT_SEED_START, help="first held-out seed")
+    parser.add_argument("--seed-start", type=seed_value, default=HELD_OUT_SEED_START,
+                        help="first held-out seed")
     add_strategies_argument(parser, extra_help="; `name@T` gives one its own history, e.g. full@2")
     parser.add_argument("--history", type=int, default=None, help="frames T (default: the checkpoint's)")
     parser.add_argument("--execute-steps", type=int, default=None,

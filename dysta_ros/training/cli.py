@@ -7,7 +7,7 @@ import dataclasses
 import sys
 
 from dysta_ros.cli_options import (add_json_argument, add_model_argument, add_runtime_arguments,
-                                   json_to_stdout, write_json)
+                                   json_to_stdout, seed_value, write_json)
 from dysta_ros.errors import DystaError, exit_status
 from dysta_ros.results import command_line, result_document
 from dysta_ros.training.config import TrainConfig
@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     for name in ("steps", "batch", "history", "frame_stride", "max_cache_age", "save_every", "seed",
                  "warmup", "sim_seed_start"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=defaults[name])
+        parser.add_argument(f"--{name.replace('_', '-')}", default=defaults[name],
+                            type=seed_value if "seed" in name else int)
     for name in ("lr", "gate_lambda", "action_noise", "weight_decay"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=defaults[name])
     # --dtype bfloat16/float16: mixed precision (autocast) over float32 weights (training/precision.py)

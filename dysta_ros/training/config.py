@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from dysta_ros.errors import ConfigError
-from dysta_ros.sim.tasks import TASKS
+from dysta_ros.sim.tasks import TASKS, check_seed
 
 
 @dataclass
@@ -45,6 +45,11 @@ class TrainConfig:
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        for name in ("seed", "sim_seed_start"):
+            try:
+                check_seed(getattr(self, name))
+            except ConfigError:
+                raise ConfigError(f"{name}: must be an integer >= 0, got {getattr(self, name)}") from None
         if self.batch < 2:
             raise ConfigError(f"batch: must be >= 2 (InfoNCE needs negatives), got {self.batch}")
         unknown = sorted(set(self.tasks) - set(TASKS))

@@ -59,6 +59,8 @@ def test_unknown_strategy_and_bad_param_are_named():
         evaluate("tiny", strategies=["full@x"], episodes=1)
     with pytest.raises(ConfigError, match="STRATEGY.KEY=VALUE"):
         evaluate("tiny", strategies=["full"], episodes=1, param_overrides=["delta=1"])
+    with pytest.raises(ConfigError, match="seed"):  # numpy's ValueError after the model loaded, before
+        evaluate("tiny", strategies=["full"], episodes=1, seed_start=-3)
 
 
 def test_table_without_full_prints_no_nan(report):

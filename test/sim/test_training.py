@@ -153,3 +153,6 @@ def test_config_errors_name_the_field(tmp_path):
         tiny_config(tmp_path, batch=1)
     with pytest.raises(ConfigError, match="sim_episodes"):
         tiny_config(tmp_path, sim_episodes=0)
+    for name in ("seed", "sim_seed_start"):  # numpy refused them, in a traceback after the demos
+        with pytest.raises(ConfigError, match=name):
+            tiny_config(tmp_path, **{name: -1})
