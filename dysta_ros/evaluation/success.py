@@ -118,6 +118,10 @@ def evaluate(
     if episodes < 1:
         raise ConfigError(f"episodes: must be >= 1, got {episodes}")
     check_seed(seed_start)  # before the model loads, not at the first reset
+    # 0 is no "use the default": `or` below would have swapped it for the checkpoint's value silently
+    for name, value in (("history", history), ("execute_steps", execute_steps)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{name}: must be >= 1, got {value}")
     set_threads(threads)
     trained = {}
     if Path(model).is_dir() and family_of(model) == "dysta_vla":
@@ -125,9 +129,12 @@ def evaluate(
     vla, tokenizer = build_model(model, device, dtype, vlm=vlm)
     # a LeRobot checkpoint says how many of a chunk's actions it executes (n_action_steps)
     n_action_steps = getattr(getattr(vla, "spec", None), "n_action_steps", None)
-    execute_steps = int(execute_steps or trained.get("frame_stride") or n_action_steps or 4)
+    if execute_steps is None:
+        execute_steps = trained.get("frame_stride") or n_action_steps or 4
+    execute_steps = int(execute_steps)
     params = parse_param_overrides(param_overrides or [], sorted({name for name, _ in specs.values()}))
-    runtimes = {spec: runtime_around(vla, name, params[name], spec_history or history, tokenizer=tokenizer)
+    runtimes = {spec: runtime_around(vla, name, params[name],
+                                     history if spec_history is None else spec_history, tokenizer=tokenizer)
                 for spec, (name, spec_history) in specs.items()}
     env = SimEnv()
     runs: dict[str, list[Episode]] = {spec: [] for spec in specs}
