@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,7 @@ from dysta_ros.policy.smolvla.config import (
 )
 from dysta_ros.policy.smolvla.model import SmolVLAModel, transformers_configs
 from dysta_ros.policy.smolvla.policy import SmolVLAPolicy
+from dysta_ros.training.config import check_run_fields
 from dysta_ros.training.data import Demo
 from dysta_ros.training.precision import Precision
 from dysta_ros.training.schedule import learning_rate
@@ -239,6 +241,12 @@ class SmolVLATrainConfig:
     threads: int = 1
     device: str = "cpu"  # torch device of the model and batches
     dtype: str = "float32"  # compute dtype (autocast); weights and the checkpoint stay float32
+
+    def __post_init__(self):
+        check_run_fields(self, positive=("steps", "batch", "threads"),
+                         not_negative=("warmup", "weight_decay"))
+        if not 0 < self.lr < math.inf:
+            raise ConfigError(f"lr: must be > 0 and finite, got {self.lr}")
 
 
 class SmolVLATrainer:

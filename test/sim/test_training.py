@@ -156,3 +156,9 @@ def test_config_errors_name_the_field(tmp_path):
     for name in ("seed", "sim_seed_start"):  # numpy refused them, in a traceback after the demos
         with pytest.raises(ConfigError, match=name):
             tiny_config(tmp_path, **{name: -1})
+    # a traceback after the demos (cache age, noise, decay) or a silently shifted schedule (warm-up)
+    for name in ("max_cache_age", "warmup", "action_noise", "weight_decay"):
+        with pytest.raises(ConfigError, match=f"{name}: must be >= 0"):
+            tiny_config(tmp_path, **{name: -1})
+    with pytest.raises(ConfigError, match="lr"):
+        tiny_config(tmp_path, lr=float("nan"))
