@@ -365,7 +365,13 @@ class SmolVLATrainer:
 
     # --- LeRobot's layout ----------------------------------------------------------------------
     def save(self) -> Path:
-        """Write the checkpoint in LeRobot's layout (plus vlm/, the log and the loss plot)."""
+        """Write the checkpoint in LeRobot's layout (plus vlm/, the log and the loss plot), all of it."""
+        from dysta_ros.training.train import interrupts_deferred
+
+        with interrupts_deferred():
+            return self._save()
+
+    def _save(self) -> Path:
         out = Path(self.cfg.out)
         vlm_dir = out / VLM_DIR
         vlm_dir.mkdir(parents=True, exist_ok=True)
