@@ -206,7 +206,8 @@ class Trainer:
         bar.close()
         self.save()
         plot_curves(self.log, self.out / CURVES_PNG)
-        return record
+        # a resumed run already at its last step trains nothing: its result is the last logged step
+        return record or (dict(self.log[-1]) if self.log else {})
 
 
 def plot_curves(log: list[dict[str, float]], path: Path, smooth: int = 25) -> None:

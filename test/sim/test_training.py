@@ -75,6 +75,9 @@ def test_resume_continues_with_identical_state(tmp_path, demos):
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
     assert [r["total"] for r in resumed.log] == [r["total"] for r in straight.log]
+    # resumed when already done: the result is the last step's losses (it was {}, printed as nothing)
+    again = Trainer(tiny_config(tmp_path / "split"), resume=True, demos=demos).run()
+    assert again == resumed.log[-1] and again["step"] == 4
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
