@@ -62,6 +62,33 @@ def seed_value(text: str) -> int:
     return value
 
 
+def _creatable(path: Path, text: str) -> None:
+    """Refuse a path whose nearest existing ancestor is a file: its folders cannot be made."""
+    ancestor = next((p for p in path.absolute().parents if p.exists()), None)
+    if ancestor is not None and not ancestor.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r}: {ancestor} is a file, not a folder")
+
+
+def output_file(text: str) -> str:
+    """A result file's path, checked when parsed: the run would fail writing it only at its end."""
+    path = Path(text)
+    if text == JSON_STDOUT:
+        return text
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder; give a file path")
+    _creatable(path, text)
+    return text
+
+
+def output_folder(text: str) -> str:
+    """A report folder's path, checked when parsed (it may exist: its files are replaced)."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a file, not a folder")
+    _creatable(path, text)
+    return text
+
+
 class _DeprecatedModelFlag(argparse.Action):
     """`--policy/--checkpoint/--preset X`: sets --model, with a warning on stderr."""
 
@@ -165,6 +192,7 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, device: str | None = 
 def add_json_argument(parser: argparse.ArgumentParser) -> None:
     """`--json [FILE]`: the result as {"runs": [...], "meta": {...}}; stdout when no FILE."""
     parser.add_argument("--json", nargs="?", const=JSON_STDOUT, default=None, metavar="FILE",
+                        type=output_file,
                         help='write the result as {"runs": [...], "meta": {...}} to FILE, '
                              "or to stdout when no FILE is given")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from dysta_ros.cli_options import (add_json_argument, add_model_argument, add_runtime_arguments,
-                                   add_strategies_argument, seed_value)
+                                   add_strategies_argument, output_folder, seed_value)
 from dysta_ros.errors import ConfigError
 from dysta_ros.plots import pyplot, save_png
 from dysta_ros.results import recache_rate, result_document, speedup
@@ -83,7 +83,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--episode-seconds", type=float, default=0.0,
                         help="time limit of an episode (0: the task's own)")
     parser.add_argument("--image-size", type=int, default=128, help="camera images are SIZE x SIZE px")
-    parser.add_argument("--report", default="reports/demo", help="folder for the report (created)")
+    parser.add_argument("--report", default="reports/demo", type=output_folder,
+                        help="folder for the report (created)")
     add_runtime_arguments(parser)  # of learned policies; the sim renders on the same CPU
     add_json_argument(parser)
 

@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 from dysta_ros.errors import ConfigError
 from dysta_ros.cli_options import (add_json_argument, add_model_argument, add_runtime_arguments,
-                                   add_strategies_argument, json_to_stdout, seed_value, write_json)
+                                   add_strategies_argument, json_to_stdout, output_folder, seed_value,
+                                   write_json)
 from dysta_ros.plots import pyplot, save_png
 from dysta_ros.results import command_line, recache_rate, result_document, speedup
 from dysta_ros.sim.tasks import check_seed
@@ -248,7 +249,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--param", action="append", default=[], metavar="STRATEGY.KEY=VALUE",
                         help="strategy parameter override, repeatable (e.g. dysta.delta_l1=0.3)")
     add_runtime_arguments(parser)
-    parser.add_argument("--report", default=None, help="directory for report.md, success.png, results.json")
+    parser.add_argument("--report", default=None, type=output_folder,
+                        help="directory for report.md, success.png, results.json")
     add_json_argument(parser)
 
 
