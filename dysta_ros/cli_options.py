@@ -48,6 +48,47 @@ def threads_value(text: str) -> int:
     return value
 
 
+SEED_LIMIT = 2**63  # seeds reach ROS int64 parameters (sim_node's `seed`) and numpy's generators
+
+
+def seed_value(text: str) -> int:
+    """A seed flag's value: an integer in 0 .. 2**63 - 1 (numpy's generators refuse negative seeds)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be in 0..{SEED_LIMIT - 1}, got {value}")
+    return value
+
+
+def _creatable(path: Path, text: str) -> None:
+    """Refuse a path whose nearest existing ancestor is a file: its folders cannot be made."""
+    ancestor = next((p for p in path.absolute().parents if p.exists()), None)
+    if ancestor is not None and not ancestor.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r}: {ancestor} is a file, not a folder")
+
+
+def output_file(text: str) -> str:
+    """A result file's path, checked when parsed: the run would fail writing it only at its end."""
+    path = Path(text)
+    if text == JSON_STDOUT:
+        return text
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder; give a file path")
+    _creatable(path, text)
+    return text
+
+
+def output_folder(text: str) -> str:
+    """A report folder's path, checked when parsed (it may exist: its files are replaced)."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a file, not a folder")
+    _creatable(path, text)
+    return text
+
+
 class _DeprecatedModelFlag(argparse.Action):
     """`--policy/--checkpoint/--preset X`: sets --model, with a warning on stderr."""
 
@@ -151,6 +192,7 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, device: str | None = 
 def add_json_argument(parser: argparse.ArgumentParser) -> None:
     """`--json [FILE]`: the result as {"runs": [...], "meta": {...}}; stdout when no FILE."""
     parser.add_argument("--json", nargs="?", const=JSON_STDOUT, default=None, metavar="FILE",
+                        type=output_file,
                         help='write the result as {"runs": [...], "meta": {...}} to FILE, '
                              "or to stdout when no FILE is given")
 

@@ -17,7 +17,8 @@ import numpy as np
 from tqdm import tqdm
 
 from dysta_ros.cli_options import (add_json_argument, add_model_argument, add_runtime_arguments,
-                                   add_strategies_argument, json_to_stdout, write_json)
+                                   add_strategies_argument, json_to_stdout, output_file, seed_value,
+                                   write_json)
 from dysta_ros.errors import ConfigError, DystaError, exit_status
 from dysta_ros.evaluation.scenes import structured_frames
 from dysta_ros.plots import pyplot, save_png
@@ -312,9 +313,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="STRATEGY.KEY=VALUE",
         help="strategy parameter, repeatable, e.g. --param dysta.delta_l1=0.1",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_value, default=0)
     add_json_argument(parser)
-    parser.add_argument("--plot", help="PNG plot path (default: beside the --json FILE)")
+    parser.add_argument("--plot", type=output_file, help="PNG plot path (default: beside the --json FILE)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from dysta_ros.cli_options import (add_json_argument, add_model_argument, add_runtime_arguments,
-                                   add_strategies_argument)
+                                   add_strategies_argument, output_folder, seed_value)
 from dysta_ros.errors import ConfigError
 from dysta_ros.plots import pyplot, save_png
 from dysta_ros.results import recache_rate, result_document, speedup
@@ -79,11 +79,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                        "each one's speedup")
     parser.add_argument("--task", default="reach", choices=list(TASKS), help="task of every episode")
     parser.add_argument("--episodes", type=int, default=2, help="episodes per policy and strategy")
-    parser.add_argument("--seed", type=int, default=100, help="seed of the first episode (then +1)")
+    parser.add_argument("--seed", type=seed_value, default=100, help="seed of the first episode (then +1)")
     parser.add_argument("--episode-seconds", type=float, default=0.0,
                         help="time limit of an episode (0: the task's own)")
     parser.add_argument("--image-size", type=int, default=128, help="camera images are SIZE x SIZE px")
-    parser.add_argument("--report", default="reports/demo", help="folder for the report (created)")
+    parser.add_argument("--report", default="reports/demo", type=output_folder,
+                        help="folder for the report (created)")
     add_runtime_arguments(parser)  # of learned policies; the sim renders on the same CPU
     add_json_argument(parser)
 
@@ -106,8 +107,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ConfigError(f"--strategies: unknown {unknown}; choose from {', '.join(available_strategies())}")
     if args.episodes < 1:
         raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")
-    if args.episode_seconds < 0:
-        raise ConfigError(f"--episode-seconds must be >= 0, got {args.episode_seconds}")
+    if not 0 <= args.episode_seconds < float("inf"):  # NaN and inf reach sim_node's reset otherwise
+        raise ConfigError(f"--episode-seconds must be >= 0 and finite, got {args.episode_seconds}")
     if not 16 <= args.image_size <= 1024:
         raise ConfigError(f"--image-size must be in 16..1024, got {args.image_size}")
 

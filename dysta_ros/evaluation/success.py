@@ -20,9 +20,11 @@ from tqdm import tqdm
 
 from dysta_ros.errors import ConfigError
 from dysta_ros.cli_options import (add_json_argument, add_model_argument, add_runtime_arguments,
-                                   add_strategies_argument, json_to_stdout, write_json)
+                                   add_strategies_argument, json_to_stdout, output_folder, seed_value,
+                                   write_json)
 from dysta_ros.plots import pyplot, save_png
 from dysta_ros.results import command_line, recache_rate, result_document, speedup
+from dysta_ros.sim.tasks import check_seed
 from dysta_ros.tokens import available_strategies, parse_param_overrides
 
 if TYPE_CHECKING:  # MuJoCo and torch: imported to run, so `dysta-ros closed-loop --help` stays instant
@@ -116,6 +118,11 @@ def evaluate(
     specs = {spec: parse_spec(spec) for spec in strategies}
     if episodes < 1:
         raise ConfigError(f"episodes: must be >= 1, got {episodes}")
+    check_seed(seed_start)  # before the model loads, not at the first reset
+    # 0 is no "use the default": `or` below would have swapped it for the checkpoint's value silently
+    for name, value in (("history", history), ("execute_steps", execute_steps)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{name}: must be >= 1, got {value}")
     set_threads(threads)
     trained = {}
     if Path(model).is_dir() and family_of(model) == "dysta_vla":
@@ -123,9 +130,12 @@ def evaluate(
     vla, tokenizer = build_model(model, device, dtype, vlm=vlm)
     # a LeRobot checkpoint says how many of a chunk's actions it executes (n_action_steps)
     n_action_steps = getattr(getattr(vla, "spec", None), "n_action_steps", None)
-    execute_steps = int(execute_steps or trained.get("frame_stride") or n_action_steps or 4)
+    if execute_steps is None:
+        execute_steps = trained.get("frame_stride") or n_action_steps or 4
+    execute_steps = int(execute_steps)
     params = parse_param_overrides(param_overrides or [], sorted({name for name, _ in specs.values()}))
-    runtimes = {spec: runtime_around(vla, name, params[name], spec_history or history, tokenizer=tokenizer)
+    runtimes = {spec: runtime_around(vla, name, params[name],
+                                     history if spec_history is None else spec_history, tokenizer=tokenizer)
                 for spec, (name, spec_history) in specs.items()}
     env = SimEnv()
     runs: dict[str, list[Episode]] = {spec: [] for spec in specs}
@@ -229,7 +239,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a LeRobot SmolVLA checkpoint's backbone config + tokenizer directory")
     parser.add_argument("--task", default="reach", help="sim task (reach, memory)")
     parser.add_argument("--episodes", type=int, default=20, help="held-out seeds per strategy")
-    parser.add_argument("--seed-start", type=int, default=HELD_OUT_SEED_START, help="first held-out seed")
+    parser.add_argument("--seed-start", type=seed_value, default=HELD_OUT_SEED_START,
+                        help="first held-out seed")
     add_strategies_argument(parser, extra_help="; `name@T` gives one its own history, e.g. full@2")
     parser.add_argument("--history", type=int, default=None, help="frames T (default: the checkpoint's)")
     parser.add_argument("--execute-steps", type=int, default=None,
@@ -238,7 +249,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--param", action="append", default=[], metavar="STRATEGY.KEY=VALUE",
                         help="strategy parameter override, repeatable (e.g. dysta.delta_l1=0.3)")
     add_runtime_arguments(parser)
-    parser.add_argument("--report", default=None, help="directory for report.md, success.png, results.json")
+    parser.add_argument("--report", default=None, type=output_folder,
+                        help="directory for report.md, success.png, results.json")
     add_json_argument(parser)
 
 

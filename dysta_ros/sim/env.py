@@ -8,6 +8,7 @@ is exposed separately, for the scripted expert and for success checks.
 
 from __future__ import annotations
 
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -18,7 +19,7 @@ import numpy as np
 from dysta_ros.errors import ConfigError, InputError, RenderError
 from dysta_ros.robot import load_robot_config
 from dysta_ros.sim.scene import CUBE_HALF, N_CUBES, ROBOT, build_mjcf, check_arm
-from dysta_ros.sim.tasks import TOUCH_TOLERANCE, Placement, Task, box_distance, get_task
+from dysta_ros.sim.tasks import TOUCH_TOLERANCE, Placement, Task, box_distance, check_seed, get_task
 from dysta_ros.types import Observation
 
 CAMERAS = ("main", "wrist")
@@ -85,12 +86,13 @@ class SimEnv:
 
         `episode_seconds` shortens (or lengthens) the task's time limit, e.g. for quick checks.
         """
-        self.task = get_task(task)
+        # all checked before anything changes: a refused reset leaves the episode as it was
+        seed, chosen = check_seed(seed), get_task(task)
         if episode_seconds is not None:
-            if not episode_seconds > 0:
-                raise ConfigError(f"episode_seconds: {episode_seconds} must be > 0")
-            self.task = replace(self.task, episode_seconds=float(episode_seconds))
-        self.seed = int(seed)
+            if not 0 < episode_seconds < math.inf:  # inf would never time out; NaN compares false
+                raise ConfigError(f"episode_seconds: {episode_seconds} must be > 0 and finite")
+            chosen = replace(chosen, episode_seconds=float(episode_seconds))
+        self.task, self.seed = chosen, seed
         self.placement = self.task.place(self.seed, N_CUBES)
         mujoco.mj_resetData(self.model, self.data)
         start = HOME + np.random.default_rng(self.seed + 1_000_003).uniform(-HOME_NOISE, HOME_NOISE, 6)

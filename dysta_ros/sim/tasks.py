@@ -45,7 +45,7 @@ class Task:
 
     def place(self, seed: int, n_cubes: int) -> Placement:
         """Return seeded random cube positions (spread apart) and the target's index."""
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(check_seed(seed))
         positions: list[np.ndarray] = []
         while len(positions) < n_cubes:  # rejection sampling; the workspace fits 3 easily
             candidate = rng.uniform((WORKSPACE_X[0], WORKSPACE_Y[0]), (WORKSPACE_X[1], WORKSPACE_Y[1]))
@@ -77,6 +77,13 @@ def get_task(name: str) -> Task:
     if name not in TASKS:
         raise ConfigError(f"task: unknown task {name!r}; choose one of {', '.join(TASKS)}")
     return TASKS[name]
+
+
+def check_seed(seed: int) -> int:
+    """Return `seed` as an int; a negative one is a ConfigError (numpy's generators refuse it)."""
+    if int(seed) != seed or seed < 0:
+        raise ConfigError(f"seed: must be an integer >= 0, got {seed}")
+    return int(seed)
 
 
 def box_distance(point: np.ndarray, centre: np.ndarray, half: float) -> float:

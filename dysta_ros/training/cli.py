@@ -7,7 +7,7 @@ import dataclasses
 import sys
 
 from dysta_ros.cli_options import (add_json_argument, add_model_argument, add_runtime_arguments,
-                                   json_to_stdout, write_json)
+                                   json_to_stdout, output_folder, seed_value, write_json)
 from dysta_ros.errors import DystaError, exit_status
 from dysta_ros.results import command_line, result_document
 from dysta_ros.training.config import TrainConfig
@@ -32,12 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_argument(parser, default="tiny")  # a preset: training starts from random weights
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="model config override, repeatable (e.g. vision.patch_size=8)")
-    parser.add_argument("--out", required=True, help="checkpoint directory to write")
+    parser.add_argument("--out", required=True, type=output_folder, help="checkpoint directory to write")
     # the dataclass's own defaults, read without building one (its checks import torch)
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     for name in ("steps", "batch", "history", "frame_stride", "max_cache_age", "save_every", "seed",
                  "warmup", "sim_seed_start"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=defaults[name])
+        parser.add_argument(f"--{name.replace('_', '-')}", default=defaults[name],
+                            type=seed_value if "seed" in name else int)
     for name in ("lr", "gate_lambda", "action_noise", "weight_decay"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=defaults[name])
     # --dtype bfloat16/float16: mixed precision (autocast) over float32 weights (training/precision.py)

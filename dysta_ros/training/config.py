@@ -3,10 +3,31 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from dysta_ros.errors import ConfigError
-from dysta_ros.sim.tasks import TASKS
+from dysta_ros.sim.tasks import TASKS, check_seed
+
+
+def check_run_fields(cfg, positive: tuple[str, ...], not_negative: tuple[str, ...]) -> None:
+    """Raise ConfigError naming the first field out of range (both trainers' configs).
+
+    Caught here, before any demo is made: otherwise a negative warm-up or cache age ran a
+    wrong schedule or failed deep in numpy/torch, and `--steps 0` saved untrained weights.
+    """
+    for name in positive:
+        if not getattr(cfg, name) >= 1:
+            raise ConfigError(f"{name}: must be >= 1, got {getattr(cfg, name)}")
+    for name in not_negative:
+        if not 0 <= getattr(cfg, name) < math.inf:  # NaN fails too
+            raise ConfigError(f"{name}: must be >= 0 and finite, got {getattr(cfg, name)}")
+    for name in ("seed", "sim_seed_start"):
+        if hasattr(cfg, name):
+            try:
+                check_seed(getattr(cfg, name))
+            except ConfigError:
+                raise ConfigError(f"{name}: must be an integer >= 0, got {getattr(cfg, name)}") from None
 
 
 @dataclass
@@ -41,10 +62,9 @@ class TrainConfig:
     dtype: str = "float32"  # compute dtype (autocast); weights, moments and checkpoints stay float32
 
     def __post_init__(self):
-        positive = ("steps", "batch", "history", "frame_stride", "save_every", "threads")
-        for name in positive:
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        check_run_fields(self,
+                         positive=("steps", "batch", "history", "frame_stride", "save_every", "threads"),
+                         not_negative=("max_cache_age", "warmup", "action_noise", "weight_decay"))
         if self.batch < 2:
             raise ConfigError(f"batch: must be >= 2 (InfoNCE needs negatives), got {self.batch}")
         unknown = sorted(set(self.tasks) - set(TASKS))
@@ -52,7 +72,7 @@ class TrainConfig:
             raise ConfigError(f"tasks: unknown {unknown}; choose from {', '.join(TASKS)}")
         if not self.bags and self.sim_episodes < 1:
             raise ConfigError("bags / sim_episodes: give --bags BAG... or --sim-episodes N >= 1")
-        if self.lr <= 0 or self.gate_lambda <= 0:
+        if not (0 < self.lr < math.inf and 0 < self.gate_lambda < math.inf):
             raise ConfigError(f"lr and gate_lambda must be > 0, got {self.lr}, {self.gate_lambda}")
         from dysta_ros.tokens.dysta import layout_params  # torch: imported to check, not to parse
 

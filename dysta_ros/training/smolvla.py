@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,7 @@ from dysta_ros.policy.smolvla.config import (
 )
 from dysta_ros.policy.smolvla.model import SmolVLAModel, transformers_configs
 from dysta_ros.policy.smolvla.policy import SmolVLAPolicy
+from dysta_ros.training.config import check_run_fields
 from dysta_ros.training.data import Demo
 from dysta_ros.training.precision import Precision
 from dysta_ros.training.schedule import learning_rate
@@ -240,6 +242,12 @@ class SmolVLATrainConfig:
     device: str = "cpu"  # torch device of the model and batches
     dtype: str = "float32"  # compute dtype (autocast); weights and the checkpoint stay float32
 
+    def __post_init__(self):
+        check_run_fields(self, positive=("steps", "batch", "threads"),
+                         not_negative=("warmup", "weight_decay"))
+        if not 0 < self.lr < math.inf:
+            raise ConfigError(f"lr: must be > 0 and finite, got {self.lr}")
+
 
 class SmolVLATrainer:
     """Owns the model, its inference wrapper (for preprocessing), the optimizer and the log."""
@@ -357,7 +365,13 @@ class SmolVLATrainer:
 
     # --- LeRobot's layout ----------------------------------------------------------------------
     def save(self) -> Path:
-        """Write the checkpoint in LeRobot's layout (plus vlm/, the log and the loss plot)."""
+        """Write the checkpoint in LeRobot's layout (plus vlm/, the log and the loss plot), all of it."""
+        from dysta_ros.training.train import interrupts_deferred
+
+        with interrupts_deferred():
+            return self._save()
+
+    def _save(self) -> Path:
         out = Path(self.cfg.out)
         vlm_dir = out / VLM_DIR
         vlm_dir.mkdir(parents=True, exist_ok=True)

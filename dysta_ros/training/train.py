@@ -10,7 +10,10 @@ pickle) and the loss curves (train_log.json, training.png).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +39,29 @@ from dysta_ros.training.schedule import learning_rate
 
 STATE_JSON, STATE_TENSORS, LOG_JSON, CURVES_PNG = (
     "training_state.json", "training_state.safetensors", "train_log.json", "training.png")
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Within: Ctrl-C (SIGINT) and SIGTERM wait until the block is done, then act as they would have.
+
+    A save is several files; cut between two of them, it left weights of one step beside the
+    optimizer state of the previous one, which --resume took as a complete run. Only the main
+    thread may set handlers; elsewhere the block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {number: signal.signal(number, lambda number, _: caught.append(number))
+                for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        for number in dict.fromkeys(caught):
+            signal.raise_signal(number)  # now, with the handler it would have met
 
 
 def load_demos(cfg: TrainConfig, model_cfg):
@@ -74,7 +100,11 @@ class Trainer:
 
     # --- resume ----------------------------------------------------------------------------
     def save(self) -> None:
-        """Write the checkpoint, the resume state and the loss log into cfg.out."""
+        """Write the checkpoint, the resume state and the loss log into cfg.out, never half of them."""
+        with interrupts_deferred():
+            self._save()
+
+    def _save(self) -> None:
         save_checkpoint(self.out, self.model, extra_config={
             "training": {**self.cfg.data_key(), "step": self.step, "episodes": len(self.demos)}})
         tensors = {"rng.torch_global": torch.get_rng_state(), "rng.generator": self.generator.get_state()}
@@ -107,7 +137,20 @@ class Trainer:
             raise ConfigError(
                 f"resume: {', '.join(changed)} differ from the run in {self.out} "
                 f"(saved: {', '.join(f'{k}={saved.get(k)!r}' for k in changed)})")
-        model, _ = load_checkpoint(self.out)
+        model, extra = load_checkpoint(self.out)
+        log_path = self.out / LOG_JSON
+        try:
+            log = json.loads(log_path.read_text()) if log_path.is_file() else []
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{log_path}: not a loss log ({type(exc).__name__}: {exc})") from exc
+        # a save cut short (killed between its files) leaves the files at different steps
+        steps = {CONFIG_FILE: extra.get("training", {}).get("step"), STATE_JSON: state.get("step")}
+        if len(set(steps.values())) > 1 or not isinstance(log, list) or len(log) < (state.get("step") or 0):
+            raise CheckpointError(
+                f"{self.out}: its files are from different steps ("
+                + ", ".join(f"{name} at step {step}" for name, step in steps.items())
+                + f", {LOG_JSON} with {len(log) if isinstance(log, list) else '?'} steps): a save was cut "
+                "short; nothing to resume safely, start over with --force")
         self.model.load_state_dict(model.state_dict())
         tensors_path = self.out / STATE_TENSORS
         try:
@@ -129,8 +172,7 @@ class Trainer:
         except (KeyError, ValueError, RuntimeError, TypeError) as exc:
             raise CheckpointError(f"{tensors_path}: does not fit this run ({type(exc).__name__}: {exc})") \
                 from exc
-        log_path = self.out / LOG_JSON
-        self.log = json.loads(log_path.read_text())[: self.step] if log_path.is_file() else []
+        self.log = log[: self.step]
 
     # --- training ----------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
@@ -164,7 +206,8 @@ class Trainer:
         bar.close()
         self.save()
         plot_curves(self.log, self.out / CURVES_PNG)
-        return record
+        # a resumed run already at its last step trains nothing: its result is the last logged step
+        return record or (dict(self.log[-1]) if self.log else {})
 
 
 def plot_curves(log: list[dict[str, float]], path: Path, smooth: int = 25) -> None:

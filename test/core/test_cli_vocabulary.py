@@ -88,6 +88,37 @@ def test_threads_default_is_the_free_cores_and_refuses_nonsense(capsys):
     assert refused.value.code == 2 and "--threads: must be >= 1" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command,flag", [("closed-loop", "--seed-start"), ("demo", "--seed"),
+                                          ("bench", "--seed"), ("train", "--seed"),
+                                          ("train", "--sim-seed-start")])
+def test_a_negative_seed_is_refused_when_parsed(command, flag, capsys):
+    # numpy's generators refuse negative seeds: it was a traceback after the model had loaded
+    required = ["--sim-episodes", "1", "--out", "x"] if command == "train" else []
+    assert getattr(parse(command, *required, flag, "7"), flag[2:].replace("-", "_")) == 7
+    with pytest.raises(SystemExit) as refused:
+        parse(command, *required, flag, "-3")
+    assert refused.value.code == 2 and f"{flag}: must be in 0.." in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command,flag,kind", [
+    ("closed-loop", "--json", "folder"), ("bench", "--plot", "folder"), ("closed-loop", "--report", "file"),
+    ("demo", "--report", "file"), ("train", "--out", "file"), ("eval", "--json", "folder")])
+def test_an_output_path_that_cannot_be_written_is_refused_when_parsed(command, flag, kind, tmp_path, capsys):
+    # written only after the run: a folder given for a file (or the reverse) lost the whole run
+    # in a traceback (IsADirectoryError, FileExistsError) at its end
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("")
+    required = {"train": ["--sim-episodes", "1"], "eval": ["b.mcap"]}.get(command, [])
+    with pytest.raises(SystemExit) as refused:
+        parse(command, *required, flag, str(tmp_path / kind))
+    assert refused.value.code == 2 and f"{flag}: " in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # below a file, no folder can be made
+        parse(command, *required, flag, str(tmp_path / "file" / "below" / "x.json"))
+    assert "is a file, not a folder" in capsys.readouterr().err
+    fine = str(tmp_path / "new" / ("x.json" if kind == "folder" else "report"))
+    assert getattr(parse(command, *required, flag, fine), flag[2:]) == fine
+
+
 def test_json_goes_to_stdout_without_a_file_and_to_the_file_with_one(tmp_path, capsys):
     assert parse("bench", "--json").json == "-" and parse("bench").json is None
     assert parse("bench", "--json", str(tmp_path / "r.json")).json == str(tmp_path / "r.json")

@@ -56,6 +56,9 @@ def test_demo_rejects_an_unknown_policy_before_starting_anything(capsys):
     assert main(["demo", "--policy", "nonsense"]) == 2  # the old spelling, one more release
     err = capsys.readouterr().err
     assert "--policy is deprecated" in err and "--model 'nonsense'" in err
+    for seconds in ("inf", "nan"):  # an episode that never times out, or sim_node refusing the reset
+        assert main(["demo", "--model", "expert", "--episode-seconds", seconds]) == 2
+        assert "--episode-seconds must be >= 0 and finite" in capsys.readouterr().err
 
 
 def test_demo_runs_expert_and_tiny_policy_episodes_over_ros(tmp_path):

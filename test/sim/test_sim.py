@@ -115,6 +115,18 @@ def test_memory_target_flashes_then_looks_like_the_others(env):
     assert np.abs(obs.images["main"].astype(int) - later.images["main"]).max() > 50  # the flash is visible
 
 
+def test_a_bad_reset_is_refused_and_leaves_the_episode_as_it_was(env):
+    env.reset("reach", 5)
+    before = (env.task, env.seed, env.placement)
+    for task, seed, seconds in (("reach", -1, None), ("memory", 2, float("inf")),
+                                ("memory", 2, float("nan")), ("memory", 2.5, None)):
+        with pytest.raises(ConfigError, match="seed|episode_seconds"):
+            env.reset(task, seed, seconds)
+        assert (env.task, env.seed, env.placement) == before
+    with pytest.raises(ConfigError, match="seed"):
+        get_task("reach").place(-2, 3)
+
+
 def test_commands_are_validated_and_bad_ones_change_nothing(env):
     with pytest.raises(ConfigError, match="unknown task 'fly'.*reach"):
         env.reset("fly", 0)

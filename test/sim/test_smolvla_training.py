@@ -138,6 +138,11 @@ def test_cli_refuses_what_the_smolvla_family_does_not_take(tmp_path, capsys):
         (["--bags", "x.mcap", "--vlm", str(TOKENIZER_DIR)], "--bags: not available"),
         (["--sim-episodes", "1", "--vlm", str(TOKENIZER_DIR), "--set", "text.depth=3"], "text.depth"),
         (["--sim-episodes", "1", "--vlm", str(tmp_path)], "tokenizer.json: missing"),
+        # were an untrained checkpoint saved with exit 0 (steps), or a traceback (batch, weight decay)
+        (["--sim-episodes", "1", "--vlm", str(TOKENIZER_DIR), "--steps", "0"], "steps: must be >= 1"),
+        (["--sim-episodes", "1", "--vlm", str(TOKENIZER_DIR), "--batch", "0"], "batch: must be >= 1"),
+        (["--sim-episodes", "1", "--vlm", str(TOKENIZER_DIR), "--weight-decay", "-1"], "weight_decay"),
+        (["--sim-episodes", "1", "--vlm", str(TOKENIZER_DIR), "--lr", "nan"], "lr: must be > 0"),
     ]
     for extra, message in cases:
         assert main(base + extra) in (EXIT_CONFIG, EXIT_FAILURE)

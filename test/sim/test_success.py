@@ -59,6 +59,16 @@ def test_unknown_strategy_and_bad_param_are_named():
         evaluate("tiny", strategies=["full@x"], episodes=1)
     with pytest.raises(ConfigError, match="STRATEGY.KEY=VALUE"):
         evaluate("tiny", strategies=["full"], episodes=1, param_overrides=["delta=1"])
+    with pytest.raises(ConfigError, match="seed"):  # numpy's ValueError after the model loaded, before
+        evaluate("tiny", strategies=["full"], episodes=1, seed_start=-3)
+
+
+@pytest.mark.parametrize("flag", ["--execute-steps", "--history"])
+def test_zero_is_refused_not_replaced_by_the_default(flag, capsys):
+    # 0 ran silently with the checkpoint's value (the table said 4 steps per chunk, T=4)
+    assert main(["closed-loop", "--model", "tiny", "--episodes", "1", "--strategies", "full",
+                 flag, "0", "--threads", "1"]) == 2
+    assert f"{flag[2:].replace('-', '_')}: must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_table_without_full_prints_no_nan(report):

@@ -1,19 +1,22 @@
 """Training: the loss falls, resume is exact, the checkpoint runs, DySta's losses behave."""
 
 import json
+import shutil
+import signal
 
 import numpy as np
 import pytest
 import torch
 
-from dysta_ros.errors import ConfigError
+from dysta_ros.errors import CheckpointError, ConfigError
 from dysta_ros.policy.checkpoint import read_config
 from dysta_ros.policy.runtime import build_runtime
 from dysta_ros.sim.env import SimEnv
 from dysta_ros.tokens.learned import gate_loss, gate_prior, info_nce
 from dysta_ros.training.data import collect_sim_demos
 from dysta_ros.training.objectives import training_losses
-from dysta_ros.training.train import STATE_JSON, STATE_TENSORS, TrainConfig, Trainer
+from dysta_ros.training.train import (LOG_JSON, STATE_JSON, STATE_TENSORS, TrainConfig, Trainer,
+                                      interrupts_deferred)
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +75,9 @@ def test_resume_continues_with_identical_state(tmp_path, demos):
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
     assert [r["total"] for r in resumed.log] == [r["total"] for r in straight.log]
+    # resumed when already done: the result is the last step's losses (it was {}, printed as nothing)
+    again = Trainer(tiny_config(tmp_path / "split"), resume=True, demos=demos).run()
+    assert again == resumed.log[-1] and again["step"] == 4
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
@@ -94,6 +100,33 @@ def test_reduced_precision_trains_under_autocast_and_saves_float32(tmp_path, dem
     assert resumed.precision.state_dict() == mixed.precision.state_dict()
     resumed.run()
     assert resumed.step == 3
+
+
+def test_resume_refuses_a_save_cut_short(tmp_path, demos):
+    # Ctrl-C between a save's files left step-3 weights beside step-2 optimizer state (5 of 12
+    # SIGINTs at --save-every 1), and --resume went on from that mix as if it were one run.
+    Trainer(tiny_config(tmp_path / "run"), demos=demos).run(until=2)
+    later = Trainer(tiny_config(tmp_path / "later"), demos=demos)
+    later.run(until=3)
+    for name in ("config.json", "model.safetensors"):  # the files a cut save had replaced already
+        shutil.copyfile(tmp_path / "later" / name, tmp_path / "run" / name)
+    with pytest.raises(CheckpointError, match="config.json at step 3, training_state.json at step 2"):
+        Trainer(tiny_config(tmp_path / "run"), resume=True, demos=demos)
+    (tmp_path / "later" / LOG_JSON).write_text('[{"step": 1')  # cut while the log was written
+    with pytest.raises(CheckpointError, match="not a loss log"):  # was a JSONDecodeError traceback
+        Trainer(tiny_config(tmp_path / "later"), resume=True, demos=demos)
+
+
+def test_an_interrupt_waits_for_the_save_then_acts(tmp_path, demos):
+    trainer = Trainer(tiny_config(tmp_path), demos=demos)
+    trainer.step = 1
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_deferred():
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C as the save starts
+            trainer.save()
+            saved = json.loads((tmp_path / STATE_JSON).read_text())["step"]
+    assert saved == 1 == read_config(tmp_path)[1]["training"]["step"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is back
 
 
 def test_resume_refuses_a_changed_run(tmp_path, demos):
@@ -153,3 +186,12 @@ def test_config_errors_name_the_field(tmp_path):
         tiny_config(tmp_path, batch=1)
     with pytest.raises(ConfigError, match="sim_episodes"):
         tiny_config(tmp_path, sim_episodes=0)
+    for name in ("seed", "sim_seed_start"):  # numpy refused them, in a traceback after the demos
+        with pytest.raises(ConfigError, match=name):
+            tiny_config(tmp_path, **{name: -1})
+    # a traceback after the demos (cache age, noise, decay) or a silently shifted schedule (warm-up)
+    for name in ("max_cache_age", "warmup", "action_noise", "weight_decay"):
+        with pytest.raises(ConfigError, match=f"{name}: must be >= 0"):
+            tiny_config(tmp_path, **{name: -1})
+    with pytest.raises(ConfigError, match="lr"):
+        tiny_config(tmp_path, lr=float("nan"))
