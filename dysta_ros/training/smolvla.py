@@ -56,6 +56,7 @@ from dysta_ros.policy.smolvla.model import SmolVLAModel, transformers_configs
 from dysta_ros.policy.smolvla.policy import SmolVLAPolicy
 from dysta_ros.training.config import check_run_fields
 from dysta_ros.training.data import Demo
+from dysta_ros.training.interrupts import interrupts_deferred
 from dysta_ros.training.precision import Precision
 from dysta_ros.training.schedule import learning_rate
 
@@ -366,8 +367,6 @@ class SmolVLATrainer:
     # --- LeRobot's layout ----------------------------------------------------------------------
     def save(self) -> Path:
         """Write the checkpoint in LeRobot's layout (plus vlm/, the log and the loss plot), all of it."""
-        from dysta_ros.training.train import interrupts_deferred
-
         with interrupts_deferred():
             return self._save()
 

@@ -10,10 +10,7 @@ pickle) and the loss curves (train_log.json, training.png).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import signal
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -33,35 +30,13 @@ from dysta_ros.tokens import parse_param_overrides
 from dysta_ros.tokens.dysta import DystaParams
 from dysta_ros.training.config import TrainConfig
 from dysta_ros.training.data import Demo, bag_demos, collect_sim_demos, normalisation_stats
+from dysta_ros.training.interrupts import interrupts_deferred
 from dysta_ros.training.objectives import WindowSampler, training_losses
 from dysta_ros.training.precision import Precision
 from dysta_ros.training.schedule import learning_rate
 
 STATE_JSON, STATE_TENSORS, LOG_JSON, CURVES_PNG = (
     "training_state.json", "training_state.safetensors", "train_log.json", "training.png")
-
-
-@contextlib.contextmanager
-def interrupts_deferred():
-    """Within: Ctrl-C (SIGINT) and SIGTERM wait until the block is done, then act as they would have.
-
-    A save is several files; cut between two of them, it left weights of one step beside the
-    optimizer state of the previous one, which --resume took as a complete run. Only the main
-    thread may set handlers; elsewhere the block runs as it is.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    previous = {number: signal.signal(number, lambda number, _: caught.append(number))
-                for number in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-        for number in dict.fromkeys(caught):
-            signal.raise_signal(number)  # now, with the handler it would have met
 
 
 def load_demos(cfg: TrainConfig, model_cfg):
