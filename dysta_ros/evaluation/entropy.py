@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dysta_ros.cli_options import (add_json_argument, add_model_argument, add_runtime_arguments,
-                                   json_to_stdout, write_json)
+                                   json_to_stdout, seed_value, write_json)
 from dysta_ros.errors import ConfigError, DystaError, exit_status
 from dysta_ros.evaluation.bench import sim_observations, synthetic_observations
 from dysta_ros.plots import pyplot, save_png
@@ -120,7 +120,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strided-threshold", type=float, default=0.75)
     parser.add_argument("--frames", default="synthetic", choices=["synthetic", "sim"])
     add_runtime_arguments(parser)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_value, default=0)
     parser.add_argument("--plot", default="entropy_profile.png", help="PNG output")
     add_json_argument(parser)
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from dysta_ros.bags import find_bags
 from dysta_ros.cli_options import (add_json_argument, add_model_argument, add_runtime_arguments,
-                                   add_strategies_argument, json_to_stdout, write_json)
+                                   add_strategies_argument, json_to_stdout, seed_value, write_json)
 from dysta_ros.bags.episodes import check_bag
 from dysta_ros.errors import BagError, CheckpointError, ConfigError, DystaError, exit_status
 from dysta_ros.evaluation.open_loop import (
@@ -294,7 +294,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="policy steps per second (default: 1 / the model's action dt)")
     parser.add_argument("--first-k", type=int, default=4, help="chunk actions compared (default 4)")
     parser.add_argument("--max-steps", type=int, default=0, help="per episode (default: all)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_value, default=0)
     add_runtime_arguments(parser)
     parser.add_argument("--param", action="append", default=[], metavar="STRATEGY.KEY=VALUE",
                         help="strategy parameter over its YAML, repeatable, e.g. --param full.history=8")

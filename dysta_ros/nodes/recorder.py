@@ -23,7 +23,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
 from dysta_ros.bags.rosbag import BagWriter, TopicQos
-from dysta_ros.cli_options import add_json_argument, json_to_stdout, write_json
+from dysta_ros.cli_options import add_json_argument, json_to_stdout, seed_value, write_json
 from dysta_ros.errors import BagError, ConfigError
 from dysta_ros.nodes.conversions import SIM_TIME
 from dysta_ros.nodes.bag_player import message_class
@@ -119,7 +119,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="bag directory to create")
     parser.add_argument("--task", default=None, help="run expert episodes of this sim task (reach, memory)")
     parser.add_argument("--episodes", type=int, default=1, help="with --task: how many episodes")
-    parser.add_argument("--seed", type=int, default=0, help="with --task: the first episode's seed")
+    parser.add_argument("--seed", type=seed_value, default=0, help="with --task: the first episode's seed")
     parser.add_argument("--episode-timeout", type=float, default=30.0,
                         help="with --task: seconds before an episode counts as failed")
     parser.add_argument("--image-size", type=int, default=96, help="with --task: camera width = height")

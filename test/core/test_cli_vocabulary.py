@@ -90,10 +90,12 @@ def test_threads_default_is_the_free_cores_and_refuses_nonsense(capsys):
 
 @pytest.mark.parametrize("command,flag", [("closed-loop", "--seed-start"), ("demo", "--seed"),
                                           ("bench", "--seed"), ("train", "--seed"),
-                                          ("train", "--sim-seed-start")])
+                                          ("train", "--sim-seed-start"), ("eval", "--seed"),
+                                          ("record", "--seed"), ("profile-entropy", "--seed")])
 def test_a_negative_seed_is_refused_when_parsed(command, flag, capsys):
     # numpy's generators refuse negative seeds: it was a traceback after the model had loaded
-    required = ["--sim-episodes", "1", "--out", "x"] if command == "train" else []
+    required = {"train": ["--sim-episodes", "1", "--out", "x"], "eval": ["bag"],
+                "record": ["--out", "x"]}.get(command, [])
     assert getattr(parse(command, *required, flag, "7"), flag[2:].replace("-", "_")) == 7
     with pytest.raises(SystemExit) as refused:
         parse(command, *required, flag, "-3")
