@@ -22,7 +22,7 @@ from dysta_ros.cli_options import (add_json_argument, add_model_argument, add_ru
 from dysta_ros.errors import ConfigError, DystaError, exit_status
 from dysta_ros.evaluation.scenes import structured_frames
 from dysta_ros.plots import pyplot, save_png
-from dysta_ros.results import recache_rate, result_document, speedup
+from dysta_ros.results import command_line, recache_rate, result_document, speedup
 from dysta_ros.tokens import available_strategies, parse_param_overrides
 from dysta_ros.types import STAGES, Observation
 
@@ -371,6 +371,12 @@ def run(args: argparse.Namespace) -> int:
             )
         if not histories or min(histories) < 1 or args.steps < 1 or args.warmup < 0:
             raise ConfigError("--history needs values >= 1, --steps >= 1, --warmup >= 0")
+        json_file = args.json if args.json and not json_to_stdout(args) else None
+        plot_path = (Path(args.plot) if args.plot
+                     else Path(json_file).with_suffix(".png") if json_file else None)
+        if plot_path and json_file and plot_path.resolve() == Path(json_file).resolve():
+            raise ConfigError(f"--json and the plot are one file, {json_file}: the plot would overwrite "
+                              f"the results (give --plot another path, or --json a .json name)")
         params = parse_param_overrides(args.param, strategies)
         variants = option_variants(parse_list(args.options))
         set_threads(args.threads)
@@ -416,13 +422,11 @@ def run(args: argparse.Namespace) -> int:
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "machine": machine(args.device),
         "seconds": round(time.time() - started, 1),
-        "command": "dysta-ros bench " + " ".join(sys.argv[2:]),
+        "command": command_line(),
     }
     out = sys.stderr if json_to_stdout(args) else sys.stdout  # stdout is the JSON's then
     print(format_table(rows), file=out)
     print(f"peak memory (process RSS): {meta['peak_rss_mb']:.0f} MB", file=out)
-    json_file = args.json if args.json and not json_to_stdout(args) else None
-    plot_path = Path(args.plot) if args.plot else (Path(json_file).with_suffix(".png") if json_file else None)
     write_json(args.json, result_document(rows, meta))
     if plot_path:
         title = f"{model_name} on {args.device}/{args.dtype}, {args.frames} frames, {args.steps} steps"

@@ -86,6 +86,14 @@ def test_bench_cli_writes_json_and_plot(tmp_path, capsys):
     assert "speedup" in capsys.readouterr().out
 
 
+def test_bench_refuses_a_json_path_its_plot_would_overwrite(tmp_path, capsys):
+    # the plot goes beside --json with a .png suffix: --json x.png made the plot overwrite it
+    json_file = tmp_path / "x.png"
+    assert main(["bench", "--model", "tiny", "--strategies", "full", "--json", str(json_file),
+                 "--quiet"]) == 2
+    assert "the plot would overwrite the results" in capsys.readouterr().err and not json_file.exists()
+
+
 def test_bench_cli_rejects_unknown_strategy(capsys):
     assert main(["bench", "--model", "tiny", "--strategies", "full,warp", "--quiet"]) == 2
     assert "warp" in capsys.readouterr().err
