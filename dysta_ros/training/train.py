@@ -10,6 +10,7 @@ pickle) and the loss curves (train_log.json, training.png).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -243,6 +244,14 @@ def run_smolvla(args: argparse.Namespace) -> dict:
     for flag, given in (("--bags", args.bags), ("--resume", args.resume), ("--param", args.param)):
         if given:
             raise ConfigError(f"{flag}: not available with --family smolvla (sim demos, one fresh run)")
+    # this package's VLA's own settings: given here they were ignored without a word
+    own = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    for name in ("preset", "topic_map", "history", "frame_stride", "max_cache_age", "gate_lambda",
+                 "save_every"):
+        if getattr(args, "model" if name == "preset" else name) != own[name]:
+            flag = "--model" if name == "preset" else f"--{name.replace('_', '-')}"
+            raise ConfigError(f"{flag}: not read with --family smolvla (the shape comes from --set, "
+                              f"one save at the end)")
     if not args.vlm:
         raise ConfigError("--vlm DIR: --family smolvla needs a backbone dir with tokenizer.json "
                           "(e.g. test/data/smolvla_tiny/vlm)")

@@ -143,6 +143,10 @@ def test_cli_refuses_what_the_smolvla_family_does_not_take(tmp_path, capsys):
         (["--sim-episodes", "1", "--vlm", str(TOKENIZER_DIR), "--batch", "0"], "batch: must be >= 1"),
         (["--sim-episodes", "1", "--vlm", str(TOKENIZER_DIR), "--weight-decay", "-1"], "weight_decay"),
         (["--sim-episodes", "1", "--vlm", str(TOKENIZER_DIR), "--lr", "nan"], "lr: must be > 0"),
+        # the own VLA's settings: were ignored without a word
+        (["--sim-episodes", "1", "--vlm", str(TOKENIZER_DIR), "--save-every", "10"],
+         "--save-every: not read"),
+        (["--sim-episodes", "1", "--vlm", str(TOKENIZER_DIR), "--model", "base"], "--model: not read"),
     ]
     for extra, message in cases:
         assert main(base + extra) in (EXIT_CONFIG, EXIT_FAILURE)
