@@ -335,6 +335,9 @@ class ChunkExecutor:
         self.joint_time: float | None = None
         self.last_command: np.ndarray | None = None
         self.last_command_time: float | None = None
+        # The last trajectory handed out by `lookahead`: (its `now`, points (N, D)). Between
+        # trajectories the controller follows it, so the next one starts from it (see tick).
+        self.sent: tuple[float, np.ndarray] | None = None
         # stale: dropped because their observation was older than max_chunk_age_s on arrival
         self.counts = {"accepted": 0, "rejected": 0, "stale": 0, "late_actions_skipped": 0, "clipped": 0,
                        "commands": 0}
@@ -402,7 +405,7 @@ class ChunkExecutor:
         return self.estop.clear()
 
     def _hold(self, reason: str) -> Tick:
-        self.last_command = None  # resume from the measured position, not a stale command
+        self.last_command = self.sent = None  # resume from the measured position, not a stale command
         return Tick(None, reason)
 
     def tick(self, now: float) -> Tick:
@@ -429,7 +432,11 @@ class ChunkExecutor:
         if self.action_space == "joint_position":
             continuing = (self.last_command is not None and self.last_command_time is not None
                           and now - self.last_command_time <= 2.5 * self.config.period)
-            if continuing:
+            if continuing and self.sent is not None:
+                # joint_trajectory: the controller is on the last trajectory sent, not on the
+                # commands computed (unsent) since, which may have gone another way.
+                reference = self.sent_position(now)
+            elif continuing:
                 reference = self.last_command
             elif self.joint_positions is not None and now - self.joint_time <= self.config.max_state_age_s:
                 reference = self.joint_positions
@@ -467,7 +474,15 @@ class ChunkExecutor:
                 break
             targets.append(target)
         ahead, _ = limit_path(np.reshape(targets, (-1, len(command))), command, period, self.robot)
-        return np.vstack([np.asarray(command, dtype=np.float64)[None, :], ahead])  # (N, D)
+        points = np.vstack([np.asarray(command, dtype=np.float64)[None, :], ahead])  # (N, D)
+        self.sent = (now, points)  # the node sends what it is given
+        return points
+
+    def sent_position(self, now: float) -> np.ndarray:
+        """Return where the last trajectory sent has the controller at `now` (its last point after it)."""
+        sent, points = self.sent
+        path = TimedChunk(sent + self.config.period, self.config.period, points, received=sent)
+        return path.sample(min(max(now, path.start), path.end))
 
     @property
     def bounded(self) -> bool:

@@ -187,6 +187,35 @@ def test_a_zero_lookahead_sends_the_one_command():
     np.testing.assert_allclose(executor.lookahead(0.0, tick.command), tick.command[None, :])
 
 
+@pytest.mark.parametrize("blending", ["latest", "weighted_average", "temporal_ensemble"])
+def test_a_trajectory_starts_within_one_period_of_velocity_of_the_one_followed(robot, blending):
+    # The node sends a trajectory every 5th tick; in between, the controller follows the last one.
+    # A chunk that turns the plan round between two sendings must not let the next trajectory
+    # start where the unsent commands went (5 periods the other way): the controller would
+    # cover that gap in one period.
+    config = ExecutorConfig(control_rate_hz=50.0, blending=blending, max_chunk_age_s=5.0)
+    executor = ChunkExecutor(config, robot)
+    executor.on_joint_state(JOINTS, [0.0] * 6, now=0.0)
+    executor.on_chunk(ramp_chunk(0.0, horizon=50, slope=-0.5), now=0.0)  # down, beyond reach
+    arrivals = {7: ramp_chunk(0.14, horizon=50, offset=3.0), 12: ramp_chunk(0.24, horizon=50, offset=-3.0)}
+    step = robot.max_velocity * config.period + 1e-9
+    sent, sent_at, sendings = None, 0, 0
+    for k in range(40):
+        now = k * config.period
+        if k in arrivals:
+            executor.on_chunk(arrivals[k], now=now)
+        tick = executor.tick(now)
+        if k % 5:
+            continue
+        points = executor.lookahead(now, tick.command)
+        if sent is not None:  # the controller is at the last trajectory's point for now
+            following = sent[min(k - sent_at, len(sent)) - 1]
+            assert np.all(np.abs(points[0] - following) <= step), (k, points[0], following)
+        assert np.all(np.abs(np.diff(points, axis=0)) <= step)
+        sent, sent_at, sendings = points, k, sendings + 1
+    assert sendings == 8
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.floats(-1e6, 1e6), min_size=6, max_size=6),
        st.lists(st.floats(-3.0, 3.0), min_size=6, max_size=6))
