@@ -88,6 +88,7 @@ class TimedChunk:
     dt: float
     actions: np.ndarray  # (H, D) float64, in the executor's joint/axis order
     received: float  # when it arrived; blending into it starts here
+    fade_end: float = -math.inf  # weighted_average: the end of the chunk before it (set by the blender)
 
     @property
     def end(self) -> float:
@@ -186,6 +187,7 @@ class ChunkBlender:
         """Add a chunk; return how many of its actions were already past (skipped)."""
         if chunk.end < now:
             raise InputError(f"chunk arrived {now - chunk.end:.3f} s after its last action's time")
+        chunk.fade_end = self.chunks[-1].end if self.chunks else -math.inf
         self.chunks = [c for c in self.chunks if c.end >= now][-(MAX_CHUNKS - 1):] + [chunk]
         return int(sum(chunk.start + k * chunk.dt < now for k in range(len(chunk.actions))))
 
@@ -198,19 +200,27 @@ class ChunkBlender:
         if self.blending == "latest" or len(covering) == 1:
             return newest.sample(t, self.action_space)
         if self.blending == "weighted_average":
-            # Cross-fade from the previous plan to the new one across their remaining overlap,
-            # so a new chunk never makes the target jump.
-            covering = covering[-2:]
-            previous = covering[0]
-            begin = max(newest.start, newest.received)
-            span = previous.end - begin
-            weight = 1.0 if span <= 0 else float(np.clip((t - begin) / span, 0.0, 1.0))
-            weights = np.array([1.0 - weight, weight])  # (2,)
-        else:
-            # temporal_ensemble (ACT): every chunk that covers t votes; older chunks weigh more.
-            weights = np.exp(-self.ensemble_decay * np.arange(len(covering)))  # (N,)
+            # Cross-fade from the previous plan (itself a blend, when chunks come faster than
+            # they fade) to each newer chunk across the rest of the chunk before it, so a new
+            # chunk never makes the target jump. A finished fade hides all that is older.
+            fades = [fade(c, t) for c in covering]
+            first = max((i for i, w in enumerate(fades) if w >= 1.0), default=0)
+            value = covering[first].sample(t, self.action_space)
+            for chunk, weight in zip(covering[first + 1:], fades[first + 1:]):
+                pair = np.stack([value, chunk.sample(t, self.action_space)])  # (2, D)
+                value = weighted_mean(pair, np.array([1.0 - weight, weight]), self.action_space)
+            return value
+        # temporal_ensemble (ACT): every chunk that covers t votes; older chunks weigh more.
+        weights = np.exp(-self.ensemble_decay * np.arange(len(covering)))  # (N,)
         samples = np.stack([c.sample(t, self.action_space) for c in covering])  # (N, D)
         return weighted_mean(samples, weights, self.action_space)
+
+
+def fade(chunk: TimedChunk, t: float) -> float:
+    """Return the weight of `chunk` over the plan before it at `t`: 0 on arrival, 1 at its fade_end."""
+    begin = max(chunk.start, chunk.received)
+    span = chunk.fade_end - begin
+    return 1.0 if span <= 0 else float(np.clip((t - begin) / span, 0.0, 1.0))
 
 
 def clip_to_limits(target: np.ndarray, reference: np.ndarray, period: float,

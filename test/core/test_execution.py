@@ -92,6 +92,25 @@ def test_weighted_average_cross_fades_over_the_overlap():
     assert np.all(np.diff(values) >= 0)
 
 
+def test_weighted_average_does_not_jump_when_chunks_come_faster_than_they_fade():
+    # A policy at 10 Hz with 1 s chunks: each new chunk arrives while the one before is still
+    # fading in. It must fade from that blend, not from the chunk before alone (a jump of
+    # nearly the whole difference between the last two chunks, each time one arrived).
+    blender = ChunkBlender("weighted_average")
+    targets = []
+    for i in range(20):
+        now = 0.1 * i
+        before = None if i == 0 else blender.target(now)
+        chunk = TimedChunk(now - 0.05, 0.02, np.full((50, 1), float(i % 2)), received=now)  # 0, 1, 0, ...
+        blender.add(chunk, now=now)
+        if before is not None:
+            assert blender.target(now)[0] == pytest.approx(before[0])  # arriving moves nothing
+        targets += [blender.target(t)[0] for t in now + 0.02 * np.arange(5)]
+    # 0 and 1 alternate at 10 Hz: the plan moves smoothly between them (a tick's step is that
+    # of a 1 s fade), where the old blend stepped by ~0.9 at each arrival.
+    assert np.max(np.abs(np.diff(targets))) < 0.05
+
+
 def test_temporal_ensemble_weighs_older_chunks_more():
     blender = two_overlapping("temporal_ensemble")
     w_old, w_new = 1.0, np.exp(-0.5)
