@@ -448,7 +448,9 @@ class ChunkExecutor:
                 reference = self.sent_position(now)
             elif continuing:
                 reference = self.last_command
-            elif self.joint_positions is not None and now - self.joint_time <= self.config.max_state_age_s:
+            elif (self.joint_positions is not None
+                  # negative: taken on a timeline the clock has since jumped back from
+                  and 0.0 <= now - self.joint_time <= self.config.max_state_age_s):
                 reference = self.joint_positions
             else:
                 return self._hold("no fresh joint states to start from (velocity limit needs them)")

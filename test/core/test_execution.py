@@ -300,6 +300,19 @@ def test_first_command_needs_fresh_joint_states(robot):
     assert "joint states" in executor.tick(now=1.0).hold_reason
 
 
+def test_a_joint_state_from_before_the_clock_jumped_back_cannot_start_motion(robot):
+    # Sim time reset: the last joint state was taken at 100 s on the old timeline, and none
+    # came since (the driver stopped). Its age on the new one is negative, not fresh.
+    executor = ChunkExecutor(ExecutorConfig(control_rate_hz=10.0, max_state_age_s=0.2), robot)
+    executor.on_joint_state(JOINTS, [0.5] * 6, now=100.0)
+    assert executor.tick(now=100.0).command is None  # no chunk yet
+    assert "clock jumped back" in executor.tick(now=1.0).hold_reason
+    executor.on_chunk(ramp_chunk(1.05), now=1.1)
+    assert "joint states" in executor.tick(now=1.1).hold_reason
+    executor.on_joint_state(JOINTS, [0.0] * 6, now=1.15)  # one on the new time starts it
+    np.testing.assert_allclose(executor.tick(now=1.2).command, np.zeros(6), atol=1e-9)
+
+
 # Robot config ---------------------------------------------------------------------------
 
 
