@@ -360,6 +360,9 @@ class ChunkExecutor:
         """Apply a new config live (blending, ages, compensation, dry_run); the output stays."""
         if (config.command_output or self.robot.command_output) != self.output:
             raise ConfigError("command_output cannot change while running")
+        if config.dry_run != self.config.dry_run:
+            # A dry run's commands are not sent: the controller is not where they went.
+            self.last_command = self.sent = None
         self.config = config
         self.blender.blending, self.blender.ensemble_decay = config.blending, config.ensemble_decay
         self.deadman.max_age_s = config.max_chunk_age_s

@@ -1,5 +1,7 @@
 """The executor's core logic on constructed chunks: no ROS, plain values, time passed in."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import assume, example, given, settings
@@ -291,6 +293,24 @@ def test_a_chunk_older_than_the_deadman_is_dropped_counted_and_does_not_feed_it(
     executor.on_joint_state(JOINTS, [0.0] * 6, now=10.5)
     executor.on_chunk(ramp_chunk(10.45, horizon=50), now=10.5)  # a fresh one: motion resumes
     assert executor.tick(now=10.5).command is not None
+
+
+@pytest.mark.parametrize("output", ["forward_position", "joint_trajectory"])
+def test_leaving_a_dry_run_starts_from_the_measured_state_not_from_the_unsent_commands(robot, output):
+    # dry_run is a live parameter: watch the commands, then turn it off. The ones logged were
+    # never sent, so the arm is still where it was; the first real command is one period of
+    # velocity from there, not from where the dry run's commands had gone.
+    config = ExecutorConfig(control_rate_hz=10.0, blending="latest", max_chunk_age_s=5.0,
+                            command_output=output, dry_run=True)
+    executor = ChunkExecutor(config, robot)
+    executor.on_joint_state(JOINTS, [0.0] * 6, now=0.0)
+    executor.on_chunk(ramp_chunk(0.0, horizon=50, offset=1.0), now=0.0)
+    for k in range(5):
+        assert executor.tick(now=0.1 * k).command is not None  # logged, not sent
+    executor.reconfigure(dataclasses.replace(config, dry_run=False))
+    executor.on_joint_state(JOINTS, [0.0] * 6, now=0.5)
+    command = executor.tick(now=0.5).command
+    np.testing.assert_allclose(command, robot.max_velocity * 0.1)
 
 
 def test_first_command_needs_fresh_joint_states(robot):
