@@ -88,6 +88,7 @@ class TimedChunk:
     dt: float
     actions: np.ndarray  # (H, D) float64, in the executor's joint/axis order
     received: float  # when it arrived; blending into it starts here
+    fade_end: float = -math.inf  # weighted_average: the end of the chunk before it (set by the blender)
 
     @property
     def end(self) -> float:
@@ -186,6 +187,7 @@ class ChunkBlender:
         """Add a chunk; return how many of its actions were already past (skipped)."""
         if chunk.end < now:
             raise InputError(f"chunk arrived {now - chunk.end:.3f} s after its last action's time")
+        chunk.fade_end = self.chunks[-1].end if self.chunks else -math.inf
         self.chunks = [c for c in self.chunks if c.end >= now][-(MAX_CHUNKS - 1):] + [chunk]
         return int(sum(chunk.start + k * chunk.dt < now for k in range(len(chunk.actions))))
 
@@ -198,19 +200,27 @@ class ChunkBlender:
         if self.blending == "latest" or len(covering) == 1:
             return newest.sample(t, self.action_space)
         if self.blending == "weighted_average":
-            # Cross-fade from the previous plan to the new one across their remaining overlap,
-            # so a new chunk never makes the target jump.
-            covering = covering[-2:]
-            previous = covering[0]
-            begin = max(newest.start, newest.received)
-            span = previous.end - begin
-            weight = 1.0 if span <= 0 else float(np.clip((t - begin) / span, 0.0, 1.0))
-            weights = np.array([1.0 - weight, weight])  # (2,)
-        else:
-            # temporal_ensemble (ACT): every chunk that covers t votes; older chunks weigh more.
-            weights = np.exp(-self.ensemble_decay * np.arange(len(covering)))  # (N,)
+            # Cross-fade from the previous plan (itself a blend, when chunks come faster than
+            # they fade) to each newer chunk across the rest of the chunk before it, so a new
+            # chunk never makes the target jump. A finished fade hides all that is older.
+            fades = [fade(c, t) for c in covering]
+            first = max((i for i, w in enumerate(fades) if w >= 1.0), default=0)
+            value = covering[first].sample(t, self.action_space)
+            for chunk, weight in zip(covering[first + 1:], fades[first + 1:]):
+                pair = np.stack([value, chunk.sample(t, self.action_space)])  # (2, D)
+                value = weighted_mean(pair, np.array([1.0 - weight, weight]), self.action_space)
+            return value
+        # temporal_ensemble (ACT): every chunk that covers t votes; older chunks weigh more.
+        weights = np.exp(-self.ensemble_decay * np.arange(len(covering)))  # (N,)
         samples = np.stack([c.sample(t, self.action_space) for c in covering])  # (N, D)
         return weighted_mean(samples, weights, self.action_space)
+
+
+def fade(chunk: TimedChunk, t: float) -> float:
+    """Return the weight of `chunk` over the plan before it at `t`: 0 on arrival, 1 at its fade_end."""
+    begin = max(chunk.start, chunk.received)
+    span = chunk.fade_end - begin
+    return 1.0 if span <= 0 else float(np.clip((t - begin) / span, 0.0, 1.0))
 
 
 def clip_to_limits(target: np.ndarray, reference: np.ndarray, period: float,
@@ -335,6 +345,9 @@ class ChunkExecutor:
         self.joint_time: float | None = None
         self.last_command: np.ndarray | None = None
         self.last_command_time: float | None = None
+        # The last trajectory handed out by `lookahead`: (its `now`, points (N, D)). Between
+        # trajectories the controller follows it, so the next one starts from it (see tick).
+        self.sent: tuple[float, np.ndarray] | None = None
         # stale: dropped because their observation was older than max_chunk_age_s on arrival
         self.counts = {"accepted": 0, "rejected": 0, "stale": 0, "late_actions_skipped": 0, "clipped": 0,
                        "commands": 0}
@@ -347,6 +360,9 @@ class ChunkExecutor:
         """Apply a new config live (blending, ages, compensation, dry_run); the output stays."""
         if (config.command_output or self.robot.command_output) != self.output:
             raise ConfigError("command_output cannot change while running")
+        if config.dry_run != self.config.dry_run:
+            # A dry run's commands are not sent: the controller is not where they went.
+            self.last_command = self.sent = None
         self.config = config
         self.blender.blending, self.blender.ensemble_decay = config.blending, config.ensemble_decay
         self.deadman.max_age_s = config.max_chunk_age_s
@@ -402,7 +418,7 @@ class ChunkExecutor:
         return self.estop.clear()
 
     def _hold(self, reason: str) -> Tick:
-        self.last_command = None  # resume from the measured position, not a stale command
+        self.last_command = self.sent = None  # resume from the measured position, not a stale command
         return Tick(None, reason)
 
     def tick(self, now: float) -> Tick:
@@ -429,9 +445,15 @@ class ChunkExecutor:
         if self.action_space == "joint_position":
             continuing = (self.last_command is not None and self.last_command_time is not None
                           and now - self.last_command_time <= 2.5 * self.config.period)
-            if continuing:
+            if continuing and self.sent is not None:
+                # joint_trajectory: the controller is on the last trajectory sent, not on the
+                # commands computed (unsent) since, which may have gone another way.
+                reference = self.sent_position(now)
+            elif continuing:
                 reference = self.last_command
-            elif self.joint_positions is not None and now - self.joint_time <= self.config.max_state_age_s:
+            elif (self.joint_positions is not None
+                  # negative: taken on a timeline the clock has since jumped back from
+                  and 0.0 <= now - self.joint_time <= self.config.max_state_age_s):
                 reference = self.joint_positions
             else:
                 return self._hold("no fresh joint states to start from (velocity limit needs them)")
@@ -467,7 +489,15 @@ class ChunkExecutor:
                 break
             targets.append(target)
         ahead, _ = limit_path(np.reshape(targets, (-1, len(command))), command, period, self.robot)
-        return np.vstack([np.asarray(command, dtype=np.float64)[None, :], ahead])  # (N, D)
+        points = np.vstack([np.asarray(command, dtype=np.float64)[None, :], ahead])  # (N, D)
+        self.sent = (now, points)  # the node sends what it is given
+        return points
+
+    def sent_position(self, now: float) -> np.ndarray:
+        """Return where the last trajectory sent has the controller at `now` (its last point after it)."""
+        sent, points = self.sent
+        path = TimedChunk(sent + self.config.period, self.config.period, points, received=sent)
+        return path.sample(min(max(now, path.start), path.end))
 
     @property
     def bounded(self) -> bool:

@@ -91,6 +91,10 @@ class ChunkExecutorNode(Node):
 
     def apply_parameters(self, changes: dict):
         values = {**P.read(self, PARAMS), **changes}
+        if values["dry_run"] != self.core.config.dry_run:
+            if values["dry_run"] and self.holding is None:
+                self.publish_hold(self.now())  # nothing is sent from now on: stop the controller where it is
+            self.ticks_to_trajectory = 0  # the first command of a run goes out at once
         self.core.reconfigure(self.config_from(values))
 
     def on_chunk(self, msg):

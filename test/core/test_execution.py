@@ -1,5 +1,7 @@
 """The executor's core logic on constructed chunks: no ROS, plain values, time passed in."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import assume, example, given, settings
@@ -90,6 +92,25 @@ def test_weighted_average_cross_fades_over_the_overlap():
     assert blender.target(1.2)[0] == pytest.approx(1.0)  # only the new chunk covers it
     values = [blender.target(t)[0] for t in np.linspace(0.5, 1.0, 11)]
     assert np.all(np.diff(values) >= 0)
+
+
+def test_weighted_average_does_not_jump_when_chunks_come_faster_than_they_fade():
+    # A policy at 10 Hz with 1 s chunks: each new chunk arrives while the one before is still
+    # fading in. It must fade from that blend, not from the chunk before alone (a jump of
+    # nearly the whole difference between the last two chunks, each time one arrived).
+    blender = ChunkBlender("weighted_average")
+    targets = []
+    for i in range(20):
+        now = 0.1 * i
+        before = None if i == 0 else blender.target(now)
+        chunk = TimedChunk(now - 0.05, 0.02, np.full((50, 1), float(i % 2)), received=now)  # 0, 1, 0, ...
+        blender.add(chunk, now=now)
+        if before is not None:
+            assert blender.target(now)[0] == pytest.approx(before[0])  # arriving moves nothing
+        targets += [blender.target(t)[0] for t in now + 0.02 * np.arange(5)]
+    # 0 and 1 alternate at 10 Hz: the plan moves smoothly between them (a tick's step is that
+    # of a 1 s fade), where the old blend stepped by ~0.9 at each arrival.
+    assert np.max(np.abs(np.diff(targets))) < 0.05
 
 
 def test_temporal_ensemble_weighs_older_chunks_more():
@@ -187,6 +208,35 @@ def test_a_zero_lookahead_sends_the_one_command():
     np.testing.assert_allclose(executor.lookahead(0.0, tick.command), tick.command[None, :])
 
 
+@pytest.mark.parametrize("blending", ["latest", "weighted_average", "temporal_ensemble"])
+def test_a_trajectory_starts_within_one_period_of_velocity_of_the_one_followed(robot, blending):
+    # The node sends a trajectory every 5th tick; in between, the controller follows the last one.
+    # A chunk that turns the plan round between two sendings must not let the next trajectory
+    # start where the unsent commands went (5 periods the other way): the controller would
+    # cover that gap in one period.
+    config = ExecutorConfig(control_rate_hz=50.0, blending=blending, max_chunk_age_s=5.0)
+    executor = ChunkExecutor(config, robot)
+    executor.on_joint_state(JOINTS, [0.0] * 6, now=0.0)
+    executor.on_chunk(ramp_chunk(0.0, horizon=50, slope=-0.5), now=0.0)  # down, beyond reach
+    arrivals = {7: ramp_chunk(0.14, horizon=50, offset=3.0), 12: ramp_chunk(0.24, horizon=50, offset=-3.0)}
+    step = robot.max_velocity * config.period + 1e-9
+    sent, sent_at, sendings = None, 0, 0
+    for k in range(40):
+        now = k * config.period
+        if k in arrivals:
+            executor.on_chunk(arrivals[k], now=now)
+        tick = executor.tick(now)
+        if k % 5:
+            continue
+        points = executor.lookahead(now, tick.command)
+        if sent is not None:  # the controller is at the last trajectory's point for now
+            following = sent[min(k - sent_at, len(sent)) - 1]
+            assert np.all(np.abs(points[0] - following) <= step), (k, points[0], following)
+        assert np.all(np.abs(np.diff(points, axis=0)) <= step)
+        sent, sent_at, sendings = points, k, sendings + 1
+    assert sendings == 8
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.floats(-1e6, 1e6), min_size=6, max_size=6),
        st.lists(st.floats(-3.0, 3.0), min_size=6, max_size=6))
@@ -245,11 +295,42 @@ def test_a_chunk_older_than_the_deadman_is_dropped_counted_and_does_not_feed_it(
     assert executor.tick(now=10.5).command is not None
 
 
+@pytest.mark.parametrize("output", ["forward_position", "joint_trajectory"])
+def test_leaving_a_dry_run_starts_from_the_measured_state_not_from_the_unsent_commands(robot, output):
+    # dry_run is a live parameter: watch the commands, then turn it off. The ones logged were
+    # never sent, so the arm is still where it was; the first real command is one period of
+    # velocity from there, not from where the dry run's commands had gone.
+    config = ExecutorConfig(control_rate_hz=10.0, blending="latest", max_chunk_age_s=5.0,
+                            command_output=output, dry_run=True)
+    executor = ChunkExecutor(config, robot)
+    executor.on_joint_state(JOINTS, [0.0] * 6, now=0.0)
+    executor.on_chunk(ramp_chunk(0.0, horizon=50, offset=1.0), now=0.0)
+    for k in range(5):
+        assert executor.tick(now=0.1 * k).command is not None  # logged, not sent
+    executor.reconfigure(dataclasses.replace(config, dry_run=False))
+    executor.on_joint_state(JOINTS, [0.0] * 6, now=0.5)
+    command = executor.tick(now=0.5).command
+    np.testing.assert_allclose(command, robot.max_velocity * 0.1)
+
+
 def test_first_command_needs_fresh_joint_states(robot):
     executor = ChunkExecutor(ExecutorConfig(control_rate_hz=10.0, max_state_age_s=0.2), robot)
     executor.on_joint_state(JOINTS, [0.0] * 6, now=0.0)
     executor.on_chunk(ramp_chunk(1.0), now=1.0)
     assert "joint states" in executor.tick(now=1.0).hold_reason
+
+
+def test_a_joint_state_from_before_the_clock_jumped_back_cannot_start_motion(robot):
+    # Sim time reset: the last joint state was taken at 100 s on the old timeline, and none
+    # came since (the driver stopped). Its age on the new one is negative, not fresh.
+    executor = ChunkExecutor(ExecutorConfig(control_rate_hz=10.0, max_state_age_s=0.2), robot)
+    executor.on_joint_state(JOINTS, [0.5] * 6, now=100.0)
+    assert executor.tick(now=100.0).command is None  # no chunk yet
+    assert "clock jumped back" in executor.tick(now=1.0).hold_reason
+    executor.on_chunk(ramp_chunk(1.05), now=1.1)
+    assert "joint states" in executor.tick(now=1.1).hold_reason
+    executor.on_joint_state(JOINTS, [0.0] * 6, now=1.15)  # one on the new time starts it
+    np.testing.assert_allclose(executor.tick(now=1.2).command, np.zeros(6), atol=1e-9)
 
 
 # Robot config ---------------------------------------------------------------------------

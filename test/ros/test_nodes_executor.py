@@ -151,6 +151,29 @@ def test_executor_clips_latches_estop_holds_on_deadman_and_survives_bad_chunks(r
     assert rig.status("commands")[1].startswith("holding: deadman")
 
 
+def test_a_dry_run_switched_on_stops_the_controller_and_switched_off_resumes_from_the_arm(rig):
+    robot = load_robot_config("sim_arm")
+    node = rig.executor_node
+    assert node.set_parameters([Parameter("max_chunk_age_s", value=5.0)])[0].successful  # no deadman here
+    rig.send_state(np.zeros(6))
+    rig.send_chunk(100.0)  # out of reach: every command moves at the velocity limit
+    assert spin_until(rig.spin, lambda: len(rig.moving_commands()) >= 2)
+    # Nothing is sent in a dry run: the controller stops where it is (an empty trajectory),
+    # rather than run out the last trajectory's plan.
+    assert node.set_parameters([Parameter("dry_run", value=True)])[0].successful
+    assert spin_until(rig.spin, lambda: not rig.commands[-1].points)
+    moved, logged = len(rig.moving_commands()), node.core.counts["commands"]
+    assert spin_until(rig.spin, lambda: node.core.counts["commands"] >= logged + 5)
+    assert len(rig.moving_commands()) == moved
+    # Off again: the arm is where it stopped (here: the state it reported, 0; max_state_age_s
+    # 5 s), so the first trajectory starts one period of velocity from there, not from where the
+    # dry run's commands went.
+    assert node.set_parameters([Parameter("dry_run", value=False)])[0].successful
+    assert spin_until(rig.spin, lambda: len(rig.moving_commands()) > moved)
+    first = np.array(rig.moving_commands()[moved].points[0].positions)
+    np.testing.assert_allclose(first, robot.max_velocity / RATE, rtol=1e-6)
+
+
 def test_bad_parameter_values_are_refused_with_what_is_allowed(rig):
     node = rig.executor_node
     result = node.set_parameters([Parameter("blending", value="average")])[0]

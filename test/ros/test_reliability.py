@@ -140,12 +140,13 @@ class CommandWatch:
 
     Each trajectory holds the plan ahead, point j for its stamp + (j + 1) periods (at most
     `trajectory_lookahead_s` of them): every point one period of velocity from the one before,
-    the first from the previous trajectory's first by as many periods as the control ticks
-    between them (each tick's command moves at most one period from the last; a trajectory goes
-    out every control_rate / trajectory_rate ticks), or from the measured state after a hold.
-    The command publisher keeps one message (a newer trajectory, or hold, supersedes an unsent
-    one), so how many were sent since the last one seen is read from the stamps, in whole
-    sendings; a hold not seen restarted from the measured state within as many ticks.
+    the first from the previous trajectory's first by as many periods as passed between their
+    stamps (each trajectory starts one period from where the one before has the controller at
+    its stamp; the timer may fire late, so this is time, not ticks), or from the measured state
+    after a hold. The command publisher keeps one message (a newer trajectory, or hold,
+    supersedes an unsent one), so how many were sent since the last one seen is read from the
+    stamps, in whole sendings; a hold not seen restarted from the measured state within as many
+    ticks.
     """
 
     def __init__(self):
@@ -185,12 +186,12 @@ class CommandWatch:
             self.violations.append(f"trajectory moves faster than the velocity limit: {points}")
         # From the last command while continuing, or from the measured state after a hold.
         elif not any(np.all(np.abs(points[0] - ref) <= reach)
-                     for ref, reach in ((self.previous and self.previous[1], ticks * step),
+                     for ref, reach in ((self.previous and self.previous[1], max(since / period, 1.0) * step),
                                         (STATE, ticks * step)) if ref is not None):
             moved = np.inf if self.previous is None else np.max(np.abs(points[0] - self.previous[1]) / step)
             from_state = np.max(np.abs(points[0] - STATE) / step)
             self.violations.append(f"command moves faster than the velocity limit: {moved:.2f} periods "
-                                   f"of it in {ticks} ticks, {from_state:.2f} from the state")
+                                   f"of it in {since / period:.2f} periods, {from_state:.2f} from the state")
         self.previous = (stamp, points[0])
 
 
