@@ -217,3 +217,22 @@ def test_run_ended_by_ctrl_c_leaves_no_shared_memory_behind():
     assert run.returncode == 0, "".join(out)
     assert segments, f"no Fast DDS segment mapped: {maps}"  # else the test would prove nothing
     assert not [s for s in segments if os.path.exists(s)], "".join(out)
+
+
+def test_run_given_a_second_ctrl_c_while_ending_ends_without_a_traceback():
+    # The second Ctrl-C (for an end that hangs) landed in the teardown, joining the inference
+    # thread, and escaped as a KeyboardInterrupt traceback.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "ROS_AUTOMATIC_DISCOVERY_RANGE": "OFF"}
+    for delay_s in (0.0, 0.02, 0.05):
+        run = subprocess.Popen([sys.executable, "-m", "dysta_ros.cli", "run", "--model", "tiny",
+                                "--status-period", "0.2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        for line in run.stdout:
+            if line.startswith("status: active"):
+                break
+        run.send_signal(signal.SIGINT)
+        time.sleep(delay_s)
+        run.send_signal(signal.SIGINT)
+        rest = run.communicate(timeout=120)[0]
+        assert run.returncode in (0, 130), rest  # 130: the second one cut the end short
+        assert "Traceback" not in rest and "KeyboardInterrupt" not in rest, rest
