@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import threading
 import time
@@ -25,6 +26,7 @@ from lifecycle_msgs.srv import ChangeState
 from rcl_interfaces.srv import SetParameters
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
@@ -43,7 +45,7 @@ from dysta_ros.nodes.image_conversion import image_to_rgb
 from dysta_ros.nodes.run import node_values, to_parameters
 from dysta_ros.nodes.service_calls import call_service, set_remote_parameters, wait_for
 from dysta_ros.nodes.sim_node import OUTCOME_TOPIC, SimNode
-from dysta_ros.nodes.spin import share_the_gil_finely
+from dysta_ros.nodes.spin import share_the_gil_finely, signals_interrupt
 
 STALL_TIMEOUT_S = 30.0  # an episode fails the demo when no camera frame came for this long
 CAMERA_TOPIC = "/camera/image_raw"
@@ -207,19 +209,25 @@ class DemoSession:
 
 
 def run_episodes(args: argparse.Namespace, runs: list[tuple[str, str, int]]) -> list[EpisodeRecord]:
-    """Run `runs` = [(policy, strategy, seed)] as closed-loop episodes; return their records."""
+    """Run `runs` = [(policy, strategy, seed)] as closed-loop episodes; return their records.
+
+    Ctrl-C or SIGTERM raises KeyboardInterrupt(signal number) here, not rclpy's context shutdown:
+    that left the waits below polling for 30 s, then close() failed to latch the e-stop
+    ("publisher's context is invalid") with a traceback. Now close() holds the arm first.
+    """
     share_the_gil_finely()  # sim, policy and executor share this process
-    rclpy.init()
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     session = None
     try:
-        session = DemoSession(args)
-        wait_for(lambda: session.estop.get_subscription_count() > 0, "chunk_executor", 30.0)
-        episodes = []
-        with tqdm(total=len(runs), desc="demo", unit="episode") as progress:
-            for policy, strategy, seed in runs:
-                episodes.append(session.run_episode(policy, strategy, seed, progress))
-                progress.update(1)
-        return episodes
+        with signals_interrupt():
+            session = DemoSession(args)
+            wait_for(lambda: session.estop.get_subscription_count() > 0, "chunk_executor", 30.0)
+            episodes = []
+            with tqdm(total=len(runs), desc="demo", unit="episode") as progress:
+                for policy, strategy, seed in runs:
+                    episodes.append(session.run_episode(policy, strategy, seed, progress))
+                    progress.update(1)
+            return episodes
     finally:
         if session is not None:
             session.close()
@@ -238,6 +246,9 @@ def run(args: argparse.Namespace) -> int:
     except (DystaError, TimeoutError) as exc:
         print(f"dysta-ros demo: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    except KeyboardInterrupt as interrupt:  # no report: the episodes it compares did not all run
+        print("dysta-ros demo: interrupted; no report written", file=sys.stderr)
+        return 128 + (interrupt.args[0] if interrupt.args else signal.SIGINT)
     out = sys.stderr if json_to_stdout(args) else sys.stdout  # stdout is the JSON's then
     print(format_table(summary_rows(episodes)), file=out)
     paths = write_report(episodes, Path(args.report))

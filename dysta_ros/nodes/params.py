@@ -10,6 +10,7 @@ values as a plain dict for the node's config dataclass.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -186,12 +187,13 @@ def validator(params: Sequence[Param], log=None,
     return on_set
 
 
-def params_file_values(path, data, nodes: Sequence[str]) -> dict[str, dict]:
+def params_file_values(path, data, nodes: Sequence[str], namespace: str = "/dysta") -> dict[str, dict]:
     """Return {node: {parameter: value}} for `nodes` from a ROS 2 params file, read as ROS 2 does.
 
-    A section applies to a node when its key is the node's name, `/name`, `/**/name` or the
-    wildcard `/**`; sections apply in file order (a later one overrides). A section without
-    `ros__parameters` is refused: ROS 2 would drop it without a word.
+    A section applies to a node when its key is the node's name, `/name`, `/**/name`, the
+    wildcard `/**`, or matches the node's full name (`namespace`/name) as ROS 2 matches it
+    (`*`: one name, `**`: any); sections apply in file order (a later one overrides). A section
+    without `ros__parameters` is refused: ROS 2 would drop it without a word.
     """
     values: dict[str, dict] = {node: {} for node in nodes}
     if not isinstance(data, dict):
@@ -202,12 +204,21 @@ def params_file_values(path, data, nodes: Sequence[str]) -> dict[str, dict]:
                               "(expected NODE: {ros__parameters: {name: value}})")
         name = str(key)
         wildcard = name in ("/**", "**")
+        spread = wildcard or "*" in name.rsplit("/", 1)[-1]  # e.g. /dysta/*: names several nodes
         for node in nodes:
-            if wildcard or name in (node, f"/{node}", f"/**/{node}"):
+            full_name = f"{namespace.rstrip('/')}/{node}"
+            if wildcard or name in (node, f"/{node}", f"/**/{node}") or _matches(name, full_name):
                 # a wildcard applies to every node, each taking the names it declares (ROS 2
                 # ignores the rest); marked so to_parameters can tell them from typos
                 for param, value in section["ros__parameters"].items():
                     values[node].pop(param, None)
                     values[node].pop((WILDCARD, param), None)
-                    values[node][(WILDCARD, param) if wildcard else param] = value
+                    values[node][(WILDCARD, param) if spread else param] = value
     return values
+
+
+def _matches(key: str, full_name: str) -> bool:
+    """Whether a params file's section `key` names the node `full_name` (ROS 2's `*` and `**`)."""
+    pattern = re.escape("/" + key.lstrip("/"))
+    pattern = pattern.replace(r"/\*\*", "(?:/[^/]+)*").replace(r"\*", "[^/]*")
+    return re.fullmatch(pattern, full_name) is not None

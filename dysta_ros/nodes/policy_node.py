@@ -196,6 +196,9 @@ class PolicyNode(LifecycleNode):
     def destroy_node(self):
         self.core_log.close()  # a later policy_node in this process (the demo) installs its own
         super().destroy_node()
+        # rclpy leaves the lifecycle state machine, which holds the rcl node: Fast DDS then never
+        # deletes the participant, whose /dev/shm segments outlive the process
+        self._state_machine.destroy_when_not_in_use()
 
     # Callbacks: store only ----------------------------------------------------------------
 

@@ -98,9 +98,11 @@ def default_params_file() -> str:
 def node_values(args) -> dict[str, dict]:
     """Return {node: {parameter: value}} from the params file, then the command line."""
     from dysta_ros.nodes.params import WILDCARD, params_file_values
+    from dysta_ros.nodes.topics import NAMESPACE
 
     path = args.params_file or default_params_file()
-    values = params_file_values(path, load_yaml(path), NODES)
+    namespace = "/" + (getattr(args, "namespace", None) or NAMESPACE).strip("/")
+    values = params_file_values(path, load_yaml(path), NODES, namespace)
     values["policy_node"].update(strategy=args.strategy, model=args.model, vlm=args.vlm, robot=args.robot,
                                  autostart=False)  # configured and activated below
     values["chunk_executor"]["robot"] = args.robot

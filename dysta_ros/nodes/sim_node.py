@@ -119,8 +119,9 @@ class SimNode(Node):
 
     # --- episodes --------------------------------------------------------------------------
     def _start_episode(self, task: str, seed: int) -> None:
-        self._sim_offset += self.env.time
+        elapsed = self.env.time  # added once the reset is accepted: a refused one keeps the clock
         self.env.reset(task, seed, self.get_parameter("episode_seconds").value or None)
+        self._sim_offset += elapsed
         self.follower = TrajectoryFollower(self.env.arm.joints, self.env.joint_targets)
         self._outcome_sent = False
         self.episode += 1

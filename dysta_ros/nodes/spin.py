@@ -141,10 +141,12 @@ def _run_node(name: str, make_node, executor_class, args) -> int:
 def spin_nodes(nodes, executor=None, until: float | None = None, tick=None) -> int:
     """Spin `nodes` on one executor until interrupted (or time.monotonic() passes `until`); return 0.
 
+    130 where a second Ctrl-C cut the teardown short.
+
     `executor`: an executor, or its class (default MultiThreadedExecutor). `tick()`, if given,
     runs after every spin (about every 0.1 s): `dysta-ros run`'s status line.
     """
-    made = None
+    made, code = None, 0
     try:
         try:
             made = executor() if isinstance(executor, type) else executor or MultiThreadedExecutor()
@@ -172,12 +174,17 @@ def spin_nodes(nodes, executor=None, until: float | None = None, tick=None) -> i
         # caused came first), so it is caught here, wherever it surfaces.
         pass
     finally:
-        for node in nodes:
-            close = getattr(node, "close", None)
-            if close is not None:
-                close()  # stop threads before the node goes away
-            node.destroy_node()
-        if made is not None:
-            made.shutdown()
-        rclpy.try_shutdown()
-    return 0
+        try:
+            for node in nodes:
+                close = getattr(node, "close", None)
+                if close is not None:
+                    close()  # stop threads before the node goes away
+                node.destroy_node()
+            if made is not None:
+                made.shutdown()
+            rclpy.try_shutdown()
+        except KeyboardInterrupt:
+            # a second Ctrl-C while ending (e.g. waiting for a step): end now, as asked, without
+            # the rest of the teardown (the context is already down) and without a traceback
+            code = 130
+    return code

@@ -77,3 +77,28 @@ def test_latency_and_load_pass_threads_to_policy_node(command):
     default = build_parser(command).parse_args([command])
     assert f"cpu_threads:={default.threads}" in policy_node_command(default, ["/cam0"], None, 1.0)
     assert default.threads >= 1  # the free cores
+
+
+@pytest.mark.parametrize("key, namespace", [("/dysta/policy_node", None), ("/arm2/policy_node", "/arm2"),
+                                            ("/*/policy_node", None)])
+def test_a_section_keyed_by_the_nodes_full_name_applies_as_in_ros2(tmp_path, key, namespace):
+    # ROS 2 matches a section against the node's fully qualified name (`*`: one name, `**`: any);
+    # `run` dropped such a section without a word and ran on the defaults
+    path = tmp_path / "params.yaml"
+    path.write_text(f"{key}:\n  ros__parameters:\n    inference_rate_hz: 3.0\n")
+    got = parameters("--params-file", str(path), *(["--namespace", namespace] if namespace else []))
+    assert got["policy_node"]["inference_rate_hz"] == 3.0 and "inference_rate_hz" not in got["chunk_executor"]
+
+
+def test_a_section_for_another_namespace_does_not_apply(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("/arm2/policy_node:\n  ros__parameters:\n    inference_rate_hz: 3.0\n")
+    assert "inference_rate_hz" not in parameters("--params-file", str(path))["policy_node"]
+
+
+def test_a_section_naming_every_node_of_the_namespace_gives_each_what_it_declares(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("/dysta/*:\n  ros__parameters:\n    inference_rate_hz: 3.0\n    control_rate_hz: 40.0\n")
+    got = parameters("--params-file", str(path))
+    assert got["policy_node"]["inference_rate_hz"] == 3.0 and "control_rate_hz" not in got["policy_node"]
+    assert got["chunk_executor"]["control_rate_hz"] == 40.0

@@ -14,6 +14,7 @@ from ros_helpers import spin_until
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 
+from dysta_ros.errors import ConfigError
 from dysta_ros.nodes.conversions import CAMERA_QOS, LATCHED_QOS, STATE_QOS, to_seconds
 from dysta_ros.nodes.sim_node import SimNode
 
@@ -53,3 +54,16 @@ def test_clock_is_monotonic_across_auto_reset_episodes_and_stamps_follow_it(ros)
     assert outcomes[1]["seed"] == outcomes[0]["seed"] + 1  # auto_reset moves on to the next seed
     assert 0 < state_stamps[-1] <= clocks[-1] + 1e-6  # stamped on sim time, not the wall clock
     assert image_stamps[-1] > 0.3  # frames of the second episode: the cameras did not stop
+
+
+def test_a_refused_reset_leaves_the_clock_where_it_was(ros):
+    # No parameter value reaches this through ~/reset today (the validator refuses it first), but
+    # ~/reset answers a refusal as "episode left as it was": the clock must not move either.
+    sim, node, executor = ros
+    assert spin_until(executor, lambda: sim.env.time > 0.1)
+    before, episode = sim.now_seconds(), sim.episode
+    with pytest.raises(ConfigError):
+        sim._start_episode("juggle", 0)
+    assert sim.now_seconds() == before and sim.episode == episode
+    sim._start_episode("reach", 1)  # the next reset starts where the refused one found the clock
+    assert sim.now_seconds() == pytest.approx(before)

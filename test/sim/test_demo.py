@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -74,6 +75,29 @@ def test_demo_runs_expert_and_tiny_policy_episodes_over_ros(tmp_path):
     assert learned["policy"] == "tiny" and learned["strategy"] == "dysta"
     assert learned["policy_steps"] > 0 and learned["reason"]  # the random policy ran until the end
     assert (report / "steps.png").stat().st_size > 0 and (report / "camera.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
+def test_demo_signalled_mid_episode_holds_the_arm_and_ends_in_one_line(tmp_path, name):
+    # rclpy's handler used to shut the context down under the demo: it waited 30 s for an outcome
+    # that could not come, then failed to latch the e-stop, three tracebacks deep.
+    command = [sys.executable, "-m", "dysta_ros.cli", "demo", "--model", "tiny", "--episodes", "1",
+               "--episode-seconds", "60", "--image-size", "32", "--report", str(tmp_path / "report")]
+    demo = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    started = []
+    for line in demo.stdout:  # text mode: tqdm's carriage returns end lines too
+        started.append(line)
+        if "| chunks 1" in line:  # the policy is driving the arm
+            break
+    demo.send_signal(getattr(signal, name))
+    rest = demo.communicate(timeout=120)[0]
+    assert "| chunks 1" in started[-1], "".join(started)
+    assert demo.returncode == 128 + getattr(signal, name), rest
+    assert "Traceback" not in rest and "[ERROR]" not in rest, rest
+    assert "e-stop latched" in rest  # the arm was held before the nodes went
+    assert rest.strip().splitlines()[-1] == "dysta-ros demo: interrupted; no report written"
+    assert not (tmp_path / "report").exists()
 
 
 def test_demo_drives_the_sim_arm_with_a_lerobot_checkpoint(tmp_path):
