@@ -149,10 +149,10 @@ def anchor_keys(groups: torch.Tensor, strided: torch.Tensor, anchors: list[int])
     return strided[is_global[strided]], is_global.nonzero().flatten()
 
 
-def select_anchors(ctx: StepContext, params: AnchorParams) -> list[int]:
-    """History slots of the K anchor frames (oldest first)."""
+def select_anchors(ctx: StepContext, params: AnchorParams, at_least: int = 1) -> list[int]:
+    """History slots of the K (>= at_least, where the window has them) anchor frames, oldest first."""
     descriptors = frame_descriptors(torch.stack([frame.features for frame in ctx.frames]))
-    return farthest_point_sampling(descriptors, params.anchor_count(ctx.history))
+    return farthest_point_sampling(descriptors, max(at_least, params.anchor_count(ctx.history)))
 
 
 class LayerScheduled(Strategy):
@@ -168,8 +168,12 @@ class GotohuntStrategy(LayerScheduled):
     Params = GotohuntParams
 
     def build_prefix(self, ctx: StepContext) -> PrefixResult:
-        anchors = select_anchors(ctx, self.params)
-        slots = list(range(ctx.history)) if self.params.queries == "all" else anchors
+        every_frame = self.params.queries == "all"
+        # With every frame a query, the oldest frame must be an anchor (FPS starts there): in a
+        # causal backbone an older frame's queries read no anchor key after them, so with the
+        # current frame alone (K = 1) they attended to nothing (zeros here, NaN elsewhere).
+        anchors = select_anchors(ctx, self.params, at_least=2 if every_frame else 1)
+        slots = list(range(ctx.history)) if every_frame else anchors
         n = ctx.tokens_per_frame
         tail, tail_positions = ctx.tail()
         all_patches = ctx.arange(0, n)

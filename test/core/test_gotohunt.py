@@ -80,6 +80,16 @@ def test_every_frame_is_a_query_and_its_records_feed_the_action_head(model, wind
     assert stats.flops_ratio > cheaper.flops_ratio and np.isfinite(chunk.actions).all()
 
 
+@pytest.mark.parametrize("params", [{"num_anchors": 1}, {"num_anchors": 0, "anchor_fraction": 0.25}])
+def test_with_every_frame_a_query_the_oldest_frame_is_an_anchor_too(model, window, params):
+    # K = 1 kept the current frame alone: the older frames' queries then read no key at global layers
+    frames, text, state = window
+    _, _, result = build(model, params, frames[:4], text, state)
+    assert result.extra["anchors"] == [0, 3] and result.frames_attended == 2
+    _, _, subsampled = build(model, {**params, "queries": "anchors"}, frames[:4], text, state)
+    assert subsampled.extra["anchors"] == [3]  # frame subsampling: the current frame alone is fine
+
+
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_a_non_anchor_frame_is_read_by_its_own_queries_only(model, window, schedule):
     frames, text, state = window
