@@ -105,3 +105,16 @@ def test_joint_states_without_positions_are_left_out_and_short_ones_named(bag, t
     # fewer positions than names is a broken message: one line naming the bag (was an IndexError)
     with pytest.raises(BagError, match=r"short.*JointState names 6 joints but has 5 values"):
         load_episodes(_with_joint_state(bag, tmp_path / "short", [0.0] * 5), rate_hz=10.0)
+
+
+def test_joint_states_as_labels_never_take_a_state_of_the_next_episode(tmp_path):
+    bag = write_episode_bag(tmp_path / "two", BagSpec(episodes=2, seconds=0.6))
+    topic_map = TopicMap(cameras=CAMERAS, joints=tuple(JOINTS), action_topic="/joint_states",
+                         action_type="sensor_msgs/msg/JointState")
+    first, second = load_episodes(bag, topic_map, rate_hz=10.0)
+    # an episode's last state has no next state within it: it has no label, rather than the
+    # first state of the next episode (after a reset: a jump no policy should be scored on)
+    for episode in (first, second):
+        expected = np.stack([joint_positions(t + 1 / 50) for t in episode.action_times])
+        np.testing.assert_allclose(episode.action_values, expected, atol=1e-5)
+    assert first.action_times[-1] < second.action_times[0] - 0.5
