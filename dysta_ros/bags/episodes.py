@@ -251,9 +251,8 @@ def load_episodes(path: str | Path, topic_map: TopicMap | None = None,
                 states.append((receive_s, header_or_receive_time(message.header, receive_s),
                                _ordered(message.name, message.position, joints, "JointState",
                                         source)))
-            elif raw.topic == topic_map.action_topic:
-                actions.append((receive_s, *_action_samples(raw.msgtype, message, receive_s,
-                                                            joints, source, clock)))
+            elif raw.topic == topic_map.action_topic:  # ordered below, once joints are known
+                actions.append((receive_s, raw.msgtype, message))
             elif raw.topic == topic_map.instruction_topic:
                 instructions.append((receive_s, message.data))
             elif raw.topic == topic_map.episode_topic:
@@ -261,6 +260,10 @@ def load_episodes(path: str | Path, topic_map: TopicMap | None = None,
         if lost := [t for t in topic_map.topics() if bag.message_counts.get(t, 0)
                     and t in bag.shortfalls and not bag.shortfalls[t][1]]:
             raise BagError(f"{source}: the index lists messages on {lost} but none could be read")
+    # by name in the joints' order: also the actions recorded before the first joint state
+    # named the joints (a map without joints takes their order from it)
+    actions = [(receive_s, *_action_samples(msgtype, message, receive_s, joints, source, clock))
+               for receive_s, msgtype, message in actions]
     if no_position:
         log.warning("%s: %d messages on %s have no positions (velocity or effort only); left out",
                     source, no_position, topic_map.state_topic)
