@@ -271,11 +271,12 @@ def summarize(records: dict[str, list[StepRecord]], first_k: int) -> dict[str, d
         done = [r for r in steps if r.stats is not None]
         times = np.asarray([r.step_ms for r in done])
         _, residuals, _ = _errors(steps, first_k)
-        # an episode's first step always builds the cache: count only the rebuilds after it
-        later = [r.stats for r in done if r.step > 0]
         episodes = {}
         for r in done:
             episodes.setdefault((r.bag, r.episode), []).append(r.stats)
+        # an episode's first step that ran (step 0, unless it failed) builds the cache: count
+        # only the rebuilds after it, per level as recache_rate does
+        later = [stats for steps in episodes.values() for stats in steps[1:]]
         p50 = float(np.median(times)) if len(times) else None
         baseline_p50 = p50 if name == BASELINE else baseline_p50
         summary[name] = {
