@@ -185,10 +185,15 @@ def _write_episode(writer: BagWriter, topics: dict, formats: dict[str, str],
 def _on_frame_grid(times: np.ndarray, fps: float) -> np.ndarray:
     """Return times snapped to k / fps where they are that up to float32 rounding.
 
-    LeRobot's timestamp column is float32: 0.7 s is stored as 0.69999999.
+    LeRobot's timestamp column is float32: 0.7 s is stored as 0.69999999, and past a few hundred
+    seconds its spacing alone is over 1e-3 of a frame (61 us from 1024 s on), so either
+    closeness counts.
     """
     frames = np.round(times * fps)
-    return np.where(np.abs(times * fps - frames) < 1e-3, frames / fps, times)
+    grid = frames / fps
+    float32_spacing = np.spacing(np.abs(grid).astype(np.float32)).astype(np.float64)
+    close = np.abs(times - grid) <= np.maximum(1e-3 / fps, float32_spacing)
+    return np.where(close, grid, times)
 
 
 def _image(types, header, image_format: str, rgb: np.ndarray):

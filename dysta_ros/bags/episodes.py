@@ -251,9 +251,8 @@ def load_episodes(path: str | Path, topic_map: TopicMap | None = None,
                 states.append((receive_s, header_or_receive_time(message.header, receive_s),
                                _ordered(message.name, message.position, joints, "JointState",
                                         source)))
-            elif raw.topic == topic_map.action_topic:
-                actions.append((receive_s, *_action_samples(raw.msgtype, message, receive_s,
-                                                            joints, source, clock)))
+            elif raw.topic == topic_map.action_topic:  # ordered below, once joints are known
+                actions.append((receive_s, raw.msgtype, message))
             elif raw.topic == topic_map.instruction_topic:
                 instructions.append((receive_s, message.data))
             elif raw.topic == topic_map.episode_topic:
@@ -261,17 +260,22 @@ def load_episodes(path: str | Path, topic_map: TopicMap | None = None,
         if lost := [t for t in topic_map.topics() if bag.message_counts.get(t, 0)
                     and t in bag.shortfalls and not bag.shortfalls[t][1]]:
             raise BagError(f"{source}: the index lists messages on {lost} but none could be read")
+    # by name in the joints' order: also the actions recorded before the first joint state
+    # named the joints (a map without joints takes their order from it)
+    actions = [(receive_s, *_action_samples(msgtype, message, receive_s, joints, source, clock))
+               for receive_s, msgtype, message in actions]
     if no_position:
         log.warning("%s: %d messages on %s have no positions (velocity or effort only); left out",
                     source, no_position, topic_map.state_topic)
     _check_clocks(source, states, clock, topic_map.state_topic)
     if clock == "receive":
         states = [(receive_s, receive_s, vector) for receive_s, _, vector in states]
+    windows = _episode_windows(events)
     if topic_map.action_topic == topic_map.state_topic:
-        actions = _next_state_actions(states)
+        actions = _next_state_actions(states, windows)
 
     episodes = []
-    for window in _episode_windows(events):
+    for window in windows:
         episode = _build_episode(source, len(episodes), window, images, states, actions,
                                  instructions, joints, rate_hz, topic_map)
         if episode is not None:
@@ -282,10 +286,20 @@ def load_episodes(path: str | Path, topic_map: TopicMap | None = None,
     return episodes
 
 
-def _next_state_actions(states: list) -> list:
-    """Return joint states as their own labels: the action at each state is the next state."""
+def _next_state_actions(states: list, windows: list[_Window]) -> list:
+    """Return joint states as their own labels: the action at each state is the next state.
+
+    Only a next state of the same episode: an episode's last state would otherwise be labelled
+    with the next episode's first (after a reset, a jump the policy never commanded).
+    """
+    starts = np.asarray([w.start for w in windows])
+    ends = np.asarray([w.end for w in windows])
+    receive = np.asarray([receive_s for receive_s, _, _ in states])
+    window = np.searchsorted(starts, receive, side="right") - 1
+    window[(window < 0) | (receive >= ends[np.maximum(window, 0)])] = -1  # between episodes
     return [(receive_s, stamp, [(stamp, following[2])])
-            for (receive_s, stamp, _), following in zip(states, states[1:])]
+            for (receive_s, stamp, _), following, mine, theirs
+            in zip(states, states[1:], window, window[1:]) if mine == theirs >= 0]
 
 
 def _parse_event(text: str, source: str) -> dict:

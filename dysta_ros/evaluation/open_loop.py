@@ -228,19 +228,24 @@ def _step(runtime: PolicyRuntime, episode: Episode, step: int, observation, firs
     return record
 
 
-def _errors(records: list[StepRecord], first_k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Return (per-step MSE (NaN where nothing to compare), all valid residuals (n, D))."""
-    per_step, residuals = [], []
+def _errors(records: list[StepRecord], first_k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return per-step MSE (NaN where nothing to compare), all valid residuals (n, D), and counts.
+
+    The counts: per step, the number of values its MSE is over.
+    """
+    per_step, residuals, compared = [], [], []
     for record in records:
         if record.actions is None:
             per_step.append(np.nan)
+            compared.append(0)
             continue
         diff = record.actions[:first_k] - record.targets[: len(record.actions[:first_k])]
         diff = diff[np.isfinite(diff).all(axis=1)]
         per_step.append(float(np.mean(diff ** 2)) if len(diff) else np.nan)
+        compared.append(diff.size)
         residuals.append(diff)
     stacked = np.concatenate(residuals) if residuals else np.zeros((0, 0))
-    return np.asarray(per_step), stacked
+    return np.asarray(per_step), stacked, np.asarray(compared)
 
 
 def _deviation(records: list[StepRecord], baseline: list[StepRecord], first_k: int) -> np.ndarray:
@@ -265,12 +270,13 @@ def summarize(records: dict[str, list[StepRecord]], first_k: int) -> dict[str, d
     for name, steps in records.items():
         done = [r for r in steps if r.stats is not None]
         times = np.asarray([r.step_ms for r in done])
-        _, residuals = _errors(steps, first_k)
-        # an episode's first step always builds the cache: count only the rebuilds after it
-        later = [r.stats for r in done if r.step > 0]
+        _, residuals, _ = _errors(steps, first_k)
         episodes = {}
         for r in done:
             episodes.setdefault((r.bag, r.episode), []).append(r.stats)
+        # an episode's first step that ran (step 0, unless it failed) builds the cache: count
+        # only the rebuilds after it, per level as recache_rate does
+        later = [stats for steps in episodes.values() for stats in steps[1:]]
         p50 = float(np.median(times)) if len(times) else None
         baseline_p50 = p50 if name == BASELINE else baseline_p50
         summary[name] = {
@@ -347,10 +353,10 @@ def add_window_and_boundary_metrics(results: dict, records: dict[str, list[StepR
     tags, events = _critical_tags(records[BASELINE], results.get("joints") or (), config.windows)
     by_step = {(r.bag, r.episode, r.step): tag for r, tag in zip(records[BASELINE], tags)}
     for name, steps in records.items():
-        per_step_mse, _ = _errors(steps, config.first_k)
+        per_step_mse, _, compared = _errors(steps, config.first_k)
         results["summary"][name]["critical_windows"] = window_errors(
             per_step_mse, [by_step.get((r.bag, r.episode, r.step), ()) for r in steps],
-            config.window_s)
+            config.window_s, compared)
         results["summary"][name]["chunk_boundary"] = chunk_boundaries(_chunk_runs(steps))
     results["critical_events"] = events
     results["joint_plot"] = joint_plot_data(records, config.first_k, by_step)
@@ -389,7 +395,7 @@ def series(records: dict[str, list[StepRecord]], first_k: int) -> dict[str, dict
     """Return per-step series for plots and results.json."""
     out = {}
     for name, steps in records.items():
-        per_step_mse, _ = _errors(steps, first_k)
+        per_step_mse, _, _ = _errors(steps, first_k)
         out[name] = {
             "episode": [r.episode for r in steps], "step": [r.step for r in steps],
             "time_s": [round(r.time_s, 4) for r in steps],

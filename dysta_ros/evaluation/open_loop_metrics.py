@@ -85,17 +85,26 @@ def window_tags(step_times: np.ndarray, events: list[tuple[str, float]],
             for step in np.asarray(step_times, dtype=np.float64)]
 
 
-def window_errors(per_step_mse: np.ndarray, tags: list[tuple[str, ...]], window_s: float) -> dict:
-    """Return the action MSE of critical steps (any kind, each kind) and of the others."""
+def window_errors(per_step_mse: np.ndarray, tags: list[tuple[str, ...]], window_s: float,
+                  compared: np.ndarray | None = None) -> dict:
+    """Return the action MSE of critical steps (any kind, each kind) and of the others.
+
+    `compared`: the values each step's MSE is over; a group's MSE is then over all its values,
+    as the overall action MSE is (a step near an episode's end, with fewer recorded actions
+    to compare, weighs less). None: every step weighs the same.
+    """
     per_step_mse = np.asarray(per_step_mse, dtype=np.float64)
-    valid = np.isfinite(per_step_mse)
+    weights = (np.ones(len(per_step_mse)) if compared is None
+               else np.asarray(compared, dtype=np.float64))
+    valid = np.isfinite(per_step_mse) & (weights > 0)
     groups = {"critical": np.asarray([bool(t) for t in tags]),
               **{kind: np.asarray([kind in t for t in tags]) for kind in EVENT_KINDS}}
     groups["elsewhere"] = ~groups["critical"]
 
     def mean(mask):
-        chosen = per_step_mse[mask & valid]
-        return float(chosen.mean()) if len(chosen) else None
+        chosen = mask & valid
+        return (float(np.sum(per_step_mse[chosen] * weights[chosen]) / np.sum(weights[chosen]))
+                if chosen.any() else None)
 
     mse = {name: mean(mask) for name, mask in groups.items()}
     ratio = (mse["critical"] / mse["elsewhere"]

@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 import pytest
-from bag_helpers import JOINTS, BagSpec, joint_positions, write_episode_bag
+from bag_helpers import JOINTS, BagSpec, expert_action, joint_positions, write_episode_bag
 
 from dysta_ros.bags import BagReader, BagWriter, TopicMap, load_episodes
 from dysta_ros.errors import BagError
@@ -105,3 +105,35 @@ def test_joint_states_without_positions_are_left_out_and_short_ones_named(bag, t
     # fewer positions than names is a broken message: one line naming the bag (was an IndexError)
     with pytest.raises(BagError, match=r"short.*JointState names 6 joints but has 5 values"):
         load_episodes(_with_joint_state(bag, tmp_path / "short", [0.0] * 5), rate_hz=10.0)
+
+
+def test_joint_states_as_labels_never_take_a_state_of_the_next_episode(tmp_path):
+    bag = write_episode_bag(tmp_path / "two", BagSpec(episodes=2, seconds=0.6))
+    topic_map = TopicMap(cameras=CAMERAS, joints=tuple(JOINTS), action_topic="/joint_states",
+                         action_type="sensor_msgs/msg/JointState")
+    first, second = load_episodes(bag, topic_map, rate_hz=10.0)
+    # an episode's last state has no next state within it: it has no label, rather than the
+    # first state of the next episode (after a reset: a jump no policy should be scored on)
+    for episode in (first, second):
+        expected = np.stack([joint_positions(t + 1 / 50) for t in episode.action_times])
+        np.testing.assert_allclose(episode.action_values, expected, atol=1e-5)
+    assert first.action_times[-1] < second.action_times[0] - 0.5
+
+
+def test_actions_before_the_first_joint_state_are_put_in_joint_order_too(bag, tmp_path):
+    # no joints in the map: the first JointState's order (the bag's states name the joints in
+    # reverse) is the order; here the first chunks come before any state, as when a recorder
+    # subscribes to the command topic first
+    late = tmp_path / "late_states"
+    with BagReader(bag) as source, BagWriter(late) as target:
+        for topic, msgtype in source.topics.items():
+            target.add_topic(topic, msgtype, source.qos(topic))
+        messages = list(source.messages())
+        first_chunk = min(m.stamp_ns for m in messages if m.topic == "/dysta/action_chunk")
+        for message in messages:
+            if message.topic != "/joint_states" or message.stamp_ns > first_chunk + 150_000_000:
+                target.write(message.topic, message.stamp_ns, message.data)
+    [episode] = load_episodes(late, TopicMap(cameras=CAMERAS), rate_hz=10.0)
+    assert episode.joints == tuple(JOINTS[::-1])
+    expected = np.stack([expert_action(t)[::-1] for t in episode.action_times])
+    np.testing.assert_allclose(episode.action_values, expected, atol=1e-5)

@@ -182,3 +182,15 @@ def test_a_topic_map_camera_the_model_does_not_read_is_not_required(bag, tmp_pat
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1, result.stderr
     assert "camera 'wrist' topic /wrist_camera/image_raw (missing" in result.stderr
+
+
+def test_recache_rates_per_level_skip_the_step_that_built_the_cache_as_the_total_does():
+    # step 0 failed: step 1 is the episode's first that ran, and builds the cache (not a rebuild)
+    failed = StepRecord(bag="b", episode=0, step=0, time_s=0.0, actions=None, targets=np.zeros((0, 0)),
+                        error="a broken frame")
+    steps = [failed, _record(1, [[0, 0]], [[0, 0]], recached=True),
+             *[_record(i, [[0, 0]], [[0, 0]], recached=i == 4) for i in (2, 3, 4)]]
+    summary = summarize({"full": steps}, first_k=1)["full"]
+    assert summary["recache_rate"] == pytest.approx(1 / 3)  # step 4 of steps 2, 3, 4
+    assert summary["recache_rate_l1"] == pytest.approx(1 / 3)  # not 2 / 4: the build is no rebuild
+    assert summary["recache_rate_l2"] == 0.0

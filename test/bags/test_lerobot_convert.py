@@ -373,3 +373,16 @@ def test_compressed_camera_topics_on_request(tmp_path, compress, exact):
     image = load_episodes(tmp_path / "bag", TopicMap.load(result["topic_map"]), spec.fps)[0] \
         .observation(1).images["front"]
     assert (np.array_equal(image, decoded) if exact else _frame_error(image, decoded) < 2.0)
+
+
+def test_stamps_of_a_long_episode_stay_on_the_frame_grid(tmp_path):
+    # float32 timestamps of a 540 s episode at 50 fps are up to 30 us off k / fps (1.5e-3 of a
+    # frame): off the grid, a frame stamped after its step is not held there, and a round trip
+    # at the same fps repeats the frame before it
+    spec = Spec(episodes=1, frames=27000, fps=50, cameras=("front",), size=2, image_features=True)
+    write_dataset(tmp_path / "dataset", spec)
+    dataset_to_bag(tmp_path / "dataset", tmp_path / "bag", progress=False)
+    with BagReader(tmp_path / "bag") as bag:
+        stamps = [bag.decode(m).header.stamp for m in bag.messages(["/joint_states"])]
+    ns = np.asarray([s.sec * 10**9 + s.nanosec for s in stamps]) - stamps[0].sec * 10**9 - stamps[0].nanosec
+    np.testing.assert_array_equal(ns, np.round(np.arange(spec.frames) * 1e9 / spec.fps))

@@ -117,3 +117,21 @@ def test_the_results_get_both_metrics_per_strategy():
     boundary = results["summary"]["full"]["chunk_boundary"]
     assert boundary["boundaries"] == 7 and boundary["jump_max"] == 0.0  # steps 0-6: 6, 8-9: 1
     assert results["joint_plot"]["critical"][4:7] == [["gripper"]] * 3
+
+
+def test_window_mse_weighs_actions_as_the_overall_mse_does():
+    """A step near the episode's end compares fewer actions (the rest have no recording)."""
+    nan = np.nan
+    steps = [_record(0, [[0.0, 0.0]] * 2, [[0.0, 0.0]] * 2),
+             _record(1, [[0.0, 0.0]] * 2, [[0.0, 0.0]] * 2),
+             _record(2, [[1.0, 1.0]] * 2, [[0.0, 0.0], [nan, nan]])]
+    records = {"full": steps}
+    config = EvalConfig(bags=["b"], strategies=["full"], first_k=2, window_s=0.0,
+                        gripper_joint="none", accel_quantile=1.0)  # no events: all elsewhere
+    results = {"summary": summarize(records, 2), "joints": ["a", "b"]}
+    add_window_and_boundary_metrics(results, records, config)
+    # 5 actions compared, one of them off by 1 in both dims: (1 + 1) / (5 * 2)
+    assert results["summary"]["full"]["action_error"]["mse"] == pytest.approx(0.2)
+    windows = results["summary"]["full"]["critical_windows"]
+    assert windows["steps"]["elsewhere"] == 3
+    assert windows["mse"]["elsewhere"] == pytest.approx(0.2)  # not (0 + 0 + 1) / 3 steps
