@@ -43,7 +43,7 @@ from dysta_ros.nodes import topics as dysta_topics
 from dysta_ros.nodes.conversions import CAMERA_QOS, ESTOP_QOS, LATCHED_QOS, RELIABLE_QOS, SIM_TIME, to_seconds
 from dysta_ros.nodes.image_conversion import image_to_rgb
 from dysta_ros.nodes.run import node_values, to_parameters
-from dysta_ros.nodes.service_calls import call_service, set_remote_parameters, wait_for
+from dysta_ros.nodes.service_calls import call_service, set_remote_parameters, wait_for, wait_until
 from dysta_ros.nodes.sim_node import OUTCOME_TOPIC, SimNode
 from dysta_ros.nodes.spin import share_the_gil_finely, signals_interrupt
 
@@ -200,6 +200,10 @@ class DemoSession:
 
     def close(self) -> None:
         self.hold()
+        # held once chunk_executor has taken the e-stop, not once it is published: shutting the
+        # executor down at once could drop it unread
+        if self.executor_node is not None:
+            wait_until(lambda: self.executor_node.core.estop.engaged, 2.0)
         self.executor.shutdown()
         self.spinner.join(timeout=10.0)  # no callback may still run when its node is destroyed
         for each in (self.policy, self.executor_node, self.sim, self.node):
