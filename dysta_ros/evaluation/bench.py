@@ -19,7 +19,7 @@ from tqdm import tqdm
 from dysta_ros.cli_options import (add_json_argument, add_model_argument, add_runtime_arguments,
                                    add_strategies_argument, json_to_stdout, output_file, seed_value,
                                    write_json)
-from dysta_ros.errors import ConfigError, DystaError, exit_status
+from dysta_ros.errors import ConfigError, DystaError, InferenceError, exit_status
 from dysta_ros.evaluation.scenes import structured_frames
 from dysta_ros.plots import pyplot, save_png
 from dysta_ros.results import command_line, recache_rate, result_document, speedup
@@ -168,10 +168,14 @@ def run_bench(
     seed: int = 0,
     progress: bool = True,
     variants: dict[str, tuple[str, dict]] | None = None,
+    failed: list[dict] | None = None,
 ) -> list[dict]:
     """Step every strategy (and variant) on the same observations, interleaved; return the JSON rows.
 
     `variants`: extra rows, label -> (strategy, params), e.g. "full+vision" -> ("full", {...}).
+    A run whose step fails (InferenceError: a CUDA-only option that breaks, out of memory) stops
+    there and gives no row; the others go on. `failed` gets {"run", "history", "step", "error"}
+    for each, so one broken option does not cost the whole measurement.
     """
     import torch
 
@@ -190,20 +194,34 @@ def run_bench(
                         for label, (name, values) in runs.items()}
             records: dict[str, list] = {label: [] for label in runs}
             peaks: dict[str, float] = {}
+            broken: set[str] = set()
             for index, obs in enumerate(observations):
                 # Interleaved: every strategy sees this frame before the next one is shown, so
                 # load from other processes hits all strategies alike.
                 for label, runtime in runtimes.items():
+                    if label in broken:
+                        bar.update()
+                        continue
                     if cuda:
                         torch.cuda.reset_peak_memory_stats()
-                    result = runtime.step(obs)
+                    try:
+                        result = runtime.step(obs)
+                    except InferenceError as exc:
+                        broken.add(label)
+                        failure = {"run": label, "history": history, "step": index, "error": str(exc)}
+                        if failed is not None:
+                            failed.append(failure)
+                        print(f"dysta-ros bench: T={history} {label} failed at step {index} (no row): {exc}",
+                              file=sys.stderr)
+                        bar.update()
+                        continue
                     if cuda:
                         peaks[label] = max(peaks.get(label, 0.0), torch.cuda.max_memory_allocated() / 2**20)
                     if index >= warmup:
                         records[label].append(result)
                     bar.set_postfix(T=history, run=label)
                     bar.update()
-            rows.extend(summarize(records, history, peaks))
+            rows.extend(summarize({k: v for k, v in records.items() if k not in broken}, history, peaks))
     return rows
 
 
@@ -391,6 +409,7 @@ def run(args: argparse.Namespace) -> int:
         count = args.warmup + args.steps
         observations = load_observations(args.frames, count, cfg, size, args.seed)
         started = time.time()
+        failed: list[dict] = []
         rows = run_bench(
             model,
             strategies,
@@ -401,6 +420,7 @@ def run(args: argparse.Namespace) -> int:
             args.seed,
             progress=not (args.quiet or json_to_stdout(args)),
             variants=variants,
+            failed=failed,
         )
     except DystaError as exc:
         print(f"dysta-ros bench: {exc}", file=sys.stderr)
@@ -419,6 +439,7 @@ def run(args: argparse.Namespace) -> int:
         "params": params,
         "options": {label: values for label, (_, values) in variants.items()},
         "instruction": INSTRUCTION,
+        "failed": failed,  # runs whose step failed: they have no row
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "machine": machine(args.device),
         "seconds": round(time.time() - started, 1),
@@ -428,7 +449,11 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(rows), file=out)
     print(f"peak memory (process RSS): {meta['peak_rss_mb']:.0f} MB", file=out)
     write_json(args.json, result_document(rows, meta))
-    if plot_path:
+    if plot_path and rows:
         title = f"{model_name} on {args.device}/{args.dtype}, {args.frames} frames, {args.steps} steps"
         print(f"wrote {plot(rows, plot_path, title)}", file=out)
+    if failed:
+        print(f"dysta-ros bench: {len(failed)} run(s) failed and have no row: "
+              f"{', '.join(f['run'] for f in failed)}", file=sys.stderr)
+        return exit_status(InferenceError(failed[0]["error"]))
     return 0

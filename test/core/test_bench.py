@@ -196,3 +196,31 @@ def test_bench_gives_smolvla_two_480x640_cameras_by_default(tmp_path):
                  "--strategies", "full", "--history", "1", "--steps", "1", "--warmup", "0",
                  "--json", str(out), "--quiet"]) == 0
     assert json.loads(out.read_text())["meta"]["camera_size"] == [480, 640]
+
+
+def test_a_run_whose_step_fails_has_no_row_and_the_others_go_on(tmp_path, capsys, monkeypatch):
+    # On a lent GPU one bench is all there is: an option that breaks (a CUDA graph that will not
+    # capture, out of memory) must not cost the other rows of the same command.
+    from dysta_ros.policy.smolvla.model import SmolVLAModel
+
+    denoise = SmolVLAModel.denoise
+
+    def broken_at_five_steps(self, *args, steps=0, **kwargs):
+        if steps == 5:
+            raise RuntimeError("stream capture invalidated")
+        return denoise(self, *args, steps=steps, **kwargs)
+
+    monkeypatch.setattr(SmolVLAModel, "denoise", broken_at_five_steps)
+    data_dir = Path(__file__).parents[1] / "data" / "smolvla_tiny"
+    out = tmp_path / "smolvla.json"
+    code = main(["bench", "--model", str(data_dir / "checkpoint"), "--vlm", str(data_dir / "vlm"),
+                 "--strategies", "full", "--history", "1", "--steps", "2", "--warmup", "1",
+                 "--camera-size", "48x64", "--options", "steps5,reference", "--json", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and "full+steps5 failed at step 0" in err and "stream capture invalidated" in err
+    data = json.loads(out.read_text())
+    assert [r["strategy"] for r in data["runs"]] == ["full", "full+reference"]
+    assert all(r["steps"] == 2 for r in data["runs"]) and data["runs"][1]["speedup"] is not None
+    [failure] = data["meta"]["failed"]
+    assert failure["run"] == "full+steps5" and failure["step"] == 0 and failure["history"] == 1
+    assert out.with_suffix(".png").is_file()
