@@ -263,8 +263,13 @@ class PolicyRuntime:
                 hidden[camera] = kept[1]
             else:
                 todo.append(camera)
-        jobs = [self._camera_job(camera, images[camera]) for camera in todo]
-        done = side_by_side(jobs) if options.camera_threads else [job() for job in jobs]
+        mode = camera_encoding(model.device, options, len(todo))
+        if mode == "batch":  # a GPU: one encode of the cameras, one set of kernel launches
+            batch = encode_full(vision_tower(model), torch.cat([images[camera] for camera in todo]))
+            done = [(batch[j : j + 1], 1.0) for j in range(len(todo))]
+        else:
+            jobs = [self._camera_job(camera, images[camera]) for camera in todo]
+            done = side_by_side(jobs) if mode == "threads" else [job() for job in jobs]
         for camera, (camera_hidden, share) in zip(todo, done):
             hidden[camera], shares[camera] = camera_hidden, share
             if cache:
@@ -285,6 +290,21 @@ class PolicyRuntime:
             encoder = self.vision_encoders[camera] = ChangedTokenEncoder(
                 siglip_tower(tower), self.options.vision_threshold, self.options.vision_refresh)
         return lambda: (encoder.encode(image), encoder.last.recomputed_fraction)
+
+
+def camera_encoding(device, options: SpeedOptions, cameras: int) -> str:
+    """How `cameras` frames still to encode run: "threads", "batch" or "each" (one after the other).
+
+    camera_threads is about the CPU's threads: on the CPU the cameras run side by side, each on
+    its share of them. On a GPU threads only contend for the GIL and the one stream (and each
+    worker would set the process's CPU thread count), so the cameras go in one batch there,
+    except with vision_reuse, whose changed-token encoders take one camera each.
+    """
+    if cameras < 2:
+        return "each"
+    if torch.device(device).type == "cpu":
+        return "threads" if options.camera_threads else "each"
+    return "each" if options.vision_reuse else "batch"
 
 
 def camera_images(model, pixels) -> list[torch.Tensor]:

@@ -25,7 +25,7 @@ class SpeedOptions:
     # exact
     frame_cache: bool = True  # a byte-identical camera frame reuses its vision tokens
     drop_pads: bool = True  # padded language slots leave the prefix (they are masked anyway)
-    camera_threads: bool = True  # cameras encoded side by side, each on its share of the CPU threads
+    camera_threads: bool = True  # cameras side by side, each on its share of the CPU threads (CPU only)
     # approximate: vision reuse (Eventful-Transformers style, see policy/vision_reuse.py)
     vision_reuse: bool = False
     vision_threshold: float = 0.1  # a token is recomputed when its input moved > this x its norm

@@ -368,3 +368,27 @@ def test_a_compute_dtype_copy_asked_for_another_dtype_gives_the_loaded_weights(t
     again = runtime_around(bf16.model, "full", {"compute_dtype": "float32"})
     plain = runtime_around(SmolVLABackend(tiny), "full", {})
     assert np.array_equal(again.step(obs)[0].actions, plain.step(obs)[0].actions)
+
+
+def test_camera_threads_are_cpu_threads_and_a_gpu_encodes_the_cameras_in_one_batch(tiny, cases, monkeypatch):
+    from dysta_ros.policy import runtime as runtime_module
+    from dysta_ros.policy.runtime import camera_encoding, runtime_around
+    from dysta_ros.policy.smolvla.backend import SmolVLABackend
+    from dysta_ros.types import Observation
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")  # a device object needs no GPU
+    assert camera_encoding(cpu, SpeedOptions(), 2) == "threads"
+    assert camera_encoding(cpu, SpeedOptions(camera_threads=False), 2) == "each"
+    assert camera_encoding(gpu, SpeedOptions(), 2) == "batch"  # no CPU-thread workers on a GPU
+    assert camera_encoding(gpu, SpeedOptions(vision_reuse=True), 2) == "each"
+    assert camera_encoding(gpu, SpeedOptions(), 1) == camera_encoding(cpu, SpeedOptions(), 1) == "each"
+    # the batch a GPU runs gives the same actions as the threads, here on the CPU
+    meta, arrays = cases
+    images, state, task, _ = _inputs(tiny, meta, arrays, 0)
+    obs = Observation(stamp=0.0, images=images, state=state, instruction=task)
+    backend = SmolVLABackend(tiny)
+    assert len(backend.spec.camera_names) >= 2
+    threaded, _ = runtime_around(backend, "full", {}).step(obs)
+    monkeypatch.setattr(runtime_module, "camera_encoding", lambda device, options, cameras: "batch")
+    batched, _ = runtime_around(backend, "full", {}).step(obs)
+    assert np.abs(batched.actions - threaded.actions).max() <= 1e-5 * np.abs(threaded.actions).max()

@@ -338,7 +338,7 @@ class SmolVLAPolicy:
 
         Cameras of an unchanged frame take their stored hidden and tokens; with vision_reuse
         each other camera goes through its changed-token encoder; the rest are encoded side by
-        side on the CPU threads (camera_threads), else in one batch (the cameras share a size).
+        side on the CPU threads (camera_threads, on a CPU), else in one batch (the cameras share a size).
         """
         hidden: list = [None] * len(names)
         tokens: list = [None] * len(names)
@@ -355,7 +355,7 @@ class SmolVLAPolicy:
             else:
                 todo.append(i)
                 fractions.append(1.0)
-        if todo and options.camera_threads:
+        if todo and options.camera_threads and self.device.type == "cpu":  # CPU threads; a GPU batches
             jobs = [lambda i=i: self.model.vision_hidden(pixels[i]) for i in todo]
             for i, camera_hidden in zip(todo, side_by_side(jobs)):
                 hidden[i] = camera_hidden
