@@ -392,3 +392,37 @@ def test_camera_threads_are_cpu_threads_and_a_gpu_encodes_the_cameras_in_one_bat
     monkeypatch.setattr(runtime_module, "camera_encoding", lambda device, options, cameras: "batch")
     batched, _ = runtime_around(backend, "full", {}).step(obs)
     assert np.abs(batched.actions - threaded.actions).max() <= 1e-5 * np.abs(threaded.actions).max()
+
+
+def test_the_full_prefix_pass_waits_for_the_device_twice_not_once_per_layer(tiny, cases):
+    # every int()/bool() of a device tensor drains a GPU's queue: counted by what reaches the host
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from dysta_ros.policy.runtime import runtime_around
+    from dysta_ros.policy.smolvla.backend import SmolVLABackend
+    from dysta_ros.types import Observation
+
+    aten = torch.ops.aten
+    reads = {aten.item.default, aten.is_nonzero.default, aten._local_scalar_dense.default}
+
+    class HostReads(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            HostReads.count += func in reads
+            return func(*args, **(kwargs or {}))
+
+    meta, arrays = cases
+    images, state, task, _ = _inputs(tiny, meta, arrays, 0)
+    runtime = runtime_around(SmolVLABackend(tiny), "full", {})
+    runtime.step(Observation(stamp=0.0, images=images, state=state, instruction=task))  # caches made
+    original = runtime.model.run_backbone
+
+    def counted(embeds, positions, plan):
+        with HostReads():
+            return original(embeds, positions, plan)
+
+    runtime.model.run_backbone = counted
+    _, stats = runtime.step(Observation(stamp=0.1, images=images, state=state, instruction=task))
+    assert tiny.cfg.num_vlm_layers > 2 and HostReads.count == 2
+    assert stats.flops_ratio == pytest.approx(1.0)  # the pairs are still every layer's

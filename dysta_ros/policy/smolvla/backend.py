@@ -154,8 +154,8 @@ class SmolVLABackend:
             key_order, write = plan.buffer_order, plan.write_index
         allowed = self.block_mask(key_order, plan.query_order)  # (Q, K)
         inspect = plan.entropy_heads > 0 or plan.relevance_queries is not None
-        whole = plan.buffer is None and bool((plan.query_order == torch.arange(
-            len(key_order), device=key_order.device)).all()) and bool((positions == plan.query_order).all())
+        whole = plan.buffer is None and bool(((plan.query_order == torch.arange(
+            len(key_order), device=key_order.device)) & (positions == plan.query_order)).all())  # one sync
         if whole and not inspect:  # `full`: LeRobot's own prefix pass
             ones = torch.ones(1, len(key_order), dtype=torch.bool, device=embeds.device)
             flags = torch.zeros_like(ones)
@@ -172,12 +172,15 @@ class SmolVLABackend:
                 observe=self._observer(plan, allowed) if inspect else None)
         rows = [len(plan.query_order)] * len(cache) if plan.layer_queries is None else \
             [len(r) for r in plan.layer_queries]
+        # Pairs counted once per distinct row set: each int() waits for the device (a GPU's
+        # queue drained once per layer was the backbone stage's launches no longer run ahead).
+        every_row = int(allowed.sum()) if plan.layer_queries is None else None
         for index, (k, v) in enumerate(cache):
             plan.records[index] = (k, v)
             plan.layer_tokens += rows[index]
             if index < len(cache) - 1:  # the last kept layer only gives K/V
-                layer_rows = plan.layer_queries[index] if plan.layer_queries is not None else slice(None)
-                plan.attended_pairs += int(allowed[layer_rows].sum())
+                plan.attended_pairs += every_row if every_row is not None else \
+                    int(allowed[plan.layer_queries[index]].sum())
         return plan
 
     def _observer(self, plan, allowed: torch.Tensor):
