@@ -426,3 +426,42 @@ def test_the_full_prefix_pass_waits_for_the_device_twice_not_once_per_layer(tiny
     _, stats = runtime.step(Observation(stamp=0.1, images=images, state=state, instruction=task))
     assert tiny.cfg.num_vlm_layers > 2 and HostReads.count == 2
     assert stats.flops_ratio == pytest.approx(1.0)  # the pairs are still every layer's
+
+
+def test_the_loop_cuda_graphs_capture_reads_nothing_back_and_makes_nothing_on_the_cpu(tiny):
+    # What graphs.py captures (SmolVLAModel.denoise after the side-stream warm-up has cached the
+    # schedule's time embeddings) must not read a device tensor on the host (illegal in capture)
+    # nor make a tensor on the CPU (a device mismatch on CUDA): run on the meta device, watched.
+    import copy
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    aten = torch.ops.aten
+    reads = {aten.item.default, aten.is_nonzero.default, aten._local_scalar_dense.default}
+    seen = []
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            tensors = [t for t in torch.utils._pytree.tree_leaves((args, kwargs, out))
+                       if isinstance(t, torch.Tensor)]
+            if func in reads or any(t.device.type != "meta" and t.dim() > 0 for t in tensors):
+                seen.append(str(func))
+            return out
+
+    model = copy.deepcopy(tiny.model).to("meta")
+    model._time_cache = {}
+    cfg, text = tiny.cfg, tiny.files.vlm.text
+    prefix = 7
+    kv = [(torch.empty(1, prefix, text.num_key_value_heads, text.head_dim, device="meta"),) * 2
+          for _ in range(cfg.num_vlm_layers)]
+    pad = torch.ones(1, prefix, dtype=torch.bool, device="meta")
+    noise = torch.empty(1, cfg.chunk_size, cfg.max_action_dim, device="meta")
+    with torch.inference_mode():
+        context = model.expert_context(kv, pad)
+        for steps, start in ((0, 1.0), (5, 1.0), (3, 0.5)):
+            model.denoise(context, pad, noise, steps=steps, start_time=start)  # the warm-up
+            with Watch():
+                x0 = model.denoise(context, pad, noise, steps=steps, start_time=start)  # the capture
+            assert x0.shape == noise.shape and x0.device.type == "meta"
+    assert seen == []

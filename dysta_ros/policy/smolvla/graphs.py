@@ -19,6 +19,7 @@ class GraphedDenoiser:
         self.model = model
         self.graphs: dict = {}
 
+    @torch.inference_mode()  # the static inputs are inference tensors: copy_ into them needs it
     def __call__(self, context, pad_mask: torch.Tensor, noise: torch.Tensor, steps: int,
                  start_time: float) -> torch.Tensor:
         key = (tuple(pad_mask.shape), tuple(noise.shape), steps, start_time)
