@@ -23,6 +23,7 @@ from dysta_ros.bags.playback import COMMAND_TYPES, play, played_topics
 from dysta_ros.bags.rosbag import BagMessage, BagReader, TopicQos
 from dysta_ros.cli_options import add_json_argument, write_json
 from dysta_ros.errors import BagError, ConfigError, exit_status
+from dysta_ros.nodes.spin import interrupts_end_ros
 from dysta_ros.results import command_line, result_document
 
 CLOCK_PERIOD_NS = 10_000_000  # /clock at most every 10 ms of bag time, as ros2 bag play does
@@ -176,18 +177,32 @@ def replay_document(node: BagPlayer, args: argparse.Namespace, seconds: float, i
         "command": command_line()})
 
 
+def sleep_while_ok(seconds: float) -> None:
+    """Sleep between messages, ending early once ROS is down (Ctrl-C raises nothing to end it)."""
+    end = time.monotonic() + seconds
+    while rclpy.ok() and (left := end - time.monotonic()) > 0:
+        time.sleep(min(left, 0.05))
+
+
 def run(args: argparse.Namespace) -> int:
     """Play the bag; return the exit status."""
     if not args.rate > 0:
         print(f"dysta-ros replay: --rate must be > 0, got {args.rate}", file=sys.stderr)
         return 2
+    # Ctrl-C, as SIGTERM: rclpy's handler shuts the context down, and the publish (or wait) under
+    # way fails; no KeyboardInterrupt. One raised at the next bytecode landed inside a finalizer
+    # once ("Exception ignored in: <function _get_module_lock.<locals>.cb>", a traceback, under
+    # load in test_shutdown), where Python can only print it and drop it.
+    with interrupts_end_ros():
+        return _play(args)
+
+
+def _play(args: argparse.Namespace) -> int:
     rclpy.init()
     node, started, interrupted = None, time.monotonic(), False
-    # Ctrl-C: rclpy's handler shuts the context down and raises KeyboardInterrupt, which Python
-    # delivers at the next bytecode. When the signal lands inside a publish, that publish fails
-    # first ("context is invalid") and the KeyboardInterrupt surfaces in the handler of that
-    # failure, out of reach of a sibling `except KeyboardInterrupt`: the outer one takes it
-    # wherever it surfaces (it did escape once under load, the process then dying of SIGINT).
+    # A second Ctrl-C raises KeyboardInterrupt: when it lands inside a publish that fails first
+    # ("context is invalid"), it surfaces in the handler of that failure, out of reach of a
+    # sibling `except KeyboardInterrupt`: the outer one takes it wherever it surfaces.
     try:
         try:
             if args.force and not args.include_commands:
@@ -198,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
             if args.wait_for_subscribers > 0:
                 node.wait_for_subscribers(args.wait_for_subscribers)
             started = time.monotonic()
-            for message in play(args.bag, node.topics, rate=args.rate, loop=args.loop):
+            for message in play(args.bag, node.topics, rate=args.rate, loop=args.loop, sleep=sleep_while_ok):
                 node.publish(message)
             node.drain()
             node.get_logger().info(f"played {node.published} messages from {args.bag}")

@@ -21,6 +21,7 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.signals import SignalHandlerOptions
 
 from dysta_ros.bags.rosbag import BagWriter, TopicQos
 from dysta_ros.cli_options import add_json_argument, json_to_stdout, seed_value, write_json
@@ -29,7 +30,7 @@ from dysta_ros.nodes.conversions import SIM_TIME
 from dysta_ros.nodes.bag_player import message_class
 from dysta_ros.nodes import topics as dysta_topics
 from dysta_ros.nodes.episode_driver import EPISODE_TOPIC, LATCHED_QOS, EpisodeDriver, record_episodes
-from dysta_ros.nodes.spin import share_the_gil_finely
+from dysta_ros.nodes.spin import share_the_gil_finely, signals_stop, spin_what_has_arrived
 from dysta_ros.results import command_line, result_document
 from dysta_ros.robot import load_robot_config
 
@@ -155,7 +156,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"dysta-ros record: {exc}", file=sys.stderr)
         return 1
     share_the_gil_finely()  # the sim and the expert share this process
-    rclpy.init()
+    # Ctrl-C (SIGTERM) sets `stop`: the loops below end, and what had arrived is written before
+    # the nodes go (rclpy's handler destroyed them at once, losing messages received, not yet taken)
+    with signals_stop() as stop:
+        rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+        return _record(args, writer, topics, stop)
+
+
+def _record(args: argparse.Namespace, writer: BagWriter, topics: dict, stop: threading.Event) -> int:
     # One thread spins everything: the sim's EGL context works only in the thread that made it.
     executor = SingleThreadedExecutor()
     nodes = []
@@ -173,17 +181,22 @@ def run(args: argparse.Namespace) -> int:
                 worker = threading.Thread(target=record_episodes, args=(nodes[-1], args, outcome),
                                           daemon=True)
                 worker.start()
-                while worker.is_alive():
+                while worker.is_alive() and not stop.is_set():
                     executor.spin_once(timeout_sec=0.05)
                 # the last end event is on its way to the recorder: let it land in the bag
                 deadline = time.monotonic() + 5.0
                 while recorder.counts.get(EPISODE_TOPIC, 0) < 2 * args.episodes \
-                        and time.monotonic() < deadline:
+                        and time.monotonic() < deadline and not stop.is_set():
                     executor.spin_once(timeout_sec=0.05)
             else:
                 deadline = time.monotonic() + (args.duration if args.duration > 0 else float("inf"))
-                while time.monotonic() < deadline and rclpy.ok():
+                while time.monotonic() < deadline and rclpy.ok() and not stop.is_set():
                     executor.spin_once(timeout_sec=0.05)
+            # what the recorder had received by the end goes into the bag (at most a full queue
+            # per topic: not what keeps arriving), spun alone: the sim's timers would never be done
+            for node in nodes[1:]:
+                executor.remove_node(node)
+            spin_what_has_arrived(executor, sum(s.qos_profile.depth for s in recorder.subscriptions))
         except (KeyboardInterrupt, ExternalShutdownException):
             pass  # Ctrl-C ends a recording; the bag is closed below
         except (BagError, ConfigError) as exc:

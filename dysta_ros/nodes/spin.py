@@ -6,11 +6,13 @@ import contextlib
 import gc
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 
 import rclpy
-from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.executors import (Executor, ExternalShutdownException, MultiThreadedExecutor, ShutdownException,
+                             SingleThreadedExecutor, TimeoutException)
 from rclpy.signals import SignalHandlerOptions, get_current_signal_handlers_options
 
 from dysta_ros.errors import ConfigError
@@ -98,6 +100,40 @@ def signals_interrupt():
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+
+
+@contextlib.contextmanager
+def signals_stop():
+    """Within: the first SIGINT or SIGTERM sets the Event yielded, the next raises KeyboardInterrupt.
+
+    For a loop that ends on the flag and then takes what has arrived (see spin_what_has_arrived):
+    rclpy's handlers shut the context down, which destroys every node at once with whatever its
+    subscriptions had received but not yet taken. Enter before rclpy.init(signal_handler_options=NO).
+    """
+    stop = threading.Event()
+
+    def handler(number, frame):
+        if stop.is_set():  # a second one: an end that hangs
+            raise KeyboardInterrupt(number)
+        stop.set()
+
+    previous = {number: signal.signal(number, handler) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for number, old in previous.items():
+            signal.signal(number, old)
+
+
+def spin_what_has_arrived(executor: Executor, most: int) -> None:
+    """Run the callbacks that are ready (messages received, timers due), up to `most` of them."""
+    for _ in range(most):
+        try:
+            handler, _, _ = executor.wait_for_ready_callbacks(timeout_sec=0.0)
+        except (TimeoutException, ShutdownException, ExternalShutdownException):
+            return
+        handler()
+        handler.result()  # raise what the callback raised
 
 
 def refuse_to_start(name: str, exc: ConfigError) -> int:

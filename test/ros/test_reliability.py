@@ -662,10 +662,14 @@ def test_starved_executor_holds_on_its_deadman_and_sends_no_targets(rig):
 def test_estop_stays_latched_until_cleared_by_the_service(rig):
     _, probe, _ = rig
     probe.recovers()
+    holds = probe.watch.holds
     probe.estop_pub.publish(Bool(data=True))
     since = len(probe.diagnostics)
+    # and its hold at the watch: a trajectory sent before the hold may be taken after the
+    # diagnostics that report the e-stop (another topic, read first), never after the hold
     probe.publishing_until(lambda: (s := probe.status("chunk_executor", "commands", since)) is not None
-                           and s[0] == ERROR and "e-stop" in s[1])
+                           and s[0] == ERROR and "e-stop" in s[1]
+                           and probe.watch.holds > holds and probe.watch.holding)
     moving = probe.watch.moving
     probe.estop_pub.publish(Bool(data=False))  # not a release
     chunks = len(probe.chunks)
