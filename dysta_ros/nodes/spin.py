@@ -16,6 +16,7 @@ from rclpy.executors import (Executor, ExternalShutdownException, MultiThreadedE
 from rclpy.signals import SignalHandlerOptions, get_current_signal_handlers_options
 
 from dysta_ros.errors import ConfigError
+from dysta_ros.interrupts import signals_handled
 from dysta_ros.nodes.transport import use_large_frame_transport
 
 REFUSED_EXIT_CODE = 2  # a configuration refused at start-up (as argparse exits on a bad argument)
@@ -87,19 +88,13 @@ def _raise_interrupt(number, frame):
     raise KeyboardInterrupt(number)
 
 
-@contextlib.contextmanager
 def signals_interrupt():
     """Within: SIGINT and SIGTERM raise KeyboardInterrupt(signal number) in the main thread.
 
     For start-up before rclpy's handlers are installed (rclpy.init without them): the caller
     undoes what it started, while every rcl call still works.
     """
-    previous = {number: signal.signal(number, _raise_interrupt) for number in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+    return signals_handled(_raise_interrupt)
 
 
 @contextlib.contextmanager
@@ -117,12 +112,8 @@ def signals_stop():
             raise KeyboardInterrupt(number)
         stop.set()
 
-    previous = {number: signal.signal(number, handler) for number in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with signals_handled(handler):
         yield stop
-    finally:
-        for number, old in previous.items():
-            signal.signal(number, old)
 
 
 def spin_what_has_arrived(executor: Executor, most: int) -> None:

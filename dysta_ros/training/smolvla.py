@@ -56,7 +56,7 @@ from dysta_ros.policy.smolvla.model import SmolVLAModel, transformers_configs
 from dysta_ros.policy.smolvla.policy import SmolVLAPolicy
 from dysta_ros.training.config import check_run_fields
 from dysta_ros.training.data import Demo
-from dysta_ros.training.interrupts import interrupts_deferred
+from dysta_ros.interrupts import interrupts_deferred
 from dysta_ros.training.precision import Precision
 from dysta_ros.training.schedule import learning_rate
 

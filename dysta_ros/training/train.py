@@ -31,7 +31,7 @@ from dysta_ros.tokens import parse_param_overrides
 from dysta_ros.tokens.dysta import DystaParams
 from dysta_ros.training.config import TrainConfig
 from dysta_ros.training.data import Demo, bag_demos, collect_sim_demos, normalisation_stats
-from dysta_ros.training.interrupts import interrupts_deferred
+from dysta_ros.interrupts import interrupts_deferred
 from dysta_ros.training.objectives import WindowSampler, training_losses
 from dysta_ros.training.precision import Precision
 from dysta_ros.training.schedule import learning_rate

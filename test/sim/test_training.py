@@ -15,7 +15,7 @@ from dysta_ros.sim.env import SimEnv
 from dysta_ros.tokens.learned import gate_loss, gate_prior, info_nce
 from dysta_ros.training.data import collect_sim_demos
 from dysta_ros.training.objectives import training_losses
-from dysta_ros.training.interrupts import interrupts_deferred
+from dysta_ros.interrupts import interrupts_deferred
 from dysta_ros.training.train import LOG_JSON, STATE_JSON, STATE_TENSORS, TrainConfig, Trainer
 
 

@@ -1,10 +1,23 @@
-"""Saves that a Ctrl-C cannot cut in two (both families' trainers)."""
+"""Signal handling around work that must not be cut in two (no ROS: training and nodes use it)."""
 
 from __future__ import annotations
 
 import contextlib
 import signal
 import threading
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def signals_handled(handler):
+    """Within: SIGINT and SIGTERM call handler(number, frame); the previous handlers come back after."""
+    previous = {number: signal.signal(number, handler) for number in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for number, old in previous.items():
+            signal.signal(number, old)
 
 
 @contextlib.contextmanager
@@ -19,12 +32,9 @@ def interrupts_deferred():
         yield
         return
     caught: list[int] = []
-    previous = {number: signal.signal(number, lambda number, _: caught.append(number))
-                for number in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        with signals_handled(lambda number, _: caught.append(number)):
+            yield
     finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
         for number in dict.fromkeys(caught):
             signal.raise_signal(number)  # now, with the handler it would have met
